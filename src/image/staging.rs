@@ -1,0 +1,209 @@
+//! Output files that appear only when complete.
+//!
+//! Work goes to a temporary file beside the final path (same directory, so the rename is
+//! atomic on one filesystem) and is renamed over the final name only after the sink has
+//! finished and synced. A [`StagedOutput`] that is dropped without [`StagedOutput::commit`]
+//! removes its temporary file, so an error or panic leaves nothing behind. An existing
+//! final file is refused unless overwriting was asked for.
+//!
+//! The temporary name is deterministic (`.NAME.azure2kvm-partial`) so a later run can find
+//! the work of an interrupted one; an exclusive advisory lock on it keeps two processes
+//! from writing the same output at once.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Errors preparing or committing an output path.
+#[derive(Debug, thiserror::Error)]
+pub enum StagingError {
+    #[error("output {path} already exists (use --force to overwrite it)")]
+    Exists { path: PathBuf },
+    #[error("output {path} is being written by another azure2kvm process (lock held on {temp})")]
+    Locked { path: PathBuf, temp: PathBuf },
+    #[error("output {path} has no file name")]
+    NoFileName { path: PathBuf },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StagingError + 'a {
+    move |source| StagingError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Whether an existing output may be replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overwrite {
+    Refuse,
+    Allow,
+}
+
+/// A temporary output file that becomes `final_path` on commit, or disappears on drop.
+#[derive(Debug)]
+pub struct StagedOutput {
+    final_path: PathBuf,
+    temp_path: PathBuf,
+    file: Option<File>,
+    committed: bool,
+}
+
+/// The temporary name used for `final_path`.
+pub fn temp_path_for(final_path: &Path) -> Result<PathBuf, StagingError> {
+    let name = final_path
+        .file_name()
+        .ok_or_else(|| StagingError::NoFileName {
+            path: final_path.to_path_buf(),
+        })?;
+    let mut temp = std::ffi::OsString::from(".");
+    temp.push(name);
+    temp.push(".azure2kvm-partial");
+    Ok(final_path.with_file_name(temp))
+}
+
+/// Refuses an existing `final_path` unless overwriting is allowed. Call before any work so
+/// a mistake costs nothing.
+pub fn check_output_free(final_path: &Path, overwrite: Overwrite) -> Result<(), StagingError> {
+    if overwrite == Overwrite::Refuse && fs::symlink_metadata(final_path).is_ok() {
+        return Err(StagingError::Exists {
+            path: final_path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+impl StagedOutput {
+    /// Creates (truncating any leftover of an interrupted run) and locks the temporary file.
+    pub fn create(final_path: &Path, overwrite: Overwrite) -> Result<Self, StagingError> {
+        check_output_free(final_path, overwrite)?;
+        let temp_path = temp_path_for(final_path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&temp_path)
+            .map_err(io_err("create", &temp_path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StagingError::Locked {
+                    path: final_path.to_path_buf(),
+                    temp: temp_path,
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &temp_path)(e)),
+        }
+        // Locked: any content is a dead run's leftover.
+        file.set_len(0).map_err(io_err("truncate", &temp_path))?;
+        Ok(Self {
+            final_path: final_path.to_path_buf(),
+            temp_path,
+            file: Some(file),
+            committed: false,
+        })
+    }
+
+    /// A handle to the temporary file for the sink (shares the lock's open file description).
+    pub fn file(&self) -> Result<File, StagingError> {
+        self.file
+            .as_ref()
+            .expect("file present until commit")
+            .try_clone()
+            .map_err(io_err("duplicate handle of", &self.temp_path))
+    }
+
+    pub fn temp_path(&self) -> &Path {
+        &self.temp_path
+    }
+
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// Renames the finished (already synced) temporary file to the final name and syncs
+    /// the directory so the rename survives a power loss.
+    pub fn commit(mut self, overwrite: Overwrite) -> Result<PathBuf, StagingError> {
+        // Re-check: the final name may have appeared while we worked.
+        check_output_free(&self.final_path, overwrite)?;
+        fs::rename(&self.temp_path, &self.final_path)
+            .map_err(io_err("rename to", &self.final_path))?;
+        self.committed = true;
+        self.file = None;
+        let dir = match self.final_path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("sync directory", &dir))?;
+        Ok(self.final_path.clone())
+    }
+}
+
+impl Drop for StagedOutput {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Best effort: the error that led here is the one worth reporting.
+            let _ = fs::remove_file(&self.temp_path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn commit_renames_and_drop_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("disk.raw");
+        let staged = StagedOutput::create(&out, Overwrite::Refuse).unwrap();
+        let temp = staged.temp_path().to_path_buf();
+        staged.file().unwrap().write_all(b"hello").unwrap();
+        assert!(temp.exists() && !out.exists());
+        staged.commit(Overwrite::Refuse).unwrap();
+        assert_eq!(fs::read(&out).unwrap(), b"hello");
+        assert!(!temp.exists());
+
+        let other = dir.path().join("other.raw");
+        let staged = StagedOutput::create(&other, Overwrite::Refuse).unwrap();
+        let temp = staged.temp_path().to_path_buf();
+        drop(staged);
+        assert!(!temp.exists() && !other.exists());
+    }
+
+    #[test]
+    fn refuses_existing_output_without_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("disk.raw");
+        fs::write(&out, b"keep").unwrap();
+        assert!(matches!(
+            StagedOutput::create(&out, Overwrite::Refuse),
+            Err(StagingError::Exists { .. })
+        ));
+        let staged = StagedOutput::create(&out, Overwrite::Allow).unwrap();
+        staged.file().unwrap().write_all(b"new").unwrap();
+        staged.commit(Overwrite::Allow).unwrap();
+        assert_eq!(fs::read(&out).unwrap(), b"new");
+    }
+
+    #[test]
+    fn second_writer_is_refused_while_first_holds_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("disk.qcow2");
+        let _first = StagedOutput::create(&out, Overwrite::Refuse).unwrap();
+        assert!(matches!(
+            StagedOutput::create(&out, Overwrite::Refuse),
+            Err(StagingError::Locked { .. })
+        ));
+    }
+}

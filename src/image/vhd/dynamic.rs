@@ -1,0 +1,233 @@
+//! Dynamic VHDs: the dynamic header ("cxsparse"), the block allocation table (BAT) and the
+//! check that turns them into an extent map (VHD spec 1.0, "Dynamic Disk Header Format" and
+//! "Block Allocation Table and Data Blocks").
+//!
+//! Every BAT entry is untrusted. A block must lie wholly inside the data area (before the
+//! trailing footer), must not overlap the metadata (footer copy, header, BAT) or another
+//! block; the table must cover the disk's current size. The per-block sector bitmap is
+//! skipped, not read: for dynamic (not differencing) disks qemu ignores it too, and
+//! unallocated blocks read as zeros.
+
+use super::error::VhdError;
+use super::footer::{FOOTER_SIZE, SECTOR};
+use super::{be_u32, be_u64, checksum, printable};
+use crate::image::extent::{ExtentMap, ExtentMapBuilder};
+
+pub const HEADER_SIZE: usize = 1024;
+pub const COOKIE: &[u8; 8] = b"cxsparse";
+const HEADER_VERSION: u32 = 0x0001_0000;
+const CHECKSUM_AT: usize = 36;
+/// BAT value of a block that was never written.
+pub const UNALLOCATED: u32 = 0xffff_ffff;
+
+/// A parsed, validated dynamic header.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DynamicHeader {
+    /// Absolute byte offset of the BAT.
+    pub table_offset: u64,
+    pub header_version: u32,
+    pub max_table_entries: u32,
+    /// Bytes of disk data per block; a power of two ≥ 512 (2 MiB by default).
+    pub block_size: u32,
+    pub checksum: u32,
+    /// Differencing disks only: the parent's name as stored (UTF-16BE).
+    pub parent_name: String,
+    pub parent_unique_id: String,
+}
+
+impl DynamicHeader {
+    /// Bytes of the sector bitmap in front of each block: one bit per sector, padded to a
+    /// whole sector.
+    pub fn bitmap_size(&self) -> u64 {
+        let sectors = u64::from(self.block_size) / SECTOR;
+        sectors.div_ceil(8).div_ceil(SECTOR) * SECTOR
+    }
+
+    /// BAT entries needed to cover `current_size`.
+    pub fn blocks_for(&self, current_size: u64) -> u64 {
+        current_size.div_ceil(u64::from(self.block_size))
+    }
+}
+
+/// Parses the header read at file offset `at`. The parent fields are kept for the
+/// differencing-disk refusal; the block size is checked by [`check_block_size`] so a
+/// differencing disk with odd fields is still named as such.
+pub fn parse_header(raw: &[u8; HEADER_SIZE], at: u64) -> Result<DynamicHeader, VhdError> {
+    if &raw[0..8] != COOKIE {
+        return Err(VhdError::BadHeaderCookie {
+            offset: at,
+            found: printable(&raw[0..8]),
+        });
+    }
+    let stored = be_u32(raw, CHECKSUM_AT);
+    let computed = checksum(raw, CHECKSUM_AT);
+    if stored != computed {
+        return Err(VhdError::BadHeaderChecksum {
+            offset: at,
+            stored,
+            computed,
+        });
+    }
+    let header_version = be_u32(raw, 24);
+    if header_version != HEADER_VERSION {
+        return Err(VhdError::BadHeaderVersion {
+            offset: at + 24,
+            found: header_version,
+        });
+    }
+    let name_units: Vec<u16> = raw[64..576]
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    Ok(DynamicHeader {
+        table_offset: be_u64(raw, 16),
+        header_version,
+        max_table_entries: be_u32(raw, 28),
+        block_size: be_u32(raw, 32),
+        checksum: stored,
+        parent_name: String::from_utf16_lossy(&name_units),
+        parent_unique_id: raw[40..56].iter().map(|b| format!("{b:02x}")).collect(),
+    })
+}
+
+pub fn check_block_size(h: &DynamicHeader, at: u64) -> Result<(), VhdError> {
+    if !h.block_size.is_power_of_two() || u64::from(h.block_size) < SECTOR {
+        return Err(VhdError::BadBlockSize {
+            offset: at + 32,
+            block_size: h.block_size,
+        });
+    }
+    Ok(())
+}
+
+/// Where the BAT sits and how many bytes of it to read for a disk of `current_size`.
+/// Checks the table covers the disk and lies inside the data area (before the footer).
+pub fn bat_location(
+    h: &DynamicHeader,
+    header_at: u64,
+    current_size: u64,
+    file_len: u64,
+) -> Result<(u64, u64), VhdError> {
+    let needed = h.blocks_for(current_size);
+    if u64::from(h.max_table_entries) < needed {
+        return Err(VhdError::BatTooSmall {
+            offset: header_at + 28,
+            entries: h.max_table_entries,
+            needed,
+            block_size: h.block_size,
+            current_size,
+        });
+    }
+    let length = needed * 4;
+    let limit = data_area_end(file_len);
+    match h.table_offset.checked_add(length) {
+        Some(end) if end <= limit => Ok((h.table_offset, length)),
+        _ => Err(VhdError::BatOutsideFile {
+            offset: h.table_offset,
+            length,
+            limit,
+        }),
+    }
+}
+
+fn data_area_end(file_len: u64) -> u64 {
+    file_len.saturating_sub(FOOTER_SIZE as u64)
+}
+
+/// Summary of a checked BAT, for `inspect`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BatSummary {
+    pub entries_used: u64,
+    pub allocated_blocks: u64,
+}
+
+/// Checks every BAT entry and builds the extent map of a dynamic disk.
+///
+/// `bat` holds the big-endian table bytes read at `bat_offset`; `header_at` is the dynamic
+/// header's offset; the data area is `[0, file_len - 512)`.
+pub fn extent_map(
+    h: &DynamicHeader,
+    header_at: u64,
+    bat: &[u8],
+    bat_offset: u64,
+    current_size: u64,
+    file_len: u64,
+) -> Result<(ExtentMap, BatSummary), VhdError> {
+    let block_size = u64::from(h.block_size);
+    let bitmap = h.bitmap_size();
+    let limit = data_area_end(file_len);
+    // The BAT region as laid out on disk, padded to whole sectors.
+    let bat_end = bat_offset + (bat.len() as u64).div_ceil(SECTOR) * SECTOR;
+    let metadata: [(&'static str, u64, u64); 3] = [
+        ("footer copy at offset 0", 0, FOOTER_SIZE as u64),
+        ("dynamic header", header_at, header_at + HEADER_SIZE as u64),
+        ("block allocation table", bat_offset, bat_end),
+    ];
+    if bat_offset < bat_end {
+        for &(region, start, end) in &metadata[..2] {
+            if bat_offset < end && start < bat_end {
+                return Err(VhdError::BatOverlapsMetadata {
+                    offset: bat_offset,
+                    region,
+                });
+            }
+        }
+    }
+
+    let mut blocks: Vec<(u64, u64)> = Vec::new(); // (start byte, block index)
+    let mut builder = ExtentMapBuilder::new(current_size);
+    for (index, entry) in bat.chunks_exact(4).enumerate() {
+        let index = index as u64;
+        let sector = u32::from_be_bytes(entry.try_into().expect("4-byte entry"));
+        if sector == UNALLOCATED {
+            continue;
+        }
+        let entry_offset = bat_offset + index * 4;
+        let start = u64::from(sector) * SECTOR;
+        let end = start + bitmap + block_size; // < 2^41 + 2^32 + 2^32: no overflow
+        if end > limit {
+            return Err(VhdError::BlockOutsideFile {
+                block: index,
+                entry_offset,
+                sector,
+                start,
+                end,
+                limit,
+            });
+        }
+        for &(region, m_start, m_end) in &metadata {
+            if start < m_end && m_start < end {
+                return Err(VhdError::BlockOverlapsMetadata {
+                    block: index,
+                    entry_offset,
+                    start,
+                    region,
+                });
+            }
+        }
+        blocks.push((start, index));
+        let virtual_start = index * block_size;
+        let length = block_size.min(current_size - virtual_start);
+        builder.push_data(virtual_start, length, start + bitmap)?;
+    }
+
+    blocks.sort_unstable();
+    let span = bitmap + block_size;
+    for pair in blocks.windows(2) {
+        let ((a_start, a), (b_start, b)) = (pair[0], pair[1]);
+        if b_start < a_start + span {
+            return Err(VhdError::BlocksOverlap {
+                first: a,
+                second: b,
+                start: b_start,
+                first_end: a_start + span,
+            });
+        }
+    }
+    let summary = BatSummary {
+        entries_used: bat.len() as u64 / 4,
+        allocated_blocks: blocks.len() as u64,
+    };
+    Ok((builder.finish(), summary))
+}

@@ -1,0 +1,376 @@
+//! Synthetic VHDs for the validation rules: each test breaks one rule and expects the
+//! error that names it. (qemu-made images are covered by tests/convert.rs.)
+
+use super::dynamic::{COOKIE as HEADER_COOKIE, HEADER_SIZE, UNALLOCATED};
+use super::footer::tests::{footer_bytes, reseal};
+use super::*;
+
+const BLOCK: u32 = 4096;
+const BITMAP: u64 = 512;
+
+/// A dynamic VHD in memory: footer copy, header at 512, BAT at 1536, blocks, footer.
+struct Dyn {
+    size: u64,
+    block: u32,
+    entries: u32,
+    bat: Vec<u32>,
+    blocks: Vec<(u32, u8)>, // (sector, fill byte) written after the BAT
+    parent: Option<&'static str>,
+    disk_type: u32,
+}
+
+impl Dyn {
+    fn new(size: u64, block: u32) -> Self {
+        let n = size.div_ceil(u64::from(block)) as u32;
+        Self {
+            size,
+            block,
+            entries: n,
+            bat: vec![UNALLOCATED; n as usize],
+            blocks: vec![],
+            parent: None,
+            disk_type: 3,
+        }
+    }
+
+    fn bat_sectors(&self) -> u64 {
+        (u64::from(self.entries) * 4).div_ceil(512)
+    }
+
+    /// Allocates block `index` at the next free sector, filled with `fill`.
+    fn alloc(&mut self, index: usize, fill: u8) -> &mut Self {
+        let first_free = 3 + self.bat_sectors();
+        let per_block = (BITMAP + u64::from(self.block)) / 512;
+        let sector = first_free + self.blocks.len() as u64 * per_block;
+        self.bat[index] = sector as u32;
+        self.blocks.push((sector as u32, fill));
+        self
+    }
+
+    fn header(&self) -> [u8; HEADER_SIZE] {
+        let mut h = [0u8; HEADER_SIZE];
+        h[0..8].copy_from_slice(HEADER_COOKIE);
+        h[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
+        h[16..24].copy_from_slice(&1536u64.to_be_bytes());
+        h[24..28].copy_from_slice(&0x0001_0000u32.to_be_bytes());
+        h[28..32].copy_from_slice(&self.entries.to_be_bytes());
+        h[32..36].copy_from_slice(&self.block.to_be_bytes());
+        if let Some(p) = self.parent {
+            for (i, u) in p.encode_utf16().enumerate() {
+                h[64 + 2 * i..66 + 2 * i].copy_from_slice(&u.to_be_bytes());
+            }
+        }
+        let c = checksum(&h, 36);
+        h[36..40].copy_from_slice(&c.to_be_bytes());
+        h
+    }
+
+    fn build_with(&self, header: [u8; HEADER_SIZE]) -> Vec<u8> {
+        let footer = footer_bytes(self.disk_type, self.size, 512);
+        let mut f = footer.to_vec();
+        f.extend_from_slice(&header);
+        let mut bat: Vec<u8> = self.bat.iter().flat_map(|e| e.to_be_bytes()).collect();
+        bat.resize((self.bat_sectors() * 512) as usize, 0xff);
+        f.extend_from_slice(&bat);
+        for &(sector, fill) in &self.blocks {
+            let at = u64::from(sector) as usize * 512;
+            let end = at + (BITMAP + u64::from(self.block)) as usize;
+            if f.len() < end {
+                f.resize(end, 0);
+            }
+            f[at..at + BITMAP as usize].fill(0xff);
+            f[at + BITMAP as usize..end].fill(fill);
+        }
+        f.extend_from_slice(&footer);
+        f
+    }
+
+    fn build(&self) -> Vec<u8> {
+        self.build_with(self.header())
+    }
+}
+
+fn fixed(size: u64) -> Vec<u8> {
+    let mut f = vec![0x5a; size as usize];
+    f.extend_from_slice(&footer_bytes(2, size, u64::MAX));
+    f
+}
+
+#[test]
+fn fixed_disk_is_one_data_extent() {
+    let img = open(fixed(1 << 20).as_slice()).unwrap();
+    assert_eq!(img.footer.disk_type, DiskType::Fixed);
+    assert_eq!(img.extents, ExtentMap::dense(1 << 20));
+}
+
+#[test]
+fn fixed_disk_with_wrong_length_is_refused() {
+    let mut f = fixed(1 << 20);
+    f.insert(0, 0); // one byte too long
+    assert!(
+        matches!(open(f.as_slice()), Err(VhdError::FixedSizeMismatch { expected, .. }) if expected == (1 << 20) + 512)
+    );
+    let f = fixed(1 << 20);
+    let short = [&f[..1000], &f[f.len() - 512..]].concat();
+    assert!(matches!(
+        open(short.as_slice()),
+        Err(VhdError::FixedSizeMismatch { .. })
+    ));
+}
+
+#[test]
+fn tiny_file_is_refused() {
+    assert!(matches!(
+        open([0u8; 100].as_slice()),
+        Err(VhdError::TooSmall { len: 100 })
+    ));
+    assert!(matches!(
+        open([0u8; 0].as_slice()),
+        Err(VhdError::TooSmall { len: 0 })
+    ));
+}
+
+#[test]
+fn dynamic_map_has_allocated_blocks_only() {
+    let mut d = Dyn::new(10 * u64::from(BLOCK) - 1024, BLOCK);
+    d.alloc(1, 1).alloc(9, 2).alloc(4, 3);
+    let img = open(d.build().as_slice()).unwrap();
+    let (h, summary) = img.dynamic.as_ref().unwrap();
+    assert_eq!(h.block_size, BLOCK);
+    assert_eq!(summary.allocated_blocks, 3);
+    let data: Vec<(u64, u64)> = img
+        .extents
+        .data_extents()
+        .map(|e| (e.virtual_start, e.length))
+        .collect();
+    // The last block is clipped to the disk's size.
+    assert_eq!(
+        data,
+        vec![(4096, 4096), (4 * 4096, 4096), (9 * 4096, 4096 - 1024)]
+    );
+    // Data offsets skip the bitmap.
+    let first = img
+        .extents
+        .data_extents()
+        .next()
+        .unwrap()
+        .source_offset()
+        .unwrap();
+    assert_eq!(first, u64::from(d.bat[1]) * 512 + BITMAP);
+}
+
+#[test]
+fn dynamic_with_large_block_size_has_larger_bitmap() {
+    let d = Dyn::new(16 << 20, 8 << 20);
+    let img = open(d.build().as_slice()).unwrap();
+    assert_eq!(img.dynamic.unwrap().0.bitmap_size(), 2048); // 16384 sectors → 2048 bytes
+}
+
+#[test]
+fn damaged_tail_footer_falls_back_to_head_copy() {
+    let mut d = Dyn::new(8 * u64::from(BLOCK), BLOCK);
+    d.alloc(0, 7);
+    let mut f = d.build();
+    let n = f.len();
+    f[n - 1] ^= 0xff;
+    let img = open(f.as_slice()).unwrap();
+    assert_eq!(img.footer_source, FooterSource::HeadCopy);
+    assert!(img.tail_footer_problem.unwrap().contains("checksum"));
+}
+
+#[test]
+fn differencing_disk_is_refused_naming_parent() {
+    let mut d = Dyn::new(8 * u64::from(BLOCK), BLOCK);
+    d.disk_type = 4;
+    d.parent = Some("base-disk.vhd");
+    let err = open(d.build().as_slice()).unwrap_err();
+    assert!(
+        matches!(&err, VhdError::Differencing { parent } if parent.contains("base-disk.vhd")),
+        "{err}"
+    );
+}
+
+#[test]
+fn header_cookie_checksum_and_version_are_checked() {
+    let d = Dyn::new(8 * u64::from(BLOCK), BLOCK);
+    let mut h = d.header();
+    h[0] = b'X';
+    assert!(matches!(
+        open(d.build_with(h).as_slice()),
+        Err(VhdError::BadHeaderCookie { offset: 512, .. })
+    ));
+    let mut h = d.header();
+    h[600] ^= 1;
+    assert!(matches!(
+        open(d.build_with(h).as_slice()),
+        Err(VhdError::BadHeaderChecksum { .. })
+    ));
+    let mut h = d.header();
+    h[24..28].copy_from_slice(&0x0002_0000u32.to_be_bytes());
+    let c = checksum(&h, 36);
+    h[36..40].copy_from_slice(&c.to_be_bytes());
+    assert!(matches!(
+        open(d.build_with(h).as_slice()),
+        Err(VhdError::BadHeaderVersion { .. })
+    ));
+}
+
+#[test]
+fn block_size_must_be_power_of_two() {
+    for bad in [3 * 4096, 256, 0] {
+        let mut d = Dyn::new(8 * 4096, BLOCK);
+        d.block = bad;
+        let err = open(d.build().as_slice()).unwrap_err();
+        assert!(
+            matches!(err, VhdError::BadBlockSize { block_size, .. } if block_size == bad),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
+fn bat_must_cover_disk() {
+    let mut d = Dyn::new(8 * u64::from(BLOCK), BLOCK);
+    d.entries = 7;
+    d.bat.truncate(7);
+    assert!(matches!(
+        open(d.build().as_slice()),
+        Err(VhdError::BatTooSmall {
+            entries: 7,
+            needed: 8,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn bat_beyond_file_is_refused() {
+    let d = Dyn::new(8 * u64::from(BLOCK), BLOCK);
+    let mut h = d.header();
+    h[16..24].copy_from_slice(&(1u64 << 40).to_be_bytes());
+    let c = checksum(&h, 36);
+    h[36..40].copy_from_slice(&c.to_be_bytes());
+    assert!(matches!(
+        open(d.build_with(h).as_slice()),
+        Err(VhdError::BatOutsideFile { .. })
+    ));
+}
+
+#[test]
+fn bat_overlapping_header_is_refused() {
+    let d = Dyn::new(8 * u64::from(BLOCK), BLOCK);
+    let mut h = d.header();
+    h[16..24].copy_from_slice(&1024u64.to_be_bytes());
+    let c = checksum(&h, 36);
+    h[36..40].copy_from_slice(&c.to_be_bytes());
+    let err = open(d.build_with(h).as_slice()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VhdError::BatOverlapsMetadata {
+                region: "dynamic header",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn header_offset_beyond_file_is_refused() {
+    let d = Dyn::new(8 * u64::from(BLOCK), BLOCK);
+    let mut f = d.build();
+    let n = f.len();
+    let mut footer: [u8; 512] = f[n - 512..].try_into().unwrap();
+    footer[16..24].copy_from_slice(&u64::MAX.to_be_bytes());
+    reseal(&mut footer);
+    f[n - 512..].copy_from_slice(&footer);
+    assert!(matches!(
+        open(f.as_slice()),
+        Err(VhdError::HeaderOutsideFile { .. })
+    ));
+}
+
+#[test]
+fn block_beyond_file_is_refused() {
+    let mut d = Dyn::new(8 * u64::from(BLOCK), BLOCK);
+    d.alloc(0, 1);
+    d.bat[2] = 1_000_000;
+    let err = open(d.build().as_slice()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VhdError::BlockOutsideFile {
+                block: 2,
+                sector: 1_000_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn truncated_dynamic_file_is_refused() {
+    let mut d = Dyn::new(8 * u64::from(BLOCK), BLOCK);
+    d.alloc(0, 1).alloc(1, 2);
+    let f = d.build();
+    // Cut the last block in half, keep a valid footer at the end.
+    let cut = [&f[..f.len() - 512 - 2048], &f[f.len() - 512..]].concat();
+    assert!(matches!(
+        open(cut.as_slice()),
+        Err(VhdError::BlockOutsideFile { block: 1, .. })
+    ));
+}
+
+#[test]
+fn overlapping_blocks_are_refused() {
+    let mut d = Dyn::new(8 * u64::from(BLOCK), BLOCK);
+    d.alloc(0, 1).alloc(1, 2);
+    d.bat[5] = d.bat[1] + 1; // starts inside block 1
+    d.blocks.push((d.bat[5], 3));
+    let err = open(d.build().as_slice()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VhdError::BlocksOverlap {
+                first: 1,
+                second: 5,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn block_overlapping_metadata_is_refused() {
+    let mut d = Dyn::new(8 * u64::from(BLOCK), BLOCK);
+    d.alloc(0, 1);
+    d.bat[3] = 1; // sector 1 = the dynamic header
+    let err = open(d.build().as_slice()).unwrap_err();
+    assert!(
+        matches!(err, VhdError::BlockOverlapsMetadata { block: 3, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn printable_escapes_and_trims() {
+    assert_eq!(printable(b"wa\0\0"), "wa");
+    assert_eq!(printable(b"a\x01b\0"), "a\\x01b");
+}
+
+proptest::proptest! {
+    /// The parser never panics, whatever the bytes: every failure is an error value.
+    #[test]
+    fn open_never_panics(mut bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096), seed_footer in proptest::prelude::any::<bool>(), t in 2u32..5) {
+        if seed_footer && bytes.len() >= 512 {
+            // Give the fuzzer a valid footer so it reaches the header and BAT checks.
+            let n = bytes.len();
+            let f = footer_bytes(t, 8192, 512);
+            bytes[n - 512..].copy_from_slice(&f);
+        }
+        let _ = open(bytes.as_slice());
+    }
+}

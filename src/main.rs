@@ -1,0 +1,31 @@
+//! Thin entry point: parse arguments, set up logs and signals, run, map the outcome to the
+//! documented exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use azure2kvm::cli::Cli;
+use azure2kvm::error::Error;
+use azure2kvm::interrupt::Interrupt;
+use azure2kvm::output::log::{self, LogFormat};
+
+fn main() -> ExitCode {
+    // clap exits with 2 on usage errors, as the contract says.
+    let cli = Cli::parse();
+    let format = cli.global.log_format;
+    log::init(format, cli.global.verbose, cli.global.quiet);
+    let result = Interrupt::install()
+        .map_err(|e| Error::failed(format!("cannot install signal handlers: {e}")))
+        .and_then(|interrupt| azure2kvm::commands::run(cli, interrupt));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match format {
+                LogFormat::Json => tracing::error!(exit_code = e.kind().exit_code(), "{e}"),
+                LogFormat::Text => eprintln!("azure2kvm: error: {e}"),
+            }
+            ExitCode::from(e.kind().exit_code())
+        }
+    }
+}

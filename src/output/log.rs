@@ -1,0 +1,35 @@
+//! Log setup: text or JSON lines on stderr, level from -v/-q or `AZURE2KVM_LOG`.
+
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `verbose` counts -v flags; `quiet` keeps only errors.
+pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    // Our crate at the chosen level; dependencies one step quieter unless asked for.
+    let default = match level {
+        "trace" => "trace".to_string(),
+        "debug" => "azure2kvm=debug,info".to_string(),
+        other => format!("azure2kvm={other},warn"),
+    };
+    let filter =
+        EnvFilter::try_from_env("AZURE2KVM_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests) is harmless: keep the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.with_target(false).without_time().try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
