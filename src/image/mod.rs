@@ -12,3 +12,6 @@ pub mod source;
 pub mod staging;
 pub mod vhd;
 pub mod zero;
+
+#[cfg(test)]
+mod sink_tests;

@@ -67,6 +67,8 @@ pub enum SinkError {
         format: ImageFormat,
         limit: u64,
     },
+    #[error("cannot resume the partial image: {why}")]
+    NotResumable { why: String },
     #[error("{op} at file offset {offset}: {source}")]
     Io {
         op: &'static str,
@@ -92,6 +94,10 @@ pub trait ImageSink: Send {
     /// Writes `data` at `virtual_offset`. All-zero parts may become holes.
     fn write_at(&mut self, virtual_offset: u64, data: &[u8]) -> Result<(), SinkError>;
 
+    /// Makes everything written so far durable and reloadable by [`resume_sink`]. Data
+    /// written after the last checkpoint may or may not survive a crash.
+    fn checkpoint(&mut self) -> Result<(), SinkError>;
+
     /// Completes the image's metadata and makes it durable (fsync). Call once, last.
     fn finish(&mut self) -> Result<SinkStats, SinkError>;
 }
@@ -105,6 +111,19 @@ pub fn create_sink(
     Ok(match format {
         ImageFormat::Raw => Box::new(RawWriter::create(file, virtual_size)?),
         ImageFormat::Qcow2 => Box::new(Qcow2Writer::create(file, virtual_size)?),
+    })
+}
+
+/// Reopens a partial image of `format` that an earlier run checkpointed, to go on writing
+/// it. Refuses a file that is not such a checkpoint for a disk of `virtual_size` bytes.
+pub fn resume_sink(
+    format: ImageFormat,
+    file: File,
+    virtual_size: u64,
+) -> Result<Box<dyn ImageSink>, SinkError> {
+    Ok(match format {
+        ImageFormat::Raw => Box::new(RawWriter::resume(file, virtual_size)?),
+        ImageFormat::Qcow2 => Box::new(Qcow2Writer::resume(file, virtual_size)?),
     })
 }
 

@@ -82,6 +82,40 @@ pub fn check_output_free(final_path: &Path, overwrite: Overwrite) -> Result<(), 
 impl StagedOutput {
     /// Creates (truncating any leftover of an interrupted run) and locks the temporary file.
     pub fn create(final_path: &Path, overwrite: Overwrite) -> Result<Self, StagingError> {
+        let staged = Self::open_locked(final_path, overwrite)?;
+        let file = staged.file.as_ref().expect("just opened");
+        // Locked: any content is a dead run's leftover.
+        file.set_len(0)
+            .map_err(io_err("truncate", &staged.temp_path))?;
+        Ok(staged)
+    }
+
+    /// Opens and locks the temporary file, keeping what an interrupted run left in it.
+    /// The flag says whether there was anything (a non-empty file) to resume from.
+    pub fn open_for_resume(
+        final_path: &Path,
+        overwrite: Overwrite,
+    ) -> Result<(Self, bool), StagingError> {
+        let staged = Self::open_locked(final_path, overwrite)?;
+        let len = staged
+            .file
+            .as_ref()
+            .expect("just opened")
+            .metadata()
+            .map_err(io_err("stat", &staged.temp_path))?
+            .len();
+        Ok((staged, len > 0))
+    }
+
+    /// Leaves the temporary file in place on purpose (a resumable download that failed),
+    /// returning its path so the caller can say where it is.
+    pub fn keep(mut self) -> PathBuf {
+        self.committed = true;
+        self.file = None;
+        self.temp_path.clone()
+    }
+
+    fn open_locked(final_path: &Path, overwrite: Overwrite) -> Result<Self, StagingError> {
         check_output_free(final_path, overwrite)?;
         let temp_path = temp_path_for(final_path)?;
         let file = OpenOptions::new()
@@ -101,8 +135,6 @@ impl StagedOutput {
             }
             Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &temp_path)(e)),
         }
-        // Locked: any content is a dead run's leftover.
-        file.set_len(0).map_err(io_err("truncate", &temp_path))?;
         Ok(Self {
             final_path: final_path.to_path_buf(),
             temp_path,
@@ -179,6 +211,29 @@ mod tests {
         let temp = staged.temp_path().to_path_buf();
         drop(staged);
         assert!(!temp.exists() && !other.exists());
+    }
+
+    #[test]
+    fn resume_keeps_leftover_and_create_truncates_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("disk.raw");
+        let staged = StagedOutput::create(&out, Overwrite::Refuse).unwrap();
+        staged.file().unwrap().write_all(b"partial").unwrap();
+        let temp = staged.keep();
+        assert_eq!(fs::read(&temp).unwrap(), b"partial");
+
+        let (staged, existing) = StagedOutput::open_for_resume(&out, Overwrite::Refuse).unwrap();
+        assert!(existing);
+        assert_eq!(fs::read(staged.temp_path()).unwrap(), b"partial");
+        drop(staged);
+        assert!(
+            !temp.exists(),
+            "a resumed output that is dropped is removed like any other"
+        );
+
+        let (staged, existing) = StagedOutput::open_for_resume(&out, Overwrite::Refuse).unwrap();
+        assert!(!existing);
+        drop(staged);
     }
 
     #[test]

@@ -3,9 +3,17 @@
 //!
 //! Layout (qemu's docs/interop/qcow2.txt): cluster 0 holds the header; the L1 table follows;
 //! L2 tables and data clusters are appended as writes first touch them; refcount blocks and
-//! the refcount table are appended last by [`Qcow2Writer::finish`]. Because nothing is ever
-//! freed or shared, every cluster below the end of the file has refcount 1, so refcounts
-//! are computed at the end instead of being maintained.
+//! the refcount table are appended last by [`Qcow2Writer::finish`]. Nothing is ever shared,
+//! so refcounts are not maintained while writing: `finish` walks L1/L2 once and gives every
+//! referenced cluster refcount 1 and every other cluster 0.
+//!
+//! Resume: [`Qcow2Writer::checkpoint`] writes the L2 tables, the L1 table and a header
+//! marked with the "corrupt" incompatible bit (so no qemu opens a half-written image);
+//! [`Qcow2Writer::resume`] reads them back. Between checkpoints an evicted L2 table may
+//! already reference clusters the lost in-memory state allocated, so resume sets the
+//! allocation frontier past every cluster any on-disk L2 table references *and* past the
+//! end of the file: new clusters always land in never-written space (holes, reading as
+//! zeros), and clusters orphaned by the crash become free (refcount 0) at `finish`.
 //!
 //! Choices: 64 KiB clusters (qemu's default; overhead under 0.2% over sparse raw), 16-bit
 //! refcounts (the v3 default), no compression, no backing file, no extended L2. A cluster
@@ -44,6 +52,8 @@ const HEADER_LENGTH: u32 = 104;
 const MAX_L1_BYTES: u64 = 32 << 20;
 /// L2 tables kept in memory (64 KiB each).
 pub const L2_CACHE_TABLES: usize = 64;
+/// Incompatible feature bit 1, "corrupt": set on checkpointed, unfinished images.
+const INCOMPAT_CORRUPT: u64 = 1 << 1;
 
 #[derive(Debug)]
 struct CachedL2 {
@@ -82,18 +92,87 @@ impl Qcow2Writer {
                 limit: MAX_L1_BYTES / 8 * L2_COVERAGE,
             });
         }
-        let l1_clusters = div_ceil(l1_size * 8, CLUSTER_SIZE);
         file.set_len(0).map_err(SinkError::io("truncate", 0))?;
-        Ok(Self {
+        Ok(Self::with_l1(file, virtual_size, vec![0; l1_size as usize]))
+    }
+
+    fn with_l1(file: File, virtual_size: u64, l1: Vec<u64>) -> Self {
+        let l1_clusters = div_ceil(l1.len() as u64 * 8, CLUSTER_SIZE);
+        Self {
             file,
             virtual_size,
-            l1: vec![0; l1_size as usize],
+            l1,
             l1_offset: CLUSTER_SIZE,
             next_free: CLUSTER_SIZE * (1 + l1_clusters),
             cache: Vec::with_capacity(L2_CACHE_TABLES),
             clock: 0,
             stats: SinkStats::default(),
-        })
+        }
+    }
+
+    /// Reopens an image this writer checkpointed, for a disk of `virtual_size` bytes.
+    pub fn resume(file: File, virtual_size: u64) -> Result<Self, SinkError> {
+        let not_ours = |why: String| SinkError::NotResumable { why };
+        let mut header = [0u8; HEADER_LENGTH as usize];
+        file.read_exact_at(&mut header, 0)
+            .map_err(|e| not_ours(format!("cannot read a qcow2 header: {e}")))?;
+        let be32 = |at: usize| u32::from_be_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+        let be64 = |at: usize| u64::from_be_bytes(header[at..at + 8].try_into().expect("8 bytes"));
+        let expected_l1 = div_ceil(virtual_size, L2_COVERAGE);
+        if be32(0) != MAGIC || be32(4) != VERSION || be32(20) != CLUSTER_BITS {
+            return Err(not_ours("not a qcow2 v3 image with 64 KiB clusters".into()));
+        }
+        if be64(72) & INCOMPAT_CORRUPT == 0 {
+            return Err(not_ours("not a checkpoint of an unfinished image".into()));
+        }
+        if be64(24) != virtual_size
+            || u64::from(be32(36)) != expected_l1
+            || be64(40) != CLUSTER_SIZE
+        {
+            return Err(not_ours(format!(
+                "made for virtual size {} (L1 {} entries at {}), expected {virtual_size}",
+                be64(24),
+                be32(36),
+                be64(40)
+            )));
+        }
+        let mut raw = vec![0u8; expected_l1 as usize * 8];
+        file.read_exact_at(&mut raw, CLUSTER_SIZE)
+            .map_err(SinkError::io("read L1 table", CLUSTER_SIZE))?;
+        let l1: Vec<u64> = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")) & OFFSET_MASK)
+            .collect();
+        let file_len = file.metadata().map_err(SinkError::io("stat", 0))?.len();
+        let mut w = Self::with_l1(file, virtual_size, l1);
+        let mut frontier = w
+            .next_free
+            .max(div_ceil(file_len, CLUSTER_SIZE) * CLUSTER_SIZE);
+        for l1_index in 0..w.l1.len() {
+            let table = w.l1[l1_index];
+            if table == 0 {
+                continue;
+            }
+            frontier = frontier.max(table + CLUSTER_SIZE);
+            for entry in w.read_l2(table)? {
+                if entry != 0 {
+                    frontier = frontier.max((entry & OFFSET_MASK) + CLUSTER_SIZE);
+                }
+            }
+        }
+        w.next_free = frontier;
+        Ok(w)
+    }
+
+    fn read_l2(&self, at: u64) -> Result<Vec<u64>, SinkError> {
+        let mut raw = vec![0u8; CLUSTER_SIZE as usize];
+        self.file
+            .read_exact_at(&mut raw, at)
+            .map_err(SinkError::io("read L2 table", at))?;
+        Ok(raw
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+            .collect())
     }
 
     fn allocate_cluster(&mut self) -> u64 {
@@ -186,7 +265,36 @@ impl Qcow2Writer {
         Ok(Some(host))
     }
 
+    fn write_l1(&mut self) -> Result<(), SinkError> {
+        let l1_bytes: Vec<u8> = self
+            .l1
+            .iter()
+            .flat_map(|&e| if e == 0 { 0u64 } else { e | OFLAG_COPIED }.to_be_bytes())
+            .collect();
+        self.file
+            .write_all_at(&l1_bytes, self.l1_offset)
+            .map_err(SinkError::io("write L1 table", self.l1_offset))?;
+        self.stats.bytes_written += l1_bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Which host clusters below `next_free` are referenced: header, L1, L2 tables, data.
+    /// One bit per 64 KiB of image file. Call after all L2 tables are written back.
+    fn referenced_clusters(&self) -> Result<Vec<bool>, SinkError> {
+        let mut used = vec![false; (self.next_free / CLUSTER_SIZE) as usize];
+        let l1_clusters = div_ceil(self.l1.len() as u64 * 8, CLUSTER_SIZE) as usize;
+        used[..1 + l1_clusters].fill(true);
+        for &table in self.l1.iter().filter(|&&t| t != 0) {
+            used[(table / CLUSTER_SIZE) as usize] = true;
+            for entry in self.read_l2(table)?.into_iter().filter(|&e| e != 0) {
+                used[((entry & OFFSET_MASK) / CLUSTER_SIZE) as usize] = true;
+            }
+        }
+        Ok(used)
+    }
+
     fn write_refcounts_and_header(&mut self) -> Result<(), SinkError> {
+        let referenced = self.referenced_clusters()?;
         let used = self.next_free / CLUSTER_SIZE;
         // The refcount structures count themselves: iterate to the fixed point.
         let (mut blocks, mut table_clusters) = (0u64, 0u64);
@@ -209,8 +317,12 @@ impl Qcow2Writer {
             let first = b * REFCOUNTS_PER_BLOCK;
             let count = (total - first).min(REFCOUNTS_PER_BLOCK) as usize;
             block.fill(0);
-            for c in block.chunks_exact_mut(2).take(count) {
-                c.copy_from_slice(&1u16.to_be_bytes());
+            for (i, c) in block.chunks_exact_mut(2).take(count).enumerate() {
+                // Clusters at or past `used` are the refcount structures themselves.
+                let cluster = (first as usize) + i;
+                if referenced.get(cluster).copied().unwrap_or(true) {
+                    c.copy_from_slice(&1u16.to_be_bytes());
+                }
             }
             let at = blocks_offset + b * CLUSTER_SIZE;
             self.file
@@ -223,27 +335,37 @@ impl Qcow2Writer {
             .write_all_at(&table, table_offset)
             .map_err(SinkError::io("write refcount table", table_offset))?;
 
-        let l1_bytes: Vec<u8> = self
-            .l1
-            .iter()
-            .flat_map(|&e| if e == 0 { 0u64 } else { e | OFLAG_COPIED }.to_be_bytes())
-            .collect();
-        self.file
-            .write_all_at(&l1_bytes, self.l1_offset)
-            .map_err(SinkError::io("write L1 table", self.l1_offset))?;
+        self.write_l1()?;
+        self.write_header(table_offset, table_clusters as u32, 0)?;
+        self.stats.bytes_written += (blocks + table_clusters) * CLUSTER_SIZE;
+        Ok(())
+    }
 
+    fn write_header(
+        &mut self,
+        refcount_table_offset: u64,
+        refcount_table_clusters: u32,
+        incompatible_features: u64,
+    ) -> Result<(), SinkError> {
         let header = encode_header(&HeaderFields {
             virtual_size: self.virtual_size,
             l1_size: self.l1.len() as u32,
             l1_offset: self.l1_offset,
-            refcount_table_offset: table_offset,
-            refcount_table_clusters: table_clusters as u32,
+            refcount_table_offset,
+            refcount_table_clusters,
+            incompatible_features,
         });
         self.file
             .write_all_at(&header, 0)
             .map_err(SinkError::io("write header", 0))?;
-        self.stats.bytes_written +=
-            (blocks + table_clusters) * CLUSTER_SIZE + l1_bytes.len() as u64 + header.len() as u64;
+        self.stats.bytes_written += header.len() as u64;
+        Ok(())
+    }
+
+    fn write_back_all(&mut self) -> Result<(), SinkError> {
+        for slot in 0..self.cache.len() {
+            self.write_back(slot)?;
+        }
         Ok(())
     }
 }
@@ -254,6 +376,7 @@ struct HeaderFields {
     l1_offset: u64,
     refcount_table_offset: u64,
     refcount_table_clusters: u32,
+    incompatible_features: u64,
 }
 
 /// The v3 header (qcow2.txt "Header"), followed by the end-of-extensions marker.
@@ -272,7 +395,7 @@ fn encode_header(h: &HeaderFields) -> Vec<u8> {
     b.extend_from_slice(&h.refcount_table_clusters.to_be_bytes());
     b.extend_from_slice(&0u32.to_be_bytes()); // nb_snapshots
     b.extend_from_slice(&0u64.to_be_bytes()); // snapshots_offset
-    b.extend_from_slice(&0u64.to_be_bytes()); // incompatible_features
+    b.extend_from_slice(&h.incompatible_features.to_be_bytes());
     b.extend_from_slice(&0u64.to_be_bytes()); // compatible_features
     b.extend_from_slice(&0u64.to_be_bytes()); // autoclear_features
     b.extend_from_slice(&REFCOUNT_ORDER.to_be_bytes());
@@ -328,10 +451,15 @@ impl ImageSink for Qcow2Writer {
         Ok(())
     }
 
+    fn checkpoint(&mut self) -> Result<(), SinkError> {
+        self.write_back_all()?;
+        self.write_l1()?;
+        self.write_header(0, 0, INCOMPAT_CORRUPT)?;
+        self.file.sync_all().map_err(SinkError::io("fsync", 0))
+    }
+
     fn finish(&mut self) -> Result<SinkStats, SinkError> {
-        for slot in 0..self.cache.len() {
-            self.write_back(slot)?;
-        }
+        self.write_back_all()?;
         self.write_refcounts_and_header()?;
         self.file.sync_all().map_err(SinkError::io("fsync", 0))?;
         Ok(self.stats)
@@ -350,6 +478,7 @@ mod tests {
             l1_offset: CLUSTER_SIZE,
             refcount_table_offset: 5 * CLUSTER_SIZE,
             refcount_table_clusters: 1,
+            incompatible_features: 0,
         });
         assert_eq!(&h[0..4], b"QFI\xfb");
         assert_eq!(u32::from_be_bytes(h[4..8].try_into().unwrap()), 3);

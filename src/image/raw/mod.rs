@@ -28,6 +28,21 @@ impl RawWriter {
             stats: SinkStats::default(),
         })
     }
+
+    /// Reopens a partial raw image: it must already have the disk's exact size.
+    pub fn resume(file: File, virtual_size: u64) -> Result<Self, SinkError> {
+        let len = file.metadata().map_err(SinkError::io("stat", 0))?.len();
+        if len != virtual_size {
+            return Err(SinkError::NotResumable {
+                why: format!("partial raw image is {len} bytes, the disk is {virtual_size}"),
+            });
+        }
+        Ok(Self {
+            file,
+            virtual_size,
+            stats: SinkStats::default(),
+        })
+    }
 }
 
 impl ImageSink for RawWriter {
@@ -46,6 +61,10 @@ impl ImageSink for RawWriter {
         }
         self.stats.bytes_received += data.len() as u64;
         Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<(), SinkError> {
+        self.file.sync_data().map_err(SinkError::io("fsync", 0))
     }
 
     fn finish(&mut self) -> Result<SinkStats, SinkError> {
