@@ -102,7 +102,8 @@ pub trait ImageSink: Send {
     fn finish(&mut self) -> Result<SinkStats, SinkError>;
 }
 
-/// Opens a sink of `format` over an empty file for a disk of `virtual_size` bytes.
+/// Opens a sink of `format` over an empty file for a disk of `virtual_size` bytes. The file
+/// must be open for reading and writing (qcow2 reads back evicted L2 tables).
 pub fn create_sink(
     format: ImageFormat,
     file: File,

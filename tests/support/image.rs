@@ -1,0 +1,237 @@
+//! Building test disks and asking qemu-img — the oracle — about them.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs qemu-img, panicking with its stderr if it fails.
+pub fn qemu_img(args: &[&str]) -> Output {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img must be installed");
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), so failures reproduce.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A sparse raw disk of `size` bytes with random data at each `(offset, len)`.
+pub fn make_raw(path: &Path, size: u64, chunks: &[(u64, usize)], seed: u64) {
+    let f = File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    for (i, &(offset, len)) in chunks.iter().enumerate() {
+        f.write_all_at(&random_bytes(len, seed + i as u64), offset)
+            .unwrap();
+    }
+}
+
+/// Scattered chunks: `count` pieces of `len` bytes spread over `size`, some unaligned.
+pub fn scattered(size: u64, count: u64, len: usize, seed: u64) -> Vec<(u64, usize)> {
+    let stride = size / count;
+    (0..count)
+        .map(|i| {
+            let jitter = (seed.wrapping_mul(i + 7) % 8) * 512;
+            let off = (i * stride + jitter).min(size - len as u64);
+            (off, len)
+        })
+        .collect()
+}
+
+/// qemu-img makes a VHD from a raw file.
+pub fn make_vhd(raw: &Path, vhd: &Path, subformat: &str) {
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vpc",
+        "-o",
+        &format!("subformat={subformat},force_size=on"),
+        raw.to_str().unwrap(),
+        vhd.to_str().unwrap(),
+    ]);
+}
+
+/// What qemu-img says the VHD contains, as a raw file.
+pub fn qemu_raw_of_vhd(vhd: &Path, out: &Path) {
+    qemu_img(&[
+        "convert",
+        "-f",
+        "vpc",
+        "-O",
+        "raw",
+        vhd.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+}
+
+/// Bytes the filesystem allocated for a file.
+pub fn allocated_bytes(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+pub fn assert_same_bytes(a: &Path, b: &Path) {
+    let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    assert_eq!(
+        x.len(),
+        y.len(),
+        "{} and {} differ in length",
+        a.display(),
+        b.display()
+    );
+    if let Some(i) = x.iter().zip(&y).position(|(p, q)| p != q) {
+        panic!(
+            "{} and {} differ first at byte {i}",
+            a.display(),
+            b.display()
+        );
+    }
+}
+
+/// `qemu-img check` passes and `qemu-img compare` finds the qcow2 identical to `raw`.
+pub fn assert_qcow2_matches(qcow2: &Path, raw: &Path) {
+    let check = Command::new("qemu-img")
+        .args(["check", "-f", "qcow2"])
+        .arg(qcow2)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "qemu-img check {}: {}{}",
+        qcow2.display(),
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        !stdout.contains("leaked") && !stdout.contains("ERROR"),
+        "qemu-img check: {stdout}"
+    );
+    let cmp = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "qcow2"])
+        .arg(raw)
+        .arg(qcow2)
+        .output()
+        .unwrap();
+    assert!(
+        cmp.status.success(),
+        "qemu-img compare: {}",
+        String::from_utf8_lossy(&cmp.stdout)
+    );
+}
+
+/// Runs the built binary.
+pub fn azure2kvm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_azure2kvm"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Files in `dir` whose name contains "azure2kvm-partial": leftovers of a failed run.
+pub fn leftovers(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("azure2kvm-partial"))
+        .collect()
+}
+
+/// Overwrites the 512-byte footer at `at` after `edit`, recomputing its checksum.
+pub fn edit_footer(path: &Path, at: u64, edit: impl FnOnce(&mut [u8; 512])) {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut footer = [0u8; 512];
+    f.read_exact_at(&mut footer, at).unwrap();
+    edit(&mut footer);
+    footer[64..68].fill(0);
+    let sum = footer
+        .iter()
+        .fold(0u32, |a, &b| a.wrapping_add(u32::from(b)));
+    footer[64..68].copy_from_slice(&(!sum).to_be_bytes());
+    f.write_all_at(&footer, at).unwrap();
+}
+
+/// Builds a dynamic VHD by hand (qemu-img cannot choose the block size): footer copy,
+/// header at 512, BAT at 1536, then each block with data, then the footer. Blocks that
+/// are all zeros in `raw` are left unallocated.
+pub fn make_dynamic_vhd(raw: &[u8], block_size: u32, out: &Path) {
+    let size = raw.len() as u64;
+    let bs = u64::from(block_size);
+    let entries = size.div_ceil(bs);
+    let bitmap = (bs / 512).div_ceil(8).div_ceil(512) * 512;
+    let bat_bytes = (entries * 4).div_ceil(512) * 512;
+    let mut footer = [0u8; 512];
+    footer[0..8].copy_from_slice(b"conectix");
+    footer[8..12].copy_from_slice(&2u32.to_be_bytes());
+    footer[12..16].copy_from_slice(&0x0001_0000u32.to_be_bytes());
+    footer[16..24].copy_from_slice(&512u64.to_be_bytes());
+    footer[28..32].copy_from_slice(b"test");
+    footer[36..40].copy_from_slice(b"Wi2k");
+    footer[40..48].copy_from_slice(&size.to_be_bytes());
+    footer[48..56].copy_from_slice(&size.to_be_bytes());
+    footer[56..60].copy_from_slice(&[0xff, 0xff, 0x10, 0xff]);
+    footer[60..64].copy_from_slice(&3u32.to_be_bytes());
+    footer[68..84].copy_from_slice(&[7; 16]);
+    let sum = footer
+        .iter()
+        .fold(0u32, |a, &b| a.wrapping_add(u32::from(b)));
+    footer[64..68].copy_from_slice(&(!sum).to_be_bytes());
+
+    let mut header = [0u8; 1024];
+    header[0..8].copy_from_slice(b"cxsparse");
+    header[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
+    header[16..24].copy_from_slice(&1536u64.to_be_bytes());
+    header[24..28].copy_from_slice(&0x0001_0000u32.to_be_bytes());
+    header[28..32].copy_from_slice(&(entries as u32).to_be_bytes());
+    header[32..36].copy_from_slice(&block_size.to_be_bytes());
+    let sum = header
+        .iter()
+        .fold(0u32, |a, &b| a.wrapping_add(u32::from(b)));
+    header[36..40].copy_from_slice(&(!sum).to_be_bytes());
+
+    let f = File::create(out).unwrap();
+    f.write_all_at(&footer, 0).unwrap();
+    f.write_all_at(&header, 512).unwrap();
+    let mut bat = vec![0xffu8; bat_bytes as usize];
+    let mut next = 1536 + bat_bytes;
+    // Allocate blocks in reverse order so file order differs from virtual order.
+    for i in (0..entries).rev() {
+        let start = (i * bs) as usize;
+        let end = ((i + 1) * bs).min(size) as usize;
+        let data = &raw[start..end];
+        if data.iter().all(|&b| b == 0) {
+            continue;
+        }
+        bat[i as usize * 4..i as usize * 4 + 4]
+            .copy_from_slice(&((next / 512) as u32).to_be_bytes());
+        f.write_all_at(&vec![0xff; bitmap as usize], next).unwrap();
+        let mut block = data.to_vec();
+        block.resize(bs as usize, 0);
+        f.write_all_at(&block, next + bitmap).unwrap();
+        next += bitmap + bs;
+    }
+    f.write_all_at(&bat, 1536).unwrap();
+    f.write_all_at(&footer, next).unwrap();
+}
