@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod commands;
 pub mod error;
+pub mod export;
 pub mod image;
 pub mod interrupt;
 pub mod output;

@@ -1,0 +1,4 @@
+//! Exporting VMs: per-VM orchestration, cleanup, manifests and libvirt definitions.
+
+pub mod domain;
+pub mod shard;
