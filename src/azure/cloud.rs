@@ -29,10 +29,15 @@ pub struct Cloud {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CloudError {
-    #[error("--cloud custom needs --arm-endpoint URL (for example https://management.local.azurestack.external)")]
+    #[error(
+        "--cloud custom needs --arm-endpoint URL (for example https://management.local.azurestack.external)"
+    )]
     MissingArmEndpoint,
     #[error("{flag} is only used with --cloud custom (the {cloud:?} cloud has fixed endpoints)")]
-    OnlyForCustom { flag: &'static str, cloud: CloudName },
+    OnlyForCustom {
+        flag: &'static str,
+        cloud: CloudName,
+    },
     #[error("{flag} {value:?} is not a valid URL: {reason}")]
     BadUrl {
         flag: &'static str,
@@ -146,7 +151,11 @@ impl Cloud {
             CloudName::Usgov => CloudConfiguration::AzureGovernment,
             CloudName::Custom => {
                 let mut custom = CustomConfiguration::default();
-                custom.authority_host = self.authority_host.as_str().trim_end_matches('/').to_string();
+                custom.authority_host = self
+                    .authority_host
+                    .as_str()
+                    .trim_end_matches('/')
+                    .to_string();
                 CloudConfiguration::Custom(custom)
             }
         })
@@ -169,7 +178,10 @@ mod tests {
         let cn = Cloud::resolve(CloudName::China, None, None, None).unwrap();
         assert_eq!(cn.authority_host.host_str(), Some("login.chinacloudapi.cn"));
         let us = Cloud::resolve(CloudName::Usgov, None, None, None).unwrap();
-        assert_eq!(us.arm_scope(), "https://management.usgovcloudapi.net/.default");
+        assert_eq!(
+            us.arm_scope(),
+            "https://management.usgovcloudapi.net/.default"
+        );
     }
 
     #[test]
@@ -181,10 +193,16 @@ mod tests {
             Some("https://management.contoso.onmicrosoft.com/81e5b5e5"),
         )
         .unwrap();
-        assert_eq!(c.arm_scope(), "https://management.contoso.onmicrosoft.com/81e5b5e5/.default");
+        assert_eq!(
+            c.arm_scope(),
+            "https://management.contoso.onmicrosoft.com/81e5b5e5/.default"
+        );
         match c.sdk_configuration().as_ref() {
             CloudConfiguration::Custom(cfg) => {
-                assert_eq!(cfg.authority_host, "https://adfs.local.azurestack.external/adfs")
+                assert_eq!(
+                    cfg.authority_host,
+                    "https://adfs.local.azurestack.external/adfs"
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -192,7 +210,13 @@ mod tests {
 
     #[test]
     fn custom_audience_defaults_to_endpoint() {
-        let c = Cloud::resolve(CloudName::Custom, Some("https://127.0.0.1:8443"), None, None).unwrap();
+        let c = Cloud::resolve(
+            CloudName::Custom,
+            Some("https://127.0.0.1:8443"),
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(c.arm_scope(), "https://127.0.0.1:8443/.default");
     }
 
@@ -207,19 +231,46 @@ mod tests {
     #[test]
     fn endpoint_flags_need_custom() {
         let e = Cloud::resolve(CloudName::Public, Some("https://x"), None, None).unwrap_err();
-        assert!(matches!(e, CloudError::OnlyForCustom { flag: "--arm-endpoint", .. }));
+        assert!(matches!(
+            e,
+            CloudError::OnlyForCustom {
+                flag: "--arm-endpoint",
+                ..
+            }
+        ));
         let e = Cloud::resolve(CloudName::China, None, Some("https://x"), None).unwrap_err();
-        assert!(matches!(e, CloudError::OnlyForCustom { flag: "--authority-host", .. }));
+        assert!(matches!(
+            e,
+            CloudError::OnlyForCustom {
+                flag: "--authority-host",
+                ..
+            }
+        ));
     }
 
     #[test]
     fn plain_http_and_garbage_are_refused() {
-        let e = Cloud::resolve(CloudName::Custom, Some("http://127.0.0.1:1"), None, None).unwrap_err();
+        let e =
+            Cloud::resolve(CloudName::Custom, Some("http://127.0.0.1:1"), None, None).unwrap_err();
         assert!(matches!(e, CloudError::NotHttps { .. }), "{e}");
         let e = Cloud::resolve(CloudName::Custom, Some("not a url"), None, None).unwrap_err();
         assert!(matches!(e, CloudError::BadUrl { .. }), "{e}");
-        let e = Cloud::resolve(CloudName::Custom, Some("https://a"), Some("http://login"), None)
-            .unwrap_err();
-        assert!(matches!(e, CloudError::NotHttps { flag: "--authority-host", .. }), "{e}");
+        let e = Cloud::resolve(
+            CloudName::Custom,
+            Some("https://a"),
+            Some("http://login"),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CloudError::NotHttps {
+                    flag: "--authority-host",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }

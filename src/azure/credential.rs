@@ -63,8 +63,12 @@ impl CredentialSettings {
     /// AZURE_FEDERATED_TOKEN_FILE, IDENTITY_ENDPOINT, IDENTITY_HEADER; flags win over env.
     pub fn from_env(client_id_flag: Option<&str>, tenant_id_flag: Option<&str>) -> Self {
         Self {
-            tenant_id: tenant_id_flag.map(str::to_string).or_else(|| env_nonempty("AZURE_TENANT_ID")),
-            client_id: client_id_flag.map(str::to_string).or_else(|| env_nonempty("AZURE_CLIENT_ID")),
+            tenant_id: tenant_id_flag
+                .map(str::to_string)
+                .or_else(|| env_nonempty("AZURE_TENANT_ID")),
+            client_id: client_id_flag
+                .map(str::to_string)
+                .or_else(|| env_nonempty("AZURE_CLIENT_ID")),
             client_secret: env_nonempty("AZURE_CLIENT_SECRET").map(Secret::new),
             federated_token_file: env_nonempty("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from),
             identity_endpoint: env_nonempty("IDENTITY_ENDPOINT"),
@@ -126,9 +130,13 @@ pub enum SourceKind {
 impl SourceKind {
     pub fn describe(self) -> &'static str {
         match self {
-            Self::ClientSecret => "service principal (AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET)",
+            Self::ClientSecret => {
+                "service principal (AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET)"
+            }
             Self::WorkloadIdentity => "workload identity (AZURE_FEDERATED_TOKEN_FILE)",
-            Self::AppServiceManagedIdentity => "managed identity (IDENTITY_ENDPOINT, IDENTITY_HEADER)",
+            Self::AppServiceManagedIdentity => {
+                "managed identity (IDENTITY_ENDPOINT, IDENTITY_HEADER)"
+            }
             Self::ImdsManagedIdentity => "managed identity (IMDS)",
             Self::AzureCli => "Azure CLI (az account get-access-token)",
         }
@@ -162,7 +170,10 @@ pub fn plan(method: AuthMethod, s: &CredentialSettings) -> Vec<Plan> {
             for (kind, missing) in [
                 (SourceKind::ClientSecret, s.missing_for_client_secret()),
                 (SourceKind::WorkloadIdentity, s.missing_for_workload()),
-                (SourceKind::AppServiceManagedIdentity, s.missing_for_app_service()),
+                (
+                    SourceKind::AppServiceManagedIdentity,
+                    s.missing_for_app_service(),
+                ),
             ] {
                 if missing.is_empty() {
                     configured = true;
@@ -192,7 +203,10 @@ pub fn plan(method: AuthMethod, s: &CredentialSettings) -> Vec<Plan> {
 pub enum CredentialError {
     /// Nothing produced a token; the message lists every source.
     #[error("no credential worked (--auth {method}); tried in order:\n{report}")]
-    NoneWorked { method: &'static str, report: String },
+    NoneWorked {
+        method: &'static str,
+        report: String,
+    },
 }
 
 struct Source {
@@ -235,7 +249,11 @@ fn method_name(m: AuthMethod) -> &'static str {
 /// secrets it could know (client secret, IDENTITY_HEADER) are never part of its messages.
 fn one_line(e: &azure_core::Error) -> String {
     let text = e.to_string();
-    let text = text.split("\nTo troubleshoot").next().unwrap_or(&text).to_string();
+    let text = text
+        .split("\nTo troubleshoot")
+        .next()
+        .unwrap_or(&text)
+        .to_string();
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
@@ -345,10 +363,10 @@ impl TokenCredential for CredentialChain {
         scopes: &[&str],
         options: Option<TokenRequestOptions<'_>>,
     ) -> azure_core::Result<AccessToken> {
-        if let Some(&i) = self.winner.get() {
-            if let Ok(c) = &self.sources[i].credential {
-                return c.get_token(scopes, options).await;
-            }
+        if let Some(&i) = self.winner.get()
+            && let Ok(c) = &self.sources[i].credential
+        {
+            return c.get_token(scopes, options).await;
         }
         let mut failures: Vec<(SourceKind, String)> = Vec::new();
         for (i, source) in self.sources.iter().enumerate() {
@@ -366,7 +384,10 @@ impl TokenCredential for CredentialChain {
                     Err(_) => {
                         failures.push((
                             source.kind,
-                            format!("no answer within {} s (not on an Azure VM?)", limit.as_secs()),
+                            format!(
+                                "no answer within {} s (not on an Azure VM?)",
+                                limit.as_secs()
+                            ),
                         ));
                         continue;
                     }
@@ -395,7 +416,10 @@ impl TokenCredential for CredentialChain {
 }
 
 /// One line per source, tried ones first in order, then the skipped ones.
-pub fn failure_report(failures: &[(SourceKind, String)], skipped: &[(SourceKind, String)]) -> String {
+pub fn failure_report(
+    failures: &[(SourceKind, String)],
+    skipped: &[(SourceKind, String)],
+) -> String {
     let mut lines = Vec::new();
     for (kind, why) in failures.iter().chain(skipped) {
         lines.push(format!("  - {}: {}", kind.describe(), why));
@@ -483,7 +507,10 @@ mod tests {
     #[test]
     fn azure_cli_only_when_asked() {
         assert!(!tried(&plan(AuthMethod::Auto, &settings())).contains(&SourceKind::AzureCli));
-        assert_eq!(tried(&plan(AuthMethod::AzureCli, &settings())), vec![SourceKind::AzureCli]);
+        assert_eq!(
+            tried(&plan(AuthMethod::AzureCli, &settings())),
+            vec![SourceKind::AzureCli]
+        );
     }
 
     #[test]

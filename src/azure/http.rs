@@ -41,10 +41,11 @@ pub fn http_client(ca_bundle: Option<&Path>) -> Result<Arc<dyn HttpClient>, Http
             path: path.to_path_buf(),
             source,
         })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| HttpError::BadBundle {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| HttpError::BadBundle {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
         if certs.is_empty() {
             return Err(HttpError::BadBundle {
                 path: path.to_path_buf(),
@@ -54,7 +55,9 @@ pub fn http_client(ca_bundle: Option<&Path>) -> Result<Arc<dyn HttpClient>, Http
         tracing::debug!(count = certs.len(), bundle = %path.display(), "adding extra trusted roots");
         builder = builder.tls_certs_merge(certs);
     }
-    let client = builder.build().map_err(|e| HttpError::Build(e.to_string()))?;
+    let client = builder
+        .build()
+        .map_err(|e| HttpError::Build(e.to_string()))?;
     Ok(Arc::new(client))
 }
 

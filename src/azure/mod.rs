@@ -9,3 +9,4 @@ pub mod credential;
 pub mod http;
 pub mod inventory;
 pub mod secret;
+pub mod session;

@@ -60,7 +60,9 @@ impl SasUrl {
 
     /// Parses a URL. The parse error never repeats the input (it may hold a signature).
     pub fn parse(s: &str) -> Result<Self, SasParseError> {
-        Url::parse(s).map(Self).map_err(|e| SasParseError(e.to_string()))
+        Url::parse(s)
+            .map(Self)
+            .map_err(|e| SasParseError(e.to_string()))
     }
 
     /// The full URL including the signature: only for the request that uses it.
@@ -75,11 +77,11 @@ impl SasUrl {
 
     /// Whether the URL carries a signature at all.
     pub fn has_signature(&self) -> bool {
-        self.0
-            .query()
-            .unwrap_or("")
-            .split('&')
-            .any(|kv| kv.split('=').next().is_some_and(|k| k.eq_ignore_ascii_case("sig")))
+        self.0.query().unwrap_or("").split('&').any(|kv| {
+            kv.split('=')
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case("sig"))
+        })
     }
 }
 
@@ -191,7 +193,8 @@ mod tests {
 
     #[test]
     fn sas_parse_error_does_not_echo_input() {
-        let err = SasParseError::to_string(&SasUrl::parse(&format!("not a url sig={SIG}")).unwrap_err());
+        let err =
+            SasParseError::to_string(&SasUrl::parse(&format!("not a url sig={SIG}")).unwrap_err());
         assert!(!err.contains(SIG), "{err}");
     }
 }

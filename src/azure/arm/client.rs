@@ -21,7 +21,7 @@ use azure_core::http::{
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::error::{parse_service_error, ArmError};
+use super::error::{ArmError, parse_service_error};
 use super::lro::{self, FinalState, LroResponse, LroSettings};
 use super::models::{AccessUri, Disk, Page, Snapshot, VirtualMachine, VmSize};
 use super::pager;
@@ -73,7 +73,11 @@ impl RequestStats {
             .collect();
         format!(
             "{}; {} requests, {} HTTP attempts (retries included)",
-            if parts.is_empty() { "none".to_string() } else { parts.join(", ") },
+            if parts.is_empty() {
+                "none".to_string()
+            } else {
+                parts.join(", ")
+            },
             self.requests(),
             self.attempts()
         )
@@ -86,7 +90,12 @@ struct AttemptCounter(Arc<RequestStats>);
 
 #[async_trait::async_trait]
 impl Policy for AttemptCounter {
-    async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
+    async fn send(
+        &self,
+        ctx: &Context,
+        request: &mut Request,
+        next: &[Arc<dyn Policy>],
+    ) -> PolicyResult {
         self.0.attempts.fetch_add(1, Ordering::Relaxed);
         next[0].send(ctx, request, &next[1..]).await
     }
@@ -243,7 +252,14 @@ impl ArmClient {
         url
     }
 
-    fn rg_url(&self, r: &ResourceRef, kind: &str, tail: &[&str], api: &str, query: &[(&str, &str)]) -> Url {
+    fn rg_url(
+        &self,
+        r: &ResourceRef,
+        kind: &str,
+        tail: &[&str],
+        api: &str,
+        query: &[(&str, &str)],
+    ) -> Url {
         let mut segs = vec![
             "subscriptions",
             &r.subscription,
@@ -275,7 +291,9 @@ impl ArmClient {
                 request.insert_header("content-type", "application/json");
                 request.set_body(serde_json::to_vec(&b).expect("JSON values serialize"));
             }
-            None if matches!(method, Method::Post | Method::Put) => request.set_body(Vec::<u8>::new()),
+            None if matches!(method, Method::Post | Method::Put) => {
+                request.set_body(Vec::<u8>::new())
+            }
             None => {}
         }
         let ctx = Context::new();
@@ -310,10 +328,18 @@ impl ArmClient {
                 error: parse_service_error(status, request_id, &body),
             });
         }
-        Ok(Reply { status, headers, body })
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
     }
 
-    fn decode<T: DeserializeOwned>(operation: &'static str, resource: &str, body: &[u8]) -> Result<T, ArmError> {
+    fn decode<T: DeserializeOwned>(
+        operation: &'static str,
+        resource: &str,
+        body: &[u8],
+    ) -> Result<T, ArmError> {
         serde_json::from_slice(body).map_err(|e| ArmError::Decode {
             operation,
             resource: resource.to_string(),
@@ -321,8 +347,15 @@ impl ArmClient {
         })
     }
 
-    async fn get_json<T: DeserializeOwned>(&self, operation: &'static str, resource: &str, url: Url) -> Result<T, ArmError> {
-        let reply = self.send(operation, resource, Method::Get, url, None).await?;
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        resource: &str,
+        url: Url,
+    ) -> Result<T, ArmError> {
+        let reply = self
+            .send(operation, resource, Method::Get, url, None)
+            .await?;
         Self::decode(operation, resource, &reply.body)
     }
 
@@ -368,7 +401,9 @@ impl ArmClient {
             final_state,
             &self.lro,
             |url| async move {
-                self.send(operation, resource, Method::Get, url, None).await.map(to_lro)
+                self.send(operation, resource, Method::Get, url, None)
+                    .await
+                    .map(to_lro)
             },
             tokio::time::sleep,
         )
@@ -388,11 +423,25 @@ impl ArmClient {
     ) -> Result<Vec<VirtualMachine>, ArmError> {
         let (segs, resource): (Vec<&str>, String) = match resource_group {
             Some(rg) => (
-                vec!["subscriptions", subscription, "resourceGroups", rg, "providers", "Microsoft.Compute", "virtualMachines"],
+                vec![
+                    "subscriptions",
+                    subscription,
+                    "resourceGroups",
+                    rg,
+                    "providers",
+                    "Microsoft.Compute",
+                    "virtualMachines",
+                ],
                 format!("resource group {rg}"),
             ),
             None => (
-                vec!["subscriptions", subscription, "providers", "Microsoft.Compute", "virtualMachines"],
+                vec![
+                    "subscriptions",
+                    subscription,
+                    "providers",
+                    "Microsoft.Compute",
+                    "virtualMachines",
+                ],
                 format!("subscription {subscription}"),
             ),
         };
@@ -406,8 +455,16 @@ impl ArmClient {
     }
 
     /// One VM; `instance_view` adds power state and Hyper-V generation.
-    pub async fn get_vm(&self, vm: &ResourceRef, instance_view: bool) -> Result<VirtualMachine, ArmError> {
-        let query: &[(&str, &str)] = if instance_view { &[("$expand", "instanceView")] } else { &[] };
+    pub async fn get_vm(
+        &self,
+        vm: &ResourceRef,
+        instance_view: bool,
+    ) -> Result<VirtualMachine, ArmError> {
+        let query: &[(&str, &str)] = if instance_view {
+            &[("$expand", "instanceView")]
+        } else {
+            &[]
+        };
         let url = self.rg_url(vm, "virtualMachines", &[], VM_API_VERSION, query);
         self.get_json("get VM", &vm.to_string(), url).await
     }
@@ -415,27 +472,59 @@ impl ArmClient {
     /// Power off (the VM stays allocated and billed); waits until done.
     pub async fn power_off(&self, vm: &ResourceRef) -> Result<(), ArmError> {
         let url = self.rg_url(vm, "virtualMachines", &["powerOff"], VM_API_VERSION, &[]);
-        self.long_running("power off VM", &vm.to_string(), Method::Post, url, None, FinalState::None)
-            .await
-            .map(drop)
+        self.long_running(
+            "power off VM",
+            &vm.to_string(),
+            Method::Post,
+            url,
+            None,
+            FinalState::None,
+        )
+        .await
+        .map(drop)
     }
 
     /// Deallocate (frees compute; disks can then be exported directly); waits until done.
     pub async fn deallocate(&self, vm: &ResourceRef) -> Result<(), ArmError> {
         let url = self.rg_url(vm, "virtualMachines", &["deallocate"], VM_API_VERSION, &[]);
-        self.long_running("deallocate VM", &vm.to_string(), Method::Post, url, None, FinalState::None)
-            .await
-            .map(drop)
+        self.long_running(
+            "deallocate VM",
+            &vm.to_string(),
+            Method::Post,
+            url,
+            None,
+            FinalState::None,
+        )
+        .await
+        .map(drop)
     }
 
     /// VM sizes offered in a location (cores, memory).
-    pub async fn list_vm_sizes(&self, subscription: &str, location: &str) -> Result<Vec<VmSize>, ArmError> {
+    pub async fn list_vm_sizes(
+        &self,
+        subscription: &str,
+        location: &str,
+    ) -> Result<Vec<VmSize>, ArmError> {
         let url = self.url(
-            &["subscriptions", subscription, "providers", "Microsoft.Compute", "locations", location, "vmSizes"],
+            &[
+                "subscriptions",
+                subscription,
+                "providers",
+                "Microsoft.Compute",
+                "locations",
+                location,
+                "vmSizes",
+            ],
             VM_API_VERSION,
             &[],
         );
-        self.list("list VM sizes", &format!("location {location}"), url, |_| {}).await
+        self.list(
+            "list VM sizes",
+            &format!("location {location}"),
+            url,
+            |_| {},
+        )
+        .await
     }
 
     // ---- disks ----
@@ -447,11 +536,25 @@ impl ArmClient {
         on_page: impl FnMut(usize),
     ) -> Result<Vec<Disk>, ArmError> {
         let url = self.url(
-            &["subscriptions", subscription, "resourceGroups", resource_group, "providers", "Microsoft.Compute", "disks"],
+            &[
+                "subscriptions",
+                subscription,
+                "resourceGroups",
+                resource_group,
+                "providers",
+                "Microsoft.Compute",
+                "disks",
+            ],
             DISK_API_VERSION,
             &[],
         );
-        self.list("list disks", &format!("resource group {resource_group}"), url, on_page).await
+        self.list(
+            "list disks",
+            &format!("resource group {resource_group}"),
+            url,
+            on_page,
+        )
+        .await
     }
 
     pub async fn get_disk(&self, disk: &ResourceRef) -> Result<Disk, ArmError> {
@@ -482,7 +585,14 @@ impl ArmClient {
         });
         let resource = snapshot.to_string();
         let out = self
-            .long_running("create snapshot", &resource, Method::Put, url.clone(), Some(body), FinalState::OriginalUri(url))
+            .long_running(
+                "create snapshot",
+                &resource,
+                Method::Put,
+                url.clone(),
+                Some(body),
+                FinalState::OriginalUri(url),
+            )
             .await?;
         match out {
             Some(body) => Self::decode("create snapshot", &resource, &body),
@@ -492,7 +602,8 @@ impl ArmClient {
 
     pub async fn get_snapshot(&self, snapshot: &ResourceRef) -> Result<Snapshot, ArmError> {
         let url = self.rg_url(snapshot, "snapshots", &[], DISK_API_VERSION, &[]);
-        self.get_json("get snapshot", &snapshot.to_string(), url).await
+        self.get_json("get snapshot", &snapshot.to_string(), url)
+            .await
     }
 
     /// Deletes a snapshot and waits. A snapshot that is already gone counts as deleted
@@ -500,7 +611,14 @@ impl ArmClient {
     pub async fn delete_snapshot(&self, snapshot: &ResourceRef) -> Result<(), ArmError> {
         let url = self.rg_url(snapshot, "snapshots", &[], DISK_API_VERSION, &[]);
         match self
-            .long_running("delete snapshot", &snapshot.to_string(), Method::Delete, url, None, FinalState::None)
+            .long_running(
+                "delete snapshot",
+                &snapshot.to_string(),
+                Method::Delete,
+                url,
+                None,
+                FinalState::None,
+            )
             .await
         {
             Ok(_) => Ok(()),
@@ -513,14 +631,25 @@ impl ArmClient {
 
     /// Grants read access for `duration_secs` and returns the SAS URL (a secret: its
     /// Debug/Display hide the signature).
-    pub async fn grant_access(&self, target: &AccessTarget, duration_secs: u32) -> Result<SasUrl, ArmError> {
+    pub async fn grant_access(
+        &self,
+        target: &AccessTarget,
+        duration_secs: u32,
+    ) -> Result<SasUrl, ArmError> {
         let (kind, r) = target.parts();
         let operation = "grant access";
         let resource = r.to_string();
         let url = self.rg_url(r, kind, &["beginGetAccess"], DISK_API_VERSION, &[]);
         let body = json!({ "access": "Read", "durationInSeconds": duration_secs });
         let out = self
-            .long_running(operation, &resource, Method::Post, url, Some(body), FinalState::Location)
+            .long_running(
+                operation,
+                &resource,
+                Method::Post,
+                url,
+                Some(body),
+                FinalState::Location,
+            )
             .await?
             .ok_or_else(|| ArmError::Decode {
                 operation,
@@ -538,9 +667,16 @@ impl ArmClient {
     pub async fn revoke_access(&self, target: &AccessTarget) -> Result<(), ArmError> {
         let (kind, r) = target.parts();
         let url = self.rg_url(r, kind, &["endGetAccess"], DISK_API_VERSION, &[]);
-        self.long_running("revoke access", &r.to_string(), Method::Post, url, None, FinalState::None)
-            .await
-            .map(drop)
+        self.long_running(
+            "revoke access",
+            &r.to_string(),
+            Method::Post,
+            url,
+            None,
+            FinalState::None,
+        )
+        .await
+        .map(drop)
     }
 }
 
@@ -551,8 +687,8 @@ fn parse_access_sas(body: &[u8]) -> Result<SasUrl, String> {
     let sas = match direct {
         Ok(s) => s,
         Err(_) => {
-            let v: serde_json::Value =
-                serde_json::from_slice(body).map_err(|e| format!("grant result is not JSON ({e})"))?;
+            let v: serde_json::Value = serde_json::from_slice(body)
+                .map_err(|e| format!("grant result is not JSON ({e})"))?;
             v.pointer("/properties/output/accessSAS")
                 .and_then(|s| s.as_str())
                 .map(str::to_string)
@@ -568,7 +704,10 @@ mod tests {
 
     #[test]
     fn resource_ref_from_id() {
-        let r = ResourceRef::from_id("/subscriptions/s1/resourceGroups/RG/providers/Microsoft.Compute/disks/d1").unwrap();
+        let r = ResourceRef::from_id(
+            "/subscriptions/s1/resourceGroups/RG/providers/Microsoft.Compute/disks/d1",
+        )
+        .unwrap();
         assert_eq!(r, ResourceRef::new("s1", "RG", "d1"));
         assert!(ResourceRef::from_id("/subscriptions/s1/resourceGroups/RG").is_none());
         assert!(ResourceRef::from_id("https://acct.blob.core.windows.net/vhds/a.vhd").is_none());
@@ -576,10 +715,16 @@ mod tests {
 
     #[test]
     fn access_sas_from_either_shape_and_never_quoted() {
-        let a = parse_access_sas(br#"{"accessSAS":"https://md-x.blob.storage.azure.net/y/abcd?sv=1&sig=SECRETSIG"}"#).unwrap();
+        let a = parse_access_sas(
+            br#"{"accessSAS":"https://md-x.blob.storage.azure.net/y/abcd?sv=1&sig=SECRETSIG"}"#,
+        )
+        .unwrap();
         assert!(!a.to_string().contains("SECRETSIG"));
         assert!(a.expose_url().as_str().contains("SECRETSIG"));
-        let b = parse_access_sas(br#"{"status":"Succeeded","properties":{"output":{"accessSAS":"https://h/p?sig=S2"}}}"#).unwrap();
+        let b = parse_access_sas(
+            br#"{"status":"Succeeded","properties":{"output":{"accessSAS":"https://h/p?sig=S2"}}}"#,
+        )
+        .unwrap();
         assert!(b.has_signature());
         let e = parse_access_sas(br#"{"accessSAS": 5, "x": "sig=S3"}"#).unwrap_err();
         assert!(!e.contains("S3"), "{e}");
@@ -593,7 +738,13 @@ mod tests {
             "https://management.azure.com/.default".into(),
             ClientOptions::default(),
         );
-        let u = client.rg_url(&ResourceRef::new("s", "my rg(1)", "vm.1"), "virtualMachines", &[], VM_API_VERSION, &[("$expand", "instanceView")]);
+        let u = client.rg_url(
+            &ResourceRef::new("s", "my rg(1)", "vm.1"),
+            "virtualMachines",
+            &[],
+            VM_API_VERSION,
+            &[("$expand", "instanceView")],
+        );
         assert_eq!(
             u.as_str(),
             "https://management.azure.com/subscriptions/s/resourceGroups/my%20rg(1)/providers/Microsoft.Compute/virtualMachines/vm.1?api-version=2024-07-01&%24expand=instanceView"
@@ -610,7 +761,10 @@ mod tests {
             _: &[&str],
             _: Option<azure_core::credentials::TokenRequestOptions<'_>>,
         ) -> azure_core::Result<azure_core::credentials::AccessToken> {
-            Err(azure_core::Error::with_message(azure_core::error::ErrorKind::Credential, "none"))
+            Err(azure_core::Error::with_message(
+                azure_core::error::ErrorKind::Credential,
+                "none",
+            ))
         }
     }
 }

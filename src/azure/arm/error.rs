@@ -51,7 +51,9 @@ const MAX_QUOTED_BODY: usize = 200;
 /// Reads an error response. A body that is not ARM's shape is quoted (shortened), so a
 /// proxy's HTML error page still says something.
 pub fn parse_service_error(status: u16, request_id: Option<String>, body: &[u8]) -> ServiceError {
-    let parsed = serde_json::from_slice::<Envelope>(body).ok().and_then(|e| e.error);
+    let parsed = serde_json::from_slice::<Envelope>(body)
+        .ok()
+        .and_then(|e| e.error);
     let (code, message) = match parsed {
         Some(d) => (d.code, d.message),
         None => {
@@ -207,7 +209,11 @@ mod tests {
             let err = ArmError::Service {
                 operation: "list VMs",
                 resource: "subscription s".into(),
-                error: parse_service_error(status, None, br#"{"error":{"code":"AuthorizationFailed","message":"no"}}"#),
+                error: parse_service_error(
+                    status,
+                    None,
+                    br#"{"error":{"code":"AuthorizationFailed","message":"no"}}"#,
+                ),
             };
             assert!(err.is_auth());
             assert_eq!(crate::error::Error::from(err).kind(), ErrorKind::Usage);

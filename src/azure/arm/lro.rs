@@ -121,7 +121,9 @@ where
         (None, Some(l)) => Mode::Location(l.clone()),
         (None, None) => {
             if initial.status == 202 {
-                return Err(decode("202 Accepted without Azure-AsyncOperation or Location".into()));
+                return Err(decode(
+                    "202 Accepted without Azure-AsyncOperation or Location".into(),
+                ));
             }
             return Ok(non_empty(initial.body));
         }
@@ -180,7 +182,9 @@ where
                     202 => {}
                     200 | 201 => return Ok(non_empty(r.body)),
                     204 => return Ok(None),
-                    other => return Err(decode(format!("unexpected status {other} while polling"))),
+                    other => {
+                        return Err(decode(format!("unexpected status {other} while polling")));
+                    }
                 }
             }
         }
@@ -228,7 +232,12 @@ mod tests {
     impl Script {
         fn new(replies: Vec<(&str, LroResponse)>) -> Self {
             Self {
-                replies: Mutex::new(replies.into_iter().map(|(u, r)| (u.to_string(), r)).collect()),
+                replies: Mutex::new(
+                    replies
+                        .into_iter()
+                        .map(|(u, r)| (u.to_string(), r))
+                        .collect(),
+                ),
                 sleeps: Mutex::new(Vec::new()),
             }
         }
@@ -248,7 +257,12 @@ mod tests {
             final_state,
             &settings,
             |url: Url| {
-                let (expected, reply) = script.replies.lock().unwrap().pop_front().expect("no more replies");
+                let (expected, reply) = script
+                    .replies
+                    .lock()
+                    .unwrap()
+                    .pop_front()
+                    .expect("no more replies");
                 assert_eq!(url.as_str(), expected);
                 async move { Ok(reply) }
             },
@@ -279,14 +293,22 @@ mod tests {
             (OP, resp(200, r#"{"status":"Succeeded"}"#)),
             (LOC, resp(200, r#"{"accessSAS":"https://x/y?sig=abc"}"#)),
         ]);
-        let out = drive(&script, accepted_with_both(), FinalState::Location, LroSettings::default())
-            .await
-            .unwrap()
-            .unwrap();
+        let out = drive(
+            &script,
+            accepted_with_both(),
+            FinalState::Location,
+            LroSettings::default(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         assert!(String::from_utf8(out).unwrap().contains("accessSAS"));
         // Retry-After from the initial response, then from the running poll; none before
         // the final Location read.
-        assert_eq!(*script.sleeps.lock().unwrap(), vec![Duration::from_secs(3), Duration::from_secs(1)]);
+        assert_eq!(
+            *script.sleeps.lock().unwrap(),
+            vec![Duration::from_secs(3), Duration::from_secs(1)]
+        );
     }
 
     #[tokio::test]
@@ -296,12 +318,18 @@ mod tests {
             location: Some(LOC.into()),
             ..Default::default()
         };
-        let script = Script::new(vec![(LOC, resp(202, "")), (LOC, resp(202, "")), (LOC, resp(200, r#"{"ok":1}"#))]);
+        let script = Script::new(vec![
+            (LOC, resp(202, "")),
+            (LOC, resp(202, "")),
+            (LOC, resp(200, r#"{"ok":1}"#)),
+        ]);
         let settings = LroSettings {
             default_interval: Duration::from_millis(5),
             ..Default::default()
         };
-        let out = drive(&script, initial, FinalState::Location, settings).await.unwrap();
+        let out = drive(&script, initial, FinalState::Location, settings)
+            .await
+            .unwrap();
         assert_eq!(out.unwrap(), br#"{"ok":1}"#);
         assert_eq!(script.sleeps.lock().unwrap().len(), 3);
     }
@@ -318,9 +346,14 @@ mod tests {
             (OP, resp(200, r#"{"status":"Succeeded"}"#)),
             (RES, resp(200, r#"{"name":"snap"}"#)),
         ]);
-        let out = drive(&script, initial, FinalState::OriginalUri(Url::parse(RES).unwrap()), LroSettings::default())
-            .await
-            .unwrap();
+        let out = drive(
+            &script,
+            initial,
+            FinalState::OriginalUri(Url::parse(RES).unwrap()),
+            LroSettings::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(out.unwrap(), br#"{"name":"snap"}"#);
     }
 
@@ -332,18 +365,31 @@ mod tests {
             ..Default::default()
         };
         let script = Script::new(vec![(LOC, resp(204, ""))]);
-        assert!(drive(&script, initial, FinalState::None, LroSettings::default()).await.unwrap().is_none());
+        assert!(
+            drive(&script, initial, FinalState::None, LroSettings::default())
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[tokio::test]
     async fn failed_reports_arm_error() {
         let script = Script::new(vec![(
             OP,
-            resp(200, r#"{"status":"Failed","error":{"code":"OperationNotAllowed","message":"disk is attached"}}"#),
+            resp(
+                200,
+                r#"{"status":"Failed","error":{"code":"OperationNotAllowed","message":"disk is attached"}}"#,
+            ),
         )]);
-        let err = drive(&script, accepted_with_both(), FinalState::Location, LroSettings::default())
-            .await
-            .unwrap_err();
+        let err = drive(
+            &script,
+            accepted_with_both(),
+            FinalState::Location,
+            LroSettings::default(),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "test op rg/res: operation Failed: OperationNotAllowed: disk is attached"
@@ -353,10 +399,18 @@ mod tests {
     #[tokio::test]
     async fn canceled_is_reported_as_canceled() {
         let script = Script::new(vec![(OP, resp(200, r#"{"status":"Canceled"}"#))]);
-        let err = drive(&script, accepted_with_both(), FinalState::None, LroSettings::default())
-            .await
-            .unwrap_err();
-        assert!(matches!(&err, ArmError::OperationFailed { status, .. } if status == "Canceled"), "{err}");
+        let err = drive(
+            &script,
+            accepted_with_both(),
+            FinalState::None,
+            LroSettings::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, ArmError::OperationFailed { status, .. } if status == "Canceled"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -372,8 +426,19 @@ mod tests {
         };
         let mut initial = accepted_with_both();
         initial.retry_after = None;
-        let err = drive(&script, initial, FinalState::None, settings).await.unwrap_err();
-        assert!(matches!(err, ArmError::OperationTimeout { waited_secs: 20, .. }), "{err}");
+        let err = drive(&script, initial, FinalState::None, settings)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ArmError::OperationTimeout {
+                    waited_secs: 20,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -381,21 +446,40 @@ mod tests {
         let mut initial = accepted_with_both();
         initial.retry_after = Some(Duration::from_secs(3600));
         let script = Script::new(vec![(OP, resp(200, r#"{"status":"Succeeded"}"#))]);
-        drive(&script, initial, FinalState::None, LroSettings::default()).await.unwrap();
-        assert_eq!(*script.sleeps.lock().unwrap(), vec![Duration::from_secs(60)]);
+        drive(&script, initial, FinalState::None, LroSettings::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            *script.sleeps.lock().unwrap(),
+            vec![Duration::from_secs(60)]
+        );
     }
 
     #[tokio::test]
     async fn accepted_without_headers_is_an_error() {
         let script = Script::new(vec![]);
-        let err = drive(&script, resp(202, ""), FinalState::None, LroSettings::default()).await.unwrap_err();
+        let err = drive(
+            &script,
+            resp(202, ""),
+            FinalState::None,
+            LroSettings::default(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, ArmError::Decode { .. }), "{err}");
     }
 
     #[tokio::test]
     async fn synchronous_completion_returns_the_body() {
         let script = Script::new(vec![]);
-        let out = drive(&script, resp(200, r#"{"x":1}"#), FinalState::None, LroSettings::default()).await.unwrap();
+        let out = drive(
+            &script,
+            resp(200, r#"{"x":1}"#),
+            FinalState::None,
+            LroSettings::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(out.unwrap(), br#"{"x":1}"#);
     }
 
@@ -412,8 +496,14 @@ mod tests {
 
     #[test]
     fn async_status_values() {
-        assert_eq!(async_status(br#"{"status":"Accepted"}"#).unwrap(), AsyncStatus::Running);
-        assert_eq!(async_status(br#"{"status":"succeeded"}"#).unwrap(), AsyncStatus::Succeeded);
+        assert_eq!(
+            async_status(br#"{"status":"Accepted"}"#).unwrap(),
+            AsyncStatus::Running
+        );
+        assert_eq!(
+            async_status(br#"{"status":"succeeded"}"#).unwrap(),
+            AsyncStatus::Succeeded
+        );
         assert!(async_status(b"{}").is_err());
         assert!(async_status(b"not json").is_err());
     }

@@ -166,7 +166,9 @@ impl PowerState {
 
     /// Parses a user's or ARM's name, case-insensitively.
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.as_str().eq_ignore_ascii_case(s))
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
     }
 
     /// From an instance view's statuses: the `PowerState/xxx` entry; unknown codes and a
@@ -177,7 +179,9 @@ impl PowerState {
             .filter_map(|s| s.code.as_deref())
             .find_map(|c| {
                 let (prefix, state) = c.split_once('/')?;
-                prefix.eq_ignore_ascii_case("PowerState").then(|| Self::parse(state))?
+                prefix
+                    .eq_ignore_ascii_case("PowerState")
+                    .then(|| Self::parse(state))?
             })
             .unwrap_or(Self::Unknown)
     }
@@ -191,7 +195,12 @@ impl std::fmt::Display for PowerState {
 
 impl VirtualMachine {
     pub fn vm_size(&self) -> Option<&str> {
-        self.properties.as_ref()?.hardware_profile.as_ref()?.vm_size.as_deref()
+        self.properties
+            .as_ref()?
+            .hardware_profile
+            .as_ref()?
+            .vm_size
+            .as_deref()
     }
 
     pub fn storage(&self) -> Option<&StorageProfile> {
@@ -324,7 +333,15 @@ mod tests {
         let st = linux.storage().unwrap();
         let os = st.os_disk.as_ref().unwrap();
         assert_eq!(os.os_type, Some(OsType::Linux));
-        assert!(os.managed_disk.as_ref().unwrap().id.as_deref().unwrap().contains("/disks/web-01_OsDisk"));
+        assert!(
+            os.managed_disk
+                .as_ref()
+                .unwrap()
+                .id
+                .as_deref()
+                .unwrap()
+                .contains("/disks/web-01_OsDisk")
+        );
         assert_eq!(st.data_disks.len(), 2);
         assert_eq!(st.data_disks[1].lun, 1);
         assert_eq!(linux.tags().get("env").map(String::as_str), Some("prod"));
@@ -332,23 +349,39 @@ mod tests {
         assert_eq!(linux.power_state(), PowerState::Unknown);
 
         let win = &page.value[1];
-        assert_eq!(win.storage().unwrap().os_disk.as_ref().unwrap().os_type, Some(OsType::Windows));
+        assert_eq!(
+            win.storage().unwrap().os_disk.as_ref().unwrap().os_type,
+            Some(OsType::Windows)
+        );
 
         let classic = &page.value[2];
         let os = classic.storage().unwrap().os_disk.as_ref().unwrap();
         assert!(os.managed_disk.is_none());
-        assert!(os.vhd.as_ref().unwrap().uri.as_deref().unwrap().ends_with(".vhd"));
+        assert!(
+            os.vhd
+                .as_ref()
+                .unwrap()
+                .uri
+                .as_deref()
+                .unwrap()
+                .ends_with(".vhd")
+        );
         // An OS type this tool has never heard of.
         assert_eq!(os.os_type, Some(OsType::Unknown));
     }
 
     #[test]
     fn status_only_page_has_power_states() {
-        let page: Page<VirtualMachine> = serde_json::from_str(&fixture("vms_status_page.json")).unwrap();
+        let page: Page<VirtualMachine> =
+            serde_json::from_str(&fixture("vms_status_page.json")).unwrap();
         let states: Vec<PowerState> = page.value.iter().map(VirtualMachine::power_state).collect();
         assert_eq!(
             states,
-            vec![PowerState::Running, PowerState::Deallocated, PowerState::Unknown]
+            vec![
+                PowerState::Running,
+                PowerState::Deallocated,
+                PowerState::Unknown
+            ]
         );
         assert!(page.value[0].storage().is_none());
         assert!(page.next_link.is_none());
@@ -358,7 +391,10 @@ mod tests {
     fn vm_with_instance_view_has_generation() {
         let vm: VirtualMachine = serde_json::from_str(&fixture("vm_instance_view.json")).unwrap();
         assert_eq!(vm.power_state(), PowerState::Stopped);
-        assert_eq!(vm.instance_view().unwrap().hyper_v_generation.as_deref(), Some("V2"));
+        assert_eq!(
+            vm.instance_view().unwrap().hyper_v_generation.as_deref(),
+            Some("V2")
+        );
     }
 
     #[test]
@@ -368,20 +404,40 @@ mod tests {
         let p = page.value[0].properties.as_ref().unwrap();
         assert_eq!(p.disk_size_gb, Some(30));
         assert_eq!(p.hyper_v_generation.as_deref(), Some("V1"));
-        assert_eq!(page.value[2].properties.as_ref().unwrap().hyper_v_generation.as_deref(), Some("V2"));
+        assert_eq!(
+            page.value[2]
+                .properties
+                .as_ref()
+                .unwrap()
+                .hyper_v_generation
+                .as_deref(),
+            Some("V2")
+        );
         let sizes: Page<VmSize> = serde_json::from_str(&fixture("vm_sizes.json")).unwrap();
-        let d2 = sizes.value.iter().find(|s| s.name == "Standard_D2s_v5").unwrap();
+        let d2 = sizes
+            .value
+            .iter()
+            .find(|s| s.name == "Standard_D2s_v5")
+            .unwrap();
         assert_eq!((d2.number_of_cores, d2.memory_in_mb), (Some(2), Some(8192)));
     }
 
     #[test]
     fn power_state_parsing() {
-        let st = |c: &str| InstanceViewStatus { code: Some(c.into()) };
+        let st = |c: &str| InstanceViewStatus {
+            code: Some(c.into()),
+        };
         assert_eq!(
-            PowerState::from_statuses(&[st("ProvisioningState/succeeded"), st("PowerState/deallocating")]),
+            PowerState::from_statuses(&[
+                st("ProvisioningState/succeeded"),
+                st("PowerState/deallocating")
+            ]),
             PowerState::Deallocating
         );
-        assert_eq!(PowerState::from_statuses(&[st("PowerState/hibernated")]), PowerState::Unknown);
+        assert_eq!(
+            PowerState::from_statuses(&[st("PowerState/hibernated")]),
+            PowerState::Unknown
+        );
         assert_eq!(PowerState::from_statuses(&[]), PowerState::Unknown);
         assert_eq!(PowerState::parse("RUNNING"), Some(PowerState::Running));
         assert_eq!(PowerState::parse("paused"), None);

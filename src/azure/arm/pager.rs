@@ -141,7 +141,10 @@ mod tests {
     #[tokio::test]
     async fn a_link_to_another_host_is_refused() {
         let mut pages = HashMap::new();
-        pages.insert(BASE.to_string(), page(&[1], Some("https://evil.example/steal?x=1")));
+        pages.insert(
+            BASE.to_string(),
+            page(&[1], Some("https://evil.example/steal?x=1")),
+        );
         let (result, asked) = run(pages).await;
         let err = result.unwrap_err();
         assert!(matches!(err, ArmError::BadNextLink { .. }), "{err}");

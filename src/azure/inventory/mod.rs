@@ -19,7 +19,9 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::arm::client::ResourceRef;
-use super::arm::models::{name_of, resource_group_of, Disk, OsType, PowerState, VirtualMachine, VmSize};
+use super::arm::models::{
+    Disk, OsType, PowerState, VirtualMachine, VmSize, name_of, resource_group_of,
+};
 use super::arm::{ArmClient, ArmError};
 pub use selection::{Selection, SelectionError, SelectionInput};
 
@@ -103,11 +105,18 @@ pub enum Strategy {
 /// List, unless the selection names at most `limit` exact VMs × resource groups.
 pub fn choose_strategy(sel: &Selection, limit: usize) -> Strategy {
     match sel.exact_names() {
-        Some(names) if !sel.resource_groups.is_empty() && names.len() * sel.resource_groups.len() <= limit => {
+        Some(names)
+            if !sel.resource_groups.is_empty()
+                && names.len() * sel.resource_groups.len() <= limit =>
+        {
             Strategy::PerVm(
                 sel.resource_groups
                     .iter()
-                    .flat_map(|rg| names.iter().map(move |n| ResourceRef::new(&sel.subscription, rg, n)))
+                    .flat_map(|rg| {
+                        names
+                            .iter()
+                            .map(move |n| ResourceRef::new(&sel.subscription, rg, n))
+                    })
                     .collect(),
             )
         }
@@ -116,14 +125,20 @@ pub fn choose_strategy(sel: &Selection, limit: usize) -> Strategy {
 }
 
 /// Pairs each full VM with its power state from the status pages, by id without case.
-pub fn merge_power_states(full: Vec<VirtualMachine>, statuses: &[VirtualMachine]) -> Vec<(VirtualMachine, PowerState)> {
+pub fn merge_power_states(
+    full: Vec<VirtualMachine>,
+    statuses: &[VirtualMachine],
+) -> Vec<(VirtualMachine, PowerState)> {
     let by_id: HashMap<String, PowerState> = statuses
         .iter()
         .map(|s| (s.id.to_ascii_lowercase(), s.power_state()))
         .collect();
     full.into_iter()
         .map(|vm| {
-            let state = by_id.get(&vm.id.to_ascii_lowercase()).copied().unwrap_or(PowerState::Unknown);
+            let state = by_id
+                .get(&vm.id.to_ascii_lowercase())
+                .copied()
+                .unwrap_or(PowerState::Unknown);
             (vm, state)
         })
         .collect()
@@ -148,27 +163,50 @@ pub fn build_vm_info(
     let lookup = |id: &Option<String>| id.as_ref().and_then(|i| disks.get(&i.to_ascii_lowercase()));
     let mut out_disks = Vec::new();
     let mut os_type = None;
-    let mut generation = vm.instance_view().and_then(|iv| iv.hyper_v_generation.clone());
+    let mut generation = vm
+        .instance_view()
+        .and_then(|iv| iv.hyper_v_generation.clone());
     if let Some(st) = vm.storage() {
         if let Some(os) = &st.os_disk {
             let id = os.managed_disk.as_ref().and_then(|m| m.id.clone());
             let record = lookup(&id);
             let props = record.and_then(|d| d.properties.as_ref());
-            os_type = os.os_type.or(props.and_then(|p| p.os_type)).and_then(os_name);
+            os_type = os
+                .os_type
+                .or(props.and_then(|p| p.os_type))
+                .and_then(os_name);
             if generation.is_none() {
                 generation = props.and_then(|p| p.hyper_v_generation.clone());
             }
-            out_disks.push(disk_info(DiskRole::Os, None, &id, os.name.as_deref(), os.disk_size_gb, os.vhd.as_ref().and_then(|v| v.uri.clone()), record));
+            out_disks.push(disk_info(
+                DiskRole::Os,
+                None,
+                &id,
+                os.name.as_deref(),
+                os.disk_size_gb,
+                os.vhd.as_ref().and_then(|v| v.uri.clone()),
+                record,
+            ));
         }
         let mut data: Vec<_> = st.data_disks.iter().collect();
         data.sort_by_key(|d| d.lun);
         for d in data {
             let id = d.managed_disk.as_ref().and_then(|m| m.id.clone());
             let record = lookup(&id);
-            out_disks.push(disk_info(DiskRole::Data, Some(d.lun), &id, d.name.as_deref(), d.disk_size_gb, d.vhd.as_ref().and_then(|v| v.uri.clone()), record));
+            out_disks.push(disk_info(
+                DiskRole::Data,
+                Some(d.lun),
+                &id,
+                d.name.as_deref(),
+                d.disk_size_gb,
+                d.vhd.as_ref().and_then(|v| v.uri.clone()),
+                record,
+            ));
         }
     }
-    let size = vm.vm_size().and_then(|s| sizes.get(&s.to_ascii_lowercase()));
+    let size = vm
+        .vm_size()
+        .and_then(|s| sizes.get(&s.to_ascii_lowercase()));
     VmInfo {
         id: vm.id.clone(),
         name: vm.name.clone(),
@@ -225,12 +263,16 @@ fn disk_resource_groups(vms: &[(VirtualMachine, PowerState)]) -> Vec<String> {
             .os_disk
             .iter()
             .filter_map(|d| d.managed_disk.as_ref()?.id.as_deref())
-            .chain(st.data_disks.iter().filter_map(|d| d.managed_disk.as_ref()?.id.as_deref()));
+            .chain(
+                st.data_disks
+                    .iter()
+                    .filter_map(|d| d.managed_disk.as_ref()?.id.as_deref()),
+            );
         for id in ids {
-            if let Some(rg) = resource_group_of(id) {
-                if !out.iter().any(|r| r.eq_ignore_ascii_case(rg)) {
-                    out.push(rg.to_string());
-                }
+            if let Some(rg) = resource_group_of(id)
+                && !out.iter().any(|r| r.eq_ignore_ascii_case(rg))
+            {
+                out.push(rg.to_string());
             }
         }
     }
@@ -238,14 +280,23 @@ fn disk_resource_groups(vms: &[(VirtualMachine, PowerState)]) -> Vec<String> {
 }
 
 /// Finds the selected VMs, sorted by resource group and name.
-pub async fn discover(arm: &ArmClient, sel: &Selection, progress: &DiscoveryProgress) -> Result<Vec<VmInfo>, ArmError> {
+pub async fn discover(
+    arm: &ArmClient,
+    sel: &Selection,
+    progress: &DiscoveryProgress,
+) -> Result<Vec<VmInfo>, ArmError> {
     let selected = match choose_strategy(sel, PER_VM_LIMIT) {
         Strategy::PerVm(candidates) => {
-            tracing::debug!(candidates = candidates.len(), "per-VM strategy: a GET with instance view per named VM is cheaper than listing");
+            tracing::debug!(
+                candidates = candidates.len(),
+                "per-VM strategy: a GET with instance view per named VM is cheaper than listing"
+            );
             per_vm(arm, sel, candidates, progress).await?
         }
         Strategy::List => {
-            tracing::debug!("list strategy: full VM pages and status pages per scope, merged by id");
+            tracing::debug!(
+                "list strategy: full VM pages and status pages per scope, merged by id"
+            );
             list_all(arm, sel, progress).await?
         }
     };
@@ -255,28 +306,47 @@ pub async fn discover(arm: &ArmClient, sel: &Selection, progress: &DiscoveryProg
         .iter()
         .map(|(vm, state)| build_vm_info(vm, *state, &disks, &sizes))
         .collect();
-    out.sort_by_key(|v| (v.resource_group.to_ascii_lowercase(), v.name.to_ascii_lowercase()));
+    out.sort_by_key(|v| {
+        (
+            v.resource_group.to_ascii_lowercase(),
+            v.name.to_ascii_lowercase(),
+        )
+    });
     Ok(out)
 }
 
-async fn list_all(arm: &ArmClient, sel: &Selection, progress: &DiscoveryProgress) -> Result<Vec<(VirtualMachine, PowerState)>, ArmError> {
+async fn list_all(
+    arm: &ArmClient,
+    sel: &Selection,
+    progress: &DiscoveryProgress,
+) -> Result<Vec<(VirtualMachine, PowerState)>, ArmError> {
     let scopes: Vec<Option<&str>> = if sel.resource_groups.is_empty() {
         vec![None]
     } else {
-        sel.resource_groups.iter().map(|r| Some(r.as_str())).collect()
+        sel.resource_groups
+            .iter()
+            .map(|r| Some(r.as_str()))
+            .collect()
     };
     let per_scope = futures::stream::iter(scopes)
         .map(|scope| async move {
             let vms_before = std::cell::Cell::new(0usize);
             let st_before = std::cell::Cell::new(0usize);
             let full = arm.list_vms(&sel.subscription, scope, false, |n| {
-                progress.vms.fetch_add(n - vms_before.replace(n), Ordering::Relaxed);
+                progress
+                    .vms
+                    .fetch_add(n - vms_before.replace(n), Ordering::Relaxed);
             });
             let status = arm.list_vms(&sel.subscription, scope, true, |n| {
-                progress.statuses.fetch_add(n - st_before.replace(n), Ordering::Relaxed);
+                progress
+                    .statuses
+                    .fetch_add(n - st_before.replace(n), Ordering::Relaxed);
             });
             let (full, status) = futures::try_join!(full, status)?;
-            let full: Vec<VirtualMachine> = full.into_iter().filter(|vm| sel.matches_model(vm)).collect();
+            let full: Vec<VirtualMachine> = full
+                .into_iter()
+                .filter(|vm| sel.matches_model(vm))
+                .collect();
             let missing = full.len().saturating_sub(status.len());
             if missing > 0 {
                 tracing::debug!(missing, "some VMs have no entry in the status pages");
@@ -347,15 +417,20 @@ async fn fetch_disks(
                 st.os_disk
                     .iter()
                     .filter_map(|d| d.managed_disk.as_ref()?.id.clone())
-                    .chain(st.data_disks.iter().filter_map(|d| d.managed_disk.as_ref()?.id.clone()))
+                    .chain(
+                        st.data_disks
+                            .iter()
+                            .filter_map(|d| d.managed_disk.as_ref()?.id.clone()),
+                    )
                     .collect::<Vec<_>>()
             })
             .collect();
-        let results: Vec<Result<Disk, ArmError>> = futures::stream::iter(ids.into_iter().filter_map(|id| ResourceRef::from_id(&id)))
-            .map(|r| async move { arm.get_disk(&r).await })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
+        let results: Vec<Result<Disk, ArmError>> =
+            futures::stream::iter(ids.into_iter().filter_map(|id| ResourceRef::from_id(&id)))
+                .map(|r| async move { arm.get_disk(&r).await })
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
         for r in results {
             match r {
                 Ok(d) => {
@@ -372,7 +447,9 @@ async fn fetch_disks(
         .map(|rg| async move {
             let before = std::cell::Cell::new(0usize);
             arm.list_disks(&sel.subscription, &rg, |n| {
-                progress.disks.fetch_add(n - before.replace(n), Ordering::Relaxed);
+                progress
+                    .disks
+                    .fetch_add(n - before.replace(n), Ordering::Relaxed);
             })
             .await
         })
@@ -389,7 +466,11 @@ async fn fetch_disks(
 }
 
 /// VM sizes by lower-case name, one list per location of a selected VM.
-async fn fetch_sizes(arm: &ArmClient, sel: &Selection, vms: &[(VirtualMachine, PowerState)]) -> HashMap<String, VmSize> {
+async fn fetch_sizes(
+    arm: &ArmClient,
+    sel: &Selection,
+    vms: &[(VirtualMachine, PowerState)],
+) -> HashMap<String, VmSize> {
     let mut locations: Vec<String> = Vec::new();
     for (vm, _) in vms {
         let l = selection::normalize_location(&vm.location);
@@ -433,7 +514,8 @@ mod tests {
     #[test]
     fn merge_matches_ids_case_insensitively_and_marks_missing_unknown() {
         let merged = merge_power_states(vms(), &statuses());
-        let states: Vec<(&str, PowerState)> = merged.iter().map(|(v, s)| (v.name.as_str(), *s)).collect();
+        let states: Vec<(&str, PowerState)> =
+            merged.iter().map(|(v, s)| (v.name.as_str(), *s)).collect();
         // web-01's status id differs in case (rg-web/WEB-01); classic-01 has no status.
         assert_eq!(
             states,
@@ -479,16 +561,35 @@ mod tests {
 
         let classic = build_vm_info(&all[2], PowerState::Unknown, &disks, &sizes);
         assert!(classic.disks.iter().all(|d| !d.managed && d.id.is_none()));
-        assert_eq!(classic.disks[1].vhd_uri.as_deref(), Some("https://oldstorage.blob.core.windows.net/vhds/classic-01-data.vhd"));
+        assert_eq!(
+            classic.disks[1].vhd_uri.as_deref(),
+            Some("https://oldstorage.blob.core.windows.net/vhds/classic-01-data.vhd")
+        );
         assert_eq!(classic.disks[1].lun, Some(3));
         assert_eq!(classic.os_type, None);
     }
 
     #[test]
     fn json_shape_has_the_contract_fields() {
-        let info = build_vm_info(&vms()[2], PowerState::Unknown, &HashMap::new(), &HashMap::new());
+        let info = build_vm_info(
+            &vms()[2],
+            PowerState::Unknown,
+            &HashMap::new(),
+            &HashMap::new(),
+        );
         let v = serde_json::to_value(&info).unwrap();
-        for key in ["id", "name", "resource_group", "location", "power_state", "vm_size", "os_type", "hyperv_generation", "tags", "disks"] {
+        for key in [
+            "id",
+            "name",
+            "resource_group",
+            "location",
+            "power_state",
+            "vm_size",
+            "os_type",
+            "hyperv_generation",
+            "tags",
+            "disks",
+        ] {
             assert!(v.get(key).is_some(), "{key}");
         }
         assert_eq!(v["power_state"], "unknown");
@@ -502,7 +603,12 @@ mod tests {
 
     #[test]
     fn managed_disks_have_no_vhd_uri_field() {
-        let info = build_vm_info(&vms()[0], PowerState::Running, &HashMap::new(), &HashMap::new());
+        let info = build_vm_info(
+            &vms()[0],
+            PowerState::Running,
+            &HashMap::new(),
+            &HashMap::new(),
+        );
         let v = serde_json::to_value(&info).unwrap();
         assert!(v["disks"][0].get("vhd_uri").is_none());
     }
@@ -510,7 +616,10 @@ mod tests {
     #[test]
     fn disk_groups_are_deduplicated_without_case() {
         let merged = merge_power_states(vms(), &[]);
-        assert_eq!(disk_resource_groups(&merged), vec!["RG-WEB".to_string(), "RG-DATA".into(), "RG-DB".into()]);
+        assert_eq!(
+            disk_resource_groups(&merged),
+            vec!["RG-WEB".to_string(), "RG-DATA".into(), "RG-DB".into()]
+        );
     }
 
     #[test]
@@ -524,7 +633,9 @@ mod tests {
             })
             .unwrap()
         };
-        assert!(matches!(choose_strategy(&sel(&["a", "b"], &["rg"]), 8), Strategy::PerVm(c) if c.len() == 2));
+        assert!(
+            matches!(choose_strategy(&sel(&["a", "b"], &["rg"]), 8), Strategy::PerVm(c) if c.len() == 2)
+        );
         assert_eq!(choose_strategy(&sel(&["a"], &[]), 8), Strategy::List);
         assert_eq!(choose_strategy(&sel(&["a*"], &["rg"]), 8), Strategy::List);
         assert_eq!(choose_strategy(&sel(&[], &["rg"]), 8), Strategy::List);

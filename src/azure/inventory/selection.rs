@@ -7,21 +7,27 @@
 
 use globset::{GlobBuilder, GlobMatcher};
 
-use crate::azure::arm::models::{resource_group_of, PowerState, VirtualMachine};
+use crate::azure::arm::models::{PowerState, VirtualMachine, resource_group_of};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SelectionError {
     #[error("no subscription: pass --subscription ID or set AZURE_SUBSCRIPTION_ID")]
     MissingSubscription,
-    #[error("--subscription {0:?} is not a subscription id (a GUID like 00000000-0000-0000-0000-000000000000)")]
+    #[error(
+        "--subscription {0:?} is not a subscription id (a GUID like 00000000-0000-0000-0000-000000000000)"
+    )]
     BadSubscription(String),
-    #[error("--resource-group {0:?} is not a resource group name (1-90 letters, digits, '_', '-', '.', '(', ')'; not ending in '.')")]
+    #[error(
+        "--resource-group {0:?} is not a resource group name (1-90 letters, digits, '_', '-', '.', '(', ')'; not ending in '.')"
+    )]
     BadResourceGroup(String),
     #[error("--name {pattern:?} is not a valid glob: {reason}")]
     BadGlob { pattern: String, reason: String },
     #[error("--tag {given:?}: {reason} (use KEY=VALUE, or KEY alone for \"has the tag\")")]
     BadTag { given: String, reason: &'static str },
-    #[error("--power-state {0:?} is not one of running, stopped, deallocated, starting, stopping, deallocating, unknown")]
+    #[error(
+        "--power-state {0:?} is not one of running, stopped, deallocated, starting, stopping, deallocating, unknown"
+    )]
     UnknownPowerState(String),
     #[error("--location {0:?} is not a region name (letters and digits, like westeurope)")]
     BadLocation(String),
@@ -72,19 +78,26 @@ pub struct Selection {
 fn is_guid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
     groups.len() == 5
-        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 fn valid_resource_group(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 90
         && !s.ends_with('.')
-        && s.chars().all(|c| c.is_alphanumeric() || "_-.()".contains(c))
+        && s.chars()
+            .all(|c| c.is_alphanumeric() || "_-.()".contains(c))
 }
 
 /// Regions are compared without case and spaces ("West Europe" = "westeurope").
 pub fn normalize_location(s: &str) -> String {
-    s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase()
+    s.chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase()
 }
 
 fn parse_tag(given: &str) -> Result<TagFilter, SelectionError> {
@@ -159,10 +172,15 @@ impl Selection {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let tags = input.tags.iter().map(|t| parse_tag(t)).collect::<Result<Vec<_>, _>>()?;
+        let tags = input
+            .tags
+            .iter()
+            .map(|t| parse_tag(t))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut power_states = Vec::new();
         for p in &input.power_states {
-            let state = PowerState::parse(p.trim()).ok_or_else(|| SelectionError::UnknownPowerState(p.clone()))?;
+            let state = PowerState::parse(p.trim())
+                .ok_or_else(|| SelectionError::UnknownPowerState(p.clone()))?;
             if !power_states.contains(&state) {
                 power_states.push(state);
             }
@@ -196,7 +214,11 @@ impl Selection {
     }
 
     pub fn matches_resource_group(&self, rg: &str) -> bool {
-        self.resource_groups.is_empty() || self.resource_groups.iter().any(|r| r.eq_ignore_ascii_case(rg))
+        self.resource_groups.is_empty()
+            || self
+                .resource_groups
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(rg))
     }
 
     pub fn matches_location(&self, location: &str) -> bool {
@@ -249,13 +271,18 @@ mod tests {
     }
 
     fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn empty_selection_matches_everything() {
         let s = parse(|_| {}).unwrap();
-        assert!(s.matches_name("anything") && s.matches_resource_group("RG") && s.matches_location("x"));
+        assert!(
+            s.matches_name("anything") && s.matches_resource_group("RG") && s.matches_location("x")
+        );
         assert!(s.matches_tags(&BTreeMap::new()));
         assert!(s.matches_power_state(PowerState::Unknown));
         assert_eq!(s.exact_names(), None);
@@ -313,35 +340,73 @@ mod tests {
 
     #[test]
     fn missing_subscription() {
-        assert_eq!(parse(|i| i.subscription = None).unwrap_err(), SelectionError::MissingSubscription);
-        assert_eq!(parse(|i| i.subscription = Some("  ".into())).unwrap_err(), SelectionError::MissingSubscription);
+        assert_eq!(
+            parse(|i| i.subscription = None).unwrap_err(),
+            SelectionError::MissingSubscription
+        );
+        assert_eq!(
+            parse(|i| i.subscription = Some("  ".into())).unwrap_err(),
+            SelectionError::MissingSubscription
+        );
     }
 
     #[test]
     fn bad_subscription() {
-        for bad in ["my-sub", "00000000-0000-0000-0000-00000000000", "0000000g-0000-0000-0000-000000000001", "/subscriptions/x"] {
-            assert!(matches!(parse(|i| i.subscription = Some(bad.into())), Err(SelectionError::BadSubscription(_))), "{bad}");
+        for bad in [
+            "my-sub",
+            "00000000-0000-0000-0000-00000000000",
+            "0000000g-0000-0000-0000-000000000001",
+            "/subscriptions/x",
+        ] {
+            assert!(
+                matches!(
+                    parse(|i| i.subscription = Some(bad.into())),
+                    Err(SelectionError::BadSubscription(_))
+                ),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn bad_resource_group() {
         for bad in ["", "rg/../x", "ends.", &"a".repeat(91), "has space"] {
-            assert!(matches!(parse(|i| i.resource_groups = vec![bad.to_string()]), Err(SelectionError::BadResourceGroup(_))), "{bad:?}");
+            assert!(
+                matches!(
+                    parse(|i| i.resource_groups = vec![bad.to_string()]),
+                    Err(SelectionError::BadResourceGroup(_))
+                ),
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn bad_globs() {
-        assert!(matches!(parse(|i| i.names = vec!["web-[".into()]), Err(SelectionError::BadGlob { .. })));
-        assert!(matches!(parse(|i| i.names = vec!["{a,".into()]), Err(SelectionError::BadGlob { .. })));
-        assert!(matches!(parse(|i| i.names = vec!["".into()]), Err(SelectionError::BadGlob { .. })));
+        assert!(matches!(
+            parse(|i| i.names = vec!["web-[".into()]),
+            Err(SelectionError::BadGlob { .. })
+        ));
+        assert!(matches!(
+            parse(|i| i.names = vec!["{a,".into()]),
+            Err(SelectionError::BadGlob { .. })
+        ));
+        assert!(matches!(
+            parse(|i| i.names = vec!["".into()]),
+            Err(SelectionError::BadGlob { .. })
+        ));
     }
 
     #[test]
     fn bad_tag_syntax() {
         for bad in ["", "=prod", " =x", "a/b=c", "k%=v"] {
-            assert!(matches!(parse(|i| i.tags = vec![bad.to_string()]), Err(SelectionError::BadTag { .. })), "{bad:?}");
+            assert!(
+                matches!(
+                    parse(|i| i.tags = vec![bad.to_string()]),
+                    Err(SelectionError::BadTag { .. })
+                ),
+                "{bad:?}"
+            );
         }
     }
 
@@ -355,7 +420,13 @@ mod tests {
     #[test]
     fn bad_location() {
         for bad in ["", "west-europe", "eu/west"] {
-            assert!(matches!(parse(|i| i.locations = vec![bad.to_string()]), Err(SelectionError::BadLocation(_))), "{bad:?}");
+            assert!(
+                matches!(
+                    parse(|i| i.locations = vec![bad.to_string()]),
+                    Err(SelectionError::BadLocation(_))
+                ),
+                "{bad:?}"
+            );
         }
     }
 
