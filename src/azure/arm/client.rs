@@ -84,7 +84,9 @@ impl RequestStats {
     }
 }
 
-/// Counts every try that the retry policy lets through to the transport.
+/// Counts every try that the retry policy lets through to the transport, and turns an
+/// untrusted server certificate into a non-retryable error: the pipeline retries every
+/// connection error for up to a minute, but a certificate will not become trusted.
 #[derive(Debug)]
 struct AttemptCounter(Arc<RequestStats>);
 
@@ -97,8 +99,24 @@ impl Policy for AttemptCounter {
         next: &[Arc<dyn Policy>],
     ) -> PolicyResult {
         self.0.attempts.fetch_add(1, Ordering::Relaxed);
-        next[0].send(ctx, request, &next[1..]).await
+        match next[0].send(ctx, request, &next[1..]).await {
+            Err(e) if is_untrusted_certificate(&error_chain(&e)) => {
+                Err(azure_core::Error::with_message(
+                    azure_core::error::ErrorKind::Other,
+                    format!(
+                        "{}; the server's TLS certificate is not trusted (for a private CA or a \
+                         TLS-inspecting proxy, pass --ca-bundle PEM)",
+                        error_chain(&e)
+                    ),
+                ))
+            }
+            other => other,
+        }
     }
+}
+
+fn is_untrusted_certificate(chain: &str) -> bool {
+    chain.contains("invalid peer certificate") || chain.contains("UnknownIssuer")
 }
 
 /// A resource in a resource group: subscription, group and name.
@@ -701,6 +719,14 @@ fn parse_access_sas(body: &[u8]) -> Result<SasUrl, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn untrusted_certificates_are_recognised() {
+        assert!(is_untrusted_certificate(
+            "error sending request: invalid peer certificate: UnknownIssuer"
+        ));
+        assert!(!is_untrusted_certificate("connection refused"));
+    }
 
     #[test]
     fn resource_ref_from_id() {
