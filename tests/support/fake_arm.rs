@@ -1481,10 +1481,12 @@ fn poll_operation(s: &mut ArmState, id: &str, location_mode: bool) -> HttpRespon
             None => HttpResponse::empty(204),
         }
     } else {
-        HttpResponse::json(
-            200,
-            json!({"status": "Succeeded", "startTime": "2026-01-01T00:00:00Z", "endTime": "2026-01-01T00:00:05Z"}),
-        )
+        // As Azure does for getAccess: the result also sits in the status body.
+        let mut body = json!({"status": "Succeeded", "startTime": "2026-01-01T00:00:00Z", "endTime": "2026-01-01T00:00:05Z"});
+        if let Some(r) = result {
+            body["properties"] = json!({"output": r});
+        }
+        HttpResponse::json(200, body)
     }
 }
 
