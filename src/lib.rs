@@ -4,6 +4,7 @@
 //! clap types; `commands` glues settings to the core; `output` renders what the core
 //! reports; `error` maps failures to exit codes.
 
+pub mod azure;
 pub mod cli;
 pub mod commands;
 pub mod error;
