@@ -1,6 +1,7 @@
 //! One module per subcommand: glue between settings, the core modules and the printer.
 
 pub mod convert;
+pub mod download;
 pub mod inspect;
 
 use crate::cli::{Cli, Command, ImageOutputArgs};
@@ -14,6 +15,7 @@ pub fn run(cli: Cli, interrupt: Interrupt) -> Result<(), Error> {
     match cli.command {
         Command::Inspect(args) => inspect::run(&args),
         Command::Convert(args) => convert::run(&args, &cli.global, &interrupt),
+        Command::Download(args) => download::run(&args, &cli.global, &interrupt),
     }
 }
 
