@@ -284,7 +284,7 @@ mod tests {
 
     #[test]
     fn chunks_are_cut_at_chunk_multiples() {
-        let ranges = vec![(MIB..10 * MIB + 512)];
+        let ranges: Vec<Range<u64>> = std::iter::once(MIB..10 * MIB + 512).collect();
         let m = map_from_page_ranges(ranges, 12 * MIB).unwrap();
         let c = chunks(&m, 4 * MIB, 0);
         let spans: Vec<_> = c.iter().map(|c| (c.virtual_offset, c.length)).collect();
