@@ -1,6 +1,11 @@
-//! Real parts for the integration tests: Azurite (Microsoft's storage emulator, never a
-//! mock), a SharedKey-signing seeder and SAS maker, a fault-injecting proxy, VHD builders.
+//! Shared test support: real parts (qemu-img, and later Azurite and the fake ARM), never
+//! mocks of them. Each test binary uses a subset.
+//!
+//! For `download`: Azurite (Microsoft's storage emulator), a SharedKey-signing seeder and
+//! SAS maker, a fault-injecting proxy, VHD builders.
 #![allow(dead_code)]
+
+pub mod image;
 
 pub mod azurite;
 pub mod fault_proxy;

@@ -130,7 +130,7 @@ pub fn create_page_blob(port: u16, container: &str, blob: &str, size: u64) {
 
 /// Put Page of `data` (512-aligned) at `offset`, split in ≤ 4 MiB requests.
 pub fn put_pages(port: u16, container: &str, blob: &str, offset: u64, data: &[u8]) {
-    assert!(offset % 512 == 0 && data.len() % 512 == 0);
+    assert!(offset.is_multiple_of(512) && data.len().is_multiple_of(512));
     for (i, piece) in data.chunks(4 << 20).enumerate() {
         let start = offset + (i as u64) * (4 << 20);
         let end = start + piece.len() as u64 - 1;
