@@ -31,6 +31,8 @@ struct State {
     data_gets: u64,
     body_bytes: u64,
     faults_applied: u64,
+    /// Faults apply only to data GETs after this many.
+    start_after: u64,
 }
 
 #[derive(Debug)]
@@ -84,6 +86,12 @@ impl FaultProxy {
     /// Delay before each data GET is forwarded (slows a download down for kill/ETag tests).
     pub fn set_delay(&self, d: Duration) {
         self.state.lock().unwrap().delay = d;
+    }
+
+    /// Lets the first `n` data GETs (from now) through before faults apply.
+    pub fn faults_after(&self, n: u64) {
+        let mut st = self.state.lock().unwrap();
+        st.start_after = st.data_gets + n;
     }
 
     pub fn data_gets(&self) -> u64 {
@@ -162,7 +170,11 @@ async fn handle(mut client: TcpStream, upstream: u16, state: Arc<Mutex<State>>) 
     let (fault, delay) = if is_data_get {
         let mut st = state.lock().unwrap();
         st.data_gets += 1;
-        let f = st.faults.pop_front();
+        let f = if st.data_gets > st.start_after {
+            st.faults.pop_front()
+        } else {
+            None
+        };
         if f.is_some() {
             st.faults_applied += 1;
         }
