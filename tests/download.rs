@@ -462,3 +462,53 @@ fn block_blobs_with_fixed_and_dynamic_vhds() {
     fs::write(&expected, disk.image()).unwrap();
     assert_qcow2_equals(&out, &expected);
 }
+
+#[test]
+fn ctrl_c_exits_130_and_keeps_the_partial_output_for_a_resume() {
+    let az = Azurite::start();
+    let disk = Disk::new(16 * MIB, &[(0, 12 * MIB)]);
+    let sas = seed_fixed(&az, "sigint.vhd", &disk);
+    let proxy = FaultProxy::start(az.port);
+    proxy.set_delay(Duration::from_millis(300));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("disk.qcow2");
+    let journal = dir.path().join(".disk.qcow2.azure2kvm-partial.journal");
+    let u = url(proxy.port, "sigint.vhd", &sas);
+    let mut cmd = support::bin();
+    cmd.args(["--no-progress", "download", &u]).arg(&out).args([
+        "--chunk-size",
+        "1M",
+        "--concurrency",
+        "2",
+    ]);
+    let mut child = ChildGuard::spawn(cmd);
+    let t = Instant::now();
+    while proxy.data_gets() < 5 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "download did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let o = child.0.take().unwrap().wait_with_output().unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{e}");
+    assert!(e.contains("interrupted") && e.contains("resume"), "{e}");
+    assert!(!out.exists());
+    // What arrived before Ctrl-C was checkpointed and journaled on the way out.
+    assert!(fs::read_to_string(&journal).unwrap().lines().count() >= 2);
+
+    proxy.set_delay(Duration::ZERO);
+    let e = assert_ok(&download(&u, &out, &["--chunk-size", "1M"]));
+    assert!(e.contains("resuming"), "{e}");
+    assert!(stat(&e, "resumed_chunks").unwrap() >= 2, "{e}");
+    let expected = dir.path().join("expected.raw");
+    fs::write(&expected, disk.image()).unwrap();
+    assert_qcow2_equals(&out, &expected);
+    no_leftovers(dir.path());
+}

@@ -57,6 +57,10 @@ pub struct DownloadRequest {
     pub engine: EngineConfig,
     pub retry: RetryPolicy,
     pub io_timeout: Duration,
+    /// What names the blob in the resume journal. None: the URL without its query. Set it
+    /// when a re-granted SAS may point at another host or path for the same data (e.g.
+    /// managed-disk exports: use the snapshot's resource id).
+    pub resume_key: Option<String>,
 }
 
 impl std::fmt::Debug for DownloadRequest {
@@ -68,6 +72,7 @@ impl std::fmt::Debug for DownloadRequest {
             .field("chunk_size", &self.chunk_size)
             .field("verify", &self.verify)
             .field("engine", &self.engine)
+            .field("resume_key", &self.resume_key)
             .finish_non_exhaustive()
     }
 }
@@ -86,6 +91,7 @@ impl DownloadRequest {
             engine: EngineConfig::default(),
             retry: RetryPolicy::default(),
             io_timeout: DEFAULT_IO_TIMEOUT,
+            resume_key: None,
         }
     }
 }
@@ -222,7 +228,7 @@ pub async fn download(
     );
 
     let header = JournalHeader::new(
-        req.url.identity(),
+        req.resume_key.clone().unwrap_or_else(|| req.url.identity()),
         plan.properties.etag.clone(),
         plan.properties.length,
         plan.virtual_size(),
