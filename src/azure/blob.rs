@@ -437,6 +437,61 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::from_millis(250)));
     }
 
+    /// Azurite never returns a NextMarker, so paging is checked against a two-page answer
+    /// from a loopback listener: the marker must be sent back and the pages joined, with
+    /// inclusive ends made exclusive and ranges clipped to the window.
+    #[test]
+    fn page_ranges_follow_next_marker() {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while seen.len() < 2 {
+                let (conn, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                while seen.len() < 2 {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap() == 0 {
+                        break;
+                    }
+                    let mut h = String::new();
+                    while reader.read_line(&mut h).unwrap() > 2 {
+                        h.clear();
+                    }
+                    let body = if line.contains("marker=m1") {
+                        "<?xml version=\"1.0\" encoding=\"utf-8\"?><PageList><PageRange><Start>1024</Start><End>4095</End></PageRange></PageList>"
+                    } else {
+                        "<?xml version=\"1.0\" encoding=\"utf-8\"?><PageList><PageRange><Start>0</Start><End>511</End></PageRange><NextMarker>m1</NextMarker></PageList>"
+                    };
+                    seen.push(line);
+                    write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .unwrap();
+                }
+            }
+            seen
+        });
+        let url = SasUrl::parse(&format!(
+            "http://127.0.0.1:{port}/devstoreaccount1/c/b?sv=1&sig=SECRET"
+        ))
+        .unwrap();
+        let reader = BlobReader::new(&url, None).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let ranges = rt.block_on(reader.page_ranges(0..2048, "\"0x1\"")).unwrap();
+        assert_eq!(ranges, vec![0..512, 1024..2048]);
+        let seen = server.join().unwrap();
+        assert!(!seen[0].contains("marker="), "{}", seen[0]);
+        assert!(seen[1].contains("marker=m1"), "{}", seen[1]);
+    }
+
     #[test]
     fn md5_header_decodes() {
         assert_eq!(
