@@ -8,6 +8,7 @@ pub mod azure;
 pub mod cli;
 pub mod commands;
 pub mod error;
+pub mod export;
 pub mod image;
 pub mod interrupt;
 pub mod output;

@@ -3,16 +3,23 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
-use azure2kvm::cli::Cli;
-use azure2kvm::error::Error;
+use azure2kvm::cli::{Cli, config};
+use azure2kvm::error::{Error, ErrorKind};
 use azure2kvm::interrupt::Interrupt;
 use azure2kvm::output::log::{self, LogFormat};
 
 fn main() -> ExitCode {
+    let args = match config::apply(std::env::args_os().collect(), &Cli::command()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("azure2kvm: error: {e}");
+            return ExitCode::from(ErrorKind::Usage.exit_code());
+        }
+    };
     // clap exits with 2 on usage errors, as the contract says.
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(args);
     let format = cli.global.log_format;
     log::init(format, cli.global.verbose, cli.global.quiet);
     let result = Interrupt::install()

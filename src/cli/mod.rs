@@ -1,6 +1,8 @@
 //! Command-line types (clap) only; commands turn them into validated settings.
 //! Names follow the contract in DESIGN.md: other tools and users depend on them.
 
+pub mod config;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -42,6 +44,9 @@ pub struct GlobalArgs {
     /// No progress bar or progress log lines.
     #[arg(long, global = true)]
     pub no_progress: bool,
+    /// Config file (TOML; keys are long flag names). Precedence: flags > env > file.
+    #[arg(long, global = true, env = "AZURE2KVM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod image;
+pub mod tools;
 
 pub mod azurite;
 pub mod fault_proxy;

@@ -1,0 +1,329 @@
+//! The run report, kept on disk as the run goes: the ledger of everything the run created
+//! in Azure, so nothing is ever left behind unrecorded.
+//!
+//! A resource is recorded as `creating` *before* the request that creates it is sent, and
+//! as `exists` once Azure confirms it, so a crash at any point leaves a report that names
+//! every resource that may exist; `cleanup --run-id` treats `creating` as "may exist" (a
+//! 404 on delete is success). Each change rewrites `run-<id>.json` atomically (temporary
+//! file, fsync, rename, directory fsync): a reader never sees half a report. The report
+//! holds resource ids and outcomes only — never a SAS or a token (there is no field for
+//! one).
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use super::naming::now_rfc3339;
+
+/// What kind of thing the run made (or changed) in Azure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceKind {
+    /// A snapshot of a disk (removed by DELETE).
+    Snapshot,
+    /// Read access granted on a disk or snapshot (removed by endGetAccess).
+    AccessGrant,
+    /// A VM the run deallocated (`--consistency deallocate`); reported, never undone
+    /// silently.
+    Deallocation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceState {
+    /// The create request is about to be or was sent; the resource may exist.
+    Creating,
+    Exists,
+    Removed,
+    /// Removal was tried and failed; `error` says why. `cleanup` tries again.
+    RemoveFailed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resource {
+    pub kind: ResourceKind,
+    /// ARM id: the snapshot, the disk or snapshot access was granted on, or the VM.
+    pub id: String,
+    /// What it was made from (the source disk of a snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    pub state: ResourceState,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Resource {
+    /// True while the resource may still be in Azure.
+    pub fn outstanding(&self) -> bool {
+        matches!(
+            self.state,
+            ResourceState::Creating | ResourceState::Exists | ResourceState::RemoveFailed
+        ) && self.kind != ResourceKind::Deallocation
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Done,
+    Partial,
+    Failed,
+    Interrupted,
+}
+
+/// The outcome of one disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskOutcome {
+    pub vm: String,
+    pub disk: String,
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lun: Option<u32>,
+    /// Image path relative to the output directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    pub status: String,
+    pub bytes_downloaded: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `run-<id>.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunReport {
+    pub run_id: String,
+    pub tool_version: String,
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    pub status: RunStatus,
+    /// The selection as given (flags, plan file, shard).
+    pub selection: serde_json::Value,
+    pub disks: Vec<DiskOutcome>,
+    pub resources: Vec<Resource>,
+}
+
+impl RunReport {
+    pub fn new(run_id: &str, selection: serde_json::Value) -> Self {
+        Self {
+            run_id: run_id.to_string(),
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: now_rfc3339(),
+            finished_at: None,
+            status: RunStatus::Running,
+            selection,
+            disks: Vec::new(),
+            resources: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("run report {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("run report {path} is not a report of this tool: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+/// The run report file name for `run_id`.
+pub fn report_file_name(run_id: &str) -> String {
+    format!("run-{run_id}.json")
+}
+
+/// The live run report: every change is on disk before `update` returns.
+#[derive(Debug)]
+pub struct Ledger {
+    path: PathBuf,
+    report: Mutex<RunReport>,
+}
+
+impl Ledger {
+    /// Starts `dir/run-<id>.json` for a new run.
+    pub fn create(dir: &Path, report: RunReport) -> Result<Self, LedgerError> {
+        let ledger = Self {
+            path: dir.join(report_file_name(&report.run_id)),
+            report: Mutex::new(report),
+        };
+        ledger.update(|_| ())?;
+        Ok(ledger)
+    }
+
+    /// Reads an existing report (for `cleanup`).
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        let bytes = fs::read(path).map_err(|source| LedgerError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let report: RunReport = serde_json::from_slice(&bytes).map_err(|e| LedgerError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            report: Mutex::new(report),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A copy of the report as it stands.
+    pub fn report(&self) -> RunReport {
+        self.report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Applies `change` and writes the report durably before returning.
+    pub fn update(&self, change: impl FnOnce(&mut RunReport)) -> Result<(), LedgerError> {
+        let mut report = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut report);
+        let json = serde_json::to_vec_pretty(&*report).expect("report serialises");
+        write_atomic(&self.path, &json).map_err(|source| LedgerError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Records that `kind` `id` is about to be created. Call before sending the request.
+    pub fn creating(
+        &self,
+        kind: ResourceKind,
+        id: &str,
+        source: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        self.update(|r| {
+            r.resources.push(Resource {
+                kind,
+                id: id.to_string(),
+                source: source.map(str::to_string),
+                state: ResourceState::Creating,
+                created_at: now_rfc3339(),
+                removed_at: None,
+                error: None,
+            })
+        })
+    }
+
+    /// Moves the latest record of `kind` `id` to `state` (with an error for RemoveFailed).
+    pub fn set_state(
+        &self,
+        kind: ResourceKind,
+        id: &str,
+        state: ResourceState,
+        error: Option<String>,
+    ) -> Result<(), LedgerError> {
+        self.update(|r| {
+            if let Some(res) = r
+                .resources
+                .iter_mut()
+                .rev()
+                .find(|x| x.kind == kind && x.id.eq_ignore_ascii_case(id))
+            {
+                res.state = state;
+                res.error = error;
+                if state == ResourceState::Removed {
+                    res.removed_at = Some(now_rfc3339());
+                }
+            }
+        })
+    }
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new content.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(".tmp");
+    let temp = dir.join(name);
+    let mut f = File::create(&temp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&temp, path)?;
+    File::open(&dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_change_is_on_disk_and_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::create(
+            dir.path(),
+            RunReport::new("r1", serde_json::json!({"name": ["web-*"]})),
+        )
+        .unwrap();
+        let snap =
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/snapshots/a2k-r1-os";
+        ledger
+            .creating(ResourceKind::Snapshot, snap, Some("/disk/os"))
+            .unwrap();
+        let on_disk = Ledger::open(ledger.path()).unwrap().report();
+        assert_eq!(on_disk.resources[0].state, ResourceState::Creating);
+        assert!(on_disk.resources[0].outstanding());
+
+        ledger
+            .set_state(
+                ResourceKind::Snapshot,
+                &snap.to_uppercase(),
+                ResourceState::Exists,
+                None,
+            )
+            .unwrap();
+        ledger
+            .set_state(ResourceKind::Snapshot, snap, ResourceState::Removed, None)
+            .unwrap();
+        let on_disk = Ledger::open(ledger.path()).unwrap().report();
+        assert_eq!(on_disk.resources[0].state, ResourceState::Removed);
+        assert!(on_disk.resources[0].removed_at.is_some());
+        assert!(!on_disk.resources[0].outstanding());
+        assert_eq!(on_disk, ledger.report());
+        // No temporary file left beside it.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn deallocations_are_reported_but_never_outstanding() {
+        let r = Resource {
+            kind: ResourceKind::Deallocation,
+            id: "/vm".into(),
+            source: None,
+            state: ResourceState::Exists,
+            created_at: now_rfc3339(),
+            removed_at: None,
+            error: None,
+        };
+        assert!(!r.outstanding());
+    }
+
+    #[test]
+    fn foreign_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("run-x.json");
+        fs::write(&p, b"{\"hello\": 1}").unwrap();
+        assert!(matches!(Ledger::open(&p), Err(LedgerError::Parse { .. })));
+        assert!(matches!(
+            Ledger::open(&dir.path().join("none.json")),
+            Err(LedgerError::Io { .. })
+        ));
+    }
+}

@@ -1,0 +1,41 @@
+//! External tools the tests use as oracles, installed on first use when missing (CI and
+//! fresh machines start without them). Debian packages need root, as CI has.
+
+use std::process::Command;
+use std::sync::Mutex;
+
+static INSTALL: Mutex<()> = Mutex::new(());
+
+fn found(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Makes sure `tool` is on PATH, installing Debian package `package` if it is not.
+pub fn ensure_debian_tool(tool: &str, package: &str) {
+    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if found(tool) {
+        return;
+    }
+    let install = |update: bool| {
+        let script = if update {
+            format!("apt-get update -q && apt-get install -y -q --no-install-recommends {package}")
+        } else {
+            format!("apt-get install -y -q --no-install-recommends {package}")
+        };
+        Command::new("sh")
+            .args(["-c", &script])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+    };
+    let _ = install(false);
+    if !found(tool) {
+        let _ = install(true);
+    }
+    assert!(
+        found(tool),
+        "{tool} is needed by this test: install the Debian package {package} (apt-get install {package})"
+    );
+}
