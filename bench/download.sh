@@ -8,7 +8,8 @@
 #   tool   azure2kvm download URL out.raw                         (release build)
 #   pysdk  Python SDK download_blob(max_concurrency=16) → .vhd, then qemu-img convert -f vpc -O raw
 #   curl   one sequential streaming GET → .vhd, then the same conversion
-# Wall time and max RSS from /usr/bin/time -v; the tool's bytes fetched from its stats line.
+# Wall time and max RSS from /usr/bin/time -v (of the whole pipeline, `sync` included);
+# the tool's bytes fetched from its stats line, the others' from the file they downloaded.
 # Needs: node/npm (Azurite from tests/azurite), python3, curl, qemu-img ≥ 10, cargo.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -54,9 +55,11 @@ for GIB in $SIZES; do
       rm -f "$WORK"/out.raw "$WORK"/in.vhd "$WORK"/.out.raw.*
       sync
       case $M in
-        tool)  CMD="'$BIN' --no-progress download '$URL' '$WORK/out.raw'";;
-        pysdk) CMD="'$VENV/bin/python' '$ROOT/bench/azurite_helper.py' pysdk --url '$URL' --out '$WORK/in.vhd' && qemu-img convert -f vpc -O raw '$WORK/in.vhd' '$WORK/out.raw'";;
-        curl)  CMD="curl -sSf -o '$WORK/in.vhd' '$URL' && qemu-img convert -f vpc -O raw '$WORK/in.vhd' '$WORK/out.raw'";;
+        # Every method ends with `sync` inside the timing: azure2kvm fsyncs its output
+        # (and checkpoints for resume); the others would otherwise leave GiBs in the page cache.
+        tool)  CMD="'$BIN' --no-progress download '$URL' '$WORK/out.raw' && sync";;
+        pysdk) CMD="'$VENV/bin/python' '$ROOT/bench/azurite_helper.py' pysdk --url '$URL' --out '$WORK/in.vhd' && qemu-img convert -f vpc -O raw '$WORK/in.vhd' '$WORK/out.raw' && sync";;
+        curl)  CMD="curl -sSf -o '$WORK/in.vhd' '$URL' && qemu-img convert -f vpc -O raw '$WORK/in.vhd' '$WORK/out.raw' && sync";;
       esac
       read -r SECS RSS <<<"$(measure "$CMD")"
       FETCHED="-"
