@@ -540,3 +540,48 @@ fn percent_decode(s: &str) -> String {
     }
     String::from_utf8(out).unwrap()
 }
+
+#[test]
+fn a_partial_download_of_a_blob_that_changed_since_is_started_over() {
+    let az = Azurite::start();
+    let mut disk = Disk::new(16 * MIB, &[(0, 12 * MIB)]);
+    let sas = seed_fixed(&az, "moved.vhd", &disk);
+    let proxy = FaultProxy::start(az.port);
+    proxy.set_delay(Duration::from_millis(300));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("disk.raw");
+    let journal = dir.path().join(".disk.raw.azure2kvm-partial.journal");
+    let u = url(proxy.port, "moved.vhd", &sas);
+    let mut cmd = support::bin();
+    cmd.args(["--no-progress", "download", &u]).arg(&out).args([
+        "--chunk-size",
+        "1M",
+        "--concurrency",
+        "2",
+    ]);
+    let mut child = ChildGuard::spawn(cmd);
+    let t = Instant::now();
+    while fs::read_to_string(&journal)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+        < 2
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no checkpoint was journaled"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill9();
+
+    // The disk is written to between the runs: its ETag changes.
+    let page = vec![9u8; 4096];
+    seed::put_pages(az.port, C, "moved.vhd", 0, &page);
+    disk.extents.push((0, page));
+    proxy.set_delay(Duration::ZERO);
+    let e = assert_ok(&download(&u, &out, &["--chunk-size", "1M"]));
+    assert!(e.contains("starting over") && e.contains("ETag"), "{e}");
+    assert_eq!(stat(&e, "resumed_chunks"), Some(0), "{e}");
+    assert_raw_equals(&out, &disk.image());
+    no_leftovers(dir.path());
+}

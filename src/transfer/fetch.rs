@@ -210,7 +210,7 @@ impl FetchContext {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
-            match self.next_step(&what, &err, attempt, started) {
+            match self.next_step(&err, attempt, started) {
                 Some(delay) => {
                     tracing::debug!(
                         "{}: attempt {attempt} failed ({err}); retrying in {:.1} s",
@@ -225,13 +225,7 @@ impl FetchContext {
     }
 
     /// The delay before the next attempt, or None to give up.
-    fn next_step(
-        &self,
-        _what: &dyn Fn() -> String,
-        err: &BlobError,
-        attempt: u32,
-        started: Instant,
-    ) -> Option<Duration> {
+    fn next_step(&self, err: &BlobError, attempt: u32, started: Instant) -> Option<Duration> {
         let Verdict::Retry { after } = classify(err) else {
             return None;
         };
@@ -319,7 +313,7 @@ impl FetchContext {
                 // This response's MD5 covers its whole range: its partial bytes are unverifiable.
                 filled = before;
             }
-            match self.next_step(&what, &err, attempt, started) {
+            match self.next_step(&err, attempt, started) {
                 Some(delay) => {
                     tracing::debug!(
                         "{}: attempt {attempt} failed ({err}); {} bytes kept, retrying in {:.1} s",
@@ -430,6 +424,83 @@ mod tests {
             backoff(&p, 3, 1.0, Some(Duration::from_millis(1))),
             Duration::from_secs(2)
         );
+    }
+
+    fn ctx(policy: RetryPolicy, jitter_calls: Arc<AtomicU64>) -> FetchContext {
+        let url = crate::azure::sas::SasUrl::parse("http://127.0.0.1:9/a/c/b?sig=S").unwrap();
+        FetchContext {
+            blob: BlobReader::new(&url, None).unwrap(),
+            etag: "e".into(),
+            verify_md5: false,
+            policy,
+            jitter: Arc::new(move || {
+                jitter_calls.fetch_add(1, Ordering::Relaxed);
+                0.0
+            }),
+            io_timeout: Duration::from_secs(5),
+            counters: Arc::default(),
+        }
+    }
+
+    fn run<T>(f: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn retry_gives_up_after_the_policy_and_says_how_long() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            initial_delay: Duration::from_millis(1),
+            ..RetryPolicy::default()
+        };
+        let c = ctx(policy, Arc::clone(&calls));
+        let err = run(c.retry(
+            || "thing".to_string(),
+            || async {
+                Err::<(), _>(BlobError::Status {
+                    op: "t",
+                    status: 503,
+                    code: None,
+                    retry_after: None,
+                })
+            },
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(err, FetchError::GaveUp { attempts: 3, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("after 3 attempts over"), "{err}");
+        // The injected jitter was consulted once per retry.
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
+        assert_eq!(c.counters.retries.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn retry_stops_at_once_on_fatal_errors() {
+        let c = ctx(RetryPolicy::default(), Arc::default());
+        let attempts = AtomicU64::new(0);
+        let err = run(c.retry(
+            || "thing".to_string(),
+            || async {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                Err::<(), _>(BlobError::Status {
+                    op: "t",
+                    status: 403,
+                    code: Some("AuthenticationFailed".into()),
+                    retry_after: None,
+                })
+            },
+        ))
+        .unwrap_err();
+        assert!(matches!(err, FetchError::AccessDenied { .. }));
+        assert!(err.to_string().contains("SAS has expired"));
+        assert_eq!(attempts.load(Ordering::Relaxed), 1);
     }
 
     #[test]
