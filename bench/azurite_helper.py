@@ -88,6 +88,31 @@ def seed(args):
     print(json.dumps({"url": url, "written": sum(l for _, l in extents), "extents": len(extents), "size": size}))
 
 
+def seed_dense(args):
+    """A fixed VHD whose every byte is data, as a block blob: the worst case for memory
+    (every chunk is full-size and Azurite serves > 4 MiB ranges fast)."""
+    size = int(args.virtual_gib * 1024) * MIB
+    service = BlobServiceClient(f"http://127.0.0.1:{args.port}/{ACCOUNT}", credential={"account_name": ACCOUNT, "account_key": KEY})
+    container = service.get_container_client("bench")
+    try:
+        container.create_container()
+    except Exception:
+        pass
+    blob = container.get_blob_client(args.name)
+    pattern = os.urandom(8 * MIB)
+
+    def gen():
+        for i in range(size // (8 * MIB)):
+            yield pattern[i % 7:] + pattern[: i % 7]
+        yield footer(size)
+
+    blob.upload_blob(gen(), length=size + 512, overwrite=True, max_concurrency=4)
+    sas = generate_blob_sas(ACCOUNT, "bench", args.name, account_key=KEY, permission=BlobSasPermissions(read=True),
+                            expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=4))
+    url = f"http://127.0.0.1:{args.port}/{ACCOUNT}/bench/{args.name}?{sas}"
+    print(json.dumps({"url": url, "written": size, "extents": 1, "size": size}))
+
+
 def pysdk(args):
     client = BlobClient.from_blob_url(args.url)
     with open(args.out, "wb") as f:
@@ -103,11 +128,15 @@ def main():
     s.add_argument("--fraction", type=float, default=0.2)
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--name", required=True)
+    s2 = sub.add_parser("seed-dense")
+    s2.add_argument("--port", type=int, required=True)
+    s2.add_argument("--virtual-gib", type=float, required=True)
+    s2.add_argument("--name", required=True)
     d = sub.add_parser("pysdk")
     d.add_argument("--url", required=True)
     d.add_argument("--out", required=True)
     a = p.parse_args()
-    {"seed": seed, "pysdk": pysdk}[a.cmd](a)
+    {"seed": seed, "seed-dense": seed_dense, "pysdk": pysdk}[a.cmd](a)
 
 
 if __name__ == "__main__":

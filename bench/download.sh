@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark: `azure2kvm download` against the usual alternatives, on Azurite (loopback).
 #
-#   bench/download.sh [SIZES_GIB...]        default: 1 8
+#   bench/download.sh [SIZES_GIB...]        default: 1 8 ("" for none)
+#   DENSE_GIB=1 bench/download.sh ""        only the dense memory worst case
 #
 # For each virtual size: a fixed VHD in a page blob with ~20% written in scattered 4 MiB
 # and 64 KiB extents. Alternating in each round:
@@ -13,7 +14,7 @@
 # Needs: node/npm (Azurite from tests/azurite), python3, curl, qemu-img ≥ 10, cargo.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SIZES=${*:-1 8}
+SIZES=${*-1 8}
 ROUNDS=${ROUNDS:-3}
 VENV=${VENV:-/tmp/a2k-bench-venv}
 WORK=${WORK:-/tmp/a2k-bench}
@@ -77,3 +78,17 @@ for GIB in $SIZES; do
   cmp "$WORK/check.raw" "$WORK/ref.raw" && echo "<!-- $GIB GiB: outputs identical -->"
   rm -f "$WORK"/*.raw "$WORK"/*.vhd
 done
+
+# Memory worst case: every byte is data (a fixed VHD in a block blob), so every GET is a
+# full 8 MiB chunk and all 16 are in flight. Peak RSS must stay under 256 MiB.
+if [ -n "${DENSE_GIB:-}" ]; then
+  SEED_JSON=$("$VENV/bin/python" "$ROOT/bench/azurite_helper.py" seed-dense --port "$PORT" --virtual-gib "$DENSE_GIB" --name "dense.vhd")
+  URL=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["url"])' "$SEED_JSON")
+  for ARGS in "" "--format qcow2"; do
+    rm -f "$WORK"/out.*
+    OUT="$WORK/out.raw"; [ -n "$ARGS" ] && OUT="$WORK/out.qcow2"
+    read -r SECS RSS <<<"$(measure "'$BIN' --no-progress download '$URL' '$OUT' && sync")"
+    FETCHED=$(grep -o 'bytes_fetched=[0-9]*' "$WORK/stderr.txt" | cut -d= -f2)
+    printf '| %s GiB dense (block blob) | %s | 1 | tool %s | %.2f | %d | %s |\n' "$DENSE_GIB" "$((DENSE_GIB * 1073741824))" "${ARGS:-raw}" "$SECS" "$((RSS / 1024))" "$FETCHED"
+  done
+fi
