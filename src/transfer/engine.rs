@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use super::buffers::{BufferPool, PooledBuf};
 use super::fetch::{FetchContext, FetchError};
 use super::journal::{Journal, JournalError};
 use super::plan::Chunk;
@@ -122,7 +123,7 @@ pub enum EngineError {
 }
 
 enum Msg {
-    Data(Chunk, Vec<u8>),
+    Data(Chunk, PooledBuf),
     /// All chunks sent: finish the sink.
     Finish,
 }
@@ -168,7 +169,14 @@ pub async fn run(
         .map_err(|e| EngineError::Writer(e.to_string()))?;
 
     let chunks = todo.len() as u64;
-    let fetch_result = drive(&ctx, todo, &tx, config.concurrency, &interrupt).await;
+    // The budget made literal: one buffer per fetch in flight, per queued chunk, and the
+    // one being written.
+    let largest = todo.iter().map(|c| c.length).max().unwrap_or(0);
+    let pool = BufferPool::new(
+        config.concurrency + config.queue_depth + 1,
+        usize::try_from(largest).expect("chunk size is bounded"),
+    );
+    let fetch_result = drive(&ctx, todo, &pool, &tx, config.concurrency, &interrupt).await;
     if fetch_result.is_ok() {
         // The writer may have failed already; then send fails and join tells why.
         let _ = tx.send(Msg::Finish).await;
@@ -201,6 +209,7 @@ pub async fn run(
 async fn drive(
     ctx: &FetchContext,
     todo: Vec<Chunk>,
+    pool: &BufferPool,
     tx: &mpsc::Sender<Msg>,
     concurrency: usize,
     interrupt: &Interrupt,
@@ -208,8 +217,11 @@ async fn drive(
     let mut results = futures::stream::iter(todo)
         .map(|chunk| {
             let ctx = ctx.clone();
+            let pool = pool.clone();
             let handle = AbortOnDrop(tokio::spawn(async move {
-                ctx.fetch(chunk).await.map(|data| (chunk, data))
+                let len = usize::try_from(chunk.length).expect("chunk size is bounded");
+                let mut buf = pool.get(len).await;
+                ctx.fetch_into(chunk, &mut buf).await.map(|()| (chunk, buf))
             }));
             async move {
                 let mut h = handle;

@@ -260,10 +260,18 @@ impl FetchContext {
         }
     }
 
-    /// Fetches `chunk` into a buffer of its length. See the module note for resumption.
+    /// Fetches `chunk` into a new buffer of its length (small metadata reads).
     pub async fn fetch(&self, chunk: Chunk) -> Result<Vec<u8>, FetchError> {
         let len = usize::try_from(chunk.length).expect("chunk size is bounded");
         let mut buf = vec![0u8; len];
+        self.fetch_into(chunk, &mut buf).await?;
+        Ok(buf)
+    }
+
+    /// Fetches `chunk` into `buf` (exactly the chunk's length). See the module note for
+    /// resumption.
+    pub async fn fetch_into(&self, chunk: Chunk, buf: &mut [u8]) -> Result<(), FetchError> {
+        assert_eq!(buf.len() as u64, chunk.length, "buffer fits the chunk");
         let what = || {
             format!(
                 "{} bytes {}-{}",
@@ -282,7 +290,7 @@ impl FetchContext {
             let from = chunk.source_offset + filled as u64;
             let range = from..chunk.source_offset + chunk.length;
             let before = filled;
-            let result = self.fetch_once(range, &mut buf, &mut filled).await;
+            let result = self.fetch_once(range, buf, &mut filled).await;
             self.counters
                 .bytes_fetched
                 .fetch_add((filled - before) as u64, Ordering::Relaxed);
@@ -290,7 +298,7 @@ impl FetchContext {
                 Ok(Some(expected)) => {
                     let actual: [u8; 16] = Md5::digest(&buf[before..]).into();
                     if actual == expected {
-                        return Ok(buf);
+                        return Ok(());
                     }
                     // A corrupted body is worth another try, but only a few.
                     if attempt >= self.policy.max_attempts.min(3) {
@@ -306,7 +314,7 @@ impl FetchContext {
                     continue;
                 }
                 Ok(None) if self.verify_md5 => return Err(FetchError::Md5Missing { what: what() }),
-                Ok(None) => return Ok(buf),
+                Ok(None) => return Ok(()),
                 Err(e) => e,
             };
             if self.verify_md5 {

@@ -7,6 +7,7 @@
 //! and a fixed memory budget into one writer. The engine knows neither VMs nor terminals:
 //! it reports [`engine::ProgressEvent`]s that `output` renders.
 
+pub mod buffers;
 pub mod discover;
 pub mod engine;
 pub mod fetch;
