@@ -59,6 +59,9 @@ pub enum Command {
     Convert(ConvertArgs),
     /// List the VMs a selection matches: size, power state, OS, generation, disks.
     List(Box<ListArgs>),
+    /// Download a blob holding a VHD (SAS URL) straight into a sparse raw or qcow2 image,
+    /// fetching only the pages that were ever written; resumable.
+    Download(DownloadArgs),
 }
 
 /// Who we are and which cloud: shared by every command that calls Azure.
@@ -163,6 +166,56 @@ pub struct ConvertArgs {
     pub image: ImageOutputArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// The blob: a SAS URL (https; http only for 127.0.0.1/localhost). Never logged.
+    #[arg(value_name = "URL")]
+    pub url: String,
+    /// The image to write (appears only when complete).
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub image: ImageOutputArgs,
+    /// Parallel ranged GETs (1-64; lowered if needed to keep the memory budget).
+    #[arg(long, default_value_t = crate::transfer::engine::DEFAULT_CONCURRENCY,
+          value_parser = clap::builder::TypedValueParser::map(
+              clap::value_parser!(u16).range(1..=64), usize::from))]
+    pub concurrency: usize,
+    /// Bytes per ranged GET, e.g. 8M, 4MiB, 1048576 [default: 8M; 4M with --verify md5].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub chunk_size: Option<u64>,
+    /// Check each range against the service's transactional MD5.
+    #[arg(long, value_enum, default_value = "none")]
+    pub verify: crate::transfer::job::Verify,
+    /// Seconds to wait for response headers or the next body bytes before retrying.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 60,
+        hide = true,
+        env = "AZURE2KVM_IO_TIMEOUT"
+    )]
+    pub io_timeout: u64,
+}
+
+/// `8M`, `8MiB`, `64K`, `1G` (binary units) or plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 8M or 4194304"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (use K, M or G)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +272,41 @@ mod tests {
     #[test]
     fn quiet_and_verbose_conflict() {
         assert!(Cli::try_parse_from(["azure2kvm", "-q", "-v", "inspect", "x"]).is_err());
+    }
+
+    #[test]
+    fn sizes_parse_in_binary_units() {
+        assert_eq!(parse_size("8M"), Ok(8 << 20));
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert!(parse_size("8X").is_err());
+        assert!(parse_size("M").is_err());
+    }
+
+    #[test]
+    fn download_concurrency_is_bounded() {
+        let ok = Cli::try_parse_from([
+            "azure2kvm",
+            "download",
+            "https://a/c/b",
+            "o.raw",
+            "--concurrency",
+            "4",
+        ]);
+        assert!(ok.is_ok());
+        for bad in ["0", "65"] {
+            assert!(
+                Cli::try_parse_from([
+                    "azure2kvm",
+                    "download",
+                    "https://a/c/b",
+                    "o.raw",
+                    "--concurrency",
+                    bad
+                ])
+                .is_err()
+            );
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand: glue between settings, the core modules and the printer.
 
 pub mod convert;
+pub mod download;
 pub mod inspect;
 pub mod list;
 
@@ -19,6 +20,7 @@ pub fn run(cli: Cli, interrupt: Interrupt) -> Result<(), Error> {
         Command::Inspect(args) => inspect::run(&args),
         Command::Convert(args) => convert::run(&args, &cli.global, &interrupt),
         Command::List(args) => list::run(&args, &cli.global, &interrupt),
+        Command::Download(args) => download::run(&args, &cli.global, &interrupt),
     }
 }
 

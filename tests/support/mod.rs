@@ -1,13 +1,19 @@
-//! Shared test support: real parts and our fakes, never mocks of real parts. qemu-img as
-//! the image oracle, the fake ARM server (and a runner for the built binary that points it
-//! at the fake: custom cloud, the fake's CA, managed identity via IDENTITY_ENDPOINT).
-//! Each test binary uses a subset.
+//! Shared test support: real parts and our fakes, never mocks of real parts: qemu-img as
+//! the image oracle; Azurite (Microsoft's storage emulator) with a SharedKey-signing seeder
+//! and SAS maker, a fault-injecting proxy and VHD builders for `download`; the fake ARM
+//! server and a runner for the built binary that points it at the fake (custom cloud, the
+//! fake's CA, managed identity via IDENTITY_ENDPOINT). Each test binary uses a subset.
 
 #![allow(dead_code)]
 
+pub mod azurite;
 pub mod fake_arm;
+pub mod fault_proxy;
+pub mod http;
 pub mod image;
+pub mod seed;
 pub mod tools;
+pub mod vhd;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -32,6 +38,8 @@ const AZURE_ENV: &[&str] = &[
     "AZURE2KVM_CA_BUNDLE",
     "AZURE2KVM_LOG",
     "AZURE2KVM_LOG_FORMAT",
+    "AZURE2KVM_IO_TIMEOUT",
+    "AZURE2KVM_CONFIG",
 ];
 
 #[derive(Debug)]
@@ -109,4 +117,68 @@ pub fn arm_client(fake: &FakeArm) -> azure2kvm::azure::arm::ArmClient {
         cloud.arm_scope(),
         options,
     )
+}
+
+use std::path::Path;
+use std::process::{Child, Output, Stdio};
+
+/// Runs `azure2kvm --no-progress download URL OUT EXTRA...`.
+pub fn download(url: &str, out: &Path, extra: &[&str]) -> Output {
+    let mut c = bin();
+    c.args(["--no-progress", "download", url])
+        .arg(out)
+        .args(extra);
+    c.output().expect("run azure2kvm")
+}
+
+/// A child process killed (SIGKILL) and reaped on drop, so a failing test leaves none.
+#[derive(Debug)]
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    pub fn spawn(mut cmd: Command) -> Self {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        Self(Some(child))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The `key=value` number from the `stats:` line on stderr.
+pub fn stat(stderr: &str, key: &str) -> Option<u64> {
+    let line = stderr.lines().rev().find(|l| l.contains("stats:"))?;
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The output of qemu-img, panicking with its message on failure.
+pub fn qemu_img(args: &[&str]) -> Output {
+    Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img is installed")
 }

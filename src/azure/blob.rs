@@ -1,0 +1,506 @@
+//! Page-blob access through `azure_storage_blob`: the only module that knows the SDK.
+//!
+//! It offers what the transfer engine needs and no more: the blob's properties (length,
+//! ETag, type), its written page ranges in a window (following `NextMarker`), and one
+//! ranged GET pinned to an ETag whose `Content-Range` has been checked, returned as a
+//! stream so a body that breaks can be resumed by the caller from the missing byte.
+//!
+//! Guarantees:
+//! - The SDK pipeline does **not** retry (`RetryOptions::none()`): the transfer layer owns
+//!   the one retry policy (see `transfer::fetch`), so the two layers never multiply
+//!   (azure_core would otherwise retry 8 times inside each of our attempts).
+//! - No error message quotes the SAS: transport errors (which quote the URL) are scrubbed.
+//! - A SAS URL works for any host (managed-disk export hosts, storage accounts, Azurite); a
+//!   token credential (Entra ID) is accepted for URLs without SAS and requires https.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use azure_core::credentials::TokenCredential;
+use azure_core::http::headers::Headers;
+use azure_core::http::{AsyncResponseBody, ClientOptions, Etag, RetryOptions};
+use azure_storage_blob::models::{
+    BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders, BlobType,
+    PageBlobClientListPageRangesOptions,
+};
+use azure_storage_blob::{BlobClient, BlobClientOptions};
+use futures::TryStreamExt;
+
+use super::sas::SasUrl;
+
+/// What kind of blob holds the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlobKind {
+    /// Page blob: Get Page Ranges says which pages were ever written.
+    Page,
+    /// Block or append blob: no page ranges; a dynamic VHD's BAT says what to fetch.
+    Block,
+    Append,
+}
+
+/// The properties a download is planned from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobProperties {
+    pub length: u64,
+    /// The version every ranged read is pinned to (If-Match).
+    pub etag: String,
+    pub kind: BlobKind,
+}
+
+/// One blob operation's failure. Messages never contain the SAS.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BlobError {
+    #[error("{op}: HTTP {status}{}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    Status {
+        op: &'static str,
+        status: u16,
+        /// The service's `x-ms-error-code`, e.g. `AuthenticationFailed`, `ConditionNotMet`.
+        code: Option<String>,
+        /// Retry-After / x-ms-retry-after-ms from the response, if any.
+        retry_after: Option<Duration>,
+    },
+    #[error("{op}: {message}")]
+    Transport { op: &'static str, message: String },
+    #[error("{op}: no answer within {secs} s")]
+    Timeout { op: &'static str, secs: u64 },
+    #[error("ranged GET at offset {offset}: body broke after {received} bytes: {message}")]
+    BodyBroken {
+        offset: u64,
+        received: u64,
+        message: String,
+    },
+    #[error("{op}: unexpected response: {what}")]
+    BadResponse { op: &'static str, what: String },
+    #[error("cannot use the blob URL: {0}")]
+    Client(String),
+}
+
+/// A ranged GET whose headers have been checked; the body is still to be read.
+#[derive(Debug)]
+pub struct RangeBody {
+    /// `Content-MD5` of this range when it was asked for (ranges ≤ 4 MiB only).
+    pub content_md5: Option<[u8; 16]>,
+    pub body: AsyncResponseBody,
+}
+
+/// A blob to read, shared by all fetch tasks (`BlobClient` is not `Clone`).
+#[derive(Clone)]
+pub struct BlobReader {
+    client: Arc<BlobClient>,
+    url: SasUrl,
+}
+
+impl std::fmt::Debug for BlobReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobReader")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+impl BlobReader {
+    /// A reader for `url`. With a SAS in the URL no credential is needed; without one,
+    /// `credential` (Entra ID) signs the requests and the URL must be https.
+    pub fn new(
+        url: &SasUrl,
+        credential: Option<Arc<dyn TokenCredential>>,
+    ) -> Result<Self, BlobError> {
+        let options = BlobClientOptions {
+            client_options: ClientOptions {
+                retry: RetryOptions::none(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let credential = if url.has_sas() { None } else { credential };
+        let client = BlobClient::new(url.expose().clone(), credential, Some(options))
+            .map_err(|e| BlobError::Client(url.scrub(&e.to_string())))?;
+        Ok(Self {
+            client: Arc::new(client),
+            url: url.clone(),
+        })
+    }
+
+    pub fn url(&self) -> &SasUrl {
+        &self.url
+    }
+
+    /// HEAD: length, ETag and blob type.
+    pub async fn properties(&self) -> Result<BlobProperties, BlobError> {
+        const OP: &str = "get blob properties";
+        let rsp = self
+            .client
+            .get_properties(None)
+            .await
+            .map_err(|e| self.map_err(OP, e))?;
+        let bad = |what: &str| BlobError::BadResponse {
+            op: OP,
+            what: what.to_string(),
+        };
+        let length = rsp
+            .content_length()
+            .map_err(|_| bad("unreadable Content-Length"))?
+            .ok_or_else(|| bad("no Content-Length"))?;
+        let etag = rsp
+            .etag()
+            .map_err(|_| bad("unreadable ETag"))?
+            .ok_or_else(|| bad("no ETag"))?
+            .to_string();
+        let kind = match rsp
+            .blob_type()
+            .map_err(|_| bad("unreadable x-ms-blob-type"))?
+        {
+            Some(BlobType::PageBlob) => BlobKind::Page,
+            Some(BlobType::BlockBlob) => BlobKind::Block,
+            Some(BlobType::AppendBlob) => BlobKind::Append,
+            _ => return Err(bad("no or unknown x-ms-blob-type")),
+        };
+        Ok(BlobProperties { length, etag, kind })
+    }
+
+    /// The written page ranges inside `window` (half-open), following continuation
+    /// markers, as half-open ranges clipped to the window. The service returns inclusive
+    /// `Start`/`End` pairs; the `+ 1` below is the conversion (the legacy crates lost it).
+    pub async fn page_ranges(
+        &self,
+        window: Range<u64>,
+        etag: &str,
+    ) -> Result<Vec<Range<u64>>, BlobError> {
+        const OP: &str = "get page ranges";
+        let options = PageBlobClientListPageRangesOptions {
+            range: Some(window.clone().into()),
+            if_match: Some(Etag::from(etag)),
+            ..Default::default()
+        };
+        let mut pages = self
+            .client
+            .page_blob_client()
+            .list_page_ranges(Some(options))
+            .map_err(|e| self.map_err(OP, e))?;
+        let mut out: Vec<Range<u64>> = Vec::new();
+        while let Some(page) = pages.try_next().await.map_err(|e| self.map_err(OP, e))? {
+            let list = page.into_model().map_err(|e| BlobError::BadResponse {
+                op: OP,
+                what: self.url.scrub(&e.to_string()),
+            })?;
+            for r in list.page_ranges {
+                let (Some(start), Some(end)) = (r.start, r.end) else {
+                    return Err(BlobError::BadResponse {
+                        op: OP,
+                        what: "page range without Start or End".into(),
+                    });
+                };
+                let (Ok(start), Ok(end)) = (u64::try_from(start), u64::try_from(end)) else {
+                    return Err(BlobError::BadResponse {
+                        op: OP,
+                        what: format!("negative page range {start}-{end}"),
+                    });
+                };
+                let Some(end) = end.checked_add(1).filter(|&e| e > start) else {
+                    return Err(BlobError::BadResponse {
+                        op: OP,
+                        what: format!("page range {start}-{end} is empty or overflows"),
+                    });
+                };
+                let clipped = start.max(window.start)..end.min(window.end);
+                if !clipped.is_empty() {
+                    out.push(clipped);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Starts a GET of `range` pinned to `etag`, asking for the range's MD5 when `md5`.
+    /// Checks status, `Content-Range` and `Content-Length` before handing the body over.
+    pub async fn get_range(
+        &self,
+        range: Range<u64>,
+        etag: &str,
+        md5: bool,
+    ) -> Result<RangeBody, BlobError> {
+        const OP: &str = "ranged GET";
+        let len = range.end - range.start;
+        let options = BlobClientDownloadOptions {
+            range: Some(range.clone().into()),
+            if_match: Some(Etag::from(etag)),
+            range_get_content_md5: md5.then_some(true),
+            // One request per range: the engine does its own partitioning and parallelism.
+            parallel: std::num::NonZero::new(1),
+            partition_size: usize::try_from(len).ok().and_then(std::num::NonZero::new),
+            ..Default::default()
+        };
+        let rsp = self
+            .client
+            .download(Some(options))
+            .await
+            .map_err(|e| self.map_err(OP, e))?;
+        check_content_range(&rsp.headers, &range)
+            .map_err(|what| BlobError::BadResponse { op: OP, what })?;
+        let content_md5 = if md5 {
+            match rsp.headers.get_optional_str(&"content-md5".into()) {
+                Some(b64) => Some(decode_md5(b64).ok_or_else(|| BlobError::BadResponse {
+                    op: OP,
+                    what: format!("Content-MD5 {b64:?} is not a base64 MD5"),
+                })?),
+                None => None,
+            }
+        } else {
+            None
+        };
+        Ok(RangeBody {
+            content_md5,
+            body: rsp.body,
+        })
+    }
+
+    /// Converts an SDK error into ours, keeping status, error code and Retry-After and
+    /// scrubbing the SAS out of any text.
+    pub(crate) fn map_err(&self, op: &'static str, e: azure_core::Error) -> BlobError {
+        if let azure_core::error::ErrorKind::HttpResponse {
+            status,
+            error_code,
+            raw_response,
+        } = e.kind()
+        {
+            let retry_after = raw_response
+                .as_deref()
+                .and_then(|r| retry_after(r.headers()));
+            return BlobError::Status {
+                op,
+                status: u16::from(*status),
+                code: error_code.clone(),
+                retry_after,
+            };
+        }
+        BlobError::Transport {
+            op,
+            message: self.url.scrub(&error_chain(&e)),
+        }
+    }
+}
+
+/// The error and its sources on one line: the top-level message of a transport error is
+/// often just "error sending request".
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = inner.source();
+    }
+    s
+}
+
+/// Retry-After in seconds (the HTTP-date form is not used by Azure Storage), or the
+/// millisecond variants Azure services send.
+fn retry_after(h: &Headers) -> Option<Duration> {
+    for name in ["x-ms-retry-after-ms", "retry-after-ms"] {
+        if let Some(ms) = h
+            .get_optional_str(&name.into())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            return Some(Duration::from_millis(ms));
+        }
+    }
+    h.get_optional_str(&"retry-after".into())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// `Content-Range: bytes START-END/TOTAL` must match what was asked, and
+/// `Content-Length` must equal the range's length: a proxy or service that answers with
+/// another range would otherwise put bytes at the wrong offset.
+fn check_content_range(h: &Headers, asked: &Range<u64>) -> Result<(), String> {
+    let want_len = asked.end - asked.start;
+    let cr = h
+        .get_optional_str(&"content-range".into())
+        .ok_or("no Content-Range (the server ignored the Range header)")?;
+    let parsed = parse_content_range(cr).ok_or_else(|| format!("bad Content-Range {cr:?}"))?;
+    if parsed.0 != asked.start || parsed.1 != asked.end {
+        return Err(format!(
+            "Content-Range {cr:?} does not match the requested bytes {}-{}",
+            asked.start,
+            asked.end - 1
+        ));
+    }
+    if let Some(cl) = h.get_optional_str(&"content-length".into()) {
+        match cl.trim().parse::<u64>() {
+            Ok(n) if n == want_len => {}
+            _ => return Err(format!("Content-Length {cl:?}, expected {want_len}")),
+        }
+    }
+    Ok(())
+}
+
+/// `bytes S-E/T` → half-open `(S, E + 1)`.
+pub(crate) fn parse_content_range(v: &str) -> Option<(u64, u64)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, _total) = rest.split_once('/')?;
+    let (s, e) = range.split_once('-')?;
+    let s: u64 = s.trim().parse().ok()?;
+    let e: u64 = e.trim().parse().ok()?;
+    (e >= s).then_some((s, e.checked_add(1)?))
+}
+
+fn decode_md5(b64: &str) -> Option<[u8; 16]> {
+    use base64::Engine as _;
+    let v = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    v.try_into().ok()
+}
+
+/// Reads the rest of a body into `buf[*filled..]`, advancing `filled` as bytes arrive so
+/// that a break leaves it at the first missing byte. Each read waits at most `idle`.
+pub async fn read_body_into(
+    body: &mut AsyncResponseBody,
+    buf: &mut [u8],
+    filled: &mut usize,
+    idle: Duration,
+    offset: u64,
+) -> Result<(), BlobError> {
+    let start = *filled;
+    loop {
+        let next = tokio::time::timeout(idle, body.try_next()).await;
+        let item = match next {
+            Err(_) => {
+                return Err(BlobError::BodyBroken {
+                    offset,
+                    received: (*filled - start) as u64,
+                    message: format!("no data for {} s", idle.as_secs()),
+                });
+            }
+            Ok(r) => r.map_err(|e| BlobError::BodyBroken {
+                offset,
+                received: (*filled - start) as u64,
+                message: super::sas::scrub(&error_chain(&e)),
+            })?,
+        };
+        let Some(bytes) = item else { break };
+        let room = buf.len() - *filled;
+        if bytes.len() > room {
+            return Err(BlobError::BadResponse {
+                op: "ranged GET",
+                what: format!("body longer than the {} bytes asked for", buf.len()),
+            });
+        }
+        buf[*filled..*filled + bytes.len()].copy_from_slice(&bytes);
+        *filled += bytes.len();
+    }
+    if *filled < buf.len() {
+        return Err(BlobError::BodyBroken {
+            offset,
+            received: (*filled - start) as u64,
+            message: format!("body ended {} bytes early", buf.len() - *filled),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_is_parsed_as_half_open() {
+        assert_eq!(parse_content_range("bytes 0-511/1024"), Some((0, 512)));
+        assert_eq!(parse_content_range("bytes 512-512/*"), Some((512, 513)));
+        assert_eq!(parse_content_range("bytes 9-3/10"), None);
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+    }
+
+    #[test]
+    fn content_range_must_match_request() {
+        let mut h = Headers::new();
+        h.insert("content-range", "bytes 0-9/100");
+        h.insert("content-length", "10");
+        assert!(check_content_range(&h, &(0..10)).is_ok());
+        assert!(check_content_range(&h, &(10..20)).is_err());
+        h.insert("content-length", "9");
+        assert!(check_content_range(&h, &(0..10)).is_err());
+        assert!(check_content_range(&Headers::new(), &(0..10)).is_err());
+    }
+
+    #[test]
+    fn retry_after_prefers_milliseconds() {
+        let mut h = Headers::new();
+        h.insert("retry-after", "3");
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert("x-ms-retry-after-ms", "250");
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(250)));
+    }
+
+    /// Azurite never returns a NextMarker, so paging is checked against a two-page answer
+    /// from a loopback listener: the marker must be sent back and the pages joined, with
+    /// inclusive ends made exclusive and ranges clipped to the window.
+    #[test]
+    fn page_ranges_follow_next_marker() {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while seen.len() < 2 {
+                let (conn, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                while seen.len() < 2 {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap() == 0 {
+                        break;
+                    }
+                    let mut h = String::new();
+                    while reader.read_line(&mut h).unwrap() > 2 {
+                        h.clear();
+                    }
+                    let body = if line.contains("marker=m1") {
+                        "<?xml version=\"1.0\" encoding=\"utf-8\"?><PageList><PageRange><Start>1024</Start><End>4095</End></PageRange></PageList>"
+                    } else {
+                        "<?xml version=\"1.0\" encoding=\"utf-8\"?><PageList><PageRange><Start>0</Start><End>511</End></PageRange><NextMarker>m1</NextMarker></PageList>"
+                    };
+                    seen.push(line);
+                    write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .unwrap();
+                }
+            }
+            seen
+        });
+        let url = SasUrl::parse(&format!(
+            "http://127.0.0.1:{port}/devstoreaccount1/c/b?sv=1&sig=SECRET"
+        ))
+        .unwrap();
+        let reader = BlobReader::new(&url, None).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let ranges = rt.block_on(reader.page_ranges(0..2048, "\"0x1\"")).unwrap();
+        assert_eq!(ranges, vec![0..512, 1024..2048]);
+        let seen = server.join().unwrap();
+        assert!(!seen[0].contains("marker="), "{}", seen[0]);
+        assert!(seen[1].contains("marker=m1"), "{}", seen[1]);
+    }
+
+    #[test]
+    fn md5_header_decodes() {
+        assert_eq!(
+            decode_md5("1B2M2Y8AsgTpgAmY7PhCfg=="),
+            Some([
+                0xd4, 0x1d, 0x8c, 0xd9, 0x8f, 0x00, 0xb2, 0x04, 0xe9, 0x80, 0x09, 0x98, 0xec, 0xf8,
+                0x42, 0x7e
+            ])
+        );
+        assert_eq!(decode_md5("nope"), None);
+    }
+}

@@ -1,0 +1,91 @@
+//! `download URL OUTPUT`: glue between the command line, the transfer job and the
+//! progress display. Creates the tokio runtime; everything else lives in `transfer`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::azure::sas::SasUrl;
+use crate::cli::{DownloadArgs, GlobalArgs};
+use crate::error::Error;
+use crate::image::staging::Overwrite;
+use crate::interrupt::Interrupt;
+use crate::output::progress::Progress;
+use crate::output::units::human_bytes;
+use crate::transfer::engine::{EngineConfig, ProgressEvent};
+use crate::transfer::job::{DownloadRequest, download};
+
+pub fn run(args: &DownloadArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Result<(), Error> {
+    let format = super::output_format(&args.image, &args.output)?;
+    // The parse error never quotes the URL's query: safe to show.
+    let url = SasUrl::parse(&args.url).map_err(|e| Error::usage(format!("download URL: {e}")))?;
+    let mut req = DownloadRequest::new(url, args.output.clone(), format);
+    req.overwrite = if args.image.force {
+        Overwrite::Allow
+    } else {
+        Overwrite::Refuse
+    };
+    req.chunk_size = args.chunk_size;
+    req.verify = args.verify;
+    req.engine = EngineConfig {
+        concurrency: args.concurrency,
+        ..EngineConfig::default()
+    };
+    req.io_timeout = Duration::from_secs(args.io_timeout.max(1));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("azure2kvm-io")
+        .build()
+        .map_err(|e| Error::failed(format!("cannot start the async runtime: {e}")))?;
+
+    let show = !global.no_progress && !global.quiet;
+    let progress: Arc<Mutex<Option<Progress>>> = Arc::new(Mutex::new(None));
+    let label = format!("downloading {}", args.output.display());
+    let sink_progress = Arc::clone(&progress);
+    let on_event = Arc::new(move |event: ProgressEvent| match event {
+        ProgressEvent::Advanced { done, total } => {
+            let mut p = sink_progress.lock().unwrap_or_else(|e| e.into_inner());
+            p.get_or_insert_with(|| Progress::new(label.clone(), total, show))
+                .set(done);
+        }
+    });
+    let result = runtime.block_on(download(req, on_event, interrupt.clone()));
+    if let Some(p) = progress.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        p.finish();
+    }
+    let report = result?;
+    let s = &report.stats;
+    tracing::info!(
+        "wrote {} ({:?}, virtual size {}, {} of written data; fetched {} in {:.1} s{})",
+        report.output.display(),
+        report.format,
+        human_bytes(report.virtual_size),
+        human_bytes(report.data_bytes),
+        human_bytes(s.bytes_fetched),
+        report.elapsed_secs,
+        if report.resumed_chunks > 0 {
+            format!(
+                ", {} chunks resumed from an earlier run",
+                report.resumed_chunks
+            )
+        } else {
+            String::new()
+        }
+    );
+    // One machine-readable line for scripts, benchmarks and tests.
+    tracing::info!(
+        "stats: bytes_fetched={} data_bytes={} planned_bytes={} chunks={} resumed_chunks={} zero_chunks={} requests={} retries={} checkpoints={} bytes_written={} elapsed_secs={:.3}",
+        s.bytes_fetched,
+        report.data_bytes,
+        report.planned_bytes,
+        report.chunks,
+        report.resumed_chunks,
+        s.zero_chunks,
+        s.requests,
+        s.retries,
+        s.checkpoints,
+        s.sink.bytes_written,
+        report.elapsed_secs
+    );
+    Ok(())
+}

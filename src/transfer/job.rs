@@ -1,0 +1,440 @@
+//! One download, end to end: plan, stage the output, resume or start over, run the engine,
+//! commit — or keep the partial output and journal for a later resume, or remove them when
+//! resuming would be wrong. This is what `download` runs, and what `export` calls per disk.
+//!
+//! Resume contract: the temporary output `.NAME.azure2kvm-partial` and its journal
+//! `.NAME.azure2kvm-partial.journal` stay after a transient failure, an expired SAS or
+//! Ctrl-C. A later call for the same OUTPUT continues when the blob (identity without SAS),
+//! its ETag, the format and the plan match, and says so; otherwise it says why and starts
+//! over. Bad input (exit 4) and a blob that changed (412) remove both: nothing in them
+//! can be trusted for a resume.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use azure_core::credentials::TokenCredential;
+
+use super::discover::{DiscoverError, DownloadPlan, MapSource, discover};
+use super::engine::{self, EngineConfig, EngineError, ProgressFn, TransferStats};
+use super::fetch::{FetchContext, FetchCounters, FetchError, RetryPolicy, default_jitter};
+use super::journal::{self, Journal, JournalHeader};
+use super::plan;
+use crate::azure::blob::BlobReader;
+use crate::azure::sas::SasUrl;
+use crate::error::{Error, ErrorKind};
+use crate::image::sink::{ImageFormat, create_sink, resume_sink};
+use crate::image::staging::{Overwrite, StagedOutput, check_output_free, temp_path_for};
+use crate::interrupt::Interrupt;
+use crate::output::units::human_bytes;
+
+/// Whether to check each range against the service's transactional MD5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verify {
+    #[default]
+    None,
+    Md5,
+}
+
+/// Default wait for response headers or the next piece of a body before an attempt is
+/// counted as failed: long enough for a throttled service, short enough to notice a dead
+/// connection well within the SAS's lifetime.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Everything one download needs.
+#[derive(Clone)]
+pub struct DownloadRequest {
+    pub url: SasUrl,
+    /// For blob URLs without SAS (Entra ID); ignored when the URL has a SAS.
+    pub credential: Option<Arc<dyn TokenCredential>>,
+    pub output: PathBuf,
+    pub format: ImageFormat,
+    pub overwrite: Overwrite,
+    /// None: 8 MiB, or 4 MiB with `Verify::Md5`.
+    pub chunk_size: Option<u64>,
+    pub verify: Verify,
+    pub engine: EngineConfig,
+    pub retry: RetryPolicy,
+    pub io_timeout: Duration,
+    /// What names the blob in the resume journal. None: the URL without its query. Set it
+    /// when a re-granted SAS may point at another host or path for the same data (e.g.
+    /// managed-disk exports: use the snapshot's resource id).
+    pub resume_key: Option<String>,
+}
+
+impl std::fmt::Debug for DownloadRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DownloadRequest")
+            .field("url", &self.url)
+            .field("output", &self.output)
+            .field("format", &self.format)
+            .field("chunk_size", &self.chunk_size)
+            .field("verify", &self.verify)
+            .field("engine", &self.engine)
+            .field("resume_key", &self.resume_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DownloadRequest {
+    /// A request with the defaults (see the module notes of `plan`, `engine`, `fetch`).
+    pub fn new(url: SasUrl, output: PathBuf, format: ImageFormat) -> Self {
+        Self {
+            url,
+            credential: None,
+            output,
+            format,
+            overwrite: Overwrite::Refuse,
+            chunk_size: None,
+            verify: Verify::None,
+            engine: EngineConfig::default(),
+            retry: RetryPolicy::default(),
+            io_timeout: DEFAULT_IO_TIMEOUT,
+            resume_key: None,
+        }
+    }
+}
+
+/// What a completed download did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DownloadReport {
+    pub output: PathBuf,
+    pub format: ImageFormat,
+    pub virtual_size: u64,
+    pub map_source: MapSource,
+    /// Bytes of written pages (or allocated blocks) in the blob.
+    pub data_bytes: u64,
+    /// Bytes the plan fetches (data plus coalesced gaps), all chunks.
+    pub planned_bytes: u64,
+    pub chunks: u64,
+    /// Chunks a previous run had already made durable.
+    pub resumed_chunks: u64,
+    pub elapsed_secs: f64,
+    pub stats: TransferStats,
+}
+
+/// Why a download did not complete, sorted by what the caller should do next.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// Bad arguments (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The blob is not a usable VHD (exit 4); nothing was kept.
+    #[error("{0}")]
+    BadImage(String),
+    /// The SAS was refused (expired or revoked): grant a new one and call again — the
+    /// partial output is kept and the call resumes.
+    #[error("{message}")]
+    AccessDenied {
+        message: String,
+        kept: Option<PathBuf>,
+    },
+    /// The blob changed during the download; nothing was kept.
+    #[error("{0}")]
+    BlobChanged(String),
+    /// Ctrl-C/SIGTERM; partial output kept for a resume.
+    #[error("{message}")]
+    Interrupted {
+        message: String,
+        kept: Option<PathBuf>,
+    },
+    /// Anything else (network, disk); partial output kept when it is resumable.
+    #[error("{message}")]
+    Failed {
+        message: String,
+        kept: Option<PathBuf>,
+    },
+}
+
+impl From<DownloadError> for Error {
+    fn from(e: DownloadError) -> Self {
+        let kind = match &e {
+            DownloadError::Usage(_) => ErrorKind::Usage,
+            DownloadError::BadImage(_) => ErrorKind::BadImage,
+            DownloadError::Interrupted { .. } => ErrorKind::Interrupted,
+            DownloadError::AccessDenied { .. }
+            | DownloadError::BlobChanged(_)
+            | DownloadError::Failed { .. } => ErrorKind::Failed,
+        };
+        Error::new(kind, e)
+    }
+}
+
+/// Downloads the VHD in `req.url` into `req.output` (see the module note).
+pub async fn download(
+    req: DownloadRequest,
+    progress: ProgressFn,
+    interrupt: Interrupt,
+) -> Result<DownloadReport, DownloadError> {
+    let started = Instant::now();
+    let scrub = |s: String| req.url.scrub(&s);
+    let md5 = req.verify == Verify::Md5;
+    let chunk_size = plan::choose_chunk_size(req.chunk_size, md5)
+        .map_err(|e| DownloadError::Usage(e.to_string()))?;
+    check_output_free(&req.output, req.overwrite)
+        .map_err(|e| DownloadError::Usage(e.to_string()))?;
+    let temp = temp_path_for(&req.output).map_err(|e| DownloadError::Usage(e.to_string()))?;
+    let journal_path = journal::path_for(&temp);
+    let config = req.engine.effective(chunk_size);
+    if config.concurrency < req.engine.concurrency {
+        tracing::info!(
+            "concurrency lowered from {} to {} to keep chunk buffers within {} at {} chunks",
+            req.engine.concurrency,
+            config.concurrency,
+            human_bytes(engine::CHUNK_MEMORY_BUDGET),
+            human_bytes(chunk_size)
+        );
+    }
+
+    let blob = BlobReader::new(&req.url, req.credential.clone())
+        .map_err(|e| DownloadError::Usage(scrub(e.to_string())))?;
+    let ctx = FetchContext {
+        blob,
+        etag: String::new(),
+        verify_md5: md5,
+        policy: req.retry,
+        jitter: default_jitter(),
+        io_timeout: req.io_timeout,
+        counters: Arc::new(FetchCounters::default()),
+    };
+    let plan = match discover(&ctx, chunk_size, config.concurrency).await {
+        Ok(p) => p,
+        Err(DiscoverError::Image(e)) => {
+            // Whatever an earlier run left for this output cannot be resumed from now.
+            journal::remove(&journal_path);
+            remove_temp_if_unlocked(&req.output, req.overwrite);
+            return Err(DownloadError::BadImage(format!(
+                "{}: {e}",
+                req.url.identity()
+            )));
+        }
+        Err(DiscoverError::Fetch(e)) => return Err(fetch_error(e, None, &scrub)),
+    };
+    let ctx = FetchContext {
+        etag: plan.properties.etag.clone(),
+        ..ctx
+    };
+    tracing::info!(
+        "{}: {:?} VHD, virtual size {}, {} to fetch in {} chunks of up to {} ({} written, from {:?})",
+        req.url.identity(),
+        plan.footer.disk_type,
+        human_bytes(plan.virtual_size()),
+        human_bytes(plan.fetch_bytes()),
+        plan.chunks.len(),
+        human_bytes(chunk_size),
+        human_bytes(plan.map.data_bytes()),
+        plan.map_source,
+    );
+
+    let header = JournalHeader::new(
+        req.resume_key.clone().unwrap_or_else(|| req.url.identity()),
+        plan.properties.etag.clone(),
+        plan.properties.length,
+        plan.virtual_size(),
+        chunk_size,
+        req.format.extension().to_string(),
+        &plan.chunks,
+    );
+    let (staged, sink, journal, done) = stage(&req, &plan, &header, &journal_path)?;
+    let todo: Vec<_> = plan
+        .chunks
+        .iter()
+        .copied()
+        .filter(|c| !done.contains(&(c.virtual_offset, c.length)))
+        .collect();
+    let resumed_chunks = (plan.chunks.len() - todo.len()) as u64;
+    let already: u64 = plan.fetch_bytes() - todo.iter().map(|c| c.length).sum::<u64>();
+
+    let result = engine::run(
+        ctx,
+        todo,
+        already,
+        plan.fetch_bytes(),
+        sink,
+        Some(journal),
+        config,
+        progress,
+        interrupt,
+    )
+    .await;
+    let stats = match result {
+        Ok(s) => s,
+        Err(e) => return Err(engine_error(e, staged, &journal_path, &scrub)),
+    };
+    let out = staged
+        .commit(req.overwrite)
+        .map_err(|e| DownloadError::Failed {
+            message: e.to_string(),
+            kept: None,
+        })?;
+    journal::remove(&journal_path);
+    Ok(DownloadReport {
+        output: out,
+        format: req.format,
+        virtual_size: plan.virtual_size(),
+        map_source: plan.map_source,
+        data_bytes: plan.map.data_bytes(),
+        planned_bytes: plan.fetch_bytes(),
+        chunks: plan.chunks.len() as u64,
+        resumed_chunks,
+        elapsed_secs: started.elapsed().as_secs_f64(),
+        stats,
+    })
+}
+
+type Staged = (
+    StagedOutput,
+    Box<dyn crate::image::sink::ImageSink>,
+    Journal,
+    std::collections::HashSet<(u64, u64)>,
+);
+
+/// Opens the temporary output: resumed when the journal matches, fresh otherwise.
+fn stage(
+    req: &DownloadRequest,
+    plan: &DownloadPlan,
+    header: &JournalHeader,
+    journal_path: &Path,
+) -> Result<Staged, DownloadError> {
+    let failed = |e: &dyn std::fmt::Display| DownloadError::Failed {
+        message: e.to_string(),
+        kept: None,
+    };
+    let staging_err = |e: crate::image::staging::StagingError| {
+        let e = Error::from(e);
+        if e.kind() == ErrorKind::Usage {
+            DownloadError::Usage(e.to_string())
+        } else {
+            failed(&e)
+        }
+    };
+    let loaded = journal::Journal::load(journal_path).map_err(|e| failed(&e))?;
+    if let Some(old) = loaded {
+        match old.header.mismatch(header) {
+            None => {
+                let (staged, had) = StagedOutput::open_for_resume(&req.output, req.overwrite)
+                    .map_err(staging_err)?;
+                if had {
+                    let file = staged.file().map_err(staging_err)?;
+                    match resume_sink(req.format, file, plan.virtual_size()) {
+                        Ok(sink) => {
+                            let done = old.done;
+                            let bytes: u64 = plan
+                                .chunks
+                                .iter()
+                                .filter(|c| done.contains(&(c.virtual_offset, c.length)))
+                                .map(|c| c.length)
+                                .sum();
+                            let n = plan
+                                .chunks
+                                .iter()
+                                .filter(|c| done.contains(&(c.virtual_offset, c.length)))
+                                .count();
+                            tracing::info!(
+                                "resuming {} from {}: ETag unchanged, {n} of {} chunks ({}) already done",
+                                req.output.display(),
+                                staged.temp_path().display(),
+                                plan.chunks.len(),
+                                human_bytes(bytes)
+                            );
+                            let journal =
+                                Journal::append_to(journal_path).map_err(|e| failed(&e))?;
+                            return Ok((staged, sink, journal, done));
+                        }
+                        Err(e) => tracing::info!(
+                            "starting over: the partial output {} cannot be resumed ({e})",
+                            staged.temp_path().display()
+                        ),
+                    }
+                } else {
+                    tracing::info!("starting over: the partial output is missing or empty");
+                }
+                drop(staged); // removes the temp file; created afresh below
+            }
+            Some(why) => tracing::info!(
+                "starting over: a previous partial download of {} cannot be resumed ({why})",
+                req.output.display()
+            ),
+        }
+    }
+    let staged = StagedOutput::create(&req.output, req.overwrite).map_err(staging_err)?;
+    let file = staged.file().map_err(staging_err)?;
+    let sink = create_sink(req.format, file, plan.virtual_size()).map_err(|e| {
+        let e = Error::from(e);
+        if e.kind() == ErrorKind::BadImage {
+            DownloadError::BadImage(e.to_string())
+        } else {
+            failed(&e)
+        }
+    })?;
+    let journal = Journal::create(journal_path, header).map_err(|e| failed(&e))?;
+    Ok((staged, sink, journal, Default::default()))
+}
+
+/// Best effort: remove a temp output no other process is writing (bad input found).
+fn remove_temp_if_unlocked(output: &Path, overwrite: Overwrite) {
+    if let Ok((staged, _)) = StagedOutput::open_for_resume(output, overwrite) {
+        drop(staged);
+    }
+}
+
+fn fetch_error(
+    e: FetchError,
+    kept: Option<PathBuf>,
+    scrub: &dyn Fn(String) -> String,
+) -> DownloadError {
+    let message = scrub(e.to_string());
+    match e {
+        FetchError::AccessDenied { .. } => DownloadError::AccessDenied { message, kept },
+        FetchError::BlobChanged { .. } => DownloadError::BlobChanged(message),
+        _ => DownloadError::Failed { message, kept },
+    }
+}
+
+/// Decides what to keep after a failed run and says where it is.
+fn engine_error(
+    e: EngineError,
+    staged: StagedOutput,
+    journal_path: &Path,
+    scrub: &dyn Fn(String) -> String,
+) -> DownloadError {
+    if let EngineError::Fetch(FetchError::BlobChanged { .. }) = &e {
+        journal::remove(journal_path);
+        drop(staged);
+        return fetch_error(
+            match e {
+                EngineError::Fetch(f) => f,
+                _ => unreachable!(),
+            },
+            None,
+            scrub,
+        );
+    }
+    let temp = staged.keep();
+    let where_ = format!(
+        "partial output kept at {} with journal {}; run the same command again to resume",
+        temp.display(),
+        journal_path.display()
+    );
+    tracing::info!("{where_}");
+    match e {
+        EngineError::Interrupted => DownloadError::Interrupted {
+            message: format!("interrupted; {where_}"),
+            kept: Some(temp),
+        },
+        EngineError::Fetch(f) => {
+            let mut d = fetch_error(f, Some(temp), scrub);
+            if let DownloadError::AccessDenied { message, .. }
+            | DownloadError::Failed { message, .. } = &mut d
+            {
+                message.push_str(&format!(" ({where_})"));
+            }
+            d
+        }
+        other => DownloadError::Failed {
+            message: format!("{}; {where_}", scrub(other.to_string())),
+            kept: Some(temp),
+        },
+    }
+}

@@ -1,0 +1,589 @@
+//! `azure2kvm download` against a real Azurite, through a fault-injecting proxy where a
+//! test needs faults. qemu-img is the oracle for qcow2 outputs.
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::azurite::Azurite;
+use support::fault_proxy::{Fault, FaultProxy};
+use support::seed;
+use support::vhd::{Disk, MIB, footer};
+use support::{ChildGuard, download, stat, stderr};
+
+const C: &str = "disks";
+
+/// Writes `disk` as a fixed VHD into page blob `name`: its extents as scattered pages,
+/// then the footer. Returns a read SAS URL for `port` (Azurite or the proxy).
+fn seed_fixed(az: &Azurite, name: &str, disk: &Disk) -> String {
+    seed::create_container_once(az.port, C);
+    seed::create_page_blob(az.port, C, name, disk.size + 512);
+    for (off, data) in &disk.extents {
+        seed::put_pages(az.port, C, name, *off, data);
+    }
+    seed::put_pages(az.port, C, name, disk.size, &footer(2, disk.size, u64::MAX));
+    seed::blob_sas(C, name, Duration::from_secs(3600), false)
+}
+
+fn url(port: u16, name: &str, sas: &str) -> String {
+    seed::blob_url(port, C, name, sas)
+}
+
+fn assert_ok(o: &std::process::Output) -> String {
+    let e = stderr(o);
+    assert!(o.status.success(), "download failed: {e}");
+    e
+}
+
+fn assert_raw_equals(out: &Path, expected: &[u8]) {
+    let got = fs::read(out).expect("output exists");
+    assert_eq!(got.len(), expected.len(), "size of {}", out.display());
+    if let Some(i) = got.iter().zip(expected).position(|(a, b)| a != b) {
+        panic!(
+            "{} differs from the expected disk at byte {i}",
+            out.display()
+        );
+    }
+}
+
+fn assert_qcow2_equals(out: &Path, expected_raw: &Path) {
+    let check = support::qemu_img(&["check", "-f", "qcow2", out.to_str().unwrap()]);
+    assert!(check.status.success(), "qemu-img check: {}", stderr(&check));
+    let cmp = support::qemu_img(&[
+        "compare",
+        "-f",
+        "raw",
+        "-F",
+        "qcow2",
+        expected_raw.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        cmp.status.success(),
+        "qemu-img compare: {}{}",
+        String::from_utf8_lossy(&cmp.stdout),
+        stderr(&cmp)
+    );
+}
+
+fn no_leftovers(dir: &Path) {
+    let left: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("azure2kvm-partial"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// A 40 MiB + 12 KiB disk (not a multiple of any chunk size) with scattered extents of
+/// 4 MiB, 1 MiB, 64 KiB and single pages, one ending right before the footer.
+fn scattered_disk() -> Disk {
+    let size = 40 * MIB + 12 * 1024;
+    Disk::new(
+        size,
+        &[
+            (0, 4 * MIB),
+            (5 * MIB + 4096, 64 * 1024),
+            (7 * MIB, 512),
+            (9 * MIB - 512, MIB),
+            (16 * MIB, 4 * MIB),
+            (27 * MIB + 65536, 64 * 1024),
+            (33 * MIB, 1536),
+            (size - 8192, 8192),
+        ],
+    )
+}
+
+#[test]
+fn raw_and_qcow2_equal_the_disk_and_fetch_only_written_pages() {
+    let az = Azurite::start();
+    let disk = scattered_disk();
+    let sas = seed_fixed(&az, "scattered.vhd", &disk);
+    let u = url(az.port, "scattered.vhd", &sas);
+    let dir = tempfile::tempdir().unwrap();
+    let expected = dir.path().join("expected.raw");
+    fs::write(&expected, disk.image()).unwrap();
+
+    let raw = dir.path().join("disk.raw");
+    let e = assert_ok(&download(&u, &raw, &[]));
+    assert_raw_equals(&raw, &disk.image());
+    let fetched = stat(&e, "bytes_fetched").expect("stats line");
+    // Written data + the footer, plus coalesced gaps below 64 KiB.
+    assert!(
+        fetched as f64 <= disk.written_bytes() as f64 * 1.1 + 512.0,
+        "fetched {fetched} for {} written",
+        disk.written_bytes()
+    );
+    assert_eq!(stat(&e, "data_bytes"), Some(disk.written_bytes()));
+    assert!(!e.contains("sig="), "{e}");
+    // Sparse: the file's allocated blocks are about the data, not the disk.
+    let allocated = std::os::unix::fs::MetadataExt::blocks(&fs::metadata(&raw).unwrap()) * 512;
+    assert!(
+        allocated < disk.size / 2,
+        "raw output is not sparse: {allocated}"
+    );
+
+    let q = dir.path().join("disk.qcow2");
+    assert_ok(&download(&u, &q, &["--concurrency", "3"]));
+    assert_qcow2_equals(&q, &expected);
+
+    // Transactional MD5 over small chunks, and an output that exists needs --force.
+    let again = download(&u, &raw, &["--verify", "md5", "--chunk-size", "1M"]);
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    let e = assert_ok(&download(
+        &u,
+        &raw,
+        &["--verify", "md5", "--chunk-size", "1M", "--force"],
+    ));
+    assert_raw_equals(&raw, &disk.image());
+    assert!(stat(&e, "chunks").unwrap() >= 12);
+
+    // An md5 chunk over 4 MiB is refused before any work.
+    let big = download(
+        &u,
+        &dir.path().join("x.raw"),
+        &["--verify", "md5", "--chunk-size", "8M"],
+    );
+    assert_eq!(big.status.code(), Some(2), "{}", stderr(&big));
+    no_leftovers(dir.path());
+}
+
+#[test]
+fn every_fault_case_gives_identical_output() {
+    let az = Azurite::start();
+    let disk = scattered_disk();
+    let sas = seed_fixed(&az, "faults.vhd", &disk);
+    let proxy = FaultProxy::start(az.port);
+    let u = url(proxy.port, "faults.vhd", &sas);
+    let dir = tempfile::tempdir().unwrap();
+    let expected = dir.path().join("expected.raw");
+    fs::write(&expected, disk.image()).unwrap();
+
+    let faults = [
+        Fault::Status {
+            code: 503,
+            retry_after_secs: 1,
+        },
+        Fault::Status {
+            code: 429,
+            retry_after_secs: 0,
+        },
+        Fault::ResetMidBody,
+        Fault::TruncateBody,
+        Fault::Stall(Duration::from_secs(30)),
+    ];
+    for (i, (format, verify)) in [("raw", "none"), ("qcow2", "none"), ("raw", "md5")]
+        .into_iter()
+        .enumerate()
+    {
+        for f in &faults {
+            proxy.push(f.clone());
+        }
+        // The footer read passes; the faults hit data chunks.
+        proxy.faults_after(1);
+        let applied_before = proxy.faults_applied();
+        let out = dir.path().join(format!("f{i}.{format}"));
+        let t = Instant::now();
+        let o = support::bin()
+            .env("AZURE2KVM_IO_TIMEOUT", "2")
+            .args(["--no-progress", "download", &u])
+            .arg(&out)
+            .args([
+                "--chunk-size",
+                "1M",
+                "--concurrency",
+                "2",
+                "--verify",
+                verify,
+            ])
+            .output()
+            .unwrap();
+        let e = assert_ok(&o);
+        assert_eq!(proxy.faults_applied() - applied_before, faults.len() as u64);
+        assert!(stat(&e, "retries").unwrap() >= faults.len() as u64, "{e}");
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "took {:?}",
+            t.elapsed()
+        );
+        if format == "raw" {
+            assert_raw_equals(&out, &disk.image());
+        } else {
+            assert_qcow2_equals(&out, &expected);
+        }
+        if verify == "none" {
+            // Broken bodies were resumed from the missing byte: every byte arrived once
+            // (the plan's chunks plus the 512-byte footer).
+            let fetched = stat(&e, "bytes_fetched").unwrap();
+            assert_eq!(fetched, stat(&e, "planned_bytes").unwrap() + 512, "{e}");
+        }
+    }
+    no_leftovers(dir.path());
+}
+
+#[test]
+fn a_blob_changed_mid_download_stops_with_no_output() {
+    let az = Azurite::start();
+    let disk = Disk::new(24 * MIB, &[(0, 12 * MIB)]);
+    let sas = seed_fixed(&az, "changing.vhd", &disk);
+    let proxy = FaultProxy::start(az.port);
+    proxy.set_delay(Duration::from_millis(250));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("disk.raw");
+    let mut cmd = support::bin();
+    cmd.args([
+        "--no-progress",
+        "download",
+        &url(proxy.port, "changing.vhd", &sas),
+    ])
+    .arg(&out)
+    .args(["--chunk-size", "1M", "--concurrency", "1"]);
+    let mut child = ChildGuard::spawn(cmd);
+    let t = Instant::now();
+    while proxy.data_gets() < 3 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "download did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Someone writes to the disk while we read it.
+    seed::put_pages(az.port, C, "changing.vhd", 20 * MIB, &[7u8; 512]);
+    let c = child.0.take().unwrap();
+    let o = c.wait_with_output().unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("changed"), "{e}");
+    assert!(!out.exists());
+    no_leftovers(dir.path());
+}
+
+#[test]
+fn kill_9_then_rerun_resumes_and_refetches_little() {
+    let az = Azurite::start();
+    let disk = Disk::new(32 * MIB, &[(0, 12 * MIB), (16 * MIB, 12 * MIB)]);
+    let sas = seed_fixed(&az, "resume.vhd", &disk);
+    let proxy = FaultProxy::start(az.port);
+    let dir = tempfile::tempdir().unwrap();
+    let expected = dir.path().join("expected.raw");
+    fs::write(&expected, disk.image()).unwrap();
+    for format in ["raw", "qcow2"] {
+        let out = dir.path().join(format!("disk.{format}"));
+        let journal = dir
+            .path()
+            .join(format!(".disk.{format}.azure2kvm-partial.journal"));
+        proxy.set_delay(Duration::from_millis(400));
+        let mut cmd = support::bin();
+        cmd.args([
+            "--no-progress",
+            "download",
+            &url(proxy.port, "resume.vhd", &sas),
+        ])
+        .arg(&out)
+        .args(["--chunk-size", "1M", "--concurrency", "2"]);
+        let mut child = ChildGuard::spawn(cmd);
+        // Wait for a checkpoint to reach the journal, then kill without warning.
+        let t = Instant::now();
+        loop {
+            let lines = fs::read_to_string(&journal)
+                .map(|s| s.lines().count())
+                .unwrap_or(0);
+            if lines >= 2 {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "no checkpoint was journaled"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill9();
+        assert!(!out.exists());
+        assert!(journal.exists());
+
+        proxy.set_delay(Duration::ZERO);
+        let e = assert_ok(&download(
+            &url(proxy.port, "resume.vhd", &sas),
+            &out,
+            &["--chunk-size", "1M", "--concurrency", "2"],
+        ));
+        assert!(e.contains("resuming"), "{e}");
+        let resumed = stat(&e, "resumed_chunks").unwrap();
+        assert!(resumed >= 1, "{e}");
+        let fetched = stat(&e, "bytes_fetched").unwrap();
+        assert!(
+            fetched <= disk.written_bytes() - resumed * MIB + 512,
+            "refetched too much: {fetched}\n{e}"
+        );
+        if format == "raw" {
+            assert_raw_equals(&out, &disk.image());
+        } else {
+            assert_qcow2_equals(&out, &expected);
+        }
+        assert!(!journal.exists());
+    }
+    no_leftovers(dir.path());
+}
+
+#[test]
+fn refused_sas_bad_urls_and_bad_images_fail_clearly() {
+    let az = Azurite::start();
+    let disk = Disk::new(4 * MIB, &[(0, MIB)]);
+    let good = seed_fixed(&az, "auth.vhd", &disk);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("disk.raw");
+    let sig_of = |sas: &str| {
+        sas.split('&')
+            .find_map(|p| p.strip_prefix("sig="))
+            .unwrap()
+            .to_string()
+    };
+    // Neither the encoded nor the decoded signature may appear.
+    let leaks = |text: &str, sas: &str| {
+        let enc = sig_of(sas);
+        let dec = percent_decode(&enc);
+        text.contains(&enc) || text.contains(&dec) || text.contains(&dec[..dec.len().min(16)])
+    };
+
+    let expired = seed::blob_sas(C, "auth.vhd", Duration::ZERO, true);
+    let mut tampered = good.clone();
+    let at = tampered.find("sig=").unwrap() + 4;
+    let c = if &tampered[at..at + 1] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    tampered.replace_range(at..at + 1, c);
+    for sas in [&expired, &tampered] {
+        let o = download(&url(az.port, "auth.vhd", sas), &out, &[]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{e}");
+        assert!(e.contains("SAS") && e.contains("expired"), "{e}");
+        assert!(!leaks(&e, sas), "signature leaked: {e}");
+        assert!(!e.contains("sig=") || e.contains("sig=REDACTED"), "{e}");
+        assert!(!out.exists());
+    }
+
+    // Even the most verbose logs (every dependency at trace level) never show the SAS.
+    let o = download(&url(az.port, "auth.vhd", &good), &out, &["-vv"]);
+    let e = assert_ok(&o);
+    assert!(e.len() > 1000, "expected trace output");
+    assert!(!leaks(&e, &good), "signature leaked at trace level");
+    fs::remove_file(&out).unwrap();
+
+    // Plain http to a non-loopback host: refused before any connection (exit 2).
+    let o = download(
+        &format!("http://example.com/{}/c/b.vhd?{good}", seed::ACCOUNT),
+        &out,
+        &[],
+    );
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(!leaks(&e, &good), "{e}");
+
+    // A page blob whose tail is no footer: exit 4 before any data is fetched.
+    seed::create_page_blob(az.port, C, "nofooter.vhd", 4 * MIB + 512);
+    seed::put_pages(az.port, C, "nofooter.vhd", 0, &[1u8; 4096]);
+    let sas = seed::blob_sas(C, "nofooter.vhd", Duration::from_secs(600), false);
+    let o = download(&url(az.port, "nofooter.vhd", &sas), &out, &[]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    // A fixed footer whose size does not match the blob: exit 4.
+    seed::create_page_blob(az.port, C, "short.vhd", 4 * MIB + 512);
+    seed::put_pages(
+        az.port,
+        C,
+        "short.vhd",
+        4 * MIB,
+        &footer(2, 8 * MIB, u64::MAX),
+    );
+    let sas = seed::blob_sas(C, "short.vhd", Duration::from_secs(600), false);
+    let o = download(&url(az.port, "short.vhd", &sas), &out, &[]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(!out.exists());
+    no_leftovers(dir.path());
+}
+
+#[test]
+fn thousands_of_small_ranges_and_an_empty_disk() {
+    let az = Azurite::start();
+    // 2000 separate 512-byte pages, 8 KiB apart.
+    let layout: Vec<(u64, u64)> = (0..2000u64).map(|i| (i * 8192 + 1024, 512)).collect();
+    let disk = Disk::new(20 * MIB, &layout);
+    let sas = seed_fixed(&az, "many.vhd", &disk);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("many.raw");
+    let e = assert_ok(&download(&url(az.port, "many.vhd", &sas), &out, &[]));
+    assert_raw_equals(&out, &disk.image());
+    // Coalesced: a handful of chunks, not 2000 requests.
+    assert!(stat(&e, "chunks").unwrap() <= 4, "{e}");
+
+    let empty = Disk::new(16 * MIB, &[]);
+    let sas = seed_fixed(&az, "empty.vhd", &empty);
+    let out = dir.path().join("empty.qcow2");
+    let e = assert_ok(&download(&url(az.port, "empty.vhd", &sas), &out, &[]));
+    assert_eq!(stat(&e, "bytes_fetched"), Some(512), "only the footer: {e}");
+    assert_eq!(stat(&e, "chunks"), Some(0));
+    let expected = dir.path().join("zeros.raw");
+    fs::write(&expected, empty.image()).unwrap();
+    assert_qcow2_equals(&out, &expected);
+}
+
+#[test]
+fn block_blobs_with_fixed_and_dynamic_vhds() {
+    let az = Azurite::start();
+    seed::create_container_once(az.port, C);
+    let disk = Disk::new(
+        16 * MIB,
+        &[(MIB, 512), (6 * MIB, 3 * MIB), (15 * MIB, 4096)],
+    );
+    let dir = tempfile::tempdir().unwrap();
+
+    let dynamic = disk.dynamic_vhd();
+    seed::put_block_blob(az.port, C, "dynamic.vhd", &dynamic);
+    let sas = seed::blob_sas(C, "dynamic.vhd", Duration::from_secs(600), false);
+    let out = dir.path().join("dyn.raw");
+    let e = assert_ok(&download(&url(az.port, "dynamic.vhd", &sas), &out, &[]));
+    assert_raw_equals(&out, &disk.image());
+    // Only allocated blocks (4 of 8 × 2 MiB) plus footer, header and BAT.
+    let fetched = stat(&e, "bytes_fetched").unwrap();
+    assert!(fetched <= 4 * 2 * MIB + 4096, "{e}");
+
+    // A local copy of the same VHD converts to the same image (qemu agrees too).
+    let local = dir.path().join("local.vhd");
+    fs::write(&local, &dynamic).unwrap();
+    let conv = dir.path().join("conv.raw");
+    let q = Command::new("qemu-img")
+        .args(["convert", "-f", "vpc", "-O", "raw"])
+        .arg(&local)
+        .arg(&conv)
+        .output()
+        .unwrap();
+    assert!(q.status.success(), "{}", stderr(&q));
+    assert_raw_equals(&conv, &disk.image());
+
+    let mut fixed = disk.image();
+    fixed.extend_from_slice(&footer(2, disk.size, u64::MAX));
+    seed::put_block_blob(az.port, C, "fixed.vhd", &fixed);
+    let sas = seed::blob_sas(C, "fixed.vhd", Duration::from_secs(600), false);
+    let out = dir.path().join("fixed.qcow2");
+    assert_ok(&download(&url(az.port, "fixed.vhd", &sas), &out, &[]));
+    let expected = dir.path().join("expected.raw");
+    fs::write(&expected, disk.image()).unwrap();
+    assert_qcow2_equals(&out, &expected);
+}
+
+#[test]
+fn ctrl_c_exits_130_and_keeps_the_partial_output_for_a_resume() {
+    let az = Azurite::start();
+    let disk = Disk::new(16 * MIB, &[(0, 12 * MIB)]);
+    let sas = seed_fixed(&az, "sigint.vhd", &disk);
+    let proxy = FaultProxy::start(az.port);
+    proxy.set_delay(Duration::from_millis(300));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("disk.qcow2");
+    let journal = dir.path().join(".disk.qcow2.azure2kvm-partial.journal");
+    let u = url(proxy.port, "sigint.vhd", &sas);
+    let mut cmd = support::bin();
+    cmd.args(["--no-progress", "download", &u]).arg(&out).args([
+        "--chunk-size",
+        "1M",
+        "--concurrency",
+        "2",
+    ]);
+    let mut child = ChildGuard::spawn(cmd);
+    let t = Instant::now();
+    while proxy.data_gets() < 5 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "download did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let o = child.0.take().unwrap().wait_with_output().unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{e}");
+    assert!(e.contains("interrupted") && e.contains("resume"), "{e}");
+    assert!(!out.exists());
+    // What arrived before Ctrl-C was checkpointed and journaled on the way out.
+    assert!(fs::read_to_string(&journal).unwrap().lines().count() >= 2);
+
+    proxy.set_delay(Duration::ZERO);
+    let e = assert_ok(&download(&u, &out, &["--chunk-size", "1M"]));
+    assert!(e.contains("resuming"), "{e}");
+    assert!(stat(&e, "resumed_chunks").unwrap() >= 2, "{e}");
+    let expected = dir.path().join("expected.raw");
+    fs::write(&expected, disk.image()).unwrap();
+    assert_qcow2_equals(&out, &expected);
+    no_leftovers(dir.path());
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn a_partial_download_of_a_blob_that_changed_since_is_started_over() {
+    let az = Azurite::start();
+    let mut disk = Disk::new(16 * MIB, &[(0, 12 * MIB)]);
+    let sas = seed_fixed(&az, "moved.vhd", &disk);
+    let proxy = FaultProxy::start(az.port);
+    // 12 chunks over 2 connections at 600 ms each take ~3.6 s: past the engine's 2 s
+    // checkpoint interval, so a checkpoint is journaled before the download can finish.
+    proxy.set_delay(Duration::from_millis(600));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("disk.raw");
+    let journal = dir.path().join(".disk.raw.azure2kvm-partial.journal");
+    let u = url(proxy.port, "moved.vhd", &sas);
+    let mut cmd = support::bin();
+    cmd.args(["--no-progress", "download", &u]).arg(&out).args([
+        "--chunk-size",
+        "1M",
+        "--concurrency",
+        "2",
+    ]);
+    let mut child = ChildGuard::spawn(cmd);
+    let t = Instant::now();
+    while fs::read_to_string(&journal)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+        < 2
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no checkpoint was journaled"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill9();
+
+    // The disk is written to between the runs: its ETag changes.
+    let page = vec![9u8; 4096];
+    seed::put_pages(az.port, C, "moved.vhd", 0, &page);
+    disk.extents.push((0, page));
+    proxy.set_delay(Duration::ZERO);
+    let e = assert_ok(&download(&u, &out, &["--chunk-size", "1M"]));
+    assert!(e.contains("starting over") && e.contains("ETag"), "{e}");
+    assert_eq!(stat(&e, "resumed_chunks"), Some(0), "{e}");
+    assert_raw_equals(&out, &disk.image());
+    no_leftovers(dir.path());
+}

@@ -1,0 +1,256 @@
+//! A fault-injecting HTTP proxy on loopback between the tool and Azurite.
+//!
+//! Data GETs (GET with a Range header, no `comp=`) take the next queued [`Fault`] and an
+//! optional delay; everything else passes through. Each connection carries one request
+//! (`Connection: close` both ways), which keeps the proxy simple and the faults exact.
+//! SAS signatures do not cover host:port, so URLs can point at the proxy unchanged.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this status (e.g. 503, 429) and `Retry-After: secs`, without upstream.
+    Status { code: u16, retry_after_secs: u64 },
+    /// Send the headers and half the body, then reset the connection (RST).
+    ResetMidBody,
+    /// Send the headers and half the body, then close cleanly (FIN): a truncated body.
+    TruncateBody,
+    /// Send the headers and half the body, then go silent for this long.
+    Stall(Duration),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    faults: VecDeque<Fault>,
+    delay: Duration,
+    data_gets: u64,
+    body_bytes: u64,
+    faults_applied: u64,
+    /// Faults apply only to data GETs after this many.
+    start_after: u64,
+}
+
+#[derive(Debug)]
+pub struct FaultProxy {
+    pub port: u16,
+    state: Arc<Mutex<State>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: u16) -> Self {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let port = std_listener.local_addr().expect("addr").port();
+        let state = Arc::new(Mutex::new(State::default()));
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let st = Arc::clone(&state);
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("proxy runtime");
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(std_listener).expect("listener");
+                loop {
+                    tokio::select! {
+                        _ = &mut rx => break,
+                        accepted = listener.accept() => {
+                            if let Ok((client, _)) = accepted {
+                                tokio::spawn(handle(client, upstream, Arc::clone(&st)));
+                            }
+                        }
+                    }
+                }
+            });
+            // Dropping the runtime cancels connections still open (stalls).
+        });
+        Self {
+            port,
+            state,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn push(&self, f: Fault) {
+        self.state.lock().unwrap().faults.push_back(f);
+    }
+
+    /// Delay before each data GET is forwarded (slows a download down for kill/ETag tests).
+    pub fn set_delay(&self, d: Duration) {
+        self.state.lock().unwrap().delay = d;
+    }
+
+    /// Lets the first `n` data GETs (from now) through before faults apply.
+    pub fn faults_after(&self, n: u64) {
+        let mut st = self.state.lock().unwrap();
+        st.start_after = st.data_gets + n;
+    }
+
+    pub fn data_gets(&self) -> u64 {
+        self.state.lock().unwrap().data_gets
+    }
+
+    /// Body bytes of data GETs sent to the client.
+    pub fn body_bytes(&self) -> u64 {
+        self.state.lock().unwrap().body_bytes
+    }
+
+    pub fn faults_applied(&self) -> u64 {
+        self.state.lock().unwrap().faults_applied
+    }
+
+    pub fn pending_faults(&self) -> usize {
+        self.state.lock().unwrap().faults.len()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    loop {
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            return Some(buf);
+        }
+        let n = s.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+/// Replaces any Connection/Keep-Alive header by `Connection: close`.
+fn close_head(head: &str) -> String {
+    let mut out = String::new();
+    for (i, line) in head.split("\r\n").enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let lower = line.to_ascii_lowercase();
+        if i > 0 && (lower.starts_with("connection:") || lower.starts_with("keep-alive:")) {
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    out
+}
+
+async fn handle(mut client: TcpStream, upstream: u16, state: Arc<Mutex<State>>) {
+    let Some(raw) = read_head(&mut client).await else {
+        return;
+    };
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let first = head.lines().next().unwrap_or_default().to_string();
+    let lower = head.to_ascii_lowercase();
+    let is_data_get = first.starts_with("GET ")
+        && !first.contains("comp=")
+        && (lower.contains("\r\nrange:") || lower.contains("\r\nx-ms-range:"));
+    let (fault, delay) = if is_data_get {
+        let mut st = state.lock().unwrap();
+        st.data_gets += 1;
+        let f = if st.data_gets > st.start_after {
+            st.faults.pop_front()
+        } else {
+            None
+        };
+        if f.is_some() {
+            st.faults_applied += 1;
+        }
+        (f, st.delay)
+    } else {
+        (None, Duration::ZERO)
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(Fault::Status {
+        code,
+        retry_after_secs,
+    }) = fault
+    {
+        let reason = if code == 429 {
+            "Too Many Requests"
+        } else {
+            "Server Busy"
+        };
+        let body = "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>ServerBusy</Code><Message>injected</Message></Error>";
+        let rsp = format!(
+            "HTTP/1.1 {code} {reason}\r\nRetry-After: {retry_after_secs}\r\nx-ms-error-code: ServerBusy\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = client.write_all(rsp.as_bytes()).await;
+        let _ = client.shutdown().await;
+        return;
+    }
+    let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+        return;
+    };
+    if up.write_all(close_head(&head).as_bytes()).await.is_err() {
+        return;
+    }
+    // Any request body bytes already read, then the rest (non-GET requests).
+    let _ = up.write_all(&raw[end..]).await;
+    let mut response = Vec::new();
+    if up.read_to_end(&mut response).await.is_err() {
+        return;
+    }
+    let Some(hend) = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+    else {
+        let _ = client.write_all(&response).await;
+        return;
+    };
+    let rsp_head = close_head(&String::from_utf8_lossy(&response[..hend]));
+    let body = &response[hend..];
+    let cut = match fault {
+        Some(_) => body.len() / 2,
+        None => body.len(),
+    };
+    if client.write_all(rsp_head.as_bytes()).await.is_err() {
+        return;
+    }
+    if client.write_all(&body[..cut]).await.is_err() {
+        return;
+    }
+    let _ = client.flush().await;
+    if is_data_get {
+        state.lock().unwrap().body_bytes += cut as u64;
+    }
+    match fault {
+        None | Some(Fault::TruncateBody) => {
+            let _ = client.shutdown().await;
+        }
+        Some(Fault::ResetMidBody) => {
+            let _ = client.set_zero_linger();
+            drop(client);
+        }
+        Some(Fault::Stall(d)) => {
+            tokio::time::sleep(d).await;
+        }
+        Some(Fault::Status { .. }) => unreachable!(),
+    }
+}
