@@ -68,7 +68,7 @@ fn snapshot_grant_revoke_delete_leaves_nothing() {
 
             let target = AccessTarget::Snapshot(snap.clone());
             let sas = arm.grant_access(&target, 3600).await.unwrap();
-            assert!(sas.expose_url().as_str().contains(SAS_SIGNATURE));
+            assert!(sas.expose().as_str().contains(SAS_SIGNATURE));
             assert!(!format!("{sas} {sas:?}").contains(SAS_SIGNATURE));
             assert_eq!(fake.with_state(|s| s.leftovers().grants.len()), 1);
 
@@ -111,7 +111,7 @@ fn disk_grant_needs_a_deallocated_vm() {
         arm.deallocate(&vm).await.unwrap();
         assert_eq!(arm.get_vm(&vm, true).await.unwrap().power_state().as_str(), "deallocated");
         let sas = arm.grant_access(&running, 600).await.unwrap();
-        assert!(sas.has_signature());
+        assert!(sas.has_sas());
         arm.revoke_access(&running).await.unwrap();
     });
     assert_eq!(fake.with_state(|s| s.leftovers()), Default::default());

@@ -25,7 +25,7 @@ use super::error::{ArmError, parse_service_error};
 use super::lro::{self, FinalState, LroResponse, LroSettings};
 use super::models::{AccessUri, Disk, Page, Snapshot, VirtualMachine, VmSize};
 use super::pager;
-use crate::azure::secret::SasUrl;
+use crate::azure::sas::SasUrl;
 
 pub const VM_API_VERSION: &str = "2024-07-01";
 pub const DISK_API_VERSION: &str = "2024-03-02";
@@ -746,12 +746,12 @@ mod tests {
         )
         .unwrap();
         assert!(!a.to_string().contains("SECRETSIG"));
-        assert!(a.expose_url().as_str().contains("SECRETSIG"));
+        assert!(a.expose().as_str().contains("SECRETSIG"));
         let b = parse_access_sas(
-            br#"{"status":"Succeeded","properties":{"output":{"accessSAS":"https://h/p?sig=S2"}}}"#,
+            br#"{"status":"Succeeded","properties":{"output":{"accessSAS":"https://md-h.blob.storage.azure.net/c/p?sig=S2"}}}"#,
         )
         .unwrap();
-        assert!(b.has_signature());
+        assert!(b.has_sas());
         let e = parse_access_sas(br#"{"accessSAS": 5, "x": "sig=S3"}"#).unwrap_err();
         assert!(!e.contains("S3"), "{e}");
     }
