@@ -314,3 +314,283 @@ fn export_of_a_mixed_fleet_gives_identical_images_manifests_and_domains() {
         "{resources:?}"
     );
 }
+
+// ---------------------------------------------------------------- dry run and plans
+
+/// Requests that would change something in Azure.
+const WRITES: &[&str] = &[
+    "snapshot_create",
+    "snapshot_delete",
+    "grant_access",
+    "revoke_access",
+    "deallocate",
+    "power_off",
+];
+
+fn writes(world: &FakeAzure) -> u64 {
+    world.with_state(|s| WRITES.iter().map(|w| s.count(w)).sum())
+}
+
+#[test]
+fn dry_run_sends_no_write_and_a_written_plan_is_exported_as_is() {
+    let world = FakeAzure::start(fleet());
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.json");
+    let r = run(azure_cmd(
+        &world,
+        "export",
+        &[
+            "--dry-run",
+            "--plan",
+            plan.to_str().unwrap(),
+            "--name",
+            "web-*",
+            "db-*",
+        ],
+    ));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(writes(&world), 0, "{:?}", world.arm.counts());
+    let shown: Value = serde_json::from_str(&r.stdout).expect("the plan on stdout is JSON");
+    let vms = shown["vms"].as_array().unwrap();
+    assert_eq!(vms.len(), 2);
+    let web = vms.iter().find(|v| v["name"] == "web-01").unwrap();
+    assert_eq!(web["consistency"], "snapshot");
+    assert_eq!(web["disks"][0]["source"]["kind"], "snapshot");
+    assert_eq!(web["disks"][2]["image"], "web-01/web-01-data-lun3.qcow2");
+    let db = vms.iter().find(|v| v["name"] == "db-01").unwrap();
+    assert_eq!(db["disks"][0]["source"]["kind"], "disk");
+    let written: Value = json_file(&plan);
+    assert_eq!(written.as_array().unwrap().len(), 2);
+
+    // --consistency none on an allocated VM: refused before anything is created.
+    let out = dir.path().join("out");
+    let r = export(&world, &out, &["--consistency", "none"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("web-01"), "{}", r.stderr);
+    assert_eq!(writes(&world), 0);
+
+    // The plan file is the selection: exactly its VMs (not win-01), OS disks only.
+    let r = export(
+        &world,
+        &out,
+        &[
+            "--plan",
+            plan.to_str().unwrap(),
+            "--disks",
+            "os",
+            "--format",
+            "raw",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_image_equals(&world, &out.join("web-01/web-01-os.raw"), "web-01-os");
+    assert_image_equals(&world, &out.join("db-01/db-01-os.raw"), "db-01-os");
+    assert!(!out.join("web-01/web-01-data-lun0.raw").exists());
+    assert!(!out.join("win-01").exists());
+    assert_eq!(world.leftovers(), Leftovers::default());
+}
+
+// ---------------------------------------------------------------- interruptions
+
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> i32 {
+    let t = std::time::Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code().unwrap_or(-1);
+        }
+        assert!(t.elapsed() < limit, "the export did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn_export(world: &FakeAzure, out: &Path, args: &[&str]) -> support::ChildGuard {
+    let mut all = vec!["--output-dir", out.to_str().unwrap()];
+    all.extend_from_slice(args);
+    support::ChildGuard::spawn(azure_cmd(world, "export", &all))
+}
+
+/// A world whose ARM answers slowly and whose SAS URLs go through a slow proxy, so a
+/// test can act while a run is in the middle of it.
+fn slow_world() -> (FakeAzure, support::fault_proxy::FaultProxy) {
+    let world = FakeAzure::start(fleet());
+    world.with_state(|s| s.config.latency = Duration::from_millis(50));
+    let proxy = support::fault_proxy::FaultProxy::start(world.azurite.port);
+    proxy.set_delay(Duration::from_millis(400));
+    world.set_sas_port(proxy.port);
+    (world, proxy)
+}
+
+#[test]
+fn ctrl_c_after_the_first_snapshot_exits_130_and_leaves_nothing() {
+    let (world, _proxy) = slow_world();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut child = spawn_export(&world, &out, &["--concurrency", "1"]);
+    wait_for("the first snapshot", Duration::from_secs(30), || {
+        world.with_state(|s| !s.snapshots.is_empty())
+    });
+    let pid = child.pid().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let code = wait_exit(child.0.as_mut().unwrap(), Duration::from_secs(60));
+    assert_eq!(code, 130);
+    assert_eq!(world.leftovers(), Leftovers::default());
+    let rep = report(&out);
+    assert_eq!(rep["status"], "interrupted");
+    let resources = rep["resources"].as_array().unwrap();
+    assert!(!resources.is_empty());
+    assert!(
+        resources
+            .iter()
+            .all(|r| r["state"] == "removed" || r["kind"] == "deallocation"),
+        "{resources:?}"
+    );
+}
+
+#[test]
+fn kill_9_mid_download_then_cleanup_removes_everything_and_can_run_twice() {
+    let (world, _proxy) = slow_world();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut child = spawn_export(&world, &out, &["--concurrency", "1"]);
+    wait_for("a download in progress", Duration::from_secs(30), || {
+        world.with_state(|s| !s.grants.is_empty())
+    });
+    child.kill9();
+    let left = world.leftovers();
+    assert!(
+        !left.snapshots.is_empty() && !left.grants.is_empty(),
+        "{left:?}"
+    );
+    let run_id = report(&out)["run_id"].as_str().unwrap().to_string();
+
+    // By tag alone (no report at hand): the run's snapshots go, grants on them too.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut c = azure_cmd(&world, "cleanup", &["--run-id", &run_id]);
+    c.current_dir(elsewhere.path());
+    let r = run(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        world.leftovers().snapshots.is_empty(),
+        "{:?}",
+        world.leftovers()
+    );
+
+    // With the report: whatever else it names (grants on disks) goes too; twice is fine.
+    for _ in 0..2 {
+        let r = run(azure_cmd(
+            &world,
+            "cleanup",
+            &["--run-id", &run_id, "--output-dir", out.to_str().unwrap()],
+        ));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(world.leftovers(), Leftovers::default());
+    }
+    let rep = report(&out);
+    assert!(
+        rep["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["state"] == "removed"),
+        "{rep}"
+    );
+}
+
+#[test]
+fn an_expired_grant_mid_download_is_renewed_and_the_image_is_identical() {
+    let world = FakeAzure::start(vec![FakeVm::linux("web-01", "rg-web")]);
+    let proxy = support::fault_proxy::FaultProxy::start(world.azurite.port);
+    // Every data GET waits 0.8 s; a grant lives 2-3 s (the SAS expiry is in whole
+    // seconds): each grant gets at least one chunk done, none gets all of them.
+    proxy.set_delay(Duration::from_millis(800));
+    world.set_sas_port(proxy.port);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let r = export(
+        &world,
+        &out,
+        &[
+            "--sas-duration",
+            "3",
+            "--concurrency",
+            "1",
+            "--format",
+            "raw",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let grants = world.with_state(|s| s.count("grant_access"));
+    assert!(
+        grants >= 2,
+        "the grant was renewed: {grants} grants\n{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("granting again"), "{}", r.stderr);
+    assert_image_equals(&world, &out.join("web-01/web-01-os.raw"), "web-01-os");
+    assert_eq!(world.leftovers(), Leftovers::default());
+    assert_no_secrets(&out, &r);
+}
+
+// ---------------------------------------------------------------- fleets
+
+#[test]
+fn shards_in_parallel_cover_every_disk_exactly_once() {
+    let mut vms = fleet();
+    vms.push(FakeVm::linux("app-01", "rg-web").data_disk(1, 8));
+    vms.push(FakeVm::linux("app-02", "rg-web").power(Some("deallocated")));
+    let world = FakeAzure::start(vms);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let n = 3;
+    let mut children: Vec<_> = (0..n)
+        .map(|i| {
+            let shard = format!("{i}/{n}");
+            let mut all = vec!["--output-dir", out.to_str().unwrap(), "--format", "raw"];
+            all.extend(["--shard", shard.as_str()]);
+            let mut c = azure_cmd(&world, "export", &all);
+            c.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    for c in &mut children {
+        assert_eq!(wait_exit(c, Duration::from_secs(120)), 0);
+    }
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for p in walk(&out).into_iter().filter(|p| {
+        let n = p.file_name().unwrap().to_string_lossy();
+        n.starts_with("run-")
+    }) {
+        for d in json_file(&p)["disks"].as_array().unwrap() {
+            assert_eq!(d["status"], "done");
+            *seen
+                .entry(d["disk"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    let all: Vec<String> = world.disks.keys().cloned().collect();
+    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), all);
+    assert!(seen.values().all(|&c| c == 1), "{seen:?}");
+    for (vm, disk, file) in [
+        ("app-01", "app-01-data1", "app-01-data-lun1.raw"),
+        ("app-02", "app-02-os", "app-02-os.raw"),
+        ("win-01", "win-01-os", "win-01-os.raw"),
+    ] {
+        assert_image_equals(&world, &out.join(vm).join(file), disk);
+    }
+    assert_eq!(world.leftovers(), Leftovers::default());
+}
