@@ -594,3 +594,76 @@ fn shards_in_parallel_cover_every_disk_exactly_once() {
     }
     assert_eq!(world.leftovers(), Leftovers::default());
 }
+
+#[test]
+fn a_failing_disk_fails_alone_and_deallocate_is_reported() {
+    let world = FakeAzure::start(fleet());
+    // db-01's disk has lost its contents: granted fine, unreadable (404).
+    let r = seed::signed(
+        world.azurite.port,
+        "DELETE",
+        &format!("/disks/{}", blob_name("rg-db", "db-01-os")),
+        &[],
+        &[],
+        b"",
+    );
+    assert!(r.status < 300, "delete blob: {}", r.status);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let r = export(&world, &out, &["--name", "web-01", "db-01"]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert_image_equals(
+        &world,
+        &out.join("web-01/web-01-data-lun3.qcow2"),
+        "web-01-data3",
+    );
+    let rep = report(&out);
+    assert_eq!(rep["status"], "partial");
+    let db = rep["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["disk"] == "db-01-os")
+        .unwrap()
+        .clone();
+    assert_eq!(db["status"], "failed");
+    let why = db["error"].as_str().unwrap();
+    assert!(why.contains("db-01") && why.contains("404"), "{why}");
+    assert_eq!(world.leftovers(), Leftovers::default());
+
+    // --consistency deallocate: the VM is deallocated first, read directly, and the
+    // report says so (it is not undone).
+    let snapshots_before = world.with_state(|s| s.count("snapshot_create"));
+    let out2 = dir.path().join("out2");
+    let r = export(
+        &world,
+        &out2,
+        &["--name", "win-01", "--consistency", "deallocate"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(world.with_state(|s| s.count("deallocate")), 1);
+    assert_eq!(
+        world.with_state(|s| s.count("snapshot_create")),
+        snapshots_before
+    );
+    let state = world.with_state(|s| {
+        s.vms
+            .iter()
+            .find(|v| v.name == "win-01")
+            .unwrap()
+            .power_state
+            .clone()
+    });
+    assert_eq!(state.as_deref(), Some("deallocated"));
+    let rep = report(&out2);
+    let dealloc: Vec<_> = rep["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "deallocation")
+        .collect();
+    assert_eq!(dealloc.len(), 1, "{rep}");
+    assert!(dealloc[0]["id"].as_str().unwrap().ends_with("win-01"));
+    assert_image_equals(&world, &out2.join("win-01/win-01-os.qcow2"), "win-01-os");
+    assert_eq!(world.leftovers(), Leftovers::default());
+}
