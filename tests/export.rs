@@ -388,6 +388,24 @@ fn dry_run_sends_no_write_and_a_written_plan_is_exported_as_is() {
     assert!(!out.join("web-01/web-01-data-lun0.raw").exists());
     assert!(!out.join("win-01").exists());
     assert_eq!(world.leftovers(), Leftovers::default());
+
+    // Again into the same folder: images are never overwritten, refused before any write.
+    let before = writes(&world);
+    let r = export(
+        &world,
+        &out,
+        &[
+            "--plan",
+            plan.to_str().unwrap(),
+            "--disks",
+            "os",
+            "--format",
+            "raw",
+        ],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("never overwritten"), "{}", r.stderr);
+    assert_eq!(writes(&world), before);
 }
 
 // ---------------------------------------------------------------- interruptions

@@ -152,6 +152,20 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
         print_plan(&planned, args)?;
         return Ok(());
     };
+    // An image is never overwritten: refuse before anything is created in Azure.
+    let existing: Vec<String> = planned
+        .iter()
+        .flat_map(|vm| vm.disks.iter())
+        .map(|d| output_dir.join(&d.image))
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if !existing.is_empty() {
+        return Err(Error::usage(format!(
+            "images exist already and are never overwritten: {} (use another --output-dir)",
+            existing.join(", ")
+        )));
+    }
     std::fs::create_dir_all(&output_dir).map_err(|e| {
         Error::failed(format!(
             "cannot create output directory {}: {e}",

@@ -139,36 +139,39 @@ pub async fn run(
         }
     }
 
-    // Phase 2: every disk that is ready, a bounded number at a time.
-    let (slots, _) = split_budget(ctx.connections);
+    // Phase 2: every disk that is ready, a bounded number at a time, each with its share
+    // of the connection budget.
+    let (slots, connections) = split_budget(ctx.connections);
     let ready: Vec<(&PlannedVm, &PlannedDisk)> = plan
         .iter()
         .flat_map(|vm| vm.disks.iter().map(move |d| (vm, d)))
         .filter(|(vm, d)| !results.contains_key(&key(&vm.name, &d.name)))
         .collect();
     let per_disk = DiskContext {
-        connections: split_budget(ctx.connections).1,
+        connections,
         ..ctx.clone()
     };
     let done: Vec<((String, String), DiskResult)> = futures::stream::iter(ready)
         .map(|(vm, d)| {
-            let per_disk = per_disk.clone();
+            let (ctx, vm_name, disk) = (per_disk.clone(), vm.name.clone(), d.clone());
             async move {
-                // A task of its own: a panic in one disk's work cannot stop the others
+                // A task of its own: a panic in one disk's work stops neither the others
                 // nor the sweep.
-                let task = {
-                    let per_disk = per_disk.clone();
-                    let vm_name = vm.name.clone();
-                    let d = d.clone();
-                    tokio::spawn(async move { one_disk(&per_disk, &vm_name, &d).await })
-                };
+                let task = tokio::spawn({
+                    let ctx = ctx.clone();
+                    let (vm_name, disk) = (vm_name.clone(), disk.clone());
+                    async move { one_disk(&ctx, &vm_name, &disk).await }
+                });
                 let result = task.await.unwrap_or_else(|e| DiskResult {
                     status: DiskStatus::Failed,
                     report: None,
-                    error: Some(format!("VM {}, disk {}: task failed: {e}", vm.name, d.name)),
+                    error: Some(format!(
+                        "VM {vm_name}, disk {}: task failed: {e}",
+                        disk.name
+                    )),
                 });
-                record(&per_disk.ledger, &vm.name, d, &result);
-                (key(&vm.name, &d.name), result)
+                record(&ctx.ledger, &vm_name, &disk, &result);
+                (key(&vm_name, &disk.name), result)
             }
         })
         .buffer_unordered(slots)
