@@ -306,6 +306,10 @@ fn export_of_a_mixed_fleet_gives_identical_images_manifests_and_domains() {
     let rep = report(&out);
     assert_eq!(rep["status"], "partial");
     assert_eq!(rep["disks"].as_array().unwrap().len(), 6);
+    let summary: Value = serde_json::from_str(&r.stdout).expect("a JSON summary on stdout");
+    assert_eq!(summary["status"], "partial");
+    assert_eq!(summary["run_id"], rep["run_id"]);
+    assert_eq!(summary["resources_left"], 0);
     let resources = rep["resources"].as_array().unwrap();
     // 4 snapshots, 5 grants (4 on snapshots, 1 on db-01's disk), all removed.
     assert_eq!(resources.len(), 9, "{resources:?}");
@@ -446,8 +450,28 @@ fn slow_world() -> (FakeAzure, support::fault_proxy::FaultProxy) {
     (world, proxy)
 }
 
+fn signal(child: &support::ChildGuard, sig: &str) {
+    let pid = child.pid().to_string();
+    assert!(
+        Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
 #[test]
 fn ctrl_c_after_the_first_snapshot_exits_130_and_leaves_nothing() {
+    interrupted_run_leaves_nothing("-INT");
+}
+
+#[test]
+fn sigterm_mid_run_exits_130_and_leaves_nothing() {
+    interrupted_run_leaves_nothing("-TERM");
+}
+
+fn interrupted_run_leaves_nothing(sig: &str) {
     let (world, _proxy) = slow_world();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
@@ -455,14 +479,7 @@ fn ctrl_c_after_the_first_snapshot_exits_130_and_leaves_nothing() {
     wait_for("the first snapshot", Duration::from_secs(30), || {
         world.with_state(|s| !s.snapshots.is_empty())
     });
-    let pid = child.pid().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&child, sig);
     let code = wait_exit(child.0.as_mut().unwrap(), Duration::from_secs(60));
     assert_eq!(code, 130);
     assert_eq!(world.leftovers(), Leftovers::default());
@@ -684,4 +701,77 @@ fn a_failing_disk_fails_alone_and_deallocate_is_reported() {
     assert!(dealloc[0]["id"].as_str().unwrap().ends_with("win-01"));
     assert_image_equals(&world, &out2.join("win-01/win-01-os.qcow2"), "win-01-os");
     assert_eq!(world.leftovers(), Leftovers::default());
+}
+
+#[test]
+fn a_second_ctrl_c_exits_at_once_and_the_report_names_what_is_left() {
+    let (world, _proxy) = slow_world();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut child = spawn_export(&world, &out, &["--concurrency", "1"]);
+    wait_for("a download in progress", Duration::from_secs(30), || {
+        world.with_state(|s| !s.grants.is_empty())
+    });
+    signal(&child, "-INT");
+    signal(&child, "-INT");
+    let code = wait_exit(child.0.as_mut().unwrap(), Duration::from_secs(10));
+    assert_eq!(code, 130);
+    let rep = report(&out);
+    let named: Vec<String> = rep["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] != "removed" && r["kind"] != "deallocation")
+        .map(|r| r["id"].as_str().unwrap().to_ascii_lowercase())
+        .collect();
+    // Everything still in "Azure" is named in the report.
+    let left = world.leftovers();
+    for g in &left.grants {
+        assert!(named.contains(g), "grant {g} not in the report {named:?}");
+    }
+    for snap in &left.snapshots {
+        let tail = format!("/snapshots/{}", snap.to_ascii_lowercase());
+        assert!(
+            named.iter().any(|n| n.ends_with(&tail)),
+            "snapshot {snap} not in the report {named:?}"
+        );
+    }
+    let run_id = rep["run_id"].as_str().unwrap().to_string();
+    let r = run(azure_cmd(
+        &world,
+        "cleanup",
+        &["--run-id", &run_id, "--output-dir", out.to_str().unwrap()],
+    ));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(world.leftovers(), Leftovers::default());
+}
+
+#[test]
+fn cleanup_refuses_bad_input_clearly() {
+    let world = FakeAzure::start(vec![]);
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(azure_cmd(&world, "cleanup", &["--run-id", "../etc/passwd"]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("run id"), "{}", r.stderr);
+    // No report and no subscription: nothing to search.
+    let mut c = support::bin();
+    c.args([
+        "--no-progress",
+        "cleanup",
+        "--run-id",
+        "20261127t103000z-3f9a",
+    ])
+    .args(world.cli_args())
+    .envs(world.env())
+    .current_dir(dir.path());
+    let r = run(c);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--subscription"), "{}", r.stderr);
+    // A run that left nothing: fine.
+    let r = run(azure_cmd(
+        &world,
+        "cleanup",
+        &["--run-id", "20261127t103000z-3f9a"],
+    ));
+    assert_eq!(r.code, 0, "{}", r.stderr);
 }

@@ -277,6 +277,7 @@ fn finish(
         "run {run_id}: {done} of {total} disks exported; report {}",
         ledger.path().display()
     );
+    print_summary(run_id, status, ledger)?;
     let failures: Vec<String> = results
         .values()
         .filter(|r| r.status == DiskStatus::Failed)
@@ -317,6 +318,24 @@ fn finish(
             failures.join("; ")
         ))),
     }
+}
+
+/// The result for scripts, on stdout: one JSON object with the run id, its status, the
+/// report's path and each disk's outcome (the logs on stderr say the same for people).
+fn print_summary(run_id: &str, status: RunStatus, ledger: &Ledger) -> Result<(), Error> {
+    let report = ledger.report();
+    let out = json!({
+        "run_id": run_id,
+        "status": status,
+        "report": ledger.path(),
+        "disks": report.disks,
+        "resources_left": report.resources.iter().filter(|r| r.outstanding()).count(),
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).expect("summary serialises")
+    );
+    Ok(())
 }
 
 /// `--dry-run`: the plan on stdout (JSON), nothing created.
