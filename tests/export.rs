@@ -373,7 +373,15 @@ fn dry_run_sends_no_write_and_a_written_plan_is_exported_as_is() {
     assert!(r.stderr.contains("web-01"), "{}", r.stderr);
     assert_eq!(writes(&world), 0);
 
-    // The plan file is the selection: exactly its VMs (not win-01), OS disks only.
+    // The plan file is the selection: exactly its VMs (not win-01), OS disks only. db-01
+    // was started since the plan was made: it is snapshotted now, not read directly.
+    world.with_state(|s| {
+        s.vms
+            .iter_mut()
+            .find(|v| v.name == "db-01")
+            .unwrap()
+            .power_state = Some("running".into())
+    });
     let r = export(
         &world,
         &out,
@@ -391,6 +399,7 @@ fn dry_run_sends_no_write_and_a_written_plan_is_exported_as_is() {
     assert_image_equals(&world, &out.join("db-01/db-01-os.raw"), "db-01-os");
     assert!(!out.join("web-01/web-01-data-lun0.raw").exists());
     assert!(!out.join("win-01").exists());
+    assert_eq!(world.with_state(|s| s.count("snapshot_create")), 2);
     assert_eq!(world.leftovers(), Leftovers::default());
 
     // Again into the same folder: images are never overwritten, refused before any write.
@@ -664,6 +673,13 @@ fn a_failing_disk_fails_alone_and_deallocate_is_reported() {
     assert_eq!(db["status"], "failed");
     let why = db["error"].as_str().unwrap();
     assert!(why.contains("db-01") && why.contains("404"), "{why}");
+    assert_eq!(world.leftovers(), Leftovers::default());
+
+    // Nothing exported at all: exit 1, the report says failed.
+    let out1 = dir.path().join("out1");
+    let r = export(&world, &out1, &["--name", "db-01"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(report(&out1)["status"], "failed");
     assert_eq!(world.leftovers(), Leftovers::default());
 
     // --consistency deallocate: the VM is deallocated first, read directly, and the

@@ -12,6 +12,7 @@ use std::time::Duration;
 use azure_core::credentials::TokenCredential;
 use serde_json::json;
 
+use crate::azure::arm::client::ResourceRef;
 use crate::azure::inventory::{self, DiscoveryProgress, Selection, VmInfo};
 use crate::cli::{ExportArgs, GlobalArgs, SelectionArgs};
 use crate::error::{Error, ErrorKind};
@@ -110,7 +111,11 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
             (Some(sel), _) => inventory::discover(&session.arm, sel, &DiscoveryProgress::default())
                 .await
                 .map_err(Error::from),
-            (None, Some(p)) => read_plan(p),
+            (None, Some(p)) => {
+                let mut vms = read_plan(p)?;
+                refresh_power_states(&session.arm, &mut vms).await?;
+                Ok(vms)
+            }
             (None, None) => unreachable!("a plan file or a selection"),
         }
     })?;
@@ -204,6 +209,41 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
         &results,
         interrupt,
     )
+}
+
+/// A plan may be hours old: a VM deallocated then may run now, and its disk can no longer
+/// be read directly. One GET per VM (instance view) makes the plan's choices current.
+async fn refresh_power_states(
+    arm: &crate::azure::arm::ArmClient,
+    vms: &mut [VmInfo],
+) -> Result<(), Error> {
+    use futures::StreamExt;
+    let states: Vec<Result<_, Error>> = futures::stream::iter(vms.iter())
+        .map(|vm| async move {
+            let r = ResourceRef::from_id(&vm.id).ok_or_else(|| {
+                Error::usage(format!("plan: VM {} has no valid resource id", vm.name))
+            })?;
+            let current = arm
+                .get_vm(&r, true)
+                .await
+                .map_err(|e| Error::from(e).context(format!("plan: VM {}", vm.name)))?;
+            Ok(current.power_state())
+        })
+        .buffered(inventory::CONCURRENCY)
+        .collect()
+        .await;
+    for (vm, state) in vms.iter_mut().zip(states) {
+        let state = state?;
+        if state != vm.power_state {
+            tracing::info!(
+                "{}: power state is {state} now ({} in the plan)",
+                vm.name,
+                vm.power_state
+            );
+            vm.power_state = state;
+        }
+    }
+    Ok(())
 }
 
 fn io_timeout() -> Duration {
