@@ -366,6 +366,16 @@ fn dry_run_sends_no_write_and_a_written_plan_is_exported_as_is() {
     let written: Value = json_file(&plan);
     assert_eq!(written.as_array().unwrap().len(), 2);
 
+    // A plan file that is not there, with or without selection flags: refused.
+    let missing = dir.path().join("missing.json");
+    for extra in [&[][..], &["--name", "web-01"][..]] {
+        let mut a = vec!["--plan", missing.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        let r = export(&world, &dir.path().join("o"), &a);
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert!(r.stderr.contains("no such file"), "{}", r.stderr);
+    }
+
     // --consistency none on an allocated VM: refused before anything is created.
     let out = dir.path().join("out");
     let r = export(&world, &out, &["--consistency", "none"]);

@@ -81,7 +81,7 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
             }
             true
         }
-        Some(p) if !args.dry_run && !selection_flags_given(&args.selection) => {
+        Some(p) if !args.dry_run => {
             return Err(Error::usage(format!(
                 "--plan {}: no such file (write one with --dry-run --plan FILE)",
                 p.display()
