@@ -16,7 +16,7 @@ use crate::azure::arm::client::ResourceRef;
 use crate::azure::inventory::{self, DiscoveryProgress, Selection, VmInfo};
 use crate::cli::{ExportArgs, GlobalArgs, SelectionArgs};
 use crate::error::{Error, ErrorKind};
-use crate::export::disk::DiskContext;
+use crate::export::disk::{DiskContext, RunProgress};
 use crate::export::ledger::{Ledger, RunReport, RunStatus};
 use crate::export::naming::{new_run_id, now_rfc3339};
 use crate::export::plan::{self, PlanOptions, PlannedVm};
@@ -102,7 +102,6 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
         .thread_name("azure2kvm-export")
         .build()
         .map_err(|e| Error::failed(format!("cannot start the async runtime: {e}")))?;
-    let _ = global;
 
     // The VMs: from the plan file, or discovered (GETs only).
     let vms = runtime.block_on(async {
@@ -197,8 +196,10 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
         connections: args.concurrency,
         io_timeout: io_timeout(),
         interrupt: interrupt.clone(),
+        progress: Arc::new(RunProgress::new(!global.no_progress && !global.quiet)),
     };
     let results = runtime.block_on(run::run(&planned, &ctx, &run_id));
+    ctx.progress.finish();
     runtime.shutdown_timeout(Duration::from_millis(200));
     finish(
         &output_dir,

@@ -18,7 +18,8 @@ use crate::azure::sas::SasUrl;
 use crate::image::sink::ImageFormat;
 use crate::image::staging::Overwrite;
 use crate::interrupt::Interrupt;
-use crate::transfer::engine::EngineConfig;
+use crate::output::progress::Progress;
+use crate::transfer::engine::{EngineConfig, ProgressEvent};
 use crate::transfer::job::{DownloadError, DownloadReport, DownloadRequest, download};
 
 /// Grants per disk: the first, and renewals after an expiry. A grant that expires this
@@ -39,6 +40,54 @@ pub struct DiskContext {
     pub connections: usize,
     pub io_timeout: Duration,
     pub interrupt: Interrupt,
+    pub progress: Arc<RunProgress>,
+}
+
+/// (done, total) per disk, and the display once there is something to show.
+type ProgressState = (
+    std::collections::HashMap<String, (u64, u64)>,
+    Option<Progress>,
+);
+
+/// One progress display for the whole run: the bytes every started disk has to fetch
+/// and has done, summed (a disk's total is known once its page ranges are).
+#[derive(Debug)]
+pub struct RunProgress {
+    enabled: bool,
+    state: std::sync::Mutex<ProgressState>,
+}
+
+impl RunProgress {
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            state: Default::default(),
+        }
+    }
+
+    /// The progress callback for one disk's downloads.
+    pub fn for_disk(self: &Arc<Self>, disk: &str) -> crate::transfer::engine::ProgressFn {
+        let me = Arc::clone(self);
+        let disk = disk.to_string();
+        Arc::new(move |event| match event {
+            ProgressEvent::Advanced { done, total } => {
+                let mut st = me.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.0.insert(disk.clone(), (done, total));
+                let (d, t) = st.0.values().fold((0, 0), |(d, t), (a, b)| (d + a, t + b));
+                let bar =
+                    st.1.get_or_insert_with(|| Progress::new("exporting", t, me.enabled));
+                bar.set_total(t);
+                bar.set(d);
+            }
+        })
+    }
+
+    pub fn finish(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bar) = st.1.take() {
+            bar.finish();
+        }
+    }
 }
 
 impl std::fmt::Debug for DiskContext {
@@ -141,7 +190,7 @@ pub async fn export_disk(
         );
         let result = download(
             request(ctx, sas, &output, &resource_id),
-            noop(),
+            ctx.progress.for_disk(&resource_id),
             ctx.interrupt.clone(),
         )
         .await;
@@ -206,10 +255,6 @@ pub async fn revoke(ctx: &DiskContext, target: &AccessTarget, resource_id: &str)
     }
 }
 
-fn noop() -> crate::transfer::engine::ProgressFn {
-    Arc::new(|_| {})
-}
-
 fn request(
     ctx: &DiskContext,
     url: SasUrl,
@@ -244,7 +289,7 @@ async fn export_blob(
     let url = SasUrl::parse(uri).map_err(|e| fail(e.to_string()))?;
     let mut req = request(ctx, url, &output, uri);
     req.credential = Some(ctx.credential.clone());
-    match download(req, noop(), ctx.interrupt.clone()).await {
+    match download(req, ctx.progress.for_disk(uri), ctx.interrupt.clone()).await {
         Ok(r) => Ok(r),
         Err(DownloadError::Interrupted { .. }) => Err(DiskError::Interrupted {
             vm: vm.into(),

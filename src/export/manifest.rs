@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::domain::{DomainDisk, DomainSpec, Firmware, GuestOs, domain_xml};
 use super::ledger::write_atomic;
 use super::plan::PlannedVm;
-use super::run::{DiskResult, DiskStatus};
+use super::run::{DiskResult, DiskStatus, bytes_downloaded};
 use crate::azure::inventory::DiskRole;
 use crate::image::sink::ImageFormat;
 
@@ -60,7 +60,7 @@ pub fn manifest(
                     dv["bytes_downloaded"] = json!(
                         r.as_ref()
                             .and_then(|r| r.report.as_ref())
-                            .map(|r| r.stats.bytes_fetched)
+                            .map(bytes_downloaded)
                             .unwrap_or(0)
                     );
                     dv["status"] =

@@ -56,6 +56,13 @@ pub struct DiskResult {
     pub error: Option<String>,
 }
 
+/// Bytes of the image fetched from Azure over every grant of the disk: the plan's bytes
+/// (a download that resumed after a renewed grant reports only its own last call in its
+/// transfer stats, which would undercount).
+pub fn bytes_downloaded(report: &DownloadReport) -> u64 {
+    report.planned_bytes
+}
+
 /// (disks in flight, connections each) for a budget of `concurrency` connections: the
 /// product never exceeds the budget.
 pub fn split_budget(concurrency: usize) -> (usize, usize) {
@@ -98,11 +105,7 @@ fn record(ledger: &Ledger, vm: &str, disk: &PlannedDisk, result: &DiskResult) {
             .find(|o| key(&o.vm, &o.disk) == key(vm, &disk.name))
         {
             o.status = result.status.as_str().into();
-            o.bytes_downloaded = result
-                .report
-                .as_ref()
-                .map(|r| r.stats.bytes_fetched)
-                .unwrap_or(0);
+            o.bytes_downloaded = result.report.as_ref().map(bytes_downloaded).unwrap_or(0);
             o.error = result.error.clone();
         }
     });
