@@ -568,9 +568,10 @@ fn kill_9_mid_download_then_cleanup_removes_everything_and_can_run_twice() {
 fn an_expired_grant_mid_download_is_renewed_and_the_image_is_identical() {
     let world = FakeAzure::start(vec![FakeVm::linux("web-01", "rg-web")]);
     let proxy = support::fault_proxy::FaultProxy::start(world.azurite.port);
-    // Every data GET waits 0.8 s; a grant lives 2-3 s (the SAS expiry is in whole
-    // seconds): each grant gets at least one chunk done, none gets all of them.
-    proxy.set_delay(Duration::from_millis(800));
+    // Every data GET (the footer read, then 3 chunks) waits 1 s; a grant lives 3-4 s
+    // (the SAS expiry is in whole seconds): each grant gets the footer and at least one
+    // chunk done with a second to spare, none gets all of them.
+    proxy.set_delay(Duration::from_millis(1000));
     world.set_sas_port(proxy.port);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
@@ -579,7 +580,7 @@ fn an_expired_grant_mid_download_is_renewed_and_the_image_is_identical() {
         &out,
         &[
             "--sas-duration",
-            "3",
+            "4",
             "--concurrency",
             "1",
             "--format",
