@@ -802,3 +802,51 @@ fn cleanup_refuses_bad_input_clearly() {
     ));
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
+
+#[test]
+fn cleanup_treats_recorded_but_never_created_resources_as_removed() {
+    use azure2kvm::export::cleanup::cleanup_run;
+    use azure2kvm::export::ledger::{Ledger, ResourceKind, RunReport};
+    let world = FakeAzure::start(vec![
+        FakeVm::linux("db-01", "rg-db").power(Some("deallocated")),
+    ]);
+    let arm = support::arm_client(&world.arm);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::create(dir.path(), RunReport::new("r1", Value::Null)).unwrap();
+    // A crash right after recording: the create requests may never have arrived.
+    let snap = format!(
+        "/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-db/providers/Microsoft.Compute/snapshots/a2k-r1-db-01-os"
+    );
+    ledger
+        .creating(
+            ResourceKind::Snapshot,
+            &snap,
+            Some(&disk_id("rg-db", "db-01-os")),
+        )
+        .unwrap();
+    ledger
+        .creating(ResourceKind::AccessGrant, &snap, None)
+        .unwrap();
+    // And one grant that did happen, on a disk (no tag can find it).
+    let disk = AccessTarget::Disk(ResourceRef::new(SUBSCRIPTION, "rg-db", "db-01-os"));
+    rt().block_on(async {
+        arm.grant_access(&disk, 600).await.unwrap();
+        ledger
+            .creating(
+                ResourceKind::AccessGrant,
+                &disk_id("rg-db", "db-01-os"),
+                None,
+            )
+            .unwrap();
+        assert_eq!(world.leftovers().grants.len(), 1);
+        let s = cleanup_run(&arm, "r1", SUBSCRIPTION, Some(&ledger))
+            .await
+            .unwrap();
+        assert!(s.failed.is_empty(), "{s:?}");
+        assert_eq!(s.grants_revoked, 2);
+        assert_eq!(s.snapshots_deleted, 1);
+    });
+    assert_eq!(world.leftovers(), Leftovers::default());
+    let rep = Ledger::open(ledger.path()).unwrap().report();
+    assert!(rep.resources.iter().all(|r| !r.outstanding()), "{rep:?}");
+}
