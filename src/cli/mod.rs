@@ -101,8 +101,8 @@ pub struct ExportArgs {
     /// Which disks of each VM.
     #[arg(long, value_enum, default_value = "all")]
     pub disks: DiskSet,
-    /// [default: snapshot for running/stopped VMs, direct from the disk for deallocated
-    /// ones]
+    /// How each VM's disks are read consistently [default: snapshot for running or
+    /// stopped VMs, directly from the disk for deallocated ones].
     #[arg(long, value_enum)]
     pub consistency: Option<Consistency>,
     /// Lifetime of each read grant (SAS), in seconds: long enough for one disk on a slow
