@@ -259,6 +259,9 @@ pub struct ArmState {
     pub snapshots: BTreeMap<String, FakeSnapshot>,
     /// Lower-case ids of disks and snapshots with an active SAS.
     pub grants: BTreeSet<String>,
+    /// The signature of every real SAS granted (percent-encoded as in the URL), so tests
+    /// can assert that none reaches a log, a report or a manifest.
+    pub issued_signatures: Vec<String>,
     /// Requests per route (see `route` names), plus "throttled".
     pub counts: BTreeMap<String, u64>,
     operations: HashMap<u64, Operation>,
@@ -305,6 +308,7 @@ impl ArmState {
             sizes,
             snapshots: BTreeMap::new(),
             grants: BTreeSet::new(),
+            issued_signatures: Vec::new(),
             counts: BTreeMap::new(),
             operations: HashMap::new(),
             next_operation: 1,
@@ -1180,7 +1184,7 @@ fn sas_for(base: &str, name: &str) -> String {
 /// The SAS a grant returns: with storage, a real read-only service SAS for the resource's
 /// blob that expires after the requested `durationInSeconds` (as Azure's does).
 fn grant_sas(
-    s: &ArmState,
+    s: &mut ArmState,
     req: &HttpRequest,
     base: &str,
     container: &str,
@@ -1197,7 +1201,11 @@ fn grant_sas(
         .unwrap_or(3600);
     let blob = blob_name(rg, name);
     let sas = super::seed::blob_sas(container, &blob, Duration::from_secs(secs), false);
-    super::seed::blob_url(storage.sas_port, container, &blob, &sas)
+    let url = super::seed::blob_url(storage.sas_port, container, &blob, &sas);
+    if let Some(sig) = sas.split('&').find_map(|kv| kv.strip_prefix("sig=")) {
+        s.issued_signatures.push(sig.to_string());
+    }
+    url
 }
 
 fn disk_routes(
