@@ -875,3 +875,38 @@ fn cleanup_treats_recorded_but_never_created_resources_as_removed() {
     let rep = Ledger::open(ledger.path()).unwrap().report();
     assert!(rep.resources.iter().all(|r| !r.outstanding()), "{rep:?}");
 }
+
+#[test]
+fn a_config_file_drives_a_scheduled_export() {
+    let world = FakeAzure::start(fleet());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("nightly");
+    let config = dir.path().join("azure2kvm.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "log-format = \"json\"\nsubscription = \"{SUBSCRIPTION}\"\n[export]\noutput-dir = {:?}\nformat = \"raw\"\ndisks = \"os\"\nname = [\"db-*\", \"win-*\"]\n",
+            out.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut c = support::bin();
+    c.args(["--no-progress", "--config"])
+        .arg(&config)
+        .arg("export")
+        .args(world.cli_args())
+        .envs(world.env());
+    let r = run(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .lines()
+            .all(|l| l.trim().is_empty() || l.starts_with('{')),
+        "json logs: {}",
+        r.stderr
+    );
+    assert_image_equals(&world, &out.join("db-01/db-01-os.raw"), "db-01-os");
+    assert_image_equals(&world, &out.join("win-01/win-01-os.raw"), "win-01-os");
+    assert!(!out.join("web-01").exists());
+    assert_eq!(world.leftovers(), Leftovers::default());
+}
