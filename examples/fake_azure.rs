@@ -14,6 +14,7 @@ mod support {
     pub mod azurite;
     pub mod fake_arm;
     pub mod fake_azure;
+    pub mod fault_proxy;
     pub mod http;
     pub mod seed;
     pub mod vhd;

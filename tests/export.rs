@@ -92,6 +92,10 @@ fn fake_world_grants_real_sas_and_snapshots_copy_blobs() {
         arm.revoke_access(&AccessTarget::Snapshot(snap.clone()))
             .await
             .unwrap();
+        // Revoked means revoked: the SAS no longer reads anything.
+        let o = download(sas.expose().as_str(), &dir.path().join("after.raw"), &[]);
+        assert!(!o.status.success(), "a revoked SAS must be refused");
+        assert!(stderr(&o).contains("403"), "{}", stderr(&o));
         arm.delete_snapshot(&snap).await.unwrap();
         arm.delete_snapshot(&snap).await.unwrap(); // gone already: fine
         let r = seed::signed(
@@ -109,12 +113,13 @@ fn fake_world_grants_real_sas_and_snapshots_copy_blobs() {
 
         // A deallocated VM's disk is granted directly; the SAS expires as asked.
         let db_os = AccessTarget::Disk(ResourceRef::new(SUBSCRIPTION, "rg-db", "db-01-os"));
-        let sas = arm.grant_access(&db_os, 1).await.unwrap();
+        // (The expiry is written in whole seconds: a 3 s grant lives 2 to 3 s.)
+        let sas = arm.grant_access(&db_os, 3).await.unwrap();
         let out = dir.path().join("db-01-os.raw");
         let o = download(sas.expose().as_str(), &out, &[]);
         assert!(o.status.success(), "{}", stderr(&o));
         assert_raw_equals(&out, &world.disk("db-01-os").image());
-        tokio::time::sleep(Duration::from_millis(2100)).await;
+        tokio::time::sleep(Duration::from_millis(3100)).await;
         let o = download(sas.expose().as_str(), &dir.path().join("late.raw"), &[]);
         assert!(!o.status.success(), "an expired SAS must be refused");
         arm.revoke_access(&db_os).await.unwrap();
@@ -485,13 +490,11 @@ fn spawn_export(world: &FakeAzure, out: &Path, args: &[&str]) -> support::ChildG
 
 /// A world whose ARM answers slowly and whose SAS URLs go through a slow proxy, so a
 /// test can act while a run is in the middle of it.
-fn slow_world() -> (FakeAzure, support::fault_proxy::FaultProxy) {
+fn slow_world() -> FakeAzure {
     let world = FakeAzure::start(fleet());
     world.with_state(|s| s.config.latency = Duration::from_millis(50));
-    let proxy = support::fault_proxy::FaultProxy::start(world.azurite.port);
-    proxy.set_delay(Duration::from_millis(400));
-    world.set_sas_port(proxy.port);
-    (world, proxy)
+    world.proxy.set_delay(Duration::from_millis(400));
+    world
 }
 
 fn signal(child: &support::ChildGuard, sig: &str) {
@@ -516,7 +519,7 @@ fn sigterm_mid_run_exits_130_and_leaves_nothing() {
 }
 
 fn interrupted_run_leaves_nothing(sig: &str) {
-    let (world, _proxy) = slow_world();
+    let world = slow_world();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let mut child = spawn_export(&world, &out, &["--concurrency", "1"]);
@@ -541,7 +544,7 @@ fn interrupted_run_leaves_nothing(sig: &str) {
 
 #[test]
 fn kill_9_mid_download_then_cleanup_removes_everything_and_can_run_twice() {
-    let (world, _proxy) = slow_world();
+    let world = slow_world();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let mut child = spawn_export(&world, &out, &["--concurrency", "1"]);
@@ -592,12 +595,10 @@ fn kill_9_mid_download_then_cleanup_removes_everything_and_can_run_twice() {
 #[test]
 fn an_expired_grant_mid_download_is_renewed_and_the_image_is_identical() {
     let world = FakeAzure::start(vec![FakeVm::linux("web-01", "rg-web")]);
-    let proxy = support::fault_proxy::FaultProxy::start(world.azurite.port);
     // Every data GET (the footer read, then 3 chunks) waits 1 s; a grant lives 3-4 s
     // (the SAS expiry is in whole seconds): each grant gets the footer and at least one
     // chunk done with a second to spare, none gets all of them.
-    proxy.set_delay(Duration::from_millis(1000));
-    world.set_sas_port(proxy.port);
+    world.proxy.set_delay(Duration::from_millis(1000));
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let r = export(
@@ -757,7 +758,7 @@ fn a_failing_disk_fails_alone_and_deallocate_is_reported() {
 
 #[test]
 fn a_second_ctrl_c_exits_at_once_and_the_report_names_what_is_left() {
-    let (world, _proxy) = slow_world();
+    let world = slow_world();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let mut child = spawn_export(&world, &out, &["--concurrency", "1"]);

@@ -5,7 +5,8 @@
 //! the test keeps, so an exported image can be compared with what was "in Azure".
 //!
 //! Usable from tests (`mod support;`) and from an example or demo binary: include this
-//! file together with `azurite.rs`, `fake_arm.rs`, `http.rs`, `seed.rs` and `vhd.rs` as
+//! file together with `azurite.rs`, `fake_arm.rs`, `fault_proxy.rs`, `http.rs`, `seed.rs`
+//! and `vhd.rs` as
 //! siblings in one module (`#[path]`); it uses nothing else from the test crate.
 
 #![allow(dead_code)]
@@ -13,11 +14,14 @@
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use std::sync::Arc;
+
 use super::azurite::Azurite;
 use super::fake_arm::{
     ArmState, DISK_CONTAINER, FakeArm, FakeVm, FakeVmDisk, IDENTITY_HEADER, Leftovers,
     SNAPSHOT_CONTAINER, StorageBackend, blob_name,
 };
+use super::fault_proxy::{FaultProxy, Gate};
 use super::seed;
 use super::vhd::{Disk, MIB, fill, footer};
 
@@ -42,10 +46,13 @@ pub fn small_disk(name: &str) -> Disk {
     }
 }
 
-/// Azurite + fake ARM, stopped (both) when dropped.
+/// Azurite + fake ARM, stopped (both) when dropped. Granted SAS URLs point at `proxy`, in
+/// front of Azurite: it refuses (403) a blob whose grant was revoked, as Azure does, and
+/// tests can slow it down or inject faults.
 pub struct FakeAzure {
-    // Field order: the fake ARM stops before Azurite.
+    // Field order: the fake ARM stops first, Azurite last.
     pub arm: FakeArm,
+    pub proxy: FaultProxy,
     pub azurite: Azurite,
     /// What each managed disk holds, by lower-case disk name.
     pub disks: BTreeMap<String, Disk>,
@@ -76,10 +83,6 @@ impl FakeAzure {
         let azurite = Azurite::start();
         seed::create_container_once(azurite.port, DISK_CONTAINER);
         seed::create_container_once(azurite.port, SNAPSHOT_CONTAINER);
-        state.storage = Some(StorageBackend {
-            port: azurite.port,
-            sas_port: azurite.port,
-        });
         let mut disks = BTreeMap::new();
         for vm in &vms {
             for d in vm.disks.iter().filter(|d| d.vhd_uri.is_none()) {
@@ -91,9 +94,20 @@ impl FakeAzure {
         for vm in vms {
             state.add_vm(vm);
         }
+        let proxy = FaultProxy::start(azurite.port);
+        state.storage = Some(StorageBackend {
+            port: azurite.port,
+            sas_port: proxy.port,
+        });
         let arm = FakeArm::start(state);
+        let grants = arm.state.clone();
+        proxy.set_gate(Gate(Arc::new(move |path: &str| {
+            let s = grants.lock().unwrap_or_else(|p| p.into_inner());
+            granted(&s, path)
+        })));
         Self {
             arm,
+            proxy,
             azurite,
             disks,
         }
@@ -115,7 +129,8 @@ impl FakeAzure {
         self.with_state(|s| s.leftovers())
     }
 
-    /// Points granted SAS URLs at `port` (a proxy in front of Azurite).
+    /// Points granted SAS URLs at `port` instead of the gate proxy (e.g. another proxy in
+    /// front of Azurite; revocation is then not enforced).
     pub fn set_sas_port(&self, port: u16) {
         self.with_state(|s| {
             if let Some(st) = s.storage.as_mut() {
@@ -143,6 +158,20 @@ impl FakeAzure {
             ("IDENTITY_HEADER".into(), IDENTITY_HEADER.into()),
         ]
     }
+}
+
+/// True if `path` (`/devstoreaccount1/<container>/<blob>`) is the blob of a disk or
+/// snapshot with an active grant.
+fn granted(s: &ArmState, path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let [_, container, blob] = parts.as_slice() else {
+        return false;
+    };
+    s.grants.iter().any(|id| {
+        // Lower-case ids: /subscriptions/s/resourcegroups/rg/providers/ns/kind/name
+        let p: Vec<&str> = id.split('/').filter(|p| !p.is_empty()).collect();
+        p.len() == 8 && p[6] == *container && blob_name(p[3], p[7]) == *blob
+    })
 }
 
 /// Writes `disk` as a fixed VHD into page blob `disks/<blob>`: its extents as pages, the

@@ -24,8 +24,21 @@ pub enum Fault {
     Stall(Duration),
 }
 
+/// Decides, per request path (`/account/container/blob`, no query), whether the proxy lets
+/// it through; refused requests get 403 AuthenticationFailed, as Azure answers a SAS whose
+/// access was revoked. The fake ARM uses it to make `endGetAccess` really end access.
+#[derive(Clone)]
+pub struct Gate(pub Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gate")
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
+    gate: Option<Gate>,
     faults: VecDeque<Fault>,
     delay: Duration,
     data_gets: u64,
@@ -86,6 +99,12 @@ impl FaultProxy {
     /// Delay before each data GET is forwarded (slows a download down for kill/ETag tests).
     pub fn set_delay(&self, d: Duration) {
         self.state.lock().unwrap().delay = d;
+    }
+
+    /// Refuses (403) every request `gate` says no to, checked when the request is
+    /// forwarded (after any delay).
+    pub fn set_gate(&self, gate: Gate) {
+        self.state.lock().unwrap().gate = Some(gate);
     }
 
     /// Lets the first `n` data GETs (from now) through before faults apply.
@@ -184,6 +203,21 @@ async fn handle(mut client: TcpStream, upstream: u16, state: Arc<Mutex<State>>) 
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
+    }
+    let gate = state.lock().unwrap().gate.clone();
+    if let Some(Gate(allow)) = gate {
+        let target = first.split_whitespace().nth(1).unwrap_or("/");
+        let path = target.split('?').next().unwrap_or("/");
+        if !allow(path) {
+            let body = "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>AuthenticationFailed</Code><Message>access was revoked</Message></Error>";
+            let rsp = format!(
+                "HTTP/1.1 403 Server failed to authenticate the request.\r\nx-ms-error-code: AuthenticationFailed\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = client.write_all(rsp.as_bytes()).await;
+            let _ = client.shutdown().await;
+            return;
+        }
     }
     if let Some(Fault::Status {
         code,
