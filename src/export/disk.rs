@@ -36,7 +36,8 @@ pub struct DiskContext {
     pub output_dir: PathBuf,
     pub format: ImageFormat,
     pub sas_duration: u32,
-    /// Connections for this disk (its share of the run's budget).
+    /// Connections: the run's whole budget (`--concurrency`) when given to `run::run`,
+    /// which hands each disk a context with its share.
     pub connections: usize,
     pub io_timeout: Duration,
     pub interrupt: Interrupt,
