@@ -321,6 +321,14 @@ fn export_of_a_mixed_fleet_gives_identical_images_manifests_and_domains() {
             .collect();
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "{xml}");
         assert_eq!(vm == "win-01", xml.contains("firmware='efi'"), "{xml}");
+        // vCPUs and memory from the VM size (E4s_v5: 4 and 32 GiB; D2s_v5: 2 and 8 GiB).
+        let (vcpus, mib) = if vm == "win-01" {
+            (4, 32768)
+        } else {
+            (2, 8192)
+        };
+        assert!(xml.contains(&format!(">{vcpus}</vcpu>")), "{xml}");
+        assert!(xml.contains(&format!(">{mib}</memory>")), "{xml}");
     }
     // The failed VM has a manifest that says why, and no domain.
     let m = json_file(&out.join("old-01/manifest.json"));
@@ -552,6 +560,18 @@ fn kill_9_mid_download_then_cleanup_removes_everything_and_can_run_twice() {
         world.with_state(|s| !s.grants.is_empty())
     });
     child.kill9();
+    // The run's snapshots carry its id and their source disk, for cleanup and people.
+    world.with_state(|s| {
+        for snap in s.snapshots.values() {
+            assert!(snap.tags["azure2kvm-run"].is_string(), "{:?}", snap.tags);
+            let source = snap.tags["azure2kvm-source"].as_str().unwrap();
+            let disk = source.rsplit("/disks/").next().unwrap();
+            assert!(
+                source.contains("/disks/") && snap.name.ends_with(disk),
+                "{source}"
+            );
+        }
+    });
     let left = world.leftovers();
     assert!(
         !left.snapshots.is_empty() && !left.grants.is_empty(),
@@ -910,4 +930,48 @@ fn a_config_file_drives_a_scheduled_export() {
     assert_image_equals(&world, &out.join("win-01/win-01-os.raw"), "win-01-os");
     assert!(!out.join("web-01").exists());
     assert_eq!(world.leftovers(), Leftovers::default());
+}
+
+#[test]
+fn list_snapshots_follows_pages_at_both_scopes() {
+    use support::fake_arm::{ArmState, FakeArm, FakeSnapshot};
+    let mut state = ArmState::new();
+    state.config.page_size = 2;
+    for (rg, n) in [("rg-a", 3), ("rg-b", 2)] {
+        for i in 0..n {
+            let name = format!("snap-{i}");
+            state.snapshots.insert(
+                format!(
+                    "/subscriptions/{SUBSCRIPTION}/resourcegroups/{rg}/providers/microsoft.compute/snapshots/{name}"
+                ),
+                FakeSnapshot {
+                    name,
+                    resource_group: rg.into(),
+                    location: "westeurope".into(),
+                    source_id: disk_id(rg, "d"),
+                    size_gb: 1,
+                    tags: serde_json::json!({"azure2kvm-run": rg}),
+                    succeeded: true,
+                },
+            );
+        }
+    }
+    let fake = FakeArm::start(state);
+    let arm = support::arm_client(&fake);
+    rt().block_on(async {
+        assert_eq!(
+            arm.list_snapshots(SUBSCRIPTION, None).await.unwrap().len(),
+            5
+        );
+        let a = arm
+            .list_snapshots(SUBSCRIPTION, Some("rg-a"))
+            .await
+            .unwrap();
+        assert_eq!(a.len(), 3);
+        assert!(
+            a.iter()
+                .all(|s| s.tags.as_ref().unwrap()["azure2kvm-run"] == "rg-a")
+        );
+    });
+    assert_eq!(fake.with_state(|s| s.count("list_snapshots")), 3 + 2);
 }
