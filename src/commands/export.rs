@@ -194,6 +194,7 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
         format: args.format,
         sas_duration: args.sas_duration,
         connections: args.concurrency,
+        queue_depth: crate::transfer::engine::DEFAULT_QUEUE_DEPTH,
         io_timeout: io_timeout(),
         interrupt: interrupt.clone(),
         progress: Arc::new(RunProgress::new(!global.no_progress && !global.quiet)),

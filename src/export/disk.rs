@@ -39,6 +39,8 @@ pub struct DiskContext {
     /// Connections: the run's whole budget (`--concurrency`) when given to `run::run`,
     /// which hands each disk a context with its share.
     pub connections: usize,
+    /// Chunks waiting for the writer, per disk (its share of the run's memory).
+    pub queue_depth: usize,
     pub io_timeout: Duration,
     pub interrupt: Interrupt,
     pub progress: Arc<RunProgress>,
@@ -266,6 +268,7 @@ fn request(
     req.overwrite = Overwrite::Refuse;
     req.engine = EngineConfig {
         concurrency: ctx.connections,
+        queue_depth: ctx.queue_depth,
         ..EngineConfig::default()
     };
     req.io_timeout = ctx.io_timeout;

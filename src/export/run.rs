@@ -17,7 +17,9 @@ use super::disk::{DiskContext, DiskError, export_disk};
 use super::ledger::{DiskOutcome, Ledger, ResourceKind, ResourceState};
 use super::plan::{PlannedDisk, PlannedVm, Source};
 use crate::azure::arm::client::ResourceRef;
+use crate::transfer::engine::{CHUNK_MEMORY_BUDGET, DEFAULT_QUEUE_DEPTH};
 use crate::transfer::job::DownloadReport;
+use crate::transfer::plan::DEFAULT_CHUNK_SIZE;
 
 /// Tag on every snapshot a run creates: `cleanup` finds them by it.
 pub const RUN_TAG: &str = "azure2kvm-run";
@@ -63,13 +65,42 @@ pub fn bytes_downloaded(report: &DownloadReport) -> u64 {
     report.planned_bytes
 }
 
-/// (disks in flight, connections each) for a budget of `concurrency` connections: the
-/// product never exceeds the budget.
-pub fn split_budget(concurrency: usize) -> (usize, usize) {
-    let concurrency = concurrency.max(1);
-    let per_disk = concurrency.min(CONNECTIONS_PER_DISK);
-    let slots = (concurrency / per_disk).max(1);
-    (slots, concurrency / slots)
+/// Chunk buffers the whole run may hold: the engine's memory budget at the default chunk
+/// size (24 of 8 MiB). Each download holds `connections + queue_depth + 1` of them, so
+/// disks in flight share one budget instead of each taking a full one.
+pub const RUN_BUFFERS: usize = (CHUNK_MEMORY_BUDGET / DEFAULT_CHUNK_SIZE) as usize;
+
+/// How a run's connection and memory budgets are shared among disks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Disks downloading at once.
+    pub slots: usize,
+    /// Connections each.
+    pub connections: usize,
+    /// Chunks each may have waiting for its writer.
+    pub queue_depth: usize,
+}
+
+/// Shares `concurrency` connections among `disks` disks: several disks in flight when
+/// there are several (about 4 connections each), a lone disk gets the whole budget; never
+/// more connections than the budget, nor more chunk buffers than [`RUN_BUFFERS`] (fewer
+/// disks in flight rather than more memory).
+pub fn split_budget(concurrency: usize, disks: usize) -> Budget {
+    let n = concurrency.max(1);
+    let mut slots = (n / n.min(CONNECTIONS_PER_DISK)).clamp(1, disks.max(1));
+    loop {
+        let queue_depth = if slots == 1 { DEFAULT_QUEUE_DEPTH } else { 1 };
+        let buffers = RUN_BUFFERS / slots;
+        let connections = (n / slots).min(buffers.saturating_sub(queue_depth + 1));
+        if connections >= 1 || slots == 1 {
+            return Budget {
+                slots,
+                connections: connections.max(1),
+                queue_depth,
+            };
+        }
+        slots -= 1;
+    }
 }
 
 fn key(vm: &str, disk: &str) -> (String, String) {
@@ -144,14 +175,15 @@ pub async fn run(
 
     // Phase 2: every disk that is ready, a bounded number at a time, each with its share
     // of the connection budget.
-    let (slots, connections) = split_budget(ctx.connections);
     let ready: Vec<(&PlannedVm, &PlannedDisk)> = plan
         .iter()
         .flat_map(|vm| vm.disks.iter().map(move |d| (vm, d)))
         .filter(|(vm, d)| !results.contains_key(&key(&vm.name, &d.name)))
         .collect();
+    let budget = split_budget(ctx.connections, ready.len());
     let per_disk = DiskContext {
-        connections,
+        connections: budget.connections,
+        queue_depth: budget.queue_depth,
         ..ctx.clone()
     };
     let done: Vec<((String, String), DiskResult)> = futures::stream::iter(ready)
@@ -177,7 +209,7 @@ pub async fn run(
                 (key(&vm_name, &disk.name), result)
             }
         })
-        .buffer_unordered(slots)
+        .buffer_unordered(budget.slots)
         .collect()
         .await;
     results.extend(done);
@@ -357,13 +389,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_budget_bounds_all_connections() {
-        for n in 1..=64 {
-            let (slots, each) = split_budget(n);
-            assert!(slots * each <= n, "{n}: {slots}×{each}");
-            assert!(slots >= 1 && each >= 1);
+    fn the_budget_bounds_connections_and_memory() {
+        for n in 1..=256 {
+            for disks in 0..40 {
+                let b = split_budget(n, disks);
+                assert!(b.slots * b.connections <= n, "{n}/{disks}: {b:?}");
+                assert!(b.slots >= 1 && b.connections >= 1 && b.slots <= disks.max(1));
+                if b.slots > 1 {
+                    let buffers = b.slots * (b.connections + b.queue_depth + 1);
+                    assert!(buffers <= RUN_BUFFERS, "{n}/{disks}: {b:?}");
+                }
+            }
         }
-        assert_eq!(split_budget(16), (4, 4));
-        assert_eq!(split_budget(2), (1, 2));
+        let b = |n, d| {
+            let x = split_budget(n, d);
+            (x.slots, x.connections)
+        };
+        assert_eq!(b(16, 10), (4, 4));
+        assert_eq!(b(16, 2), (2, 8));
+        assert_eq!(b(16, 1), (1, 16));
+        assert_eq!(b(2, 5), (1, 2));
+        assert_eq!(b(64, 10), (8, 1));
     }
 }
