@@ -975,3 +975,32 @@ fn list_snapshots_follows_pages_at_both_scopes() {
     });
     assert_eq!(fake.with_state(|s| s.count("list_snapshots")), 3 + 2);
 }
+
+#[test]
+fn ctrl_c_while_a_vm_is_being_deallocated_stops_waiting() {
+    let world = FakeAzure::start(fleet());
+    // Every long-running operation stays in progress for ~1000 polls (tens of seconds).
+    world.with_state(|s| {
+        s.config.lro_polls = 1000;
+        s.config.latency = Duration::from_millis(20);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut child = spawn_export(
+        &world,
+        &out,
+        &["--name", "web-01", "--consistency", "deallocate"],
+    );
+    wait_for("the deallocate request", Duration::from_secs(30), || {
+        world.with_state(|s| s.count("deallocate") == 1)
+    });
+    let t = std::time::Instant::now();
+    signal(&child, "-INT");
+    let code = wait_exit(child.0.as_mut().unwrap(), Duration::from_secs(15));
+    assert_eq!(code, 130);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let rep = report(&out);
+    assert_eq!(rep["status"], "interrupted");
+    assert_eq!(rep["resources"][0]["kind"], "deallocation");
+    assert_eq!(world.leftovers(), Leftovers::default());
+}
