@@ -3,7 +3,7 @@
 //! stdout, what `azure2kvm` needs to talk to it, then serves until SIGINT/SIGTERM and stops
 //! both services (Azurite is a child process: do not kill this with -9).
 //!
-//!     cargo run --example fake_azure
+//!     cargo run --example fake_azure      # FAKE_AZURE_DATA_DELAY_MS=500 to slow reads
 //!     azure2kvm export --cloud custom --arm-endpoint $ARM --ca-bundle $CA \
 //!         --subscription $SUB --output-dir out   # with IDENTITY_ENDPOINT/HEADER set
 
@@ -39,6 +39,13 @@ fn main() {
         FakeVm::linux("db-01", "rg-db").power(Some("deallocated")),
         FakeVm::windows_gen2("win-01", "rg-web").power(Some("stopped")),
     ]);
+    // For demos of progress, Ctrl-C and cleanup: slow every data GET down.
+    if let Some(ms) = std::env::var("FAKE_AZURE_DATA_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        world.proxy.set_delay(Duration::from_millis(ms));
+    }
     println!(
         "{}",
         serde_json::json!({
