@@ -161,6 +161,8 @@ pub async fn export_disk(
     };
     let target = access_target(&resource_id, target_kind)
         .ok_or_else(|| fail(format!("{resource_id} is not a resource id")))?;
+    let from_snapshot = target_kind == "snapshots";
+    let mut last_kept: Option<PathBuf> = None;
     for grant in 1..=MAX_GRANTS {
         if ctx.interrupt.is_set() {
             return Err(DiskError::Interrupted {
@@ -200,24 +202,53 @@ pub async fn export_disk(
         revoke(ctx, &target, &resource_id).await;
         match result {
             Ok(report) => return Ok(report),
-            Err(DownloadError::AccessDenied { message, .. }) => {
+            Err(DownloadError::AccessDenied { message, kept }) => {
+                last_kept = kept;
                 tracing::warn!(
                     "{vm}: {}: read access ended mid-download ({message}); granting again and resuming",
                     disk.name
                 );
             }
-            Err(DownloadError::Interrupted { .. }) => {
+            Err(DownloadError::Interrupted { kept, .. }) => {
+                if from_snapshot {
+                    discard_partial(kept.as_deref());
+                }
                 return Err(DiskError::Interrupted {
                     vm: vm.into(),
                     disk: disk.name.clone(),
                 });
             }
-            Err(e) => return Err(fail(e.to_string())),
+            Err(e) => {
+                let kept = match &e {
+                    DownloadError::Failed { kept, .. } => kept.clone(),
+                    _ => None,
+                };
+                if from_snapshot && kept.is_some() {
+                    discard_partial(kept.as_deref());
+                    return Err(fail(format!(
+                        "{e} [discarded: its snapshot is deleted now, so it could not resume]"
+                    )));
+                }
+                return Err(fail(e.to_string()));
+            }
         }
+    }
+    if from_snapshot {
+        discard_partial(last_kept.as_deref());
     }
     Err(fail(format!(
         "read access expired {MAX_GRANTS} times; raise --sas-duration"
     )))
+}
+
+/// Removes a kept partial image and its journal. Only for snapshot sources: the snapshot
+/// is deleted when the disk ends, so a later run reads a new one and could never resume
+/// from these (a direct disk export keeps them: the same disk can resume).
+fn discard_partial(temp: Option<&std::path::Path>) {
+    if let Some(temp) = temp {
+        crate::transfer::journal::remove(&crate::transfer::journal::path_for(temp));
+        let _ = std::fs::remove_file(temp);
+    }
 }
 
 fn target_name(t: &AccessTarget) -> String {
