@@ -1024,3 +1024,34 @@ fn ctrl_c_while_a_vm_is_being_deallocated_stops_waiting() {
     assert_eq!(rep["resources"][0]["kind"], "deallocation");
     assert_eq!(world.leftovers(), Leftovers::default());
 }
+
+#[test]
+fn a_direct_disk_export_killed_midway_resumes_in_the_next_run() {
+    let world = slow_world();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let args = ["--name", "db-01", "--concurrency", "1", "--format", "raw"];
+    let mut child = spawn_export(&world, &out, &args);
+    // Wait until at least one chunk is durable in the journal, then kill.
+    wait_for("a journal with progress", Duration::from_secs(30), || {
+        world.proxy.data_gets() >= 3 && !partials(&out.join("db-01")).is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill9();
+    let run_id = report(&out)["run_id"].as_str().unwrap().to_string();
+    let r = run(azure_cmd(
+        &world,
+        "cleanup",
+        &["--run-id", &run_id, "--output-dir", out.to_str().unwrap()],
+    ));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(world.leftovers(), Leftovers::default());
+
+    world.proxy.set_delay(Duration::ZERO);
+    let r = export(&world, &out, &args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("resuming"), "{}", r.stderr);
+    assert_image_equals(&world, &out.join("db-01/db-01-os.raw"), "db-01-os");
+    assert!(partials(&out.join("db-01")).is_empty());
+    assert_eq!(world.leftovers(), Leftovers::default());
+}
