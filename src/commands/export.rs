@@ -151,6 +151,15 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
         },
     )
     .map_err(Error::usage)?;
+    if planned.is_empty() {
+        tracing::warn!(
+            "no VM matched the selection{}: nothing to export",
+            match args.shard {
+                Some(s) => format!(" in shard {s}"),
+                None => String::new(),
+            }
+        );
+    }
 
     let Some(output_dir) = output_dir.filter(|_| !args.dry_run) else {
         print_plan(&planned, args)?;
