@@ -676,15 +676,34 @@ fn shards_in_parallel_cover_every_disk_exactly_once() {
     let world = FakeAzure::start(vms);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
+    // `list --output json` is a plan: shards 0 and 1 read it, shard 2 discovers the same
+    // VMs itself; the partition depends only on the VMs, not on where the list came from.
+    let listed = run(azure_cmd(&world, "list", &["--output", "json"]));
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let plan = dir.path().join("plan.json");
+    std::fs::write(&plan, &listed.stdout).unwrap();
     let n = 3;
     let mut children: Vec<_> = (0..n)
         .map(|i| {
             let shard = format!("{i}/{n}");
             let mut all = vec!["--output-dir", out.to_str().unwrap(), "--format", "raw"];
             all.extend(["--shard", shard.as_str()]);
-            let mut c = azure_cmd(&world, "export", &all);
+            if i < 2 {
+                all.extend(["--plan", plan.to_str().unwrap()]);
+            }
+            let mut c = if i < 2 {
+                // No --subscription: the plan is the selection.
+                let mut c = support::bin();
+                c.args(["--no-progress", "export"])
+                    .args(world.cli_args())
+                    .args(&all)
+                    .envs(world.env());
+                c
+            } else {
+                azure_cmd(&world, "export", &all)
+            };
             c.stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped());
+                .stderr(std::process::Stdio::null());
             c.spawn().unwrap()
         })
         .collect();
