@@ -1074,3 +1074,28 @@ fn a_direct_disk_export_killed_midway_resumes_in_the_next_run() {
     assert!(partials(&out.join("db-01")).is_empty());
     assert_eq!(world.leftovers(), Leftovers::default());
 }
+
+#[test]
+fn access_refused_right_after_each_grant_fails_the_disk_with_the_reason() {
+    let world = FakeAzure::start(vec![
+        FakeVm::linux("db-01", "rg-db").power(Some("deallocated")),
+    ]);
+    // Every read is refused with 403, as behind a storage firewall.
+    for _ in 0..10 {
+        world.proxy.push(support::fault_proxy::Fault::Status {
+            code: 403,
+            retry_after_secs: 0,
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let r = export(&world, &out, &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("refused right after it was granted"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(world.with_state(|s| s.count("grant_access")), 2);
+    assert_eq!(world.leftovers(), Leftovers::default());
+}

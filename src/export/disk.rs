@@ -26,6 +26,9 @@ use crate::transfer::job::{DownloadError, DownloadReport, DownloadRequest, downl
 /// often means --sas-duration is far too short for the link; stop instead of looping.
 pub const MAX_GRANTS: u32 = 20;
 
+/// Refusals long before a grant could have expired, after which a disk is given up.
+pub const MAX_EARLY_REFUSALS: u32 = 2;
+
 /// What every disk of a run shares.
 #[derive(Clone)]
 pub struct DiskContext {
@@ -163,6 +166,7 @@ pub async fn export_disk(
         .ok_or_else(|| fail(format!("{resource_id} is not a resource id")))?;
     let from_snapshot = target_kind == "snapshots";
     let mut last_kept: Option<PathBuf> = None;
+    let mut early_refusals = 0;
     for grant in 1..=MAX_GRANTS {
         if ctx.interrupt.is_set() {
             return Err(DiskError::Interrupted {
@@ -187,6 +191,7 @@ pub async fn export_disk(
             ResourceState::Exists,
             None,
         );
+        let granted_at = std::time::Instant::now();
         tracing::info!(
             "{vm}: {} read access granted on {} for {} s (grant {grant})",
             disk.name,
@@ -204,6 +209,20 @@ pub async fn export_disk(
             Ok(report) => return Ok(report),
             Err(DownloadError::AccessDenied { message, kept }) => {
                 last_kept = kept;
+                // An expiry comes after about --sas-duration; a refusal well before that
+                // is something a new grant will not fix (storage firewall, network rules,
+                // a concurrent revoke). One more try, then give up with that reason.
+                if granted_at.elapsed() < Duration::from_secs(u64::from(ctx.sas_duration)) / 2 {
+                    early_refusals += 1;
+                    if early_refusals >= MAX_EARLY_REFUSALS {
+                        if from_snapshot {
+                            discard_partial(last_kept.as_deref());
+                        }
+                        return Err(fail(format!(
+                            "read access was refused right after it was granted, {early_refusals} times ({message}); is storage access restricted by a firewall or network rules?"
+                        )));
+                    }
+                }
                 tracing::warn!(
                     "{vm}: {}: read access ended mid-download ({message}); granting again and resuming",
                     disk.name
