@@ -1099,3 +1099,19 @@ fn access_refused_right_after_each_grant_fails_the_disk_with_the_reason() {
     assert_eq!(world.with_state(|s| s.count("grant_access")), 2);
     assert_eq!(world.leftovers(), Leftovers::default());
 }
+
+#[test]
+fn export_usage_errors_exit_2_before_any_request() {
+    let cases: [&[&str]; 4] = [
+        &["export", "--subscription", SUBSCRIPTION],
+        &["export", "--output-dir", "x", "--shard", "3/3"],
+        &["export", "--output-dir", "x", "--sas-duration", "0"],
+        &["export", "--output-dir", "x", "--concurrency", "0"],
+    ];
+    for args in cases {
+        let mut c = support::bin();
+        c.args(args);
+        let r = run(c);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+    }
+}
