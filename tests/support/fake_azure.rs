@@ -6,14 +6,13 @@
 //!
 //! Usable from tests (`mod support;`) and from an example or demo binary: include this
 //! file together with `azurite.rs`, `fake_arm.rs`, `fault_proxy.rs`, `http.rs`, `seed.rs`
-//! and `vhd.rs` as
-//! siblings in one module (`#[path]`); it uses nothing else from the test crate.
+//! and `vhd.rs` as siblings in one module (`#[path]`, see examples/fake_azure.rs); it uses
+//! nothing else from the test crate.
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-
 use std::sync::Arc;
 
 use super::azurite::Azurite;
