@@ -544,10 +544,11 @@ fn percent_decode(s: &str) -> String {
 #[test]
 fn a_partial_download_of_a_blob_that_changed_since_is_started_over() {
     let az = Azurite::start();
-    let mut disk = Disk::new(16 * MIB, &[(0, 12 * MIB)]);
+    // Long enough (24 chunks, 400 ms each, 2 at a time) to outlast the 2 s checkpoint.
+    let mut disk = Disk::new(32 * MIB, &[(0, 24 * MIB)]);
     let sas = seed_fixed(&az, "moved.vhd", &disk);
     let proxy = FaultProxy::start(az.port);
-    proxy.set_delay(Duration::from_millis(300));
+    proxy.set_delay(Duration::from_millis(400));
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("disk.raw");
     let journal = dir.path().join(".disk.raw.azure2kvm-partial.journal");
