@@ -384,6 +384,12 @@ fn refused_sas_bad_urls_and_bad_images_fail_clearly() {
     assert_eq!(o.status.code(), Some(2), "{e}");
     assert!(!leaks(&e, &good), "{e}");
 
+    // A blob URL without any SAS: a usage error, not a 403 later.
+    let o = download(&url(az.port, "auth.vhd", "sv=2020-12-06"), &out, &[]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("no SAS"), "{e}");
+
     // A page blob whose tail is no footer: exit 4 before any data is fetched.
     seed::create_page_blob(az.port, C, "nofooter.vhd", 4 * MIB + 512);
     seed::put_pages(az.port, C, "nofooter.vhd", 0, &[1u8; 4096]);
