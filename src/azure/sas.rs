@@ -85,7 +85,9 @@ impl SasUrl {
 
     /// Whether the URL carries a SAS signature (else it needs a token credential).
     pub fn has_sas(&self) -> bool {
-        self.url.query_pairs().any(|(k, _)| k == "sig")
+        self.url
+            .query_pairs()
+            .any(|(k, _)| k.eq_ignore_ascii_case("sig"))
     }
 
     /// `scheme://host[:port]/path`: names the blob without any query (journal, messages).
@@ -296,5 +298,42 @@ mod tests {
             SasUrl::parse("not a url"),
             Err(SasUrlError::Parse(_))
         ));
+    }
+
+    #[test]
+    fn managed_disk_export_url_keeps_everything_but_the_signature() {
+        let sig = "c2VjcmV0LXNpZ25hdHVyZQ%3D%3D";
+        let raw = format!(
+            "https://md-abc.z1.blob.storage.azure.net/xyz/abcd?sv=2018-03-28&sr=b&si=x&sig={sig}&se=2026-01-01T00%3A00%3A00Z"
+        );
+        let sas = SasUrl::parse(&raw).unwrap();
+        assert!(sas.has_sas());
+        for shown in [format!("{sas:?}"), format!("{sas}"), sas.identity()] {
+            assert!(
+                !shown.contains(sig) && !shown.contains("c2VjcmV0"),
+                "{shown}"
+            );
+            assert!(
+                shown.contains("md-abc.z1.blob.storage.azure.net/xyz/abcd"),
+                "{shown}"
+            );
+        }
+        assert!(format!("{sas}").contains("se=2026-01-01"));
+        assert_eq!(sas.expose().as_str(), raw);
+    }
+
+    #[test]
+    fn signature_is_found_and_hidden_in_any_case() {
+        let sas = SasUrl::parse("https://a.blob.core.windows.net/c/b?SIG=c2VjcmV0").unwrap();
+        assert!(sas.has_sas());
+        assert!(!format!("{sas}").contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn parse_errors_do_not_echo_the_input() {
+        let err = SasUrl::parse("not a url sig=c2VjcmV0")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("c2VjcmV0"), "{err}");
     }
 }

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::azure::cloud::CloudName;
+use crate::azure::credential::AuthMethod;
 use crate::image::sink::ImageFormat;
 use crate::output::log::LogFormat;
 
@@ -55,9 +57,83 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Convert a local VHD (fixed or dynamic) into a sparse raw or qcow2 image.
     Convert(ConvertArgs),
+    /// List the VMs a selection matches: size, power state, OS, generation, disks.
+    List(Box<ListArgs>),
     /// Download a blob holding a VHD (SAS URL) straight into a sparse raw or qcow2 image,
     /// fetching only the pages that were ever written; resumable.
     Download(DownloadArgs),
+}
+
+/// Who we are and which cloud: shared by every command that calls Azure.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Azure")]
+pub struct AzureArgs {
+    /// Credential source. auto: service principal from env, then workload identity, then
+    /// managed identity (IDENTITY_ENDPOINT, else IMDS); azure-cli only when asked.
+    #[arg(long, value_enum, default_value = "auto", env = "AZURE2KVM_AUTH")]
+    pub auth: AuthMethod,
+    /// Client id of a user-assigned managed identity or of the app (default AZURE_CLIENT_ID).
+    #[arg(long, value_name = "ID")]
+    pub client_id: Option<String>,
+    /// Entra ID tenant (default AZURE_TENANT_ID).
+    #[arg(long, value_name = "ID")]
+    pub tenant_id: Option<String>,
+    /// Azure cloud; custom needs --arm-endpoint (Azure Stack Hub, test endpoints).
+    #[arg(long, value_enum, default_value = "public", env = "AZURE2KVM_CLOUD")]
+    pub cloud: CloudName,
+    /// ARM endpoint of a custom cloud.
+    #[arg(long, value_name = "URL", env = "AZURE2KVM_ARM_ENDPOINT")]
+    pub arm_endpoint: Option<String>,
+    /// Entra ID (or AD FS) authority of a custom cloud.
+    #[arg(long, value_name = "URL")]
+    pub authority_host: Option<String>,
+    /// Token audience for ARM in a custom cloud (default: the ARM endpoint).
+    #[arg(long, value_name = "URL")]
+    pub arm_audience: Option<String>,
+    /// Extra trusted root certificates (PEM), added to the system roots.
+    #[arg(long, value_name = "PEM", env = "AZURE2KVM_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
+}
+
+/// Which VMs: every flag narrows; repeated values of one flag widen (tags: all must match).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Selection")]
+pub struct SelectionArgs {
+    /// Subscription id.
+    #[arg(long, value_name = "ID", env = "AZURE_SUBSCRIPTION_ID")]
+    pub subscription: Option<String>,
+    /// Resource group(s), any case.
+    #[arg(long, value_name = "RG", num_args = 1..)]
+    pub resource_group: Vec<String>,
+    /// VM name glob(s), any case (web-*, db-0[1-3]).
+    #[arg(long, value_name = "GLOB", num_args = 1..)]
+    pub name: Vec<String>,
+    /// KEY=VALUE, or KEY alone for "has the tag"; all must match.
+    #[arg(long, value_name = "KEY[=VALUE]", num_args = 1..)]
+    pub tag: Vec<String>,
+    /// running, stopped, deallocated, starting, stopping, deallocating, unknown.
+    #[arg(long, value_name = "STATE", num_args = 1..)]
+    pub power_state: Vec<String>,
+    /// Region(s), like westeurope.
+    #[arg(long, value_name = "LOC", num_args = 1..)]
+    pub location: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListOutput {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// table for people, json (one array) for scripts.
+    #[arg(long, value_enum, default_value = "table")]
+    pub output: ListOutput,
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+    #[command(flatten)]
+    pub azure: AzureArgs,
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +224,49 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn list_takes_selection_and_azure_flags() {
+        let cli = Cli::try_parse_from([
+            "azure2kvm",
+            "list",
+            "--output",
+            "json",
+            "--subscription",
+            "s",
+            "--name",
+            "a",
+            "b*",
+            "--tag",
+            "env=prod",
+            "--tag",
+            "owner",
+            "--auth",
+            "managed-identity",
+            "--cloud",
+            "custom",
+            "--arm-endpoint",
+            "https://127.0.0.1:1",
+            "--ca-bundle",
+            "/tmp/ca.pem",
+        ])
+        .unwrap();
+        let Command::List(args) = cli.command else {
+            panic!("not list")
+        };
+        assert_eq!(args.output, ListOutput::Json);
+        assert_eq!(args.selection.name, vec!["a", "b*"]);
+        assert_eq!(args.selection.tag, vec!["env=prod", "owner"]);
+        assert_eq!(args.azure.auth, AuthMethod::ManagedIdentity);
+        assert_eq!(args.azure.cloud, CloudName::Custom);
+    }
+
+    #[test]
+    fn list_rejects_unknown_auth_and_output() {
+        assert!(Cli::try_parse_from(["azure2kvm", "list", "--auth", "password"]).is_err());
+        assert!(Cli::try_parse_from(["azure2kvm", "list", "--output", "yaml"]).is_err());
+        assert!(Cli::try_parse_from(["azure2kvm", "list", "--cloud", "mars"]).is_err());
     }
 
     #[test]

@@ -3,8 +3,12 @@
 pub mod convert;
 pub mod download;
 pub mod inspect;
+pub mod list;
 
-use crate::cli::{Cli, Command, ImageOutputArgs};
+use crate::azure::cloud::Cloud;
+use crate::azure::credential::CredentialSettings;
+use crate::azure::session::AzureSession;
+use crate::cli::{AzureArgs, Cli, Command, ImageOutputArgs};
 use crate::error::Error;
 use crate::image::sink::ImageFormat;
 use crate::interrupt::Interrupt;
@@ -15,6 +19,7 @@ pub fn run(cli: Cli, interrupt: Interrupt) -> Result<(), Error> {
     match cli.command {
         Command::Inspect(args) => inspect::run(&args),
         Command::Convert(args) => convert::run(&args, &cli.global, &interrupt),
+        Command::List(args) => list::run(&args, &cli.global, &interrupt),
         Command::Download(args) => download::run(&args, &cli.global, &interrupt),
     }
 }
@@ -27,4 +32,19 @@ pub fn output_format(args: &ImageOutputArgs, output: &Path) -> Result<ImageForma
             output.display()
         ))
     })
+}
+
+/// Cloud, transport and credential chain from the Azure flags and the environment; every
+/// problem found here is a usage error (exit 2). Builds no connection.
+pub fn azure_session(args: &AzureArgs) -> Result<AzureSession, Error> {
+    let cloud = Cloud::resolve(
+        args.cloud,
+        args.arm_endpoint.as_deref(),
+        args.authority_host.as_deref(),
+        args.arm_audience.as_deref(),
+    )
+    .map_err(Error::usage)?;
+    let settings =
+        CredentialSettings::from_env(args.client_id.as_deref(), args.tenant_id.as_deref());
+    AzureSession::new(cloud, args.auth, &settings, args.ca_bundle.as_deref()).map_err(Error::usage)
 }

@@ -4,4 +4,6 @@
 
 pub mod log;
 pub mod progress;
+pub mod spinner;
+pub mod table;
 pub mod units;

@@ -1,30 +1,126 @@
-//! Shared test support: real parts (qemu-img, and later Azurite and the fake ARM), never
-//! mocks of them. Each test binary uses a subset.
-//!
-//! For `download`: Azurite (Microsoft's storage emulator), a SharedKey-signing seeder and
-//! SAS maker, a fault-injecting proxy, VHD builders.
+//! Shared test support: real parts and our fakes, never mocks of real parts: qemu-img as
+//! the image oracle; Azurite (Microsoft's storage emulator) with a SharedKey-signing seeder
+//! and SAS maker, a fault-injecting proxy and VHD builders for `download`; the fake ARM
+//! server and a runner for the built binary that points it at the fake (custom cloud, the
+//! fake's CA, managed identity via IDENTITY_ENDPOINT). Each test binary uses a subset.
+
 #![allow(dead_code)]
 
-pub mod image;
-pub mod tools;
-
 pub mod azurite;
+pub mod fake_arm;
 pub mod fault_proxy;
 pub mod http;
+pub mod image;
 pub mod seed;
+pub mod tools;
 pub mod vhd;
 
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
+use std::sync::Arc;
 
-/// The built binary.
+use fake_arm::{FakeArm, IDENTITY_HEADER, SUBSCRIPTION};
+
+/// Variables that would change which credential the binary picks: never inherited.
+const AZURE_ENV: &[&str] = &[
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_AUTHORITY_HOST",
+    "AZURE_SUBSCRIPTION_ID",
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
+    "MSI_ENDPOINT",
+    "MSI_SECRET",
+    "AZURE2KVM_AUTH",
+    "AZURE2KVM_CLOUD",
+    "AZURE2KVM_ARM_ENDPOINT",
+    "AZURE2KVM_CA_BUNDLE",
+    "AZURE2KVM_LOG",
+    "AZURE2KVM_LOG_FORMAT",
+    "AZURE2KVM_IO_TIMEOUT",
+    "AZURE2KVM_CONFIG",
+];
+
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: std::time::Duration,
+}
+
+/// The binary with a clean Azure environment.
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_azure2kvm"));
-    c.env_remove("AZURE2KVM_LOG")
-        .env_remove("AZURE2KVM_LOG_FORMAT")
-        .env_remove("AZURE2KVM_IO_TIMEOUT");
+    for v in AZURE_ENV {
+        c.env_remove(v);
+    }
+    c.env("NO_COLOR", "1");
     c
 }
+
+pub fn run(mut c: Command) -> Run {
+    let started = std::time::Instant::now();
+    let out = c.output().expect("run azure2kvm");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// `azure2kvm list ...` against the fake, authenticated as an App Service managed identity.
+pub fn list_cmd(fake: &FakeArm, args: &[&str]) -> Command {
+    let mut c = bin();
+    c.arg("list")
+        .args(["--cloud", "custom", "--arm-endpoint", &fake.arm_url])
+        .arg("--ca-bundle")
+        .arg(&fake.ca_pem)
+        .args(args)
+        .env("IDENTITY_ENDPOINT", &fake.identity_url)
+        .env("IDENTITY_HEADER", IDENTITY_HEADER);
+    if !args.contains(&"--subscription") {
+        c.args(["--subscription", SUBSCRIPTION]);
+    }
+    c
+}
+
+/// A credential with a fixed token, for in-process clients in tests.
+#[derive(Debug)]
+pub struct StaticToken(pub String);
+
+#[async_trait::async_trait]
+impl azure_core::credentials::TokenCredential for StaticToken {
+    async fn get_token(
+        &self,
+        _: &[&str],
+        _: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        Ok(azure_core::credentials::AccessToken::new(
+            self.0.clone(),
+            azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::hours(1),
+        ))
+    }
+}
+
+/// An in-process ARM client for the fake (its CA trusted, a fixed token).
+pub fn arm_client(fake: &FakeArm) -> azure2kvm::azure::arm::ArmClient {
+    use azure2kvm::azure::cloud::{Cloud, CloudName};
+    let cloud = Cloud::resolve(CloudName::Custom, Some(&fake.arm_url), None, None).unwrap();
+    let transport = azure2kvm::azure::http::transport(Some(&fake.ca_pem)).unwrap();
+    let options = azure2kvm::azure::http::client_options(&transport, &cloud);
+    azure2kvm::azure::arm::ArmClient::new(
+        cloud.arm_endpoint.clone(),
+        Arc::new(StaticToken(fake_arm::ARM_TOKEN.into())),
+        cloud.arm_scope(),
+        options,
+    )
+}
+
+use std::path::Path;
+use std::process::{Child, Output, Stdio};
 
 /// Runs `azure2kvm --no-progress download URL OUT EXTRA...`.
 pub fn download(url: &str, out: &Path, extra: &[&str]) -> Output {

@@ -1,0 +1,453 @@
+//! Serde models for the ARM resources we read — only the fields the tool uses. Unknown
+//! fields are ignored (serde's default) and unknown enum values map to `Other`/`Unknown`
+//! variants, so a new API field or value never breaks discovery. Optional everywhere that
+//! ARM may omit (status-only items have no storage profile, list items no instance view).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One page of a list operation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page<T> {
+    #[serde(default = "Vec::new")]
+    pub value: Vec<T>,
+    #[serde(default)]
+    pub next_link: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMachine {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub location: String,
+    #[serde(default)]
+    pub tags: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub properties: Option<VmProperties>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmProperties {
+    #[serde(default)]
+    pub vm_id: Option<String>,
+    #[serde(default)]
+    pub hardware_profile: Option<HardwareProfile>,
+    #[serde(default)]
+    pub storage_profile: Option<StorageProfile>,
+    #[serde(default)]
+    pub instance_view: Option<InstanceView>,
+    #[serde(default)]
+    pub provisioning_state: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HardwareProfile {
+    #[serde(default)]
+    pub vm_size: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageProfile {
+    #[serde(default)]
+    pub os_disk: Option<OsDisk>,
+    #[serde(default)]
+    pub data_disks: Vec<DataDisk>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum OsType {
+    Windows,
+    Linux,
+    #[serde(other)]
+    Unknown,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OsDisk {
+    #[serde(default)]
+    pub os_type: Option<OsType>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, rename = "diskSizeGB")]
+    pub disk_size_gb: Option<u64>,
+    #[serde(default)]
+    pub managed_disk: Option<ManagedDiskRef>,
+    #[serde(default)]
+    pub vhd: Option<VhdRef>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataDisk {
+    pub lun: u32,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, rename = "diskSizeGB")]
+    pub disk_size_gb: Option<u64>,
+    #[serde(default)]
+    pub managed_disk: Option<ManagedDiskRef>,
+    #[serde(default)]
+    pub vhd: Option<VhdRef>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedDiskRef {
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VhdRef {
+    #[serde(default)]
+    pub uri: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceView {
+    #[serde(default)]
+    pub statuses: Vec<InstanceViewStatus>,
+    #[serde(default, rename = "hyperVGeneration")]
+    pub hyper_v_generation: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceViewStatus {
+    #[serde(default)]
+    pub code: Option<String>,
+}
+
+/// A VM's power state, from the `PowerState/...` status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PowerState {
+    Running,
+    Stopped,
+    Deallocated,
+    Starting,
+    Stopping,
+    Deallocating,
+    Unknown,
+}
+
+impl PowerState {
+    pub const ALL: [PowerState; 7] = [
+        Self::Running,
+        Self::Stopped,
+        Self::Deallocated,
+        Self::Starting,
+        Self::Stopping,
+        Self::Deallocating,
+        Self::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+            Self::Deallocated => "deallocated",
+            Self::Starting => "starting",
+            Self::Stopping => "stopping",
+            Self::Deallocating => "deallocating",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// Parses a user's or ARM's name, case-insensitively.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+    }
+
+    /// From an instance view's statuses: the `PowerState/xxx` entry; unknown codes and a
+    /// missing entry are `Unknown`.
+    pub fn from_statuses(statuses: &[InstanceViewStatus]) -> Self {
+        statuses
+            .iter()
+            .filter_map(|s| s.code.as_deref())
+            .find_map(|c| {
+                let (prefix, state) = c.split_once('/')?;
+                prefix
+                    .eq_ignore_ascii_case("PowerState")
+                    .then(|| Self::parse(state))?
+            })
+            .unwrap_or(Self::Unknown)
+    }
+}
+
+impl std::fmt::Display for PowerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl VirtualMachine {
+    pub fn vm_size(&self) -> Option<&str> {
+        self.properties
+            .as_ref()?
+            .hardware_profile
+            .as_ref()?
+            .vm_size
+            .as_deref()
+    }
+
+    pub fn storage(&self) -> Option<&StorageProfile> {
+        self.properties.as_ref()?.storage_profile.as_ref()
+    }
+
+    pub fn instance_view(&self) -> Option<&InstanceView> {
+        self.properties.as_ref()?.instance_view.as_ref()
+    }
+
+    /// Power state from the instance view, `Unknown` if there is none.
+    pub fn power_state(&self) -> PowerState {
+        self.instance_view()
+            .map(|iv| PowerState::from_statuses(&iv.statuses))
+            .unwrap_or(PowerState::Unknown)
+    }
+
+    pub fn tags(&self) -> BTreeMap<String, String> {
+        self.tags.clone().unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Disk {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub location: String,
+    #[serde(default)]
+    pub managed_by: Option<String>,
+    #[serde(default)]
+    pub properties: Option<DiskProperties>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskProperties {
+    #[serde(default, rename = "diskSizeGB")]
+    pub disk_size_gb: Option<u64>,
+    #[serde(default)]
+    pub disk_size_bytes: Option<u64>,
+    #[serde(default)]
+    pub os_type: Option<OsType>,
+    #[serde(default, rename = "hyperVGeneration")]
+    pub hyper_v_generation: Option<String>,
+    #[serde(default)]
+    pub disk_state: Option<String>,
+    #[serde(default)]
+    pub provisioning_state: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmSize {
+    pub name: String,
+    #[serde(default)]
+    pub number_of_cores: Option<u32>,
+    #[serde(default, rename = "memoryInMB")]
+    pub memory_in_mb: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub location: String,
+    #[serde(default)]
+    pub tags: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub properties: Option<SnapshotProperties>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotProperties {
+    #[serde(default)]
+    pub provisioning_state: Option<String>,
+    #[serde(default, rename = "diskSizeGB")]
+    pub disk_size_gb: Option<u64>,
+    #[serde(default)]
+    pub disk_size_bytes: Option<u64>,
+    #[serde(default)]
+    pub disk_state: Option<String>,
+}
+
+/// Body of a finished grant-access operation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AccessUri {
+    #[serde(rename = "accessSAS")]
+    pub access_sas: String,
+}
+
+/// The resource group named in an ARM resource id (`/subscriptions/s/resourceGroups/RG/...`).
+pub fn resource_group_of(id: &str) -> Option<&str> {
+    let mut parts = id.split('/').filter(|p| !p.is_empty());
+    while let Some(p) = parts.next() {
+        if p.eq_ignore_ascii_case("resourceGroups") {
+            return parts.next();
+        }
+    }
+    None
+}
+
+/// The last segment of a resource id: the resource's name.
+pub fn name_of(id: &str) -> &str {
+    id.trim_end_matches('/').rsplit('/').next().unwrap_or(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        let path = format!("{}/fixtures/arm/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn full_vm_page_parses_managed_unmanaged_and_unknown_fields() {
+        let page: Page<VirtualMachine> = serde_json::from_str(&fixture("vms_page.json")).unwrap();
+        assert_eq!(page.value.len(), 3);
+        assert!(page.next_link.as_deref().unwrap().contains("%24skiptoken="));
+        let linux = &page.value[0];
+        assert_eq!(linux.name, "web-01");
+        assert_eq!(linux.vm_size(), Some("Standard_D2s_v5"));
+        let st = linux.storage().unwrap();
+        let os = st.os_disk.as_ref().unwrap();
+        assert_eq!(os.os_type, Some(OsType::Linux));
+        assert!(
+            os.managed_disk
+                .as_ref()
+                .unwrap()
+                .id
+                .as_deref()
+                .unwrap()
+                .contains("/disks/web-01_OsDisk")
+        );
+        assert_eq!(st.data_disks.len(), 2);
+        assert_eq!(st.data_disks[1].lun, 1);
+        assert_eq!(linux.tags().get("env").map(String::as_str), Some("prod"));
+        // List items carry no instance view.
+        assert_eq!(linux.power_state(), PowerState::Unknown);
+
+        let win = &page.value[1];
+        assert_eq!(
+            win.storage().unwrap().os_disk.as_ref().unwrap().os_type,
+            Some(OsType::Windows)
+        );
+
+        let classic = &page.value[2];
+        let os = classic.storage().unwrap().os_disk.as_ref().unwrap();
+        assert!(os.managed_disk.is_none());
+        assert!(
+            os.vhd
+                .as_ref()
+                .unwrap()
+                .uri
+                .as_deref()
+                .unwrap()
+                .ends_with(".vhd")
+        );
+        // An OS type this tool has never heard of.
+        assert_eq!(os.os_type, Some(OsType::Unknown));
+    }
+
+    #[test]
+    fn status_only_page_has_power_states() {
+        let page: Page<VirtualMachine> =
+            serde_json::from_str(&fixture("vms_status_page.json")).unwrap();
+        let states: Vec<PowerState> = page.value.iter().map(VirtualMachine::power_state).collect();
+        assert_eq!(
+            states,
+            vec![
+                PowerState::Running,
+                PowerState::Deallocated,
+                PowerState::Unknown
+            ]
+        );
+        assert!(page.value[0].storage().is_none());
+        assert!(page.next_link.is_none());
+    }
+
+    #[test]
+    fn vm_with_instance_view_has_generation() {
+        let vm: VirtualMachine = serde_json::from_str(&fixture("vm_instance_view.json")).unwrap();
+        assert_eq!(vm.power_state(), PowerState::Stopped);
+        assert_eq!(
+            vm.instance_view().unwrap().hyper_v_generation.as_deref(),
+            Some("V2")
+        );
+    }
+
+    #[test]
+    fn disks_and_sizes_parse() {
+        let page: Page<Disk> = serde_json::from_str(&fixture("disks_page.json")).unwrap();
+        assert_eq!(page.value.len(), 3);
+        let p = page.value[0].properties.as_ref().unwrap();
+        assert_eq!(p.disk_size_gb, Some(30));
+        assert_eq!(p.hyper_v_generation.as_deref(), Some("V1"));
+        assert_eq!(
+            page.value[2]
+                .properties
+                .as_ref()
+                .unwrap()
+                .hyper_v_generation
+                .as_deref(),
+            Some("V2")
+        );
+        let sizes: Page<VmSize> = serde_json::from_str(&fixture("vm_sizes.json")).unwrap();
+        let d2 = sizes
+            .value
+            .iter()
+            .find(|s| s.name == "Standard_D2s_v5")
+            .unwrap();
+        assert_eq!((d2.number_of_cores, d2.memory_in_mb), (Some(2), Some(8192)));
+    }
+
+    #[test]
+    fn power_state_parsing() {
+        let st = |c: &str| InstanceViewStatus {
+            code: Some(c.into()),
+        };
+        assert_eq!(
+            PowerState::from_statuses(&[
+                st("ProvisioningState/succeeded"),
+                st("PowerState/deallocating")
+            ]),
+            PowerState::Deallocating
+        );
+        assert_eq!(
+            PowerState::from_statuses(&[st("PowerState/hibernated")]),
+            PowerState::Unknown
+        );
+        assert_eq!(PowerState::from_statuses(&[]), PowerState::Unknown);
+        assert_eq!(PowerState::parse("RUNNING"), Some(PowerState::Running));
+        assert_eq!(PowerState::parse("paused"), None);
+    }
+
+    #[test]
+    fn resource_ids() {
+        let id = "/subscriptions/s/resourceGroups/RG-One/providers/Microsoft.Compute/disks/d1";
+        assert_eq!(resource_group_of(id), Some("RG-One"));
+        assert_eq!(name_of(id), "d1");
+        assert_eq!(resource_group_of("/subscriptions/s"), None);
+    }
+}

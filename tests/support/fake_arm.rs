@@ -1,0 +1,1520 @@
+//! A fake Azure Resource Manager for tests and demos: HTTPS on 127.0.0.1 with a CA and a
+//! server certificate made at start (the SDK's bearer-token policy refuses plain http), and
+//! an App Service-style managed-identity token endpoint on plain http (as on App Service).
+//!
+//! It behaves like ARM where the client depends on it: `nextLink` paging with skip tokens
+//! containing `+ / =`, status-only pages whose ids differ in case, long-running operations
+//! that stay InProgress for a few polls (Azure-AsyncOperation and/or Location, with
+//! Retry-After), ARM error bodies with `x-ms-request-id`, 429 with Retry-After on demand,
+//! per-request latency, and a request count per route. State (VMs, disks, sizes, snapshots,
+//! grants) is in memory, seeded by the test, so export tests can assert that no snapshot and
+//! no granted access is left. `serve` runs it on given listeners, so a script can start it
+//! as a standalone process later.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+pub const SUBSCRIPTION: &str = "00000000-0000-0000-0000-0000000000aa";
+pub const VM_API: &str = "2024-07-01";
+pub const DISK_API: &str = "2024-03-02";
+pub const IDENTITY_HEADER: &str = "fake-identity-header-value-7d1c";
+pub const ARM_TOKEN: &str = "fake-arm-access-token-3b9f";
+/// The signature in every SAS the fake grants: tests assert it never reaches a log.
+pub const SAS_SIGNATURE: &str = "FAKEsig%2Bsecret%3D";
+
+/// One disk attached to a fake VM.
+#[derive(Debug, Clone)]
+pub struct FakeVmDisk {
+    /// None for the OS disk.
+    pub lun: Option<u32>,
+    pub name: String,
+    pub resource_group: String,
+    pub size_gb: u64,
+    /// Some for an unmanaged (page blob) disk.
+    pub vhd_uri: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FakeVm {
+    pub name: String,
+    pub resource_group: String,
+    pub location: String,
+    pub vm_size: String,
+    pub os_type: String,
+    pub hyperv_generation: String,
+    /// running, stopped, deallocated...; None: missing from the status pages.
+    pub power_state: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub disks: Vec<FakeVmDisk>,
+}
+
+impl FakeVm {
+    pub fn linux(name: &str, resource_group: &str) -> Self {
+        Self {
+            name: name.into(),
+            resource_group: resource_group.into(),
+            location: "westeurope".into(),
+            vm_size: "Standard_D2s_v5".into(),
+            os_type: "Linux".into(),
+            hyperv_generation: "V1".into(),
+            power_state: Some("running".into()),
+            tags: BTreeMap::new(),
+            disks: vec![FakeVmDisk {
+                lun: None,
+                name: format!("{name}-os"),
+                resource_group: resource_group.into(),
+                size_gb: 30,
+                vhd_uri: None,
+            }],
+        }
+    }
+
+    pub fn windows_gen2(name: &str, resource_group: &str) -> Self {
+        let mut vm = Self::linux(name, resource_group);
+        vm.os_type = "Windows".into();
+        vm.hyperv_generation = "V2".into();
+        vm.vm_size = "Standard_E4s_v5".into();
+        vm.disks[0].size_gb = 127;
+        vm
+    }
+
+    pub fn power(mut self, state: Option<&str>) -> Self {
+        self.power_state = state.map(str::to_string);
+        self
+    }
+
+    pub fn tag(mut self, k: &str, v: &str) -> Self {
+        self.tags.insert(k.into(), v.into());
+        self
+    }
+
+    pub fn location(mut self, l: &str) -> Self {
+        self.location = l.into();
+        self
+    }
+
+    pub fn data_disk(mut self, lun: u32, size_gb: u64) -> Self {
+        let rg = self.resource_group.clone();
+        self.disks.push(FakeVmDisk {
+            lun: Some(lun),
+            name: format!("{}-data{lun}", self.name),
+            resource_group: rg,
+            size_gb,
+            vhd_uri: None,
+        });
+        self
+    }
+
+    /// Makes every disk an unmanaged page blob in a storage account.
+    pub fn unmanaged(mut self) -> Self {
+        for d in &mut self.disks {
+            d.vhd_uri = Some(format!(
+                "https://oldstorage.blob.core.windows.net/vhds/{}.vhd",
+                d.name
+            ));
+        }
+        self
+    }
+
+    pub fn id(&self, sub: &str) -> String {
+        format!(
+            "/subscriptions/{sub}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachines/{}",
+            self.resource_group, self.name
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FakeDisk {
+    pub name: String,
+    pub resource_group: String,
+    pub location: String,
+    pub size_gb: u64,
+    pub os_type: Option<String>,
+    pub hyperv_generation: Option<String>,
+    /// Lower-case id of the VM it is attached to.
+    pub managed_by: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FakeSnapshot {
+    pub name: String,
+    pub resource_group: String,
+    pub location: String,
+    pub source_id: String,
+    pub size_gb: u64,
+    pub tags: Value,
+    pub succeeded: bool,
+}
+
+/// Which polling headers an LRO gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LroHeaders {
+    AsyncOperation,
+    Location,
+    Both,
+}
+
+#[derive(Debug, Clone)]
+pub struct FakeConfig {
+    pub page_size: usize,
+    pub latency: Duration,
+    /// Every Nth ARM request is answered 429 (the retry is a new request).
+    pub throttle_every: Option<u64>,
+    /// The next N ARM requests are answered 429.
+    pub throttle_next: u32,
+    /// Retry-After seconds on a 429.
+    pub throttle_retry_after: u64,
+    /// Polls an LRO answers InProgress (202) before it completes.
+    pub lro_polls: u32,
+    pub lro_headers: LroHeaders,
+    /// Retry-After seconds on LRO responses.
+    pub lro_retry_after: u64,
+    /// The next LRO fails with this (code, message).
+    pub lro_fail: Option<(String, String)>,
+    /// The next ARM request fails with (status, code, message).
+    pub fail_next: Option<(u16, String, String)>,
+    pub identity_header: String,
+    pub token: String,
+    /// User-assigned identity client id the token endpoint accepts (None: any).
+    pub identity_client_id: Option<String>,
+}
+
+impl Default for FakeConfig {
+    fn default() -> Self {
+        Self {
+            page_size: 50,
+            latency: Duration::ZERO,
+            throttle_every: None,
+            throttle_next: 0,
+            throttle_retry_after: 1,
+            lro_polls: 2,
+            lro_headers: LroHeaders::Both,
+            lro_retry_after: 0,
+            lro_fail: None,
+            fail_next: None,
+            identity_header: IDENTITY_HEADER.into(),
+            token: ARM_TOKEN.into(),
+            identity_client_id: None,
+        }
+    }
+}
+
+enum Effect {
+    SnapshotReady(String),
+    SnapshotDeleted(String),
+    Granted(String),
+    Revoked(String),
+    Power(String, &'static str),
+}
+
+struct Operation {
+    polls_left: u32,
+    effect: Option<Effect>,
+    result: Option<Value>,
+    failure: Option<(String, String)>,
+    done: bool,
+}
+
+/// Everything the fake knows; tests read and change it through [`FakeArm::with_state`].
+pub struct ArmState {
+    pub subscription: String,
+    pub config: FakeConfig,
+    pub vms: Vec<FakeVm>,
+    pub disks: Vec<FakeDisk>,
+    /// Sizes per lower-case location: (name, cores, memory MiB).
+    pub sizes: BTreeMap<String, Vec<(String, u32, u64)>>,
+    /// By lower-case id.
+    pub snapshots: BTreeMap<String, FakeSnapshot>,
+    /// Lower-case ids of disks and snapshots with an active SAS.
+    pub grants: BTreeSet<String>,
+    /// Requests per route (see `route` names), plus "throttled".
+    pub counts: BTreeMap<String, u64>,
+    operations: HashMap<u64, Operation>,
+    next_operation: u64,
+    arm_requests: u64,
+}
+
+impl std::fmt::Debug for ArmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArmState")
+            .field("vms", &self.vms.len())
+            .field("disks", &self.disks.len())
+            .field("snapshots", &self.snapshots.len())
+            .field("grants", &self.grants)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an export run must not leave behind.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    pub snapshots: Vec<String>,
+    pub grants: Vec<String>,
+}
+
+impl ArmState {
+    pub fn new() -> Self {
+        let mut sizes = BTreeMap::new();
+        let table = vec![
+            ("Standard_B2ms".to_string(), 2, 8192),
+            ("Standard_D2s_v5".to_string(), 2, 8192),
+            ("Standard_D4s_v5".to_string(), 4, 16384),
+            ("Standard_E4s_v5".to_string(), 4, 32768),
+        ];
+        for loc in ["westeurope", "northeurope", "eastus"] {
+            sizes.insert(loc.to_string(), table.clone());
+        }
+        Self {
+            subscription: SUBSCRIPTION.into(),
+            config: FakeConfig::default(),
+            vms: Vec::new(),
+            disks: Vec::new(),
+            sizes,
+            snapshots: BTreeMap::new(),
+            grants: BTreeSet::new(),
+            counts: BTreeMap::new(),
+            operations: HashMap::new(),
+            next_operation: 1,
+            arm_requests: 0,
+        }
+    }
+
+    /// Adds a VM and a disk resource for each of its managed disks.
+    pub fn add_vm(&mut self, vm: FakeVm) {
+        let vm_id = vm.id(&self.subscription).to_ascii_lowercase();
+        for d in &vm.disks {
+            if d.vhd_uri.is_some() {
+                continue;
+            }
+            let os = d.lun.is_none();
+            self.disks.push(FakeDisk {
+                name: d.name.clone(),
+                resource_group: d.resource_group.clone(),
+                location: vm.location.clone(),
+                size_gb: d.size_gb,
+                os_type: os.then(|| vm.os_type.clone()),
+                hyperv_generation: os.then(|| vm.hyperv_generation.clone()),
+                managed_by: Some(vm_id.clone()),
+            });
+        }
+        self.vms.push(vm);
+    }
+
+    pub fn leftovers(&self) -> Leftovers {
+        Leftovers {
+            snapshots: self.snapshots.values().map(|s| s.name.clone()).collect(),
+            grants: self.grants.iter().cloned().collect(),
+        }
+    }
+
+    pub fn count(&self, route: &str) -> u64 {
+        self.counts.get(route).copied().unwrap_or(0)
+    }
+
+    /// ARM requests, excluding the token endpoint and throttled answers.
+    pub fn arm_total(&self) -> u64 {
+        self.counts
+            .iter()
+            .filter(|(k, _)| *k != "token" && *k != "throttled")
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    fn disk_id(&self, rg: &str, name: &str) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.Compute/disks/{name}",
+            self.subscription
+        )
+    }
+}
+
+impl Default for ArmState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// ---------------------------------------------------------------- HTTP plumbing
+
+#[derive(Debug)]
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl HttpRequest {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    /// Query parameters: keys decoded, values percent-decoded only ('+' stays '+').
+    fn params(&self) -> Vec<(String, String)> {
+        self.query
+            .split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (percent_decode(k), percent_decode(v))
+            })
+            .collect()
+    }
+
+    fn param(&self, name: &str) -> Option<String> {
+        self.params()
+            .into_iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+}
+
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    fn json(status: u16, v: Value) -> Self {
+        Self {
+            status,
+            headers: vec![(
+                "content-type".into(),
+                "application/json; charset=utf-8".into(),
+            )],
+            body: serde_json::to_vec(&v).unwrap(),
+        }
+    }
+
+    fn empty(status: u16) -> Self {
+        Self {
+            status,
+            headers: vec![],
+            body: vec![],
+        }
+    }
+
+    fn header(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+}
+
+fn arm_error(status: u16, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::json(
+        status,
+        json!({"error": {"code": code, "message": message, "target": null, "details": []}}),
+    )
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        if b[i] == b'%'
+            && let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        429 => "Too Many Requests",
+        _ => "Status",
+    }
+}
+
+async fn read_request<R: AsyncRead + Unpin>(
+    r: &mut BufReader<R>,
+) -> std::io::Result<Option<HttpRequest>> {
+    let mut line = String::new();
+    if r.read_line(&mut line).await? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let target = parts.next().unwrap_or("/").to_string();
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).await? == 0 {
+            return Ok(None);
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).await?;
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), q.to_string()),
+        None => (target, String::new()),
+    };
+    Ok(Some(HttpRequest {
+        method,
+        path,
+        query,
+        headers,
+        body,
+    }))
+}
+
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    shared: Arc<Mutex<ArmState>>,
+    https: bool,
+) {
+    let mut reader = BufReader::new(stream);
+    loop {
+        let req = match read_request(&mut reader).await {
+            Ok(Some(r)) => r,
+            _ => return,
+        };
+        let resp = handle(&shared, &req, https).await;
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-length: {}\r\n",
+            resp.status,
+            reason(resp.status),
+            resp.body.len()
+        );
+        for (k, v) in &resp.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let w = reader.get_mut();
+        if w.write_all(head.as_bytes()).await.is_err()
+            || w.write_all(&resp.body).await.is_err()
+            || w.flush().await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// TLS material made at start: the CA's PEM (for `--ca-bundle`) and the server config.
+pub struct Tls {
+    pub ca_pem: String,
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+pub fn make_tls() -> Tls {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "azure2kvm fake ARM test CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut leaf =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    leaf.use_authority_key_identifier_extension = true;
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf_cert.der().clone(), ca_cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Tls {
+        ca_pem: ca_cert.pem(),
+        config: Arc::new(config),
+    }
+}
+
+/// Serves ARM over TLS on `arm` and the token endpoint over plain http on `identity`
+/// until the runtime stops.
+pub async fn serve(
+    state: Arc<Mutex<ArmState>>,
+    arm: TcpListener,
+    identity: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let st = state.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = identity.accept().await {
+            tokio::spawn(serve_connection(sock, st.clone(), false));
+        }
+    });
+    while let Ok((sock, _)) = arm.accept().await {
+        let acceptor = acceptor.clone();
+        let st = state.clone();
+        tokio::spawn(async move {
+            if let Ok(tls) = acceptor.accept(sock).await {
+                serve_connection(tls, st, true).await;
+            }
+        });
+    }
+}
+
+/// A running fake on free loopback ports; stopped when dropped.
+pub struct FakeArm {
+    pub state: Arc<Mutex<ArmState>>,
+    /// `https://127.0.0.1:PORT`
+    pub arm_url: String,
+    /// `http://127.0.0.1:PORT/msi/token` (IDENTITY_ENDPOINT)
+    pub identity_url: String,
+    /// The CA certificate, for `--ca-bundle`.
+    pub ca_pem: PathBuf,
+    runtime: Option<tokio::runtime::Runtime>,
+    _dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for FakeArm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeArm")
+            .field("arm_url", &self.arm_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FakeArm {
+    pub fn start(state: ArmState) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let tls = make_tls();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_pem = dir.path().join("fake-arm-ca.pem");
+        std::fs::write(&ca_pem, &tls.ca_pem).unwrap();
+        let (arm, identity) = runtime.block_on(async {
+            (
+                TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            )
+        });
+        let arm_addr: SocketAddr = arm.local_addr().unwrap();
+        let id_addr: SocketAddr = identity.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(state));
+        runtime.spawn(serve(state.clone(), arm, identity, tls.config));
+        Self {
+            state,
+            arm_url: format!("https://{arm_addr}"),
+            identity_url: format!("http://{id_addr}/msi/token"),
+            ca_pem,
+            runtime: Some(runtime),
+            _dir: dir,
+        }
+    }
+
+    pub fn with_state<R>(&self, f: impl FnOnce(&mut ArmState) -> R) -> R {
+        f(&mut lock(&self.state))
+    }
+
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        self.with_state(|s| s.counts.clone())
+    }
+
+    pub fn reset_counts(&self) {
+        self.with_state(|s| s.counts.clear());
+    }
+}
+
+impl Drop for FakeArm {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- behaviour
+
+/// A panic in one handler must not poison every later request (and hang the client in
+/// retries): keep going with the state as it is.
+fn lock(state: &Mutex<ArmState>) -> std::sync::MutexGuard<'_, ArmState> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn bump(s: &mut ArmState, route: &str) {
+    *s.counts.entry(route.to_string()).or_default() += 1;
+}
+
+async fn handle(shared: &Arc<Mutex<ArmState>>, req: &HttpRequest, https: bool) -> HttpResponse {
+    if !https {
+        return token_endpoint(shared, req);
+    }
+    let latency = lock(shared).config.latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let mut s = lock(shared);
+    s.arm_requests += 1;
+    let request_id = format!("fake-req-{}", s.arm_requests);
+    let throttled = if s.config.throttle_next > 0 {
+        s.config.throttle_next -= 1;
+        true
+    } else {
+        s.config
+            .throttle_every
+            .is_some_and(|n| n > 0 && s.arm_requests.is_multiple_of(n))
+    };
+    if throttled {
+        bump(&mut s, "throttled");
+        let after = s.config.throttle_retry_after;
+        return arm_error(429, "TooManyRequests", "The request is being throttled.")
+            .header("retry-after", after.to_string())
+            .header("x-ms-request-id", request_id);
+    }
+    let authorized = req.header("authorization") == Some(&format!("Bearer {}", s.config.token));
+    let resp = if !authorized {
+        bump(&mut s, "unauthorized");
+        arm_error(
+            401,
+            "InvalidAuthenticationToken",
+            "The access token is invalid.",
+        )
+    } else if let Some((status, code, message)) = s.config.fail_next.take() {
+        bump(&mut s, "injected_error");
+        arm_error(status, &code, &message)
+    } else {
+        let host = req.header("host").unwrap_or("127.0.0.1").to_string();
+        route(&mut s, req, &format!("https://{host}"))
+    };
+    resp.header("x-ms-request-id", request_id)
+}
+
+fn token_endpoint(shared: &Arc<Mutex<ArmState>>, req: &HttpRequest) -> HttpResponse {
+    let mut s = lock(shared);
+    bump(&mut s, "token");
+    if req.path != "/msi/token" {
+        return HttpResponse::json(404, json!({"error": "not found"}));
+    }
+    match req.header("x-identity-header") {
+        None => {
+            return HttpResponse::json(
+                400,
+                json!({"statusCode": 400, "message": "Missing X-IDENTITY-HEADER"}),
+            );
+        }
+        Some(h) if h != s.config.identity_header => {
+            return HttpResponse::json(
+                401,
+                json!({"statusCode": 401, "message": "Unauthorized: X-IDENTITY-HEADER does not match"}),
+            );
+        }
+        Some(_) => {}
+    }
+    let Some(resource) = req.param("resource") else {
+        return HttpResponse::json(
+            400,
+            json!({"statusCode": 400, "message": "resource is required"}),
+        );
+    };
+    if let (Some(want), Some(got)) = (&s.config.identity_client_id, req.param("client_id"))
+        && *want != got
+    {
+        return HttpResponse::json(
+            400,
+            json!({"statusCode": 400, "message": "Identity not found"}),
+        );
+    }
+    let expires = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    HttpResponse::json(
+        200,
+        json!({
+            "access_token": s.config.token,
+            "expires_on": expires.to_string(),
+            "resource": resource,
+            "token_type": "Bearer",
+            "client_id": "fake-client-id"
+        }),
+    )
+}
+
+fn route(s: &mut ArmState, req: &HttpRequest, base: &str) -> HttpResponse {
+    let segs: Vec<String> = req
+        .path
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(percent_decode)
+        .collect();
+    let low: Vec<String> = segs.iter().map(|p| p.to_ascii_lowercase()).collect();
+    let low: Vec<&str> = low.iter().map(String::as_str).collect();
+    let m = req.method.as_str();
+    if let ["fakeops", id] = low.as_slice() {
+        bump(s, "operation_poll");
+        return poll_operation(s, id, req.param("mode").as_deref() == Some("location"));
+    }
+    if low.len() < 2 || low[0] != "subscriptions" {
+        return arm_error(404, "NotFound", "no such route");
+    }
+    if !segs[1].eq_ignore_ascii_case(&s.subscription) {
+        return arm_error(
+            404,
+            "SubscriptionNotFound",
+            &format!("The subscription '{}' could not be found.", segs[1]),
+        );
+    }
+    let api = req.param("api-version");
+    let need = |want: &str| -> Option<HttpResponse> {
+        match api.as_deref() {
+            None => Some(arm_error(
+                400,
+                "MissingApiVersionParameter",
+                "The api-version query parameter (?api-version=) is required for all requests.",
+            )),
+            Some(v) if v != want => Some(arm_error(
+                400,
+                "InvalidApiVersionParameter",
+                &format!("The api-version '{v}' is invalid here; the fake expects '{want}'."),
+            )),
+            _ => None,
+        }
+    };
+    match (m, &low[2..]) {
+        ("GET", ["providers", "microsoft.compute", "virtualmachines"]) => {
+            if let Some(e) = need(VM_API) {
+                return e;
+            }
+            list_vms(s, req, base, None)
+        }
+        (
+            "GET",
+            [
+                "providers",
+                "microsoft.compute",
+                "locations",
+                loc,
+                "vmsizes",
+            ],
+        ) => {
+            if let Some(e) = need(VM_API) {
+                return e;
+            }
+            bump(s, "list_sizes");
+            let sizes = s.sizes.get(*loc).cloned().unwrap_or_default();
+            let value: Vec<Value> = sizes
+                .iter()
+                .map(|(n, c, mem)| json!({"name": n, "numberOfCores": c, "memoryInMB": mem, "osDiskSizeInMB": 1047552, "resourceDiskSizeInMB": 0, "maxDataDiskCount": 8}))
+                .collect();
+            HttpResponse::json(200, json!({"value": value}))
+        }
+        (
+            _,
+            [
+                "resourcegroups",
+                _,
+                "providers",
+                "microsoft.compute",
+                kind,
+                rest @ ..,
+            ],
+        ) => {
+            let rg = segs[3].clone();
+            let rest_orig: Vec<String> = segs.get(7..).map(<[String]>::to_vec).unwrap_or_default();
+            match *kind {
+                "virtualmachines" => {
+                    if let Some(e) = need(VM_API) {
+                        return e;
+                    }
+                    vm_routes(s, req, base, &rg, rest, &rest_orig)
+                }
+                "disks" | "snapshots" => {
+                    if let Some(e) = need(DISK_API) {
+                        return e;
+                    }
+                    if *kind == "disks" {
+                        disk_routes(s, req, base, &rg, rest, &rest_orig)
+                    } else {
+                        snapshot_routes(s, req, base, &rg, rest, &rest_orig)
+                    }
+                }
+                _ => arm_error(404, "NotFound", "no such resource type"),
+            }
+        }
+        _ => arm_error(404, "NotFound", "no such route"),
+    }
+}
+
+/// Pages `items`: the skip token is `c2tpcA+/<offset>=` (it must come back intact).
+fn page(req: &HttpRequest, base: &str, items: Vec<Value>, page_size: usize) -> HttpResponse {
+    let offset = match req.param("$skiptoken") {
+        None => 0,
+        Some(tok) => match tok
+            .strip_prefix("c2tpcA+/")
+            .and_then(|t| t.strip_suffix('='))
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(n) => n,
+            None => {
+                return arm_error(
+                    400,
+                    "InvalidSkipToken",
+                    &format!("The skip token '{tok}' is invalid (was it re-encoded?)."),
+                );
+            }
+        },
+    };
+    let end = (offset + page_size.max(1)).min(items.len());
+    let value: Vec<Value> = items
+        .get(offset..end)
+        .map(<[Value]>::to_vec)
+        .unwrap_or_default();
+    let mut body = json!({"value": value});
+    if end < items.len() {
+        let keep: Vec<String> = req
+            .query
+            .split('&')
+            .filter(|kv| {
+                let k = percent_decode(kv.split('=').next().unwrap_or(""));
+                !k.eq_ignore_ascii_case("$skiptoken")
+            })
+            .map(str::to_string)
+            .collect();
+        body["nextLink"] = json!(format!(
+            "{base}{}?{}&%24skiptoken=c2tpcA+/{end}=",
+            req.path,
+            keep.join("&")
+        ));
+    }
+    HttpResponse::json(200, body)
+}
+
+fn vm_json(s: &ArmState, vm: &FakeVm, instance_view: bool) -> Value {
+    let sub = &s.subscription;
+    let disk_json = |d: &FakeVmDisk| {
+        let mut v = json!({"name": d.name, "createOption": "Attach", "caching": "ReadWrite", "diskSizeGB": d.size_gb, "deleteOption": "Detach"});
+        match &d.vhd_uri {
+            Some(uri) => v["vhd"] = json!({"uri": uri}),
+            None => {
+                v["managedDisk"] = json!({"storageAccountType": "Premium_LRS", "id": s.disk_id(&d.resource_group, &d.name)})
+            }
+        }
+        v
+    };
+    let os = vm.disks.iter().find(|d| d.lun.is_none()).map(|d| {
+        let mut v = disk_json(d);
+        v["osType"] = json!(vm.os_type);
+        v
+    });
+    let data: Vec<Value> = vm
+        .disks
+        .iter()
+        .filter(|d| d.lun.is_some())
+        .map(|d| {
+            let mut v = disk_json(d);
+            v["lun"] = json!(d.lun);
+            v
+        })
+        .collect();
+    let mut v = json!({
+        "name": vm.name,
+        "id": vm.id(sub),
+        "type": "Microsoft.Compute/virtualMachines",
+        "location": vm.location,
+        "tags": vm.tags,
+        "properties": {
+            "vmId": format!("00000000-0000-4000-8000-{:012x}", vm.name.len()),
+            "hardwareProfile": {"vmSize": vm.vm_size},
+            "storageProfile": {"osDisk": os, "dataDisks": data, "diskControllerType": "SCSI"},
+            "osProfile": {"computerName": vm.name, "adminUsername": "azureuser"},
+            "provisioningState": "Succeeded",
+            "aFieldFromTheFuture": {"x": [1, 2]}
+        }
+    });
+    if instance_view {
+        v["properties"]["instanceView"] = instance_view_json(vm, true);
+    }
+    v
+}
+
+fn instance_view_json(vm: &FakeVm, with_generation: bool) -> Value {
+    let mut statuses = vec![
+        json!({"code": "ProvisioningState/succeeded", "level": "Info", "displayStatus": "Provisioning succeeded"}),
+    ];
+    if let Some(p) = &vm.power_state {
+        statuses.push(json!({"code": format!("PowerState/{p}"), "level": "Info", "displayStatus": format!("VM {p}")}));
+    }
+    let mut v = json!({"statuses": statuses});
+    if with_generation {
+        v["hyperVGeneration"] = json!(vm.hyperv_generation);
+    }
+    v
+}
+
+fn list_vms(s: &mut ArmState, req: &HttpRequest, base: &str, rg: Option<&str>) -> HttpResponse {
+    let status_only = req
+        .param("statusOnly")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    bump(
+        s,
+        if status_only {
+            "list_vm_status"
+        } else {
+            "list_vms"
+        },
+    );
+    let in_scope = |vm: &&FakeVm| rg.is_none_or(|r| vm.resource_group.eq_ignore_ascii_case(r));
+    let items: Vec<Value> = if status_only {
+        // Reverse order and upper-case resource groups: merging must go by id, not position.
+        s.vms
+            .iter()
+            .rev()
+            .filter(in_scope)
+            .filter(|vm| vm.power_state.is_some())
+            .map(|vm| {
+                let id = format!(
+                    "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachines/{}",
+                    s.subscription,
+                    vm.resource_group.to_uppercase(),
+                    vm.name
+                );
+                json!({"name": vm.name, "id": id, "location": vm.location,
+                       "properties": {"hardwareProfile": {}, "provisioningState": "Succeeded", "instanceView": instance_view_json(vm, false)}})
+            })
+            .collect()
+    } else {
+        s.vms
+            .iter()
+            .filter(in_scope)
+            .map(|vm| vm_json(s, vm, false))
+            .collect()
+    };
+    page(req, base, items, s.config.page_size)
+}
+
+fn find_vm(s: &ArmState, rg: &str, name: &str) -> Option<usize> {
+    s.vms.iter().position(|v| {
+        v.resource_group.eq_ignore_ascii_case(rg) && v.name.eq_ignore_ascii_case(name)
+    })
+}
+
+fn not_found(kind: &str, rg: &str, name: &str) -> HttpResponse {
+    arm_error(
+        404,
+        "ResourceNotFound",
+        &format!(
+            "The Resource 'Microsoft.Compute/{kind}/{name}' under resource group '{rg}' was not found."
+        ),
+    )
+}
+
+fn vm_routes(
+    s: &mut ArmState,
+    req: &HttpRequest,
+    base: &str,
+    rg: &str,
+    rest: &[&str],
+    orig: &[String],
+) -> HttpResponse {
+    match (req.method.as_str(), rest) {
+        ("GET", []) => list_vms(s, req, base, Some(rg)),
+        ("GET", [_]) => {
+            bump(s, "get_vm");
+            match find_vm(s, rg, &orig[0]) {
+                Some(i) => {
+                    let iv = req
+                        .param("$expand")
+                        .is_some_and(|e| e.eq_ignore_ascii_case("instanceView"));
+                    HttpResponse::json(200, vm_json(s, &s.vms[i].clone(), iv))
+                }
+                None => not_found("virtualMachines", rg, &orig[0]),
+            }
+        }
+        ("POST", [_, action @ ("poweroff" | "deallocate")]) => {
+            bump(
+                s,
+                if *action == "poweroff" {
+                    "power_off"
+                } else {
+                    "deallocate"
+                },
+            );
+            let Some(i) = find_vm(s, rg, &orig[0]) else {
+                return not_found("virtualMachines", rg, &orig[0]);
+            };
+            let id = s.vms[i].id(&s.subscription).to_ascii_lowercase();
+            let state = if *action == "poweroff" {
+                "stopped"
+            } else {
+                "deallocated"
+            };
+            start_operation(s, base, 202, None, Some(Effect::Power(id, state)), None)
+        }
+        _ => arm_error(405, "MethodNotAllowed", "not supported by the fake"),
+    }
+}
+
+fn disk_json(s: &ArmState, d: &FakeDisk) -> Value {
+    let attached = d.managed_by.as_ref().and_then(|id| {
+        s.vms
+            .iter()
+            .find(|v| v.id(&s.subscription).eq_ignore_ascii_case(id))
+    });
+    let state = match attached {
+        None => "Unattached",
+        Some(vm) if matches!(vm.power_state.as_deref(), Some("deallocated")) => "Reserved",
+        Some(_) => "Attached",
+    };
+    let state = if s
+        .grants
+        .contains(&s.disk_id(&d.resource_group, &d.name).to_ascii_lowercase())
+    {
+        "ActiveSAS"
+    } else {
+        state
+    };
+    let mut props = json!({"diskSizeGB": d.size_gb, "diskSizeBytes": d.size_gb << 30, "diskState": state,
+                           "provisioningState": "Succeeded", "creationData": {"createOption": "Empty"}});
+    if let Some(os) = &d.os_type {
+        props["osType"] = json!(os);
+    }
+    if let Some(g) = &d.hyperv_generation {
+        props["hyperVGeneration"] = json!(g);
+    }
+    let mut v = json!({"name": d.name, "id": s.disk_id(&d.resource_group, &d.name), "type": "Microsoft.Compute/disks",
+                       "location": d.location, "sku": {"name": "Premium_LRS"}, "properties": props});
+    if let Some(vm) = attached {
+        v["managedBy"] = json!(vm.id(&s.subscription));
+    }
+    v
+}
+
+fn find_disk(s: &ArmState, rg: &str, name: &str) -> Option<usize> {
+    s.disks.iter().position(|d| {
+        d.resource_group.eq_ignore_ascii_case(rg) && d.name.eq_ignore_ascii_case(name)
+    })
+}
+
+fn sas_for(base: &str, name: &str) -> String {
+    let host = base.trim_start_matches("https://");
+    format!("https://{host}/fakeblob/{name}/abcd?sv=2018-03-28&sr=b&si=x&sig={SAS_SIGNATURE}")
+}
+
+fn disk_routes(
+    s: &mut ArmState,
+    req: &HttpRequest,
+    base: &str,
+    rg: &str,
+    rest: &[&str],
+    orig: &[String],
+) -> HttpResponse {
+    match (req.method.as_str(), rest) {
+        ("GET", []) => {
+            bump(s, "list_disks");
+            let items: Vec<Value> = s
+                .disks
+                .iter()
+                .filter(|d| d.resource_group.eq_ignore_ascii_case(rg))
+                .map(|d| disk_json(s, d))
+                .collect();
+            page(req, base, items, s.config.page_size)
+        }
+        ("GET", [_]) => {
+            bump(s, "get_disk");
+            match find_disk(s, rg, &orig[0]) {
+                Some(i) => HttpResponse::json(200, disk_json(s, &s.disks[i])),
+                None => not_found("disks", rg, &orig[0]),
+            }
+        }
+        ("POST", [_, "begingetaccess"]) => {
+            bump(s, "grant_access");
+            let Some(i) = find_disk(s, rg, &orig[0]) else {
+                return not_found("disks", rg, &orig[0]);
+            };
+            let d = s.disks[i].clone();
+            let allocated = d
+                .managed_by
+                .as_ref()
+                .and_then(|id| {
+                    s.vms
+                        .iter()
+                        .find(|v| v.id(&s.subscription).eq_ignore_ascii_case(id))
+                })
+                .is_some_and(|vm| !matches!(vm.power_state.as_deref(), Some("deallocated")));
+            if allocated {
+                return arm_error(
+                    409,
+                    "OperationNotAllowed",
+                    &format!(
+                        "Cannot grant access to disk '{}' while it is attached to a running VM. Snapshot it or deallocate the VM.",
+                        d.name
+                    ),
+                );
+            }
+            let id = s.disk_id(&d.resource_group, &d.name).to_ascii_lowercase();
+            let sas = sas_for(base, &d.name);
+            start_operation(
+                s,
+                base,
+                202,
+                None,
+                Some(Effect::Granted(id)),
+                Some(json!({"accessSAS": sas})),
+            )
+        }
+        ("POST", [_, "endgetaccess"]) => {
+            bump(s, "revoke_access");
+            let Some(i) = find_disk(s, rg, &orig[0]) else {
+                return not_found("disks", rg, &orig[0]);
+            };
+            let id = s
+                .disk_id(&s.disks[i].resource_group, &s.disks[i].name)
+                .to_ascii_lowercase();
+            start_operation(s, base, 202, None, Some(Effect::Revoked(id)), None)
+        }
+        _ => arm_error(405, "MethodNotAllowed", "not supported by the fake"),
+    }
+}
+
+fn valid_snapshot_name(n: &str) -> bool {
+    let ok_chars = n
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    let first = n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let last = n
+        .chars()
+        .last()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    (1..=80).contains(&n.len()) && ok_chars && first && last
+}
+
+fn snapshot_json(s: &ArmState, snap: &FakeSnapshot) -> Value {
+    let id = format!(
+        "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/snapshots/{}",
+        s.subscription, snap.resource_group, snap.name
+    );
+    let granted = s.grants.contains(&id.to_ascii_lowercase());
+    json!({"name": snap.name, "id": id, "type": "Microsoft.Compute/snapshots", "location": snap.location, "tags": snap.tags,
+           "properties": {"creationData": {"createOption": "Copy", "sourceResourceId": snap.source_id},
+                          "diskSizeGB": snap.size_gb, "diskSizeBytes": snap.size_gb << 30,
+                          "provisioningState": if snap.succeeded { "Succeeded" } else { "Creating" },
+                          "diskState": if granted { "ActiveSAS" } else { "Unattached" }, "incremental": false}})
+}
+
+fn snapshot_routes(
+    s: &mut ArmState,
+    req: &HttpRequest,
+    base: &str,
+    rg: &str,
+    rest: &[&str],
+    orig: &[String],
+) -> HttpResponse {
+    let id_of = |s: &ArmState, name: &str| {
+        format!(
+            "/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.Compute/snapshots/{name}",
+            s.subscription
+        )
+        .to_ascii_lowercase()
+    };
+    match (req.method.as_str(), rest) {
+        ("PUT", [_]) => {
+            bump(s, "snapshot_create");
+            let name = orig[0].clone();
+            if !valid_snapshot_name(&name) {
+                return arm_error(
+                    400,
+                    "InvalidResourceName",
+                    &format!("Resource name {name} is invalid."),
+                );
+            }
+            let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+            let Some(source) = body
+                .pointer("/properties/creationData/sourceResourceId")
+                .and_then(Value::as_str)
+            else {
+                return arm_error(
+                    400,
+                    "InvalidParameter",
+                    "creationData.sourceResourceId is required.",
+                );
+            };
+            let Some(disk) = s
+                .disks
+                .iter()
+                .find(|d| {
+                    s.disk_id(&d.resource_group, &d.name)
+                        .eq_ignore_ascii_case(source)
+                })
+                .cloned()
+            else {
+                return arm_error(
+                    404,
+                    "NotFound",
+                    &format!("Source resource {source} was not found."),
+                );
+            };
+            let location = body
+                .get("location")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            if !location.eq_ignore_ascii_case(&disk.location) {
+                return arm_error(
+                    400,
+                    "InvalidParameter",
+                    "The snapshot must be in the source disk's region.",
+                );
+            }
+            let id = id_of(s, &name);
+            let snap = FakeSnapshot {
+                name,
+                resource_group: rg.to_string(),
+                location,
+                source_id: source.to_string(),
+                size_gb: disk.size_gb,
+                tags: body.get("tags").cloned().unwrap_or(json!({})),
+                succeeded: false,
+            };
+            let initial = snapshot_json(s, &snap);
+            s.snapshots.insert(id.clone(), snap);
+            start_operation(
+                s,
+                base,
+                201,
+                Some(initial),
+                Some(Effect::SnapshotReady(id)),
+                None,
+            )
+        }
+        ("GET", [_]) => {
+            bump(s, "snapshot_get");
+            match s.snapshots.get(&id_of(s, &orig[0])) {
+                Some(snap) => HttpResponse::json(200, snapshot_json(s, snap)),
+                None => not_found("snapshots", rg, &orig[0]),
+            }
+        }
+        ("DELETE", [_]) => {
+            bump(s, "snapshot_delete");
+            let id = id_of(s, &orig[0]);
+            if !s.snapshots.contains_key(&id) {
+                return HttpResponse::empty(204);
+            }
+            if s.grants.contains(&id) {
+                return arm_error(
+                    409,
+                    "OperationNotAllowed",
+                    "The snapshot has an active SAS; revoke access before deleting it.",
+                );
+            }
+            start_operation(s, base, 202, None, Some(Effect::SnapshotDeleted(id)), None)
+        }
+        ("POST", [_, "begingetaccess"]) => {
+            bump(s, "grant_access");
+            let id = id_of(s, &orig[0]);
+            match s.snapshots.get(&id) {
+                None => not_found("snapshots", rg, &orig[0]),
+                Some(snap) if !snap.succeeded => arm_error(
+                    409,
+                    "OperationNotAllowed",
+                    "The snapshot is still being created.",
+                ),
+                Some(snap) => {
+                    let sas = sas_for(base, &snap.name);
+                    start_operation(
+                        s,
+                        base,
+                        202,
+                        None,
+                        Some(Effect::Granted(id)),
+                        Some(json!({"accessSAS": sas})),
+                    )
+                }
+            }
+        }
+        ("POST", [_, "endgetaccess"]) => {
+            bump(s, "revoke_access");
+            let id = id_of(s, &orig[0]);
+            if !s.snapshots.contains_key(&id) {
+                return not_found("snapshots", rg, &orig[0]);
+            }
+            start_operation(s, base, 202, None, Some(Effect::Revoked(id)), None)
+        }
+        _ => arm_error(405, "MethodNotAllowed", "not supported by the fake"),
+    }
+}
+
+/// Registers an LRO and answers its first response with the configured polling headers.
+fn start_operation(
+    s: &mut ArmState,
+    base: &str,
+    status: u16,
+    body: Option<Value>,
+    effect: Option<Effect>,
+    result: Option<Value>,
+) -> HttpResponse {
+    let id = s.next_operation;
+    s.next_operation += 1;
+    let failure = s.config.lro_fail.take();
+    s.operations.insert(
+        id,
+        Operation {
+            polls_left: s.config.lro_polls,
+            effect,
+            result,
+            failure,
+            done: false,
+        },
+    );
+    let mut resp = match body {
+        Some(b) => HttpResponse::json(status, b),
+        None => HttpResponse::empty(status),
+    };
+    let async_url = format!("{base}/fakeops/{id}?api-version=2024-03-02");
+    let location_url = format!("{base}/fakeops/{id}?mode=location&api-version=2024-03-02");
+    // A PUT's result is the resource itself: ARM gives it Azure-AsyncOperation only.
+    let headers = if status == 201 && s.config.lro_headers == LroHeaders::Both {
+        LroHeaders::AsyncOperation
+    } else {
+        s.config.lro_headers
+    };
+    if matches!(headers, LroHeaders::AsyncOperation | LroHeaders::Both) {
+        resp = resp.header("azure-asyncoperation", async_url);
+    }
+    if matches!(headers, LroHeaders::Location | LroHeaders::Both) {
+        resp = resp.header("location", location_url);
+    }
+    resp.header("retry-after", s.config.lro_retry_after.to_string())
+}
+
+fn poll_operation(s: &mut ArmState, id: &str, location_mode: bool) -> HttpResponse {
+    let Ok(id) = id.parse::<u64>() else {
+        return arm_error(404, "NotFound", "no such operation");
+    };
+    let retry_after = s.config.lro_retry_after.to_string();
+    let Some(op) = s.operations.get_mut(&id) else {
+        return arm_error(404, "NotFound", "no such operation");
+    };
+    if op.polls_left > 0 {
+        op.polls_left -= 1;
+        return if location_mode {
+            HttpResponse::empty(202)
+        } else {
+            HttpResponse::json(
+                200,
+                json!({"status": "InProgress", "startTime": "2026-01-01T00:00:00Z"}),
+            )
+        }
+        .header("retry-after", retry_after);
+    }
+    if let Some((code, message)) = op.failure.clone() {
+        return if location_mode {
+            arm_error(400, &code, &message)
+        } else {
+            HttpResponse::json(
+                200,
+                json!({"status": "Failed", "error": {"code": code, "message": message}}),
+            )
+        };
+    }
+    let first_completion = !op.done;
+    op.done = true;
+    let result = op.result.clone();
+    let effect = if first_completion {
+        op.effect.take()
+    } else {
+        None
+    };
+    if let Some(effect) = effect {
+        apply(s, effect);
+    }
+    if location_mode {
+        match result {
+            Some(r) => HttpResponse::json(200, r),
+            None => HttpResponse::empty(204),
+        }
+    } else {
+        // As Azure does for getAccess: the result also sits in the status body.
+        let mut body = json!({"status": "Succeeded", "startTime": "2026-01-01T00:00:00Z", "endTime": "2026-01-01T00:00:05Z"});
+        if let Some(r) = result {
+            body["properties"] = json!({"output": r});
+        }
+        HttpResponse::json(200, body)
+    }
+}
+
+fn apply(s: &mut ArmState, effect: Effect) {
+    match effect {
+        Effect::SnapshotReady(id) => {
+            if let Some(snap) = s.snapshots.get_mut(&id) {
+                snap.succeeded = true;
+            }
+        }
+        Effect::SnapshotDeleted(id) => {
+            s.snapshots.remove(&id);
+        }
+        Effect::Granted(id) => {
+            s.grants.insert(id);
+        }
+        Effect::Revoked(id) => {
+            s.grants.remove(&id);
+        }
+        Effect::Power(vm_id, state) => {
+            let sub = s.subscription.clone();
+            if let Some(vm) = s
+                .vms
+                .iter_mut()
+                .find(|v| v.id(&sub).eq_ignore_ascii_case(&vm_id))
+            {
+                vm.power_state = Some(state.to_string());
+            }
+        }
+    }
+}
