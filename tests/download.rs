@@ -384,6 +384,12 @@ fn refused_sas_bad_urls_and_bad_images_fail_clearly() {
     assert_eq!(o.status.code(), Some(2), "{e}");
     assert!(!leaks(&e, &good), "{e}");
 
+    // A blob URL without any SAS: a usage error, not a 403 later.
+    let o = download(&url(az.port, "auth.vhd", "sv=2020-12-06"), &out, &[]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("no SAS"), "{e}");
+
     // A page blob whose tail is no footer: exit 4 before any data is fetched.
     seed::create_page_blob(az.port, C, "nofooter.vhd", 4 * MIB + 512);
     seed::put_pages(az.port, C, "nofooter.vhd", 0, &[1u8; 4096]);
@@ -544,12 +550,11 @@ fn percent_decode(s: &str) -> String {
 #[test]
 fn a_partial_download_of_a_blob_that_changed_since_is_started_over() {
     let az = Azurite::start();
-    let mut disk = Disk::new(16 * MIB, &[(0, 12 * MIB)]);
+    // Long enough (24 chunks, 400 ms each, 2 at a time) to outlast the 2 s checkpoint.
+    let mut disk = Disk::new(32 * MIB, &[(0, 24 * MIB)]);
     let sas = seed_fixed(&az, "moved.vhd", &disk);
     let proxy = FaultProxy::start(az.port);
-    // 12 chunks over 2 connections at 600 ms each take ~3.6 s: past the engine's 2 s
-    // checkpoint interval, so a checkpoint is journaled before the download can finish.
-    proxy.set_delay(Duration::from_millis(600));
+    proxy.set_delay(Duration::from_millis(400));
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("disk.raw");
     let journal = dir.path().join(".disk.raw.azure2kvm-partial.journal");

@@ -18,6 +18,14 @@ pub fn run(args: &DownloadArgs, global: &GlobalArgs, interrupt: &Interrupt) -> R
     let format = super::output_format(&args.image, &args.output)?;
     // The parse error never quotes the URL's query: safe to show.
     let url = SasUrl::parse(&args.url).map_err(|e| Error::usage(format!("download URL: {e}")))?;
+    if !url.has_sas() {
+        // Entra ID sign-in for plain blob URLs comes with the credential chain (the
+        // transfer layer already takes a TokenCredential); until then say so up front
+        // instead of failing later with a 403 that blames a SAS.
+        return Err(Error::usage(format!(
+            "download URL {url} has no SAS token (no sig= parameter): pass a SAS URL, e.g. from a disk's \"Grant access\""
+        )));
+    }
     let mut req = DownloadRequest::new(url, args.output.clone(), format);
     req.overwrite = if args.image.force {
         Overwrite::Allow
