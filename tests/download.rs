@@ -592,3 +592,41 @@ fn a_partial_download_of_a_blob_that_changed_since_is_started_over() {
     assert_raw_equals(&out, &disk.image());
     no_leftovers(dir.path());
 }
+
+#[test]
+fn a_sas_refused_mid_download_keeps_the_partial_output_for_a_new_sas() {
+    let az = Azurite::start();
+    let disk = Disk::new(16 * MIB, &[(0, 10 * MIB)]);
+    let sas = seed_fixed(&az, "expiring.vhd", &disk);
+    let proxy = FaultProxy::start(az.port);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("disk.raw");
+    let journal = dir.path().join(".disk.raw.azure2kvm-partial.journal");
+    // The footer and five chunks pass, then the service refuses the SAS (as when it expires).
+    proxy.faults_after(6);
+    proxy.push(Fault::Status {
+        code: 403,
+        retry_after_secs: 0,
+    });
+    let o = download(
+        &url(proxy.port, "expiring.vhd", &sas),
+        &out,
+        &["--chunk-size", "1M", "--concurrency", "1"],
+    );
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("SAS") && e.contains("resume"), "{e}");
+    assert!(!out.exists() && journal.exists(), "{e}");
+
+    // A new SAS for the same blob continues where the old one stopped.
+    let fresh = seed::blob_sas(C, "expiring.vhd", Duration::from_secs(600), false);
+    let e = assert_ok(&download(
+        &url(proxy.port, "expiring.vhd", &fresh),
+        &out,
+        &["--chunk-size", "1M"],
+    ));
+    assert!(e.contains("resuming"), "{e}");
+    assert_eq!(stat(&e, "resumed_chunks"), Some(5), "{e}");
+    assert_raw_equals(&out, &disk.image());
+    no_leftovers(dir.path());
+}
