@@ -390,6 +390,21 @@ fn refused_sas_bad_urls_and_bad_images_fail_clearly() {
     assert_eq!(o.status.code(), Some(2), "{e}");
     assert!(e.contains("no SAS"), "{e}");
 
+    // An https blob URL without SAS is read with an Entra ID token; with no usable
+    // credential that is one clear usage error naming what was tried, before any fetch.
+    let o = download(
+        &format!("https://127.0.0.1:9/{}/c/b.vhd", seed::ACCOUNT),
+        &out,
+        &["--auth", "client-secret"],
+    );
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("cannot authenticate to Azure Storage") && e.contains("AZURE_CLIENT_SECRET"),
+        "{e}"
+    );
+    assert!(!out.exists());
+
     // A page blob whose tail is no footer: exit 4 before any data is fetched.
     seed::create_page_blob(az.port, C, "nofooter.vhd", 4 * MIB + 512);
     seed::put_pages(az.port, C, "nofooter.vhd", 0, &[1u8; 4096]);
