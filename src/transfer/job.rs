@@ -128,8 +128,8 @@ pub enum DownloadError {
     /// The blob is not a usable VHD (exit 4); nothing was kept.
     #[error("{0}")]
     BadImage(String),
-    /// The SAS was refused (expired or revoked): grant a new one and call again — the
-    /// partial output is kept and the call resumes.
+    /// The SAS or token was refused (SAS expired or revoked, identity without a data
+    /// role): fix access and call again — the partial output is kept and the call resumes.
     #[error("{message}")]
     AccessDenied {
         message: String,
