@@ -62,6 +62,92 @@ pub enum Command {
     /// Download a blob holding a VHD (SAS URL) straight into a sparse raw or qcow2 image,
     /// fetching only the pages that were ever written; resumable.
     Download(DownloadArgs),
+    /// Export the selected VMs' disks (snapshot, grant read access, stream, revoke, delete
+    /// the snapshot) into images with a manifest and a libvirt domain per VM.
+    Export(Box<ExportArgs>),
+    /// Remove what an interrupted or killed export left in Azure (grants, snapshots).
+    Cleanup(Box<CleanupArgs>),
+}
+
+/// Which disks of each VM `export` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskSet {
+    Os,
+    Data,
+    All,
+}
+
+/// How `export` gets a consistent, readable copy of a VM's disks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Snapshot every selected disk of the VM before any download (crash-consistent
+    /// across the VM's disks); the VM keeps running.
+    Snapshot,
+    /// Deallocate the VM first (stops it; never restarted by this tool), then export
+    /// the disks directly.
+    Deallocate,
+    /// Export disks directly, no snapshot: only for VMs that are already deallocated.
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Where images, manifests, domain.xml and the run report go (required unless
+    /// --dry-run).
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// Which disks of each VM.
+    #[arg(long, value_enum, default_value = "all")]
+    pub disks: DiskSet,
+    /// How each VM's disks are read consistently [default: snapshot for running or
+    /// stopped VMs, directly from the disk for deallocated ones].
+    #[arg(long, value_enum)]
+    pub consistency: Option<Consistency>,
+    /// Lifetime of each read grant (SAS), in seconds: long enough for one disk on a slow
+    /// link, short to limit exposure; an expired grant is renewed and the download resumes.
+    #[arg(long, value_name = "SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u32).range(1..=36_000))]
+    pub sas_duration: u32,
+    /// Image format.
+    #[arg(long, value_enum, default_value = "qcow2")]
+    pub format: ImageFormat,
+    /// Parallel connections across all disks (disks in flight share this budget).
+    #[arg(long, default_value_t = crate::transfer::engine::DEFAULT_CONCURRENCY,
+          value_parser = clap::builder::TypedValueParser::map(
+              clap::value_parser!(u16).range(1..=256), usize::from))]
+    pub concurrency: usize,
+    /// A plan (JSON list of VMs, as `list --output json` prints): with --dry-run it is
+    /// written; otherwise, if FILE exists and no selection flag is given, it is exported.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+    /// Export only shard I of N (0-based) of the selected VMs, balanced by size; N
+    /// processes with the same selection cover every VM exactly once.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<crate::export::shard::Shard>,
+    /// Print what would be created and downloaded; nothing is created in Azure.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+    #[command(flatten)]
+    pub azure: AzureArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// The run id an export printed (also in run-<ID>.json and the tag azure2kvm-run).
+    #[arg(long, value_name = "ID")]
+    pub run_id: String,
+    /// Subscription to search for the run's tagged snapshots (default: from the report).
+    #[arg(long, value_name = "ID", env = "AZURE_SUBSCRIPTION_ID")]
+    pub subscription: Option<String>,
+    /// The export's output directory, where run-<ID>.json is (default: current directory).
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub azure: AzureArgs,
 }
 
 /// Who we are and which cloud: shared by every command that calls Azure.

@@ -1,7 +1,9 @@
 //! One module per subcommand: glue between settings, the core modules and the printer.
 
+pub mod cleanup;
 pub mod convert;
 pub mod download;
+pub mod export;
 pub mod inspect;
 pub mod list;
 
@@ -21,6 +23,8 @@ pub fn run(cli: Cli, interrupt: Interrupt) -> Result<(), Error> {
         Command::Convert(args) => convert::run(&args, &cli.global, &interrupt),
         Command::List(args) => list::run(&args, &cli.global, &interrupt),
         Command::Download(args) => download::run(&args, &cli.global, &interrupt),
+        Command::Export(args) => export::run(&args, &cli.global, &interrupt),
+        Command::Cleanup(args) => cleanup::run(&args, &cli.global),
     }
 }
 

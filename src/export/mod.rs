@@ -1,6 +1,12 @@
-//! Exporting VMs: per-VM orchestration, cleanup, manifests and libvirt definitions.
+//! Exporting VMs: planning, per-VM and per-disk orchestration, the run ledger and the
+//! cleanup that always runs, manifests and libvirt definitions.
 
+pub mod cleanup;
+pub mod disk;
 pub mod domain;
 pub mod ledger;
+pub mod manifest;
 pub mod naming;
+pub mod plan;
+pub mod run;
 pub mod shard;

@@ -84,6 +84,14 @@ impl Progress {
         }
     }
 
+    /// Changes the total (a job whose parts become known as it runs, like an export).
+    pub fn set_total(&mut self, total: u64) {
+        self.total = total;
+        if let Render::Bar(bar) = &self.render {
+            bar.set_length(total);
+        }
+    }
+
     pub fn finish(self) {
         if let Render::Bar(bar) = self.render {
             bar.finish_and_clear();

@@ -234,8 +234,30 @@ struct Operation {
     done: bool,
 }
 
+/// Where disk and snapshot contents live when the fake is wired to a running Azurite
+/// (see `fake_azure`): each managed disk is page blob `disks/<rg>--<name>` and each
+/// snapshot `snapshots/<rg>--<name>` (lower case) in devstoreaccount1.
+#[derive(Debug, Clone)]
+pub struct StorageBackend {
+    /// Azurite's port, for seeding, copying and deleting blobs.
+    pub port: u16,
+    /// The port granted SAS URLs name: Azurite's, or a proxy in front of it (a SAS
+    /// signature does not cover host:port).
+    pub sas_port: u16,
+}
+
+pub const DISK_CONTAINER: &str = "disks";
+pub const SNAPSHOT_CONTAINER: &str = "snapshots";
+
+/// The blob holding a disk's or snapshot's contents (see [`StorageBackend`]).
+pub fn blob_name(resource_group: &str, name: &str) -> String {
+    format!("{resource_group}--{name}").to_ascii_lowercase()
+}
+
 /// Everything the fake knows; tests read and change it through [`FakeArm::with_state`].
 pub struct ArmState {
+    /// None: grants return a fake SAS that no blob service accepts.
+    pub storage: Option<StorageBackend>,
     pub subscription: String,
     pub config: FakeConfig,
     pub vms: Vec<FakeVm>,
@@ -246,6 +268,9 @@ pub struct ArmState {
     pub snapshots: BTreeMap<String, FakeSnapshot>,
     /// Lower-case ids of disks and snapshots with an active SAS.
     pub grants: BTreeSet<String>,
+    /// The signature of every real SAS granted (percent-encoded as in the URL), so tests
+    /// can assert that none reaches a log, a report or a manifest.
+    pub issued_signatures: Vec<String>,
     /// Requests per route (see `route` names), plus "throttled".
     pub counts: BTreeMap<String, u64>,
     operations: HashMap<u64, Operation>,
@@ -284,6 +309,7 @@ impl ArmState {
             sizes.insert(loc.to_string(), table.clone());
         }
         Self {
+            storage: None,
             subscription: SUBSCRIPTION.into(),
             config: FakeConfig::default(),
             vms: Vec::new(),
@@ -291,6 +317,7 @@ impl ArmState {
             sizes,
             snapshots: BTreeMap::new(),
             grants: BTreeSet::new(),
+            issued_signatures: Vec::new(),
             counts: BTreeMap::new(),
             operations: HashMap::new(),
             next_operation: 1,
@@ -908,6 +935,12 @@ fn route(s: &mut ArmState, req: &HttpRequest, base: &str) -> HttpResponse {
                 .collect();
             HttpResponse::json(200, json!({"value": value}))
         }
+        ("GET", ["providers", "microsoft.compute", "snapshots"]) => {
+            if let Some(e) = need(DISK_API) {
+                return e;
+            }
+            list_snapshots(s, req, base, None)
+        }
         (
             _,
             [
@@ -1200,6 +1233,33 @@ fn sas_for(base: &str, name: &str) -> String {
     format!("https://{host}/fakeblob/{name}/abcd?sv=2018-03-28&sr=b&si=x&sig={SAS_SIGNATURE}")
 }
 
+/// The SAS a grant returns: with storage, a real read-only service SAS for the resource's
+/// blob that expires after the requested `durationInSeconds` (as Azure's does).
+fn grant_sas(
+    s: &mut ArmState,
+    req: &HttpRequest,
+    base: &str,
+    container: &str,
+    rg: &str,
+    name: &str,
+) -> String {
+    let Some(storage) = &s.storage else {
+        return sas_for(base, name);
+    };
+    let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    let secs = body
+        .get("durationInSeconds")
+        .and_then(Value::as_u64)
+        .unwrap_or(3600);
+    let blob = blob_name(rg, name);
+    let sas = super::seed::blob_sas(container, &blob, Duration::from_secs(secs), false);
+    let url = super::seed::blob_url(storage.sas_port, container, &blob, &sas);
+    if let Some(sig) = sas.split('&').find_map(|kv| kv.strip_prefix("sig=")) {
+        s.issued_signatures.push(sig.to_string());
+    }
+    url
+}
+
 fn disk_routes(
     s: &mut ArmState,
     req: &HttpRequest,
@@ -1252,7 +1312,7 @@ fn disk_routes(
                 );
             }
             let id = s.disk_id(&d.resource_group, &d.name).to_ascii_lowercase();
-            let sas = sas_for(base, &d.name);
+            let sas = grant_sas(s, req, base, DISK_CONTAINER, &d.resource_group, &d.name);
             start_operation(
                 s,
                 base,
@@ -1317,6 +1377,7 @@ fn snapshot_routes(
         .to_ascii_lowercase()
     };
     match (req.method.as_str(), rest) {
+        ("GET", []) => list_snapshots(s, req, base, Some(rg)),
         ("PUT", [_]) => {
             bump(s, "snapshot_create");
             let name = orig[0].clone();
@@ -1375,6 +1436,15 @@ fn snapshot_routes(
                 tags: body.get("tags").cloned().unwrap_or(json!({})),
                 succeeded: false,
             };
+            if let Some(storage) = &s.storage
+                && let Err(e) = copy_blob(
+                    storage.port,
+                    (DISK_CONTAINER, &blob_name(&disk.resource_group, &disk.name)),
+                    (SNAPSHOT_CONTAINER, &blob_name(rg, &snap.name)),
+                )
+            {
+                return arm_error(500, "InternalServerError", &e);
+            }
             let initial = snapshot_json(s, &snap);
             s.snapshots.insert(id.clone(), snap);
             start_operation(
@@ -1419,7 +1489,8 @@ fn snapshot_routes(
                     "The snapshot is still being created.",
                 ),
                 Some(snap) => {
-                    let sas = sas_for(base, &snap.name);
+                    let (rg, name) = (snap.resource_group.clone(), snap.name.clone());
+                    let sas = grant_sas(s, req, base, SNAPSHOT_CONTAINER, &rg, &name);
                     start_operation(
                         s,
                         base,
@@ -1440,6 +1511,54 @@ fn snapshot_routes(
             start_operation(s, base, 202, None, Some(Effect::Revoked(id)), None)
         }
         _ => arm_error(405, "MethodNotAllowed", "not supported by the fake"),
+    }
+}
+
+/// Snapshots in the subscription or one resource group, paged like every ARM list.
+fn list_snapshots(
+    s: &mut ArmState,
+    req: &HttpRequest,
+    base: &str,
+    rg: Option<&str>,
+) -> HttpResponse {
+    bump(s, "list_snapshots");
+    let items: Vec<Value> = s
+        .snapshots
+        .values()
+        .filter(|snap| rg.is_none_or(|r| snap.resource_group.eq_ignore_ascii_case(r)))
+        .map(|snap| snapshot_json(s, snap))
+        .collect();
+    page(req, base, items, s.config.page_size)
+}
+
+/// Copy Blob within devstoreaccount1 (Azurite copies synchronously, page ranges kept):
+/// the snapshot's contents are the disk's at the time of the request, as in Azure.
+fn copy_blob(port: u16, from: (&str, &str), to: (&str, &str)) -> Result<(), String> {
+    let source = format!(
+        "http://127.0.0.1:{port}/{}/{}/{}",
+        super::seed::ACCOUNT,
+        from.0,
+        from.1
+    );
+    let r = super::seed::signed_request(
+        port,
+        "PUT",
+        &format!("/{}/{}", to.0, to.1),
+        &[],
+        &[("x-ms-copy-source", source)],
+        b"",
+    )
+    .map_err(|e| format!("copy blob: {e}"))?;
+    if (200..300).contains(&r.status) {
+        Ok(())
+    } else {
+        Err(format!(
+            "copy blob {}/{}: HTTP {} {}",
+            from.0,
+            from.1,
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        ))
     }
 }
 
@@ -1550,7 +1669,13 @@ fn apply(s: &mut ArmState, effect: Effect) {
             }
         }
         Effect::SnapshotDeleted(id) => {
-            s.snapshots.remove(&id);
+            if let Some(snap) = s.snapshots.remove(&id)
+                && let Some(storage) = &s.storage
+            {
+                let blob = blob_name(&snap.resource_group, &snap.name);
+                let path = format!("/{SNAPSHOT_CONTAINER}/{blob}");
+                let _ = super::seed::signed_request(storage.port, "DELETE", &path, &[], &[], b"");
+            }
         }
         Effect::Granted(id) => {
             s.grants.insert(id);

@@ -8,6 +8,7 @@
 
 pub mod azurite;
 pub mod fake_arm;
+pub mod fake_azure;
 pub mod fault_proxy;
 pub mod http;
 pub mod image;
@@ -182,4 +183,18 @@ pub fn qemu_img(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("qemu-img is installed")
+}
+
+/// `azure2kvm --no-progress SUBCOMMAND ARGS...` pointed at a [`fake_azure::FakeAzure`]
+/// world (custom cloud, its CA, managed identity), with `--subscription` unless given.
+pub fn azure_cmd(world: &fake_azure::FakeAzure, subcommand: &str, args: &[&str]) -> Command {
+    let mut c = bin();
+    c.args(["--no-progress", subcommand])
+        .args(world.cli_args())
+        .args(args)
+        .envs(world.env());
+    if !args.contains(&"--subscription") {
+        c.args(["--subscription", SUBSCRIPTION]);
+    }
+    c
 }

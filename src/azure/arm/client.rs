@@ -618,6 +618,26 @@ impl ArmClient {
         }
     }
 
+    /// Lists snapshots in a subscription or one resource group (paged). `cleanup` uses it
+    /// to find what a run left, by the run's tag, when its report is gone.
+    pub async fn list_snapshots(
+        &self,
+        subscription: &str,
+        resource_group: Option<&str>,
+    ) -> Result<Vec<Snapshot>, ArmError> {
+        let mut segs = vec!["subscriptions", subscription];
+        if let Some(rg) = resource_group {
+            segs.extend(["resourceGroups", rg]);
+        }
+        segs.extend(["providers", "Microsoft.Compute", "snapshots"]);
+        let resource = match resource_group {
+            Some(rg) => format!("resource group {rg}"),
+            None => format!("subscription {subscription}"),
+        };
+        let url = self.url(&segs, DISK_API_VERSION, &[]);
+        self.list("list snapshots", &resource, url, |_| {}).await
+    }
+
     pub async fn get_snapshot(&self, snapshot: &ResourceRef) -> Result<Snapshot, ArmError> {
         let url = self.rg_url(snapshot, "snapshots", &[], DISK_API_VERSION, &[]);
         self.get_json("get snapshot", &snapshot.to_string(), url)

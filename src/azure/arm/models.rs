@@ -129,7 +129,7 @@ pub struct InstanceViewStatus {
 }
 
 /// A VM's power state, from the `PowerState/...` status code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PowerState {
     Running,

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::{StreamExt, TryStreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::arm::client::ResourceRef;
 use super::arm::models::{
@@ -31,14 +31,14 @@ pub const CONCURRENCY: usize = 8;
 /// At most this many exact-name GETs are preferred to listing.
 pub const PER_VM_LIMIT: usize = 8;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DiskRole {
     Os,
     Data,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskInfo {
     /// Managed disk resource id; `null` for an unmanaged (page blob) disk.
     pub id: Option<String>,
@@ -53,7 +53,7 @@ pub struct DiskInfo {
 }
 
 /// One VM as `list --output json` prints it and `export` plans with it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmInfo {
     pub id: String,
     pub name: String,

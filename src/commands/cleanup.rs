@@ -1,0 +1,82 @@
+//! `cleanup --run-id ID [--subscription ID] [--output-dir DIR]`: removes what an export
+//! left in Azure after a kill -9, a second Ctrl-C or a failed removal. It reads the run
+//! report when it is there (DIR, default the current directory) and also searches the
+//! subscription for snapshots tagged with the run id, so it works with either alone. Safe
+//! to run twice: what is already gone counts as removed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::{CleanupArgs, GlobalArgs};
+use crate::error::Error;
+use crate::export::cleanup::cleanup_run;
+use crate::export::ledger::{Ledger, report_file_name};
+use crate::export::naming::validate_run_id;
+
+pub fn run(args: &CleanupArgs, _global: &GlobalArgs) -> Result<(), Error> {
+    validate_run_id(&args.run_id).map_err(Error::usage)?;
+    let dir = args
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("."));
+    let report = dir.join(report_file_name(&args.run_id));
+    let ledger = if report.exists() {
+        Some(Ledger::open(&report).map_err(Error::usage)?)
+    } else {
+        if args.output_dir.is_some() {
+            tracing::warn!(
+                "no run report {}: searching by tag only (grants on disks cannot be found that way)",
+                report.display()
+            );
+        }
+        None
+    };
+    // The subscription: given, or the one the report's resources live in.
+    let subscription = args
+        .subscription
+        .clone()
+        .or_else(|| {
+            ledger.as_ref().and_then(|l| {
+                l.report()
+                    .resources
+                    .iter()
+                    .find_map(|r| r.id.split('/').nth(2).map(str::to_string))
+            })
+        })
+        .or_else(|| {
+            ledger.as_ref().and_then(|l| {
+                l.report().selection["subscription"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+        })
+        .ok_or_else(|| Error::usage("cleanup needs --subscription (no run report names one)"))?;
+    let session = super::azure_session(&args.azure)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::failed(format!("cannot start the async runtime: {e}")))?;
+    let result = runtime.block_on(async {
+        session.check_credential().await?;
+        cleanup_run(&session.arm, &args.run_id, &subscription, ledger.as_ref())
+            .await
+            .map_err(Error::from)
+    });
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    let summary = result.map_err(|e| e.context(format!("cleanup of run {}", args.run_id)))?;
+    tracing::info!(
+        "cleanup of run {}: {} grants revoked, {} snapshots deleted",
+        args.run_id,
+        summary.grants_revoked,
+        summary.snapshots_deleted
+    );
+    if summary.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::failed(format!(
+            "cleanup of run {}: could not remove {}",
+            args.run_id,
+            summary.failed.join("; ")
+        )))
+    }
+}

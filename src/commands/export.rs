@@ -1,0 +1,394 @@
+//! `export [selection] --output-dir DIR ...`: glue between the command line and
+//! `crate::export` — validates the flags, finds the VMs (discovery or a plan file), shards
+//! and plans them, then runs the plan with a ledger on disk and writes the manifests.
+//! The run report is written for failed and interrupted runs too; the exit code says how
+//! it went (0 done, 3 some disks failed, 1 all failed, 130 interrupted).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use azure_core::credentials::TokenCredential;
+use serde_json::json;
+
+use crate::azure::arm::client::ResourceRef;
+use crate::azure::inventory::{self, DiscoveryProgress, Selection, VmInfo};
+use crate::cli::{ExportArgs, GlobalArgs, SelectionArgs};
+use crate::error::{Error, ErrorKind};
+use crate::export::disk::{DiskContext, RunProgress};
+use crate::export::ledger::{Ledger, RunReport, RunStatus};
+use crate::export::naming::{new_run_id, now_rfc3339};
+use crate::export::plan::{self, PlanOptions, PlannedVm};
+use crate::export::run::{self, DiskStatus};
+use crate::export::{manifest, shard};
+use crate::interrupt::Interrupt;
+use crate::transfer::job::DEFAULT_IO_TIMEOUT;
+
+fn selection_flags_given(s: &SelectionArgs) -> bool {
+    !(s.resource_group.is_empty()
+        && s.name.is_empty()
+        && s.tag.is_empty()
+        && s.power_state.is_empty()
+        && s.location.is_empty())
+}
+
+fn selection_json(args: &ExportArgs) -> serde_json::Value {
+    let s = &args.selection;
+    json!({
+        "subscription": s.subscription,
+        "resource_groups": s.resource_group,
+        "names": s.name,
+        "tags": s.tag,
+        "power_states": s.power_state,
+        "locations": s.location,
+        "plan": args.plan,
+        "shard": args.shard.map(|s| s.to_string()),
+        "disks": args.disks,
+        "consistency": args.consistency,
+        "format": args.format,
+    })
+}
+
+fn read_plan(path: &Path) -> Result<Vec<VmInfo>, Error> {
+    let bytes =
+        std::fs::read(path).map_err(|e| Error::usage(format!("plan {}: {e}", path.display())))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Error::usage(format!(
+            "plan {} is not a list of VMs as `list --output json` prints: {e}",
+            path.display()
+        ))
+    })
+}
+
+pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Result<(), Error> {
+    let output_dir = match (&args.output_dir, args.dry_run) {
+        (Some(d), _) => Some(d.clone()),
+        (None, true) => None,
+        (None, false) => {
+            return Err(Error::usage(
+                "export needs --output-dir DIR (or --dry-run to only show the plan)",
+            ));
+        }
+    };
+    let from_plan = match &args.plan {
+        Some(p) if !args.dry_run && p.exists() => {
+            if selection_flags_given(&args.selection) {
+                return Err(Error::usage(format!(
+                    "--plan {} exists and is the selection: give no selection flags with it",
+                    p.display()
+                )));
+            }
+            true
+        }
+        Some(p) if !args.dry_run => {
+            return Err(Error::usage(format!(
+                "--plan {}: no such file (write one with --dry-run --plan FILE)",
+                p.display()
+            )));
+        }
+        _ => false,
+    };
+    let selection = if from_plan {
+        None
+    } else {
+        Some(Selection::parse(&super::list::selection_input(
+            &args.selection,
+        ))?)
+    };
+    let session = super::azure_session(&args.azure)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("azure2kvm-export")
+        .build()
+        .map_err(|e| Error::failed(format!("cannot start the async runtime: {e}")))?;
+
+    // The VMs: from the plan file, or discovered (GETs only).
+    let vms = runtime.block_on(async {
+        session.check_credential().await?;
+        match (&selection, &args.plan) {
+            (Some(sel), _) => inventory::discover(&session.arm, sel, &DiscoveryProgress::default())
+                .await
+                .map_err(Error::from),
+            (None, Some(p)) => {
+                let mut vms = read_plan(p)?;
+                refresh_power_states(&session.arm, &mut vms).await?;
+                Ok(vms)
+            }
+            (None, None) => unreachable!("a plan file or a selection"),
+        }
+    })?;
+    if args.dry_run
+        && let Some(p) = &args.plan
+    {
+        // The whole selection, unsharded: every shard of a fleet reads the same plan.
+        let mut bytes = serde_json::to_vec_pretty(&vms).expect("VMs serialise");
+        bytes.push(b'\n');
+        crate::export::ledger::write_atomic(p, &bytes)
+            .map_err(|e| Error::failed(format!("writing plan {}: {e}", p.display())))?;
+        tracing::info!("plan with {} VMs written to {}", vms.len(), p.display());
+    }
+    let vms = match args.shard {
+        None => vms,
+        Some(s) => {
+            let items: Vec<(u64, &str)> = vms
+                .iter()
+                .map(|v| (v.total_disk_gb() << 30, v.id.as_str()))
+                .collect();
+            let keep = shard::select(&items, s);
+            tracing::info!("shard {s}: {} of {} VMs", keep.len(), vms.len());
+            keep.into_iter().map(|i| vms[i].clone()).collect()
+        }
+    };
+    let run_id = new_run_id();
+    let planned = plan::plan(
+        &vms,
+        &PlanOptions {
+            run_id: run_id.clone(),
+            disks: args.disks,
+            consistency: args.consistency,
+            format: args.format,
+        },
+    )
+    .map_err(Error::usage)?;
+
+    let Some(output_dir) = output_dir.filter(|_| !args.dry_run) else {
+        print_plan(&planned, args)?;
+        return Ok(());
+    };
+    // An image is never overwritten: refuse before anything is created in Azure.
+    let existing: Vec<String> = planned
+        .iter()
+        .flat_map(|vm| vm.disks.iter())
+        .map(|d| output_dir.join(&d.image))
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if !existing.is_empty() {
+        return Err(Error::usage(format!(
+            "images exist already and are never overwritten: {} (use another --output-dir)",
+            existing.join(", ")
+        )));
+    }
+    std::fs::create_dir_all(&output_dir).map_err(|e| {
+        Error::failed(format!(
+            "cannot create output directory {}: {e}",
+            output_dir.display()
+        ))
+    })?;
+    let mut report = RunReport::new(&run_id, selection_json(args));
+    report.disks = run::pending_outcomes(&planned);
+    let ledger = Arc::new(Ledger::create(&output_dir, report).map_err(Error::failed)?);
+    tracing::info!(
+        "run {run_id}: {} VMs, {} disks; report {} (if this process is killed, run `azure2kvm cleanup --run-id {run_id} --output-dir {}`)",
+        planned.len(),
+        planned.iter().map(|v| v.disks.len()).sum::<usize>(),
+        ledger.path().display(),
+        output_dir.display()
+    );
+    let ctx = DiskContext {
+        arm: session.arm.clone(),
+        credential: session.credential.clone() as Arc<dyn TokenCredential>,
+        ledger: ledger.clone(),
+        output_dir: output_dir.clone(),
+        format: args.format,
+        sas_duration: args.sas_duration,
+        connections: args.concurrency,
+        io_timeout: io_timeout(),
+        interrupt: interrupt.clone(),
+        progress: Arc::new(RunProgress::new(!global.no_progress && !global.quiet)),
+    };
+    let results = runtime.block_on(run::run(&planned, &ctx, &run_id));
+    ctx.progress.finish();
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    finish(
+        &output_dir,
+        &planned,
+        &run_id,
+        args,
+        &ledger,
+        &results,
+        interrupt,
+    )
+}
+
+/// A plan may be hours old: a VM deallocated then may run now, and its disk can no longer
+/// be read directly. One GET per VM (instance view) makes the plan's choices current.
+async fn refresh_power_states(
+    arm: &crate::azure::arm::ArmClient,
+    vms: &mut [VmInfo],
+) -> Result<(), Error> {
+    use futures::StreamExt;
+    let states: Vec<Result<_, Error>> = futures::stream::iter(vms.iter())
+        .map(|vm| async move {
+            let r = ResourceRef::from_id(&vm.id).ok_or_else(|| {
+                Error::usage(format!("plan: VM {} has no valid resource id", vm.name))
+            })?;
+            let current = arm
+                .get_vm(&r, true)
+                .await
+                .map_err(|e| Error::from(e).context(format!("plan: VM {}", vm.name)))?;
+            Ok(current.power_state())
+        })
+        .buffered(inventory::CONCURRENCY)
+        .collect()
+        .await;
+    for (vm, state) in vms.iter_mut().zip(states) {
+        let state = state?;
+        if state != vm.power_state {
+            tracing::info!(
+                "{}: power state is {state} now ({} in the plan)",
+                vm.name,
+                vm.power_state
+            );
+            vm.power_state = state;
+        }
+    }
+    Ok(())
+}
+
+fn io_timeout() -> Duration {
+    std::env::var("AZURE2KVM_IO_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s.max(1)))
+        .unwrap_or(DEFAULT_IO_TIMEOUT)
+}
+
+/// Manifests, the final report status, and the exit code.
+fn finish(
+    output_dir: &Path,
+    planned: &[PlannedVm],
+    run_id: &str,
+    args: &ExportArgs,
+    ledger: &Ledger,
+    results: &BTreeMap<(String, String), run::DiskResult>,
+    interrupt: &Interrupt,
+) -> Result<(), Error> {
+    let mut manifest_errors = Vec::new();
+    for vm in planned {
+        let lookup = |disk: &str| {
+            results
+                .get(&(vm.name.to_ascii_lowercase(), disk.to_ascii_lowercase()))
+                .cloned()
+        };
+        if let Err(e) = manifest::write_vm_outputs(output_dir, vm, run_id, args.format, &lookup) {
+            tracing::error!("{e}");
+            manifest_errors.push(e.to_string());
+        }
+    }
+    let total = results.len();
+    let done = results
+        .values()
+        .filter(|r| r.status == DiskStatus::Done)
+        .count();
+    let interrupted = interrupt.is_set()
+        || results
+            .values()
+            .any(|r| r.status == DiskStatus::Interrupted);
+    let status = if interrupted {
+        RunStatus::Interrupted
+    } else if done == total && manifest_errors.is_empty() {
+        RunStatus::Done
+    } else if done > 0 {
+        RunStatus::Partial
+    } else {
+        RunStatus::Failed
+    };
+    let _ = ledger.update(|r| {
+        r.status = status;
+        r.finished_at = Some(now_rfc3339());
+    });
+    let left: Vec<String> = ledger
+        .report()
+        .resources
+        .iter()
+        .filter(|r| r.outstanding())
+        .map(|r| r.id.clone())
+        .collect();
+    if !left.is_empty() {
+        tracing::error!(
+            "{} Azure resources could not be removed ({}); run `azure2kvm cleanup --run-id {run_id} --output-dir {}`",
+            left.len(),
+            left.join(", "),
+            output_dir.display()
+        );
+    }
+    tracing::info!(
+        "run {run_id}: {done} of {total} disks exported; report {}",
+        ledger.path().display()
+    );
+    print_summary(run_id, status, ledger)?;
+    let failures: Vec<String> = results
+        .values()
+        .filter(|r| r.status == DiskStatus::Failed)
+        .filter_map(|r| r.error.clone())
+        .chain(manifest_errors)
+        .collect();
+    match status {
+        RunStatus::Done if left.is_empty() => Ok(()),
+        RunStatus::Done => Err(Error::new(
+            ErrorKind::Partial,
+            format!(
+                "all disks exported, but {} Azure resources are left",
+                left.len()
+            ),
+        )),
+        RunStatus::Interrupted => Err(Error::new(
+            ErrorKind::Interrupted,
+            format!(
+                "interrupted; {done} of {total} disks exported, {} resources left{}",
+                left.len(),
+                if left.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (run `azure2kvm cleanup --run-id {run_id}`)")
+                }
+            ),
+        )),
+        RunStatus::Partial => Err(Error::new(
+            ErrorKind::Partial,
+            format!(
+                "{} of {total} disks failed: {}",
+                total - done,
+                failures.join("; ")
+            ),
+        )),
+        _ => Err(Error::failed(format!(
+            "no disk exported: {}",
+            failures.join("; ")
+        ))),
+    }
+}
+
+/// The result for scripts, on stdout: one JSON object with the run id, its status, the
+/// report's path and each disk's outcome (the logs on stderr say the same for people).
+fn print_summary(run_id: &str, status: RunStatus, ledger: &Ledger) -> Result<(), Error> {
+    let report = ledger.report();
+    let out = json!({
+        "run_id": run_id,
+        "status": status,
+        "report": ledger.path(),
+        "disks": report.disks,
+        "resources_left": report.resources.iter().filter(|r| r.outstanding()).count(),
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).expect("summary serialises")
+    );
+    Ok(())
+}
+
+/// `--dry-run`: the plan on stdout (JSON), nothing created.
+fn print_plan(planned: &[PlannedVm], args: &ExportArgs) -> Result<(), Error> {
+    let out = json!({
+        "dry_run": true,
+        "output_dir": args.output_dir,
+        "format": args.format,
+        "sas_duration": args.sas_duration,
+        "vms": planned,
+    });
+    let text = serde_json::to_string_pretty(&out).expect("plan serialises");
+    println!("{text}");
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! One disk, from read access to a finished image: grant → download → revoke, and when
+//! the grant expires mid-download (403), revoke, grant again and call the download again,
+//! which resumes from its journal (the journal is keyed by the resource id, not the SAS).
+//! Every grant is in the ledger before it is requested and marked removed once revoked, so
+//! a crash at any point leaves a report that names it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use azure_core::credentials::TokenCredential;
+
+use super::ledger::{Ledger, ResourceKind, ResourceState};
+use super::plan::{PlannedDisk, Source};
+use crate::azure::arm::ArmClient;
+use crate::azure::arm::client::{AccessTarget, ResourceRef};
+use crate::azure::sas::SasUrl;
+use crate::image::sink::ImageFormat;
+use crate::image::staging::Overwrite;
+use crate::interrupt::Interrupt;
+use crate::output::progress::Progress;
+use crate::transfer::engine::{EngineConfig, ProgressEvent};
+use crate::transfer::job::{DownloadError, DownloadReport, DownloadRequest, download};
+
+/// Grants per disk: the first, and renewals after an expiry. A grant that expires this
+/// often means --sas-duration is far too short for the link; stop instead of looping.
+pub const MAX_GRANTS: u32 = 20;
+
+/// What every disk of a run shares.
+#[derive(Clone)]
+pub struct DiskContext {
+    pub arm: ArmClient,
+    /// For unmanaged disks: the session credential (storage scope asked by the client).
+    pub credential: Arc<dyn TokenCredential>,
+    pub ledger: Arc<Ledger>,
+    pub output_dir: PathBuf,
+    pub format: ImageFormat,
+    pub sas_duration: u32,
+    /// Connections for this disk (its share of the run's budget).
+    pub connections: usize,
+    pub io_timeout: Duration,
+    pub interrupt: Interrupt,
+    pub progress: Arc<RunProgress>,
+}
+
+/// (done, total) per disk, and the display once there is something to show.
+type ProgressState = (
+    std::collections::HashMap<String, (u64, u64)>,
+    Option<Progress>,
+);
+
+/// One progress display for the whole run: the bytes every started disk has to fetch
+/// and has done, summed (a disk's total is known once its page ranges are).
+#[derive(Debug)]
+pub struct RunProgress {
+    enabled: bool,
+    state: std::sync::Mutex<ProgressState>,
+}
+
+impl RunProgress {
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            state: Default::default(),
+        }
+    }
+
+    /// The progress callback for one disk's downloads.
+    pub fn for_disk(self: &Arc<Self>, disk: &str) -> crate::transfer::engine::ProgressFn {
+        let me = Arc::clone(self);
+        let disk = disk.to_string();
+        Arc::new(move |event| match event {
+            ProgressEvent::Advanced { done, total } => {
+                let mut st = me.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.0.insert(disk.clone(), (done, total));
+                let (d, t) = st.0.values().fold((0, 0), |(d, t), (a, b)| (d + a, t + b));
+                let bar =
+                    st.1.get_or_insert_with(|| Progress::new("exporting", t, me.enabled));
+                bar.set_total(t);
+                bar.set(d);
+            }
+        })
+    }
+
+    pub fn finish(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bar) = st.1.take() {
+            bar.finish();
+        }
+    }
+}
+
+impl std::fmt::Debug for DiskContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskContext")
+            .field("output_dir", &self.output_dir)
+            .field("format", &self.format)
+            .field("connections", &self.connections)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a disk was not exported; the message names the VM, the disk and the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("VM {vm}, disk {disk}: {message}")]
+    Failed {
+        vm: String,
+        disk: String,
+        message: String,
+    },
+    #[error("VM {vm}, disk {disk}: interrupted")]
+    Interrupted { vm: String, disk: String },
+}
+
+fn access_target(id: &str, kind: &str) -> Option<AccessTarget> {
+    let r = ResourceRef::from_id(id)?;
+    Some(if kind == "snapshots" {
+        AccessTarget::Snapshot(r)
+    } else {
+        AccessTarget::Disk(r)
+    })
+}
+
+/// The ARM resource a grant on `id` applies to (a disk or a snapshot, by its type
+/// segment).
+pub fn grant_target(id: &str) -> Option<AccessTarget> {
+    let kind = if id.to_ascii_lowercase().contains("/snapshots/") {
+        "snapshots"
+    } else {
+        "disks"
+    };
+    access_target(id, kind)
+}
+
+/// Exports one disk whose source is ready (its snapshot exists, or its VM is
+/// deallocated). Never leaves a grant it made unrevoked unless the revoke itself fails
+/// (then the ledger says so and the run's final sweep tries again).
+pub async fn export_disk(
+    ctx: &DiskContext,
+    vm: &str,
+    disk: &PlannedDisk,
+) -> Result<DownloadReport, DiskError> {
+    let fail = |message: String| DiskError::Failed {
+        vm: vm.to_string(),
+        disk: disk.name.clone(),
+        message,
+    };
+    let output = ctx.output_dir.join(&disk.image);
+    if let Some(parent) = output.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let (resource_id, target_kind) = match &disk.source {
+        Source::Snapshot { snapshot, .. } => (snapshot.id.clone(), "snapshots"),
+        Source::Disk { disk_id } => (disk_id.clone(), "disks"),
+        Source::Blob { uri } => return export_blob(ctx, vm, disk, uri, output).await,
+    };
+    let target = access_target(&resource_id, target_kind)
+        .ok_or_else(|| fail(format!("{resource_id} is not a resource id")))?;
+    for grant in 1..=MAX_GRANTS {
+        if ctx.interrupt.is_set() {
+            return Err(DiskError::Interrupted {
+                vm: vm.into(),
+                disk: disk.name.clone(),
+            });
+        }
+        ctx.ledger
+            .creating(ResourceKind::AccessGrant, &resource_id, None)
+            .map_err(|e| fail(e.to_string()))?;
+        let sas = match ctx.arm.grant_access(&target, ctx.sas_duration).await {
+            Ok(s) => s,
+            Err(e) => {
+                // The grant may exist even so (a lost reply): the state stays
+                // "creating" and the run's final sweep revokes it.
+                return Err(fail(format!("grant read access: {e}")));
+            }
+        };
+        let _ = ctx.ledger.set_state(
+            ResourceKind::AccessGrant,
+            &resource_id,
+            ResourceState::Exists,
+            None,
+        );
+        tracing::info!(
+            "{vm}: {} read access granted on {} for {} s (grant {grant})",
+            disk.name,
+            target_name(&target),
+            ctx.sas_duration
+        );
+        let result = download(
+            request(ctx, sas, &output, &resource_id),
+            ctx.progress.for_disk(&resource_id),
+            ctx.interrupt.clone(),
+        )
+        .await;
+        revoke(ctx, &target, &resource_id).await;
+        match result {
+            Ok(report) => return Ok(report),
+            Err(DownloadError::AccessDenied { message, .. }) => {
+                tracing::warn!(
+                    "{vm}: {}: read access ended mid-download ({message}); granting again and resuming",
+                    disk.name
+                );
+            }
+            Err(DownloadError::Interrupted { .. }) => {
+                return Err(DiskError::Interrupted {
+                    vm: vm.into(),
+                    disk: disk.name.clone(),
+                });
+            }
+            Err(e) => return Err(fail(e.to_string())),
+        }
+    }
+    Err(fail(format!(
+        "read access expired {MAX_GRANTS} times; raise --sas-duration"
+    )))
+}
+
+fn target_name(t: &AccessTarget) -> String {
+    match t {
+        AccessTarget::Disk(r) => format!("disk {r}"),
+        AccessTarget::Snapshot(r) => format!("snapshot {r}"),
+    }
+}
+
+/// Revokes a grant; a failure is recorded for the final sweep and `cleanup`.
+pub async fn revoke(ctx: &DiskContext, target: &AccessTarget, resource_id: &str) {
+    match ctx.arm.revoke_access(target).await {
+        Ok(()) => {
+            let _ = ctx.ledger.set_state(
+                ResourceKind::AccessGrant,
+                resource_id,
+                ResourceState::Removed,
+                None,
+            );
+        }
+        Err(e) if e.status() == Some(404) => {
+            let _ = ctx.ledger.set_state(
+                ResourceKind::AccessGrant,
+                resource_id,
+                ResourceState::Removed,
+                None,
+            );
+        }
+        Err(e) => {
+            tracing::warn!("revoking access on {}: {e}", target_name(target));
+            let _ = ctx.ledger.set_state(
+                ResourceKind::AccessGrant,
+                resource_id,
+                ResourceState::RemoveFailed,
+                Some(e.to_string()),
+            );
+        }
+    }
+}
+
+fn request(
+    ctx: &DiskContext,
+    url: SasUrl,
+    output: &std::path::Path,
+    resume_key: &str,
+) -> DownloadRequest {
+    let mut req = DownloadRequest::new(url, output.to_path_buf(), ctx.format);
+    req.overwrite = Overwrite::Refuse;
+    req.engine = EngineConfig {
+        concurrency: ctx.connections,
+        ..EngineConfig::default()
+    };
+    req.io_timeout = ctx.io_timeout;
+    req.resume_key = Some(resume_key.to_ascii_lowercase());
+    req
+}
+
+/// An unmanaged disk: its page blob read with the session's Entra ID credential (the
+/// identity needs Storage Blob Data Reader on the account). No grant, nothing to clean.
+async fn export_blob(
+    ctx: &DiskContext,
+    vm: &str,
+    disk: &PlannedDisk,
+    uri: &str,
+    output: PathBuf,
+) -> Result<DownloadReport, DiskError> {
+    let fail = |message: String| DiskError::Failed {
+        vm: vm.to_string(),
+        disk: disk.name.clone(),
+        message: format!("unmanaged disk {uri}: {message}"),
+    };
+    let url = SasUrl::parse(uri).map_err(|e| fail(e.to_string()))?;
+    let mut req = request(ctx, url, &output, uri);
+    req.credential = Some(ctx.credential.clone());
+    match download(req, ctx.progress.for_disk(uri), ctx.interrupt.clone()).await {
+        Ok(r) => Ok(r),
+        Err(DownloadError::Interrupted { .. }) => Err(DiskError::Interrupted {
+            vm: vm.into(),
+            disk: disk.name.clone(),
+        }),
+        Err(DownloadError::AccessDenied { message, .. }) => Err(fail(format!(
+            "{message} (the identity needs the Storage Blob Data Reader role on the storage account)"
+        ))),
+        Err(e) => Err(fail(e.to_string())),
+    }
+}

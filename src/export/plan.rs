@@ -1,0 +1,339 @@
+//! What an export will do, decided before anything is created in Azure: per VM, whether
+//! it is deallocated first, and per disk how it is read (from a snapshot, directly from
+//! the managed disk, or from an unmanaged page blob) and where its image goes. Pure and
+//! deterministic: `--dry-run` prints exactly this, and a refusal (e.g. `--consistency
+//! none` on a running VM) is found here, before the first request that changes anything.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::naming::snapshot_name;
+use crate::azure::arm::client::ResourceRef;
+use crate::azure::arm::models::PowerState;
+use crate::azure::inventory::{DiskInfo, DiskRole, VmInfo};
+use crate::cli::{Consistency, DiskSet};
+use crate::image::sink::ImageFormat;
+
+/// How one disk's bytes are read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Source {
+    /// Snapshot the managed disk, grant read access on the snapshot.
+    Snapshot {
+        snapshot: ResourceId,
+        disk_id: String,
+    },
+    /// Grant read access on the managed disk itself (its VM is deallocated).
+    Disk { disk_id: String },
+    /// An unmanaged disk: its page blob, read with an Entra ID token for storage.
+    Blob { uri: String },
+}
+
+/// A resource id with the parts the ARM client needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResourceId {
+    pub id: String,
+    #[serde(skip)]
+    pub reference: ResourceRef,
+}
+
+impl ResourceId {
+    pub fn snapshot(subscription: &str, resource_group: &str, name: &str) -> Self {
+        Self {
+            id: format!(
+                "/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.Compute/snapshots/{name}"
+            ),
+            reference: ResourceRef::new(subscription, resource_group, name),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedDisk {
+    pub name: String,
+    pub role: DiskRole,
+    pub lun: Option<u32>,
+    pub source: Source,
+    /// Image path relative to the output directory: `<vm>/<vm>-os.<ext>`.
+    pub image: PathBuf,
+}
+
+impl PlannedDisk {
+    /// The image path relative to the VM's folder (as the manifest gives it).
+    pub fn image_in_vm_dir(&self) -> String {
+        self.image
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedVm {
+    #[serde(skip)]
+    pub vm: VmInfo,
+    pub name: String,
+    pub resource_group: String,
+    pub power_state: PowerState,
+    /// The consistency mode actually used for this VM.
+    pub consistency: &'static str,
+    /// Deallocate before exporting (`--consistency deallocate` on an allocated VM).
+    pub deallocate: bool,
+    pub disks: Vec<PlannedDisk>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    pub run_id: String,
+    pub disks: DiskSet,
+    pub consistency: Option<Consistency>,
+    pub format: ImageFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(
+        "--consistency none exports a disk while it may change: only for deallocated VMs; {vms} not deallocated (use snapshot or deallocate)"
+    )]
+    NotDeallocated { vms: String },
+    #[error(
+        "two selected VMs are both named {name} ({a}, {b}): their output folders would collide; select one with --resource-group"
+    )]
+    DuplicateName { name: String, a: String, b: String },
+    #[error("VM {vm}: disk {disk} has neither a managed disk id nor a VHD URI")]
+    NoSource { vm: String, disk: String },
+}
+
+fn wanted(set: DiskSet, role: DiskRole) -> bool {
+    matches!(
+        (set, role),
+        (DiskSet::All, _) | (DiskSet::Os, DiskRole::Os) | (DiskSet::Data, DiskRole::Data)
+    )
+}
+
+/// The image file name of a disk: `<vm>-os.<ext>` or `<vm>-data-lun<N>.<ext>`.
+pub fn image_name(vm: &str, disk: &DiskInfo, format: ImageFormat) -> String {
+    match disk.lun {
+        Some(lun) if disk.role == DiskRole::Data => {
+            format!("{vm}-data-lun{lun}.{}", format.extension())
+        }
+        _ => format!("{vm}-os.{}", format.extension()),
+    }
+}
+
+/// Plans every VM; refuses the whole run when a VM cannot be exported as asked.
+pub fn plan(vms: &[VmInfo], opts: &PlanOptions) -> Result<Vec<PlannedVm>, PlanError> {
+    let mut by_name: std::collections::BTreeMap<String, &VmInfo> = Default::default();
+    for vm in vms {
+        if let Some(other) = by_name.insert(vm.name.to_ascii_lowercase(), vm) {
+            return Err(PlanError::DuplicateName {
+                name: vm.name.clone(),
+                a: other.id.clone(),
+                b: vm.id.clone(),
+            });
+        }
+    }
+    if opts.consistency == Some(Consistency::None) {
+        let allocated: Vec<&str> = vms
+            .iter()
+            .filter(|v| v.power_state != PowerState::Deallocated)
+            .map(|v| v.name.as_str())
+            .collect();
+        if !allocated.is_empty() {
+            return Err(PlanError::NotDeallocated {
+                vms: allocated.join(", "),
+            });
+        }
+    }
+    vms.iter().map(|vm| plan_vm(vm, opts)).collect()
+}
+
+fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
+    let deallocated = vm.power_state == PowerState::Deallocated;
+    // Default: a snapshot for anything that may be running (any state but deallocated:
+    // a VM that is starting or stopping is as much a moving target as a running one).
+    let consistency = opts.consistency.unwrap_or(if deallocated {
+        Consistency::None
+    } else {
+        Consistency::Snapshot
+    });
+    let deallocate = consistency == Consistency::Deallocate && !deallocated;
+    let subscription = vm.id.split('/').nth(2).unwrap_or_default().to_string();
+    let mut disks: Vec<&DiskInfo> = vm
+        .disks
+        .iter()
+        .filter(|d| wanted(opts.disks, d.role))
+        .collect();
+    // OS disk first, then data disks in LUN order (the domain's boot order).
+    disks.sort_by_key(|d| (d.role == DiskRole::Data, d.lun));
+    let planned = disks
+        .into_iter()
+        .map(|d| {
+            let source = match (&d.id, &d.vhd_uri) {
+                (Some(id), _) if consistency == Consistency::Snapshot => {
+                    let rg = ResourceRef::from_id(id)
+                        .map(|r| r.resource_group)
+                        .unwrap_or_else(|| vm.resource_group.clone());
+                    Source::Snapshot {
+                        snapshot: ResourceId::snapshot(
+                            &subscription,
+                            &rg,
+                            &snapshot_name(&opts.run_id, &d.name),
+                        ),
+                        disk_id: id.clone(),
+                    }
+                }
+                (Some(id), _) => Source::Disk {
+                    disk_id: id.clone(),
+                },
+                (None, Some(uri)) => Source::Blob { uri: uri.clone() },
+                (None, None) => {
+                    return Err(PlanError::NoSource {
+                        vm: vm.name.clone(),
+                        disk: d.name.clone(),
+                    });
+                }
+            };
+            Ok(PlannedDisk {
+                name: d.name.clone(),
+                role: d.role,
+                lun: d.lun,
+                source,
+                image: PathBuf::from(&vm.name).join(image_name(&vm.name, d, opts.format)),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PlannedVm {
+        vm: vm.clone(),
+        name: vm.name.clone(),
+        resource_group: vm.resource_group.clone(),
+        power_state: vm.power_state,
+        consistency: match consistency {
+            Consistency::Snapshot => "snapshot",
+            Consistency::Deallocate => "deallocate",
+            Consistency::None => "none",
+        },
+        deallocate,
+        disks: planned,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(name: &str, role: DiskRole, lun: Option<u32>) -> DiskInfo {
+        DiskInfo {
+            id: Some(format!(
+                "/subscriptions/s/resourceGroups/RG/providers/Microsoft.Compute/disks/{name}"
+            )),
+            name: name.into(),
+            role,
+            lun,
+            size_gb: Some(1),
+            managed: true,
+            vhd_uri: None,
+        }
+    }
+
+    fn vm(name: &str, state: PowerState) -> VmInfo {
+        VmInfo {
+            id: format!(
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/{name}"
+            ),
+            name: name.into(),
+            resource_group: "rg".into(),
+            location: "westeurope".into(),
+            power_state: state,
+            vm_size: None,
+            vcpus: None,
+            memory_mib: None,
+            os_type: None,
+            hyperv_generation: None,
+            tags: Default::default(),
+            disks: vec![
+                disk("d3", DiskRole::Data, Some(3)),
+                disk("os", DiskRole::Os, None),
+                disk("d0", DiskRole::Data, Some(0)),
+            ],
+        }
+    }
+
+    fn opts(c: Option<Consistency>, d: DiskSet) -> PlanOptions {
+        PlanOptions {
+            run_id: "r1".into(),
+            disks: d,
+            consistency: c,
+            format: ImageFormat::Qcow2,
+        }
+    }
+
+    #[test]
+    fn defaults_snapshot_allocated_and_read_deallocated_directly() {
+        let p = plan(
+            &[
+                vm("a", PowerState::Running),
+                vm("b", PowerState::Deallocated),
+            ],
+            &opts(None, DiskSet::All),
+        )
+        .unwrap();
+        assert_eq!(p[0].consistency, "snapshot");
+        let names: Vec<_> = p[0]
+            .disks
+            .iter()
+            .map(|d| d.image.display().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            ["a/a-os.qcow2", "a/a-data-lun0.qcow2", "a/a-data-lun3.qcow2"]
+        );
+        match &p[0].disks[0].source {
+            Source::Snapshot { snapshot, .. } => {
+                assert_eq!(snapshot.reference.resource_group, "RG");
+                assert_eq!(snapshot.reference.name, "a2k-r1-os");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(p[1].disks[0].source, Source::Disk { .. }));
+        assert!(!p[1].deallocate);
+    }
+
+    #[test]
+    fn none_is_refused_for_allocated_vms_and_disk_sets_filter() {
+        let e = plan(
+            &[
+                vm("a", PowerState::Stopped),
+                vm("b", PowerState::Deallocated),
+            ],
+            &opts(Some(Consistency::None), DiskSet::All),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("a not deallocated"), "{e}");
+        let p = plan(
+            &[vm("a", PowerState::Running)],
+            &opts(Some(Consistency::Deallocate), DiskSet::Data),
+        )
+        .unwrap();
+        assert!(p[0].deallocate);
+        assert_eq!(p[0].disks.len(), 2);
+        assert!(
+            p[0].disks
+                .iter()
+                .all(|d| matches!(d.source, Source::Disk { .. }))
+        );
+    }
+
+    #[test]
+    fn duplicate_vm_names_are_refused() {
+        let mut b = vm("A", PowerState::Running);
+        b.id.push('x');
+        let e = plan(
+            &[vm("a", PowerState::Running), b],
+            &opts(None, DiskSet::All),
+        )
+        .unwrap_err();
+        assert!(matches!(e, PlanError::DuplicateName { .. }));
+    }
+}

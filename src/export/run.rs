@@ -1,0 +1,369 @@
+//! One export run over a plan, in two phases so that every VM's disks are copied at one
+//! instant: (1) per VM, deallocate if asked, then snapshot all its selected disks; (2) all
+//! disks of all VMs, a bounded number at a time, each granted, downloaded, revoked and its
+//! snapshot deleted as soon as it is done. Whatever happens — a failed disk, Ctrl-C,
+//! SIGTERM, a panic in a task — the run ends with a sweep over the ledger that revokes
+//! every grant and deletes every snapshot still recorded as possibly existing. Only a
+//! second Ctrl-C or a kill -9 skips it, and then the report names what is left for
+//! `cleanup --run-id`.
+
+use std::collections::BTreeMap;
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use super::cleanup::sweep;
+use super::disk::{DiskContext, DiskError, export_disk};
+use super::ledger::{DiskOutcome, Ledger, ResourceKind, ResourceState};
+use super::plan::{PlannedDisk, PlannedVm, Source};
+use crate::azure::arm::client::ResourceRef;
+use crate::transfer::job::DownloadReport;
+
+/// Tag on every snapshot a run creates: `cleanup` finds them by it.
+pub const RUN_TAG: &str = "azure2kvm-run";
+/// Tag naming the disk a snapshot copies.
+pub const SOURCE_TAG: &str = "azure2kvm-source";
+/// VMs prepared (deallocated, snapshotted) at once: ARM writes are rate-limited per
+/// subscription (200 per bucket, 10/s refill), a few in flight is plenty.
+pub const PREPARE_CONCURRENCY: usize = 4;
+/// Connections one disk gets when the budget allows several disks in flight: beyond ~4
+/// per blob the gain is small, and more disks in flight use the link better.
+pub const CONNECTIONS_PER_DISK: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskStatus {
+    Done,
+    Failed,
+    Interrupted,
+}
+
+impl DiskStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// What became of one planned disk.
+#[derive(Debug, Clone)]
+pub struct DiskResult {
+    pub status: DiskStatus,
+    pub report: Option<DownloadReport>,
+    pub error: Option<String>,
+}
+
+/// Bytes of the image fetched from Azure over every grant of the disk: the plan's bytes
+/// (a download that resumed after a renewed grant reports only its own last call in its
+/// transfer stats, which would undercount).
+pub fn bytes_downloaded(report: &DownloadReport) -> u64 {
+    report.planned_bytes
+}
+
+/// (disks in flight, connections each) for a budget of `concurrency` connections: the
+/// product never exceeds the budget.
+pub fn split_budget(concurrency: usize) -> (usize, usize) {
+    let concurrency = concurrency.max(1);
+    let per_disk = concurrency.min(CONNECTIONS_PER_DISK);
+    let slots = (concurrency / per_disk).max(1);
+    (slots, concurrency / slots)
+}
+
+fn key(vm: &str, disk: &str) -> (String, String) {
+    (vm.to_ascii_lowercase(), disk.to_ascii_lowercase())
+}
+
+/// The ledger's outcome rows for a plan, all pending.
+pub fn pending_outcomes(plan: &[PlannedVm]) -> Vec<DiskOutcome> {
+    plan.iter()
+        .flat_map(|vm| {
+            vm.disks.iter().map(|d| DiskOutcome {
+                vm: vm.name.clone(),
+                disk: d.name.clone(),
+                role: match d.role {
+                    crate::azure::inventory::DiskRole::Os => "os".into(),
+                    crate::azure::inventory::DiskRole::Data => "data".into(),
+                },
+                lun: d.lun,
+                image: Some(d.image.display().to_string()),
+                status: "pending".into(),
+                bytes_downloaded: 0,
+                error: None,
+            })
+        })
+        .collect()
+}
+
+fn record(ledger: &Ledger, vm: &str, disk: &PlannedDisk, result: &DiskResult) {
+    let r = ledger.update(|rep| {
+        if let Some(o) = rep
+            .disks
+            .iter_mut()
+            .find(|o| key(&o.vm, &o.disk) == key(vm, &disk.name))
+        {
+            o.status = result.status.as_str().into();
+            o.bytes_downloaded = result.report.as_ref().map(bytes_downloaded).unwrap_or(0);
+            o.error = result.error.clone();
+        }
+    });
+    if let Err(e) = r {
+        tracing::error!("{e}");
+    }
+}
+
+/// Runs the plan; returns one result per planned disk, by (vm, disk) in lower case.
+pub async fn run(
+    plan: &[PlannedVm],
+    ctx: &DiskContext,
+    run_id: &str,
+) -> BTreeMap<(String, String), DiskResult> {
+    let mut results: BTreeMap<(String, String), DiskResult> = BTreeMap::new();
+
+    // Phase 1: prepare every VM (deallocate, snapshots) before any download starts.
+    let prepared: Vec<Vec<(String, DiskResult)>> = futures::stream::iter(plan)
+        .map(|vm| prepare_vm(ctx, vm, run_id))
+        .buffer_unordered(PREPARE_CONCURRENCY)
+        .collect()
+        .await;
+    for failures in prepared {
+        for (vm_disk, result) in failures {
+            let (vm, disk) = vm_disk.split_once('\u{0}').unwrap_or_default();
+            if let Some(d) = plan
+                .iter()
+                .find(|v| v.name.eq_ignore_ascii_case(vm))
+                .and_then(|v| v.disks.iter().find(|d| d.name.eq_ignore_ascii_case(disk)))
+            {
+                record(&ctx.ledger, vm, d, &result);
+            }
+            results.insert(key(vm, disk), result);
+        }
+    }
+
+    // Phase 2: every disk that is ready, a bounded number at a time, each with its share
+    // of the connection budget.
+    let (slots, connections) = split_budget(ctx.connections);
+    let ready: Vec<(&PlannedVm, &PlannedDisk)> = plan
+        .iter()
+        .flat_map(|vm| vm.disks.iter().map(move |d| (vm, d)))
+        .filter(|(vm, d)| !results.contains_key(&key(&vm.name, &d.name)))
+        .collect();
+    let per_disk = DiskContext {
+        connections,
+        ..ctx.clone()
+    };
+    let done: Vec<((String, String), DiskResult)> = futures::stream::iter(ready)
+        .map(|(vm, d)| {
+            let (ctx, vm_name, disk) = (per_disk.clone(), vm.name.clone(), d.clone());
+            async move {
+                // A task of its own: a panic in one disk's work stops neither the others
+                // nor the sweep.
+                let task = tokio::spawn({
+                    let ctx = ctx.clone();
+                    let (vm_name, disk) = (vm_name.clone(), disk.clone());
+                    async move { one_disk(&ctx, &vm_name, &disk).await }
+                });
+                let result = task.await.unwrap_or_else(|e| DiskResult {
+                    status: DiskStatus::Failed,
+                    report: None,
+                    error: Some(format!(
+                        "VM {vm_name}, disk {}: task failed: {e}",
+                        disk.name
+                    )),
+                });
+                record(&ctx.ledger, &vm_name, &disk, &result);
+                (key(&vm_name, &disk.name), result)
+            }
+        })
+        .buffer_unordered(slots)
+        .collect()
+        .await;
+    results.extend(done);
+
+    // Whatever is still recorded as possibly existing goes now.
+    sweep(&ctx.arm, &ctx.ledger).await;
+    results
+}
+
+/// Exports one disk, then deletes its snapshot (grants are revoked by `export_disk`).
+async fn one_disk(ctx: &DiskContext, vm: &str, d: &PlannedDisk) -> DiskResult {
+    let outcome = export_disk(ctx, vm, d).await;
+    if let Source::Snapshot { snapshot, .. } = &d.source {
+        delete_snapshot(ctx, &snapshot.id, &snapshot.reference).await;
+    }
+    match outcome {
+        Ok(report) => {
+            tracing::info!(
+                "{vm}: {} exported to {} ({} fetched)",
+                d.name,
+                d.image.display(),
+                crate::output::units::human_bytes(report.stats.bytes_fetched)
+            );
+            DiskResult {
+                status: DiskStatus::Done,
+                report: Some(report),
+                error: None,
+            }
+        }
+        Err(e @ DiskError::Interrupted { .. }) => DiskResult {
+            status: DiskStatus::Interrupted,
+            report: None,
+            error: Some(e.to_string()),
+        },
+        Err(e) => {
+            tracing::error!("{e}");
+            DiskResult {
+                status: DiskStatus::Failed,
+                report: None,
+                error: Some(e.to_string()),
+            }
+        }
+    }
+}
+
+/// Deletes a snapshot (404 counts as deleted); a failure is left for the sweep.
+pub async fn delete_snapshot(ctx: &DiskContext, id: &str, r: &ResourceRef) {
+    let state = match ctx.arm.delete_snapshot(r).await {
+        Ok(()) => (ResourceState::Removed, None),
+        Err(e) => {
+            tracing::warn!("deleting snapshot {r}: {e}");
+            (ResourceState::RemoveFailed, Some(e.to_string()))
+        }
+    };
+    let _ = ctx
+        .ledger
+        .set_state(ResourceKind::Snapshot, id, state.0, state.1);
+}
+
+/// Deallocates (if planned) and snapshots every disk of `vm` that needs one. Returns the
+/// disks that cannot go on, keyed `vm\0disk`.
+async fn prepare_vm(ctx: &DiskContext, vm: &PlannedVm, run_id: &str) -> Vec<(String, DiskResult)> {
+    let fail_all = |status: DiskStatus, message: String| {
+        vm.disks
+            .iter()
+            .map(|d| {
+                (
+                    format!("{}\u{0}{}", vm.name, d.name),
+                    DiskResult {
+                        status,
+                        report: None,
+                        error: Some(message.clone()),
+                    },
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    if ctx.interrupt.is_set() {
+        return fail_all(
+            DiskStatus::Interrupted,
+            "interrupted before it started".into(),
+        );
+    }
+    if vm.deallocate {
+        let Some(r) = ResourceRef::from_id(&vm.vm.id) else {
+            return fail_all(DiskStatus::Failed, format!("VM {}: bad id", vm.name));
+        };
+        if let Err(e) = ctx
+            .ledger
+            .creating(ResourceKind::Deallocation, &vm.vm.id, None)
+        {
+            return fail_all(DiskStatus::Failed, e.to_string());
+        }
+        tracing::warn!(
+            "{}: deallocating the VM (--consistency deallocate); it stays deallocated after the export",
+            vm.name
+        );
+        if let Err(e) = ctx.arm.deallocate(&r).await {
+            let _ = ctx.ledger.set_state(
+                ResourceKind::Deallocation,
+                &vm.vm.id,
+                ResourceState::RemoveFailed,
+                Some(e.to_string()),
+            );
+            return fail_all(
+                DiskStatus::Failed,
+                format!("VM {}: deallocate: {e}", vm.name),
+            );
+        }
+        let _ = ctx.ledger.set_state(
+            ResourceKind::Deallocation,
+            &vm.vm.id,
+            ResourceState::Exists,
+            None,
+        );
+    }
+    let snapshots = vm.disks.iter().filter_map(|d| match &d.source {
+        Source::Snapshot { snapshot, disk_id } => Some((d, snapshot, disk_id)),
+        _ => None,
+    });
+    let created = futures::future::join_all(snapshots.map(|(d, snapshot, disk_id)| async move {
+        let fail = |message: String| {
+            Some((
+                format!("{}\u{0}{}", vm.name, d.name),
+                DiskResult {
+                    status: DiskStatus::Failed,
+                    report: None,
+                    error: Some(format!("VM {}, disk {}: {message}", vm.name, d.name)),
+                },
+            ))
+        };
+        if ctx.interrupt.is_set() {
+            return Some((
+                format!("{}\u{0}{}", vm.name, d.name),
+                DiskResult {
+                    status: DiskStatus::Interrupted,
+                    report: None,
+                    error: Some("interrupted before its snapshot".into()),
+                },
+            ));
+        }
+        if let Err(e) =
+            ctx.ledger
+                .creating(ResourceKind::Snapshot, &snapshot.id, Some(disk_id.as_str()))
+        {
+            return fail(e.to_string());
+        }
+        let tags = BTreeMap::from([
+            (RUN_TAG.to_string(), run_id.to_string()),
+            (SOURCE_TAG.to_string(), disk_id.clone()),
+        ]);
+        match ctx
+            .arm
+            .create_snapshot(&snapshot.reference, &vm.vm.location, disk_id, false, &tags)
+            .await
+        {
+            Ok(_) => {
+                let _ = ctx.ledger.set_state(
+                    ResourceKind::Snapshot,
+                    &snapshot.id,
+                    ResourceState::Exists,
+                    None,
+                );
+                tracing::info!("{}: snapshot {} created", vm.name, snapshot.reference);
+                None
+            }
+            // Left as "creating": the sweep deletes it if it exists after all.
+            Err(e) => fail(format!("snapshot: {e}")),
+        }
+    }))
+    .await;
+    created.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_bounds_all_connections() {
+        for n in 1..=64 {
+            let (slots, each) = split_budget(n);
+            assert!(slots * each <= n, "{n}: {slots}×{each}");
+            assert!(slots >= 1 && each >= 1);
+        }
+        assert_eq!(split_budget(16), (4, 4));
+        assert_eq!(split_budget(2), (1, 2));
+    }
+}

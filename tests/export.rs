@@ -1,0 +1,877 @@
+//! `export` and `cleanup` against the test world: the fake ARM wired to a real Azurite
+//! (`support::fake_azure`), so grants are real expiring SAS URLs and snapshots real blob
+//! copies. qemu-img is the oracle for qcow2 outputs; `leftovers()` says whether anything
+//! the run created in "Azure" is still there.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use azure2kvm::azure::arm::client::{AccessTarget, ResourceRef};
+use support::fake_arm::{FakeVm, Leftovers, SNAPSHOT_CONTAINER, SUBSCRIPTION, blob_name};
+use support::fake_azure::FakeAzure;
+use support::{download, seed, stderr};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn disk_id(rg: &str, name: &str) -> String {
+    format!(
+        "/subscriptions/{SUBSCRIPTION}/resourceGroups/{rg}/providers/Microsoft.Compute/disks/{name}"
+    )
+}
+
+fn assert_raw_equals(out: &std::path::Path, expected: &[u8]) {
+    let got = std::fs::read(out).expect("output exists");
+    assert_eq!(got.len(), expected.len(), "size of {}", out.display());
+    if let Some(i) = got.iter().zip(expected).position(|(a, b)| a != b) {
+        panic!("{} differs from the seeded disk at byte {i}", out.display());
+    }
+}
+
+/// The world itself behaves like Azure where export depends on it.
+#[test]
+fn fake_world_grants_real_sas_and_snapshots_copy_blobs() {
+    let world = FakeAzure::start(vec![
+        FakeVm::linux("web-01", "rg-web").data_disk(3, 64),
+        FakeVm::linux("db-01", "rg-db").power(Some("deallocated")),
+    ]);
+    let arm = support::arm_client(&world.arm);
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        // A disk of an allocated VM cannot be exported directly.
+        let web_os = ResourceRef::new(SUBSCRIPTION, "rg-web", "web-01-os");
+        let e = arm
+            .grant_access(&AccessTarget::Disk(web_os.clone()), 600)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), Some(409), "{e}");
+        assert!(e.to_string().contains("OperationNotAllowed"), "{e}");
+
+        // Snapshot it: a copy of its blob, tagged, listed at both scopes.
+        let snap = ResourceRef::new(SUBSCRIPTION, "rg-web", "web-01-os-snap");
+        let tags = BTreeMap::from([("azure2kvm-run".to_string(), "r1".to_string())]);
+        arm.create_snapshot(
+            &snap,
+            "westeurope",
+            &disk_id("rg-web", "web-01-os"),
+            false,
+            &tags,
+        )
+        .await
+        .unwrap();
+        for rg in [None, Some("rg-web")] {
+            let listed = arm.list_snapshots(SUBSCRIPTION, rg).await.unwrap();
+            assert_eq!(listed.len(), 1);
+            assert_eq!(listed[0].tags.as_ref().unwrap()["azure2kvm-run"], "r1");
+        }
+        assert!(
+            arm.list_snapshots(SUBSCRIPTION, Some("rg-db"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        let sas = arm
+            .grant_access(&AccessTarget::Snapshot(snap.clone()), 600)
+            .await
+            .unwrap();
+        let out = dir.path().join("web-01-os.raw");
+        let o = download(sas.expose().as_str(), &out, &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_raw_equals(&out, &world.disk("web-01-os").image());
+
+        // A snapshot with an active grant cannot be deleted; after revoke it can.
+        let e = arm.delete_snapshot(&snap).await.unwrap_err();
+        assert_eq!(e.status(), Some(409), "{e}");
+        arm.revoke_access(&AccessTarget::Snapshot(snap.clone()))
+            .await
+            .unwrap();
+        arm.delete_snapshot(&snap).await.unwrap();
+        arm.delete_snapshot(&snap).await.unwrap(); // gone already: fine
+        let r = seed::signed(
+            world.azurite.port,
+            "HEAD",
+            &format!(
+                "/{SNAPSHOT_CONTAINER}/{}",
+                blob_name("rg-web", "web-01-os-snap")
+            ),
+            &[],
+            &[],
+            b"",
+        );
+        assert_eq!(r.status, 404, "the snapshot's blob is deleted with it");
+
+        // A deallocated VM's disk is granted directly; the SAS expires as asked.
+        let db_os = AccessTarget::Disk(ResourceRef::new(SUBSCRIPTION, "rg-db", "db-01-os"));
+        let sas = arm.grant_access(&db_os, 1).await.unwrap();
+        let out = dir.path().join("db-01-os.raw");
+        let o = download(sas.expose().as_str(), &out, &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_raw_equals(&out, &world.disk("db-01-os").image());
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let o = download(sas.expose().as_str(), &dir.path().join("late.raw"), &[]);
+        assert!(!o.status.success(), "an expired SAS must be refused");
+        arm.revoke_access(&db_os).await.unwrap();
+    });
+    assert_eq!(world.leftovers(), Leftovers::default());
+}
+
+// ---------------------------------------------------------------- export end to end
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+use support::{Run, azure_cmd, run};
+
+fn export(world: &FakeAzure, out: &Path, args: &[&str]) -> Run {
+    let mut all = vec!["--output-dir", out.to_str().unwrap()];
+    all.extend_from_slice(args);
+    run(azure_cmd(world, "export", &all))
+}
+
+fn json_file(p: &Path) -> Value {
+    let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The run report in `out` (there is exactly one per run).
+fn report(out: &Path) -> Value {
+    let p = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("run-") && n.ends_with(".json")
+        })
+        .expect("a run report");
+    json_file(&p)
+}
+
+fn assert_image_equals(world: &FakeAzure, image: &Path, disk: &str) {
+    let expected = world.disk(disk).image();
+    if image.extension().is_some_and(|e| e == "raw") {
+        return assert_raw_equals(image, &expected);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("expected.raw");
+    std::fs::write(&raw, &expected).unwrap();
+    let cmp = support::qemu_img(&[
+        "compare",
+        "-f",
+        "raw",
+        "-F",
+        "qcow2",
+        raw.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    assert!(
+        cmp.status.success(),
+        "{} differs from disk {disk}: {}",
+        image.display(),
+        String::from_utf8_lossy(&cmp.stdout)
+    );
+}
+
+fn validate_domain(path: &Path) {
+    support::tools::ensure_debian_tool("xmllint", "libxml2-utils");
+    support::tools::ensure_debian_tool("virt-xml-validate", "libvirt-clients");
+    let out = Command::new("virt-xml-validate")
+        .arg(path)
+        .arg("domain")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} fails virt-xml-validate: {}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// No granted SAS signature (as in the URL, or decoded) and no token in anything the run
+/// wrote or printed — at any log level.
+fn assert_no_secrets(world: &FakeAzure, out: &Path, r: &Run) {
+    let mut secrets: Vec<String> = world.with_state(|s| s.issued_signatures.clone());
+    assert!(!secrets.is_empty(), "the run was granted access");
+    let decoded: Vec<String> = secrets
+        .iter()
+        .map(|s| {
+            s.replace("%2B", "+")
+                .replace("%2F", "/")
+                .replace("%3D", "=")
+        })
+        .collect();
+    secrets.extend(decoded);
+    secrets.push(support::fake_arm::ARM_TOKEN.to_string());
+    let mut texts = vec![
+        ("stdout".to_string(), r.stdout.clone()),
+        ("stderr".to_string(), r.stderr.clone()),
+    ];
+    for entry in walk(out) {
+        if entry.extension().is_some_and(|e| e == "json" || e == "xml") {
+            texts.push((
+                entry.display().to_string(),
+                std::fs::read_to_string(&entry).unwrap(),
+            ));
+        }
+    }
+    for (what, text) in &texts {
+        for secret in &secrets {
+            assert!(
+                !text.contains(secret.as_str()),
+                "a secret leaked into {what}"
+            );
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn fleet() -> Vec<FakeVm> {
+    vec![
+        FakeVm::linux("web-01", "rg-web")
+            .data_disk(0, 64)
+            .data_disk(3, 32),
+        FakeVm::linux("db-01", "rg-db").power(Some("deallocated")),
+        FakeVm::windows_gen2("win-01", "rg-web").power(Some("stopped")),
+    ]
+}
+
+#[test]
+fn export_of_a_mixed_fleet_gives_identical_images_manifests_and_domains() {
+    let mut vms = fleet();
+    // An unmanaged disk that cannot be read: it fails alone, the rest is exported.
+    let mut old = FakeVm::linux("old-01", "rg-old").power(Some("deallocated"));
+    old.disks[0].vhd_uri = Some("http://127.0.0.1:9/vhds/old-01-os.vhd".into());
+    vms.push(old);
+    let world = FakeAzure::start(vms);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // At trace level: not even the SDK's request logs may show a secret.
+    let r = export(&world, &out, &["-vv"]);
+    assert_eq!(r.code, 3, "one disk fails: exit 3\n{}", r.stderr);
+    assert!(r.stderr.contains("old-01"), "{}", r.stderr);
+    assert_eq!(world.leftovers(), Leftovers::default());
+    assert_no_secrets(&world, &out, &r);
+
+    // Running and stopped VMs were snapshotted; the deallocated one read directly.
+    let counts = world.arm.counts();
+    assert_eq!(counts.get("snapshot_create"), Some(&4), "{counts:?}");
+
+    for (vm, disks) in [
+        (
+            "web-01",
+            vec![
+                ("web-01-os", "web-01-os.qcow2"),
+                ("web-01-data0", "web-01-data-lun0.qcow2"),
+                ("web-01-data3", "web-01-data-lun3.qcow2"),
+            ],
+        ),
+        ("db-01", vec![("db-01-os", "db-01-os.qcow2")]),
+        ("win-01", vec![("win-01-os", "win-01-os.qcow2")]),
+    ] {
+        let vm_dir = out.join(vm);
+        for (disk, file) in &disks {
+            assert_image_equals(&world, &vm_dir.join(file), disk);
+        }
+        let m = json_file(&vm_dir.join("manifest.json"));
+        assert_eq!(m["name"], vm);
+        assert!(m["power_state"].is_string() && m["vm_size"].is_string());
+        let md = m["disks"].as_array().unwrap();
+        assert_eq!(md.len(), disks.len());
+        for (d, (_, file)) in md.iter().zip(&disks) {
+            assert_eq!(d["status"], "done", "{d}");
+            assert_eq!(d["image"], *file);
+            assert_eq!(d["format"], "qcow2");
+            assert_eq!(d["virtual_size"], 4 << 20);
+            assert!(d["bytes_downloaded"].as_u64().unwrap() > 0);
+            assert!(d["error"].is_null());
+        }
+        let xml_path = vm_dir.join("domain.xml");
+        validate_domain(&xml_path);
+        let xml = std::fs::read_to_string(&xml_path).unwrap();
+        // OS disk first, then LUN order.
+        let positions: Vec<usize> = disks
+            .iter()
+            .map(|(_, f)| xml.find(f).unwrap_or_else(|| panic!("{f} not in domain")))
+            .collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{xml}");
+        assert_eq!(vm == "win-01", xml.contains("firmware='efi'"), "{xml}");
+    }
+    // The failed VM has a manifest that says why, and no domain.
+    let m = json_file(&out.join("old-01/manifest.json"));
+    assert_eq!(m["disks"][0]["status"], "failed");
+    assert!(
+        m["disks"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unmanaged")
+    );
+    assert!(!out.join("old-01/domain.xml").exists());
+
+    let rep = report(&out);
+    assert_eq!(rep["status"], "partial");
+    assert_eq!(rep["disks"].as_array().unwrap().len(), 6);
+    let summary: Value = serde_json::from_str(&r.stdout).expect("a JSON summary on stdout");
+    assert_eq!(summary["status"], "partial");
+    assert_eq!(summary["run_id"], rep["run_id"]);
+    assert_eq!(summary["resources_left"], 0);
+    let resources = rep["resources"].as_array().unwrap();
+    // 4 snapshots, 5 grants (4 on snapshots, 1 on db-01's disk), all removed.
+    assert_eq!(resources.len(), 9, "{resources:?}");
+    assert!(
+        resources.iter().all(|r| r["state"] == "removed"),
+        "{resources:?}"
+    );
+}
+
+// ---------------------------------------------------------------- dry run and plans
+
+/// Requests that would change something in Azure.
+const WRITES: &[&str] = &[
+    "snapshot_create",
+    "snapshot_delete",
+    "grant_access",
+    "revoke_access",
+    "deallocate",
+    "power_off",
+];
+
+fn writes(world: &FakeAzure) -> u64 {
+    world.with_state(|s| WRITES.iter().map(|w| s.count(w)).sum())
+}
+
+#[test]
+fn dry_run_sends_no_write_and_a_written_plan_is_exported_as_is() {
+    let world = FakeAzure::start(fleet());
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.json");
+    let r = run(azure_cmd(
+        &world,
+        "export",
+        &[
+            "--dry-run",
+            "--plan",
+            plan.to_str().unwrap(),
+            "--name",
+            "web-*",
+            "db-*",
+        ],
+    ));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(writes(&world), 0, "{:?}", world.arm.counts());
+    let shown: Value = serde_json::from_str(&r.stdout).expect("the plan on stdout is JSON");
+    let vms = shown["vms"].as_array().unwrap();
+    assert_eq!(vms.len(), 2);
+    let web = vms.iter().find(|v| v["name"] == "web-01").unwrap();
+    assert_eq!(web["consistency"], "snapshot");
+    assert_eq!(web["disks"][0]["source"]["kind"], "snapshot");
+    assert_eq!(web["disks"][2]["image"], "web-01/web-01-data-lun3.qcow2");
+    let db = vms.iter().find(|v| v["name"] == "db-01").unwrap();
+    assert_eq!(db["disks"][0]["source"]["kind"], "disk");
+    let written: Value = json_file(&plan);
+    assert_eq!(written.as_array().unwrap().len(), 2);
+
+    // A plan file that is not there, with or without selection flags: refused.
+    let missing = dir.path().join("missing.json");
+    for extra in [&[][..], &["--name", "web-01"][..]] {
+        let mut a = vec!["--plan", missing.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        let r = export(&world, &dir.path().join("o"), &a);
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert!(r.stderr.contains("no such file"), "{}", r.stderr);
+    }
+
+    // --consistency none on an allocated VM: refused before anything is created.
+    let out = dir.path().join("out");
+    let r = export(&world, &out, &["--consistency", "none"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("web-01"), "{}", r.stderr);
+    assert_eq!(writes(&world), 0);
+
+    // The plan file is the selection: exactly its VMs (not win-01), OS disks only. db-01
+    // was started since the plan was made: it is snapshotted now, not read directly.
+    world.with_state(|s| {
+        s.vms
+            .iter_mut()
+            .find(|v| v.name == "db-01")
+            .unwrap()
+            .power_state = Some("running".into())
+    });
+    let r = export(
+        &world,
+        &out,
+        &[
+            "--plan",
+            plan.to_str().unwrap(),
+            "--disks",
+            "os",
+            "--format",
+            "raw",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_image_equals(&world, &out.join("web-01/web-01-os.raw"), "web-01-os");
+    assert_image_equals(&world, &out.join("db-01/db-01-os.raw"), "db-01-os");
+    assert!(!out.join("web-01/web-01-data-lun0.raw").exists());
+    assert!(!out.join("win-01").exists());
+    assert_eq!(world.with_state(|s| s.count("snapshot_create")), 2);
+    assert_eq!(world.leftovers(), Leftovers::default());
+
+    // Again into the same folder: images are never overwritten, refused before any write.
+    let before = writes(&world);
+    let r = export(
+        &world,
+        &out,
+        &[
+            "--plan",
+            plan.to_str().unwrap(),
+            "--disks",
+            "os",
+            "--format",
+            "raw",
+        ],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("never overwritten"), "{}", r.stderr);
+    assert_eq!(writes(&world), before);
+}
+
+// ---------------------------------------------------------------- interruptions
+
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> i32 {
+    let t = std::time::Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code().unwrap_or(-1);
+        }
+        assert!(t.elapsed() < limit, "the export did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn_export(world: &FakeAzure, out: &Path, args: &[&str]) -> support::ChildGuard {
+    let mut all = vec!["--output-dir", out.to_str().unwrap()];
+    all.extend_from_slice(args);
+    support::ChildGuard::spawn(azure_cmd(world, "export", &all))
+}
+
+/// A world whose ARM answers slowly and whose SAS URLs go through a slow proxy, so a
+/// test can act while a run is in the middle of it.
+fn slow_world() -> (FakeAzure, support::fault_proxy::FaultProxy) {
+    let world = FakeAzure::start(fleet());
+    world.with_state(|s| s.config.latency = Duration::from_millis(50));
+    let proxy = support::fault_proxy::FaultProxy::start(world.azurite.port);
+    proxy.set_delay(Duration::from_millis(400));
+    world.set_sas_port(proxy.port);
+    (world, proxy)
+}
+
+fn signal(child: &support::ChildGuard, sig: &str) {
+    let pid = child.pid().to_string();
+    assert!(
+        Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[test]
+fn ctrl_c_after_the_first_snapshot_exits_130_and_leaves_nothing() {
+    interrupted_run_leaves_nothing("-INT");
+}
+
+#[test]
+fn sigterm_mid_run_exits_130_and_leaves_nothing() {
+    interrupted_run_leaves_nothing("-TERM");
+}
+
+fn interrupted_run_leaves_nothing(sig: &str) {
+    let (world, _proxy) = slow_world();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut child = spawn_export(&world, &out, &["--concurrency", "1"]);
+    wait_for("the first snapshot", Duration::from_secs(30), || {
+        world.with_state(|s| !s.snapshots.is_empty())
+    });
+    signal(&child, sig);
+    let code = wait_exit(child.0.as_mut().unwrap(), Duration::from_secs(60));
+    assert_eq!(code, 130);
+    assert_eq!(world.leftovers(), Leftovers::default());
+    let rep = report(&out);
+    assert_eq!(rep["status"], "interrupted");
+    let resources = rep["resources"].as_array().unwrap();
+    assert!(!resources.is_empty());
+    assert!(
+        resources
+            .iter()
+            .all(|r| r["state"] == "removed" || r["kind"] == "deallocation"),
+        "{resources:?}"
+    );
+}
+
+#[test]
+fn kill_9_mid_download_then_cleanup_removes_everything_and_can_run_twice() {
+    let (world, _proxy) = slow_world();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut child = spawn_export(&world, &out, &["--concurrency", "1"]);
+    wait_for("a download in progress", Duration::from_secs(30), || {
+        world.with_state(|s| !s.grants.is_empty())
+    });
+    child.kill9();
+    let left = world.leftovers();
+    assert!(
+        !left.snapshots.is_empty() && !left.grants.is_empty(),
+        "{left:?}"
+    );
+    let run_id = report(&out)["run_id"].as_str().unwrap().to_string();
+
+    // By tag alone (no report at hand): the run's snapshots go, grants on them too.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut c = azure_cmd(&world, "cleanup", &["--run-id", &run_id]);
+    c.current_dir(elsewhere.path());
+    let r = run(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        world.leftovers().snapshots.is_empty(),
+        "{:?}",
+        world.leftovers()
+    );
+
+    // With the report: whatever else it names (grants on disks) goes too; twice is fine.
+    for _ in 0..2 {
+        let r = run(azure_cmd(
+            &world,
+            "cleanup",
+            &["--run-id", &run_id, "--output-dir", out.to_str().unwrap()],
+        ));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(world.leftovers(), Leftovers::default());
+    }
+    let rep = report(&out);
+    assert!(
+        rep["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["state"] == "removed"),
+        "{rep}"
+    );
+}
+
+#[test]
+fn an_expired_grant_mid_download_is_renewed_and_the_image_is_identical() {
+    let world = FakeAzure::start(vec![FakeVm::linux("web-01", "rg-web")]);
+    let proxy = support::fault_proxy::FaultProxy::start(world.azurite.port);
+    // Every data GET (the footer read, then 3 chunks) waits 1 s; a grant lives 3-4 s
+    // (the SAS expiry is in whole seconds): each grant gets the footer and at least one
+    // chunk done with a second to spare, none gets all of them.
+    proxy.set_delay(Duration::from_millis(1000));
+    world.set_sas_port(proxy.port);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let r = export(
+        &world,
+        &out,
+        &[
+            "--sas-duration",
+            "4",
+            "--concurrency",
+            "1",
+            "--format",
+            "raw",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let grants = world.with_state(|s| s.count("grant_access"));
+    assert!(
+        grants >= 2,
+        "the grant was renewed: {grants} grants\n{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("granting again"), "{}", r.stderr);
+    assert_image_equals(&world, &out.join("web-01/web-01-os.raw"), "web-01-os");
+    assert_eq!(world.leftovers(), Leftovers::default());
+    assert_no_secrets(&world, &out, &r);
+}
+
+// ---------------------------------------------------------------- fleets
+
+#[test]
+fn shards_in_parallel_cover_every_disk_exactly_once() {
+    let mut vms = fleet();
+    vms.push(FakeVm::linux("app-01", "rg-web").data_disk(1, 8));
+    vms.push(FakeVm::linux("app-02", "rg-web").power(Some("deallocated")));
+    let world = FakeAzure::start(vms);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let n = 3;
+    let mut children: Vec<_> = (0..n)
+        .map(|i| {
+            let shard = format!("{i}/{n}");
+            let mut all = vec!["--output-dir", out.to_str().unwrap(), "--format", "raw"];
+            all.extend(["--shard", shard.as_str()]);
+            let mut c = azure_cmd(&world, "export", &all);
+            c.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    for c in &mut children {
+        assert_eq!(wait_exit(c, Duration::from_secs(120)), 0);
+    }
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for p in walk(&out).into_iter().filter(|p| {
+        let n = p.file_name().unwrap().to_string_lossy();
+        n.starts_with("run-")
+    }) {
+        for d in json_file(&p)["disks"].as_array().unwrap() {
+            assert_eq!(d["status"], "done");
+            *seen
+                .entry(d["disk"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    let all: Vec<String> = world.disks.keys().cloned().collect();
+    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), all);
+    assert!(seen.values().all(|&c| c == 1), "{seen:?}");
+    for (vm, disk, file) in [
+        ("app-01", "app-01-data1", "app-01-data-lun1.raw"),
+        ("app-02", "app-02-os", "app-02-os.raw"),
+        ("win-01", "win-01-os", "win-01-os.raw"),
+    ] {
+        assert_image_equals(&world, &out.join(vm).join(file), disk);
+    }
+    assert_eq!(world.leftovers(), Leftovers::default());
+}
+
+#[test]
+fn a_failing_disk_fails_alone_and_deallocate_is_reported() {
+    let world = FakeAzure::start(fleet());
+    // db-01's disk has lost its contents: granted fine, unreadable (404).
+    let r = seed::signed(
+        world.azurite.port,
+        "DELETE",
+        &format!("/disks/{}", blob_name("rg-db", "db-01-os")),
+        &[],
+        &[],
+        b"",
+    );
+    assert!(r.status < 300, "delete blob: {}", r.status);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let r = export(&world, &out, &["--name", "web-01", "db-01"]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert_image_equals(
+        &world,
+        &out.join("web-01/web-01-data-lun3.qcow2"),
+        "web-01-data3",
+    );
+    let rep = report(&out);
+    assert_eq!(rep["status"], "partial");
+    let db = rep["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["disk"] == "db-01-os")
+        .unwrap()
+        .clone();
+    assert_eq!(db["status"], "failed");
+    let why = db["error"].as_str().unwrap();
+    assert!(why.contains("db-01") && why.contains("404"), "{why}");
+    assert_eq!(world.leftovers(), Leftovers::default());
+
+    // Nothing exported at all: exit 1, the report says failed.
+    let out1 = dir.path().join("out1");
+    let r = export(&world, &out1, &["--name", "db-01"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(report(&out1)["status"], "failed");
+    assert_eq!(world.leftovers(), Leftovers::default());
+
+    // --consistency deallocate: the VM is deallocated first, read directly, and the
+    // report says so (it is not undone).
+    let snapshots_before = world.with_state(|s| s.count("snapshot_create"));
+    let out2 = dir.path().join("out2");
+    let r = export(
+        &world,
+        &out2,
+        &["--name", "win-01", "--consistency", "deallocate"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(world.with_state(|s| s.count("deallocate")), 1);
+    assert_eq!(
+        world.with_state(|s| s.count("snapshot_create")),
+        snapshots_before
+    );
+    let state = world.with_state(|s| {
+        s.vms
+            .iter()
+            .find(|v| v.name == "win-01")
+            .unwrap()
+            .power_state
+            .clone()
+    });
+    assert_eq!(state.as_deref(), Some("deallocated"));
+    let rep = report(&out2);
+    let dealloc: Vec<_> = rep["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "deallocation")
+        .collect();
+    assert_eq!(dealloc.len(), 1, "{rep}");
+    assert!(dealloc[0]["id"].as_str().unwrap().ends_with("win-01"));
+    assert_image_equals(&world, &out2.join("win-01/win-01-os.qcow2"), "win-01-os");
+    assert_eq!(world.leftovers(), Leftovers::default());
+}
+
+#[test]
+fn a_second_ctrl_c_exits_at_once_and_the_report_names_what_is_left() {
+    let (world, _proxy) = slow_world();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut child = spawn_export(&world, &out, &["--concurrency", "1"]);
+    wait_for("a download in progress", Duration::from_secs(30), || {
+        world.with_state(|s| !s.grants.is_empty())
+    });
+    signal(&child, "-INT");
+    signal(&child, "-INT");
+    let code = wait_exit(child.0.as_mut().unwrap(), Duration::from_secs(10));
+    assert_eq!(code, 130);
+    let rep = report(&out);
+    let named: Vec<String> = rep["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] != "removed" && r["kind"] != "deallocation")
+        .map(|r| r["id"].as_str().unwrap().to_ascii_lowercase())
+        .collect();
+    // Everything still in "Azure" is named in the report.
+    let left = world.leftovers();
+    for g in &left.grants {
+        assert!(named.contains(g), "grant {g} not in the report {named:?}");
+    }
+    for snap in &left.snapshots {
+        let tail = format!("/snapshots/{}", snap.to_ascii_lowercase());
+        assert!(
+            named.iter().any(|n| n.ends_with(&tail)),
+            "snapshot {snap} not in the report {named:?}"
+        );
+    }
+    let run_id = rep["run_id"].as_str().unwrap().to_string();
+    let r = run(azure_cmd(
+        &world,
+        "cleanup",
+        &["--run-id", &run_id, "--output-dir", out.to_str().unwrap()],
+    ));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(world.leftovers(), Leftovers::default());
+}
+
+#[test]
+fn cleanup_refuses_bad_input_clearly() {
+    let world = FakeAzure::start(vec![]);
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(azure_cmd(&world, "cleanup", &["--run-id", "../etc/passwd"]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("run id"), "{}", r.stderr);
+    // No report and no subscription: nothing to search.
+    let mut c = support::bin();
+    c.args([
+        "--no-progress",
+        "cleanup",
+        "--run-id",
+        "20261127t103000z-3f9a",
+    ])
+    .args(world.cli_args())
+    .envs(world.env())
+    .current_dir(dir.path());
+    let r = run(c);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--subscription"), "{}", r.stderr);
+    // A run that left nothing: fine.
+    let r = run(azure_cmd(
+        &world,
+        "cleanup",
+        &["--run-id", "20261127t103000z-3f9a"],
+    ));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn cleanup_treats_recorded_but_never_created_resources_as_removed() {
+    use azure2kvm::export::cleanup::cleanup_run;
+    use azure2kvm::export::ledger::{Ledger, ResourceKind, RunReport};
+    let world = FakeAzure::start(vec![
+        FakeVm::linux("db-01", "rg-db").power(Some("deallocated")),
+    ]);
+    let arm = support::arm_client(&world.arm);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::create(dir.path(), RunReport::new("r1", Value::Null)).unwrap();
+    // A crash right after recording: the create requests may never have arrived.
+    let snap = format!(
+        "/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-db/providers/Microsoft.Compute/snapshots/a2k-r1-db-01-os"
+    );
+    ledger
+        .creating(
+            ResourceKind::Snapshot,
+            &snap,
+            Some(&disk_id("rg-db", "db-01-os")),
+        )
+        .unwrap();
+    ledger
+        .creating(ResourceKind::AccessGrant, &snap, None)
+        .unwrap();
+    // And one grant that did happen, on a disk (no tag can find it).
+    let disk = AccessTarget::Disk(ResourceRef::new(SUBSCRIPTION, "rg-db", "db-01-os"));
+    rt().block_on(async {
+        arm.grant_access(&disk, 600).await.unwrap();
+        ledger
+            .creating(
+                ResourceKind::AccessGrant,
+                &disk_id("rg-db", "db-01-os"),
+                None,
+            )
+            .unwrap();
+        assert_eq!(world.leftovers().grants.len(), 1);
+        let s = cleanup_run(&arm, "r1", SUBSCRIPTION, Some(&ledger))
+            .await
+            .unwrap();
+        assert!(s.failed.is_empty(), "{s:?}");
+        assert_eq!(s.grants_revoked, 2);
+        assert_eq!(s.snapshots_deleted, 1);
+    });
+    assert_eq!(world.leftovers(), Leftovers::default());
+    let rep = Ledger::open(ledger.path()).unwrap().report();
+    assert!(rep.resources.iter().all(|r| !r.outstanding()), "{rep:?}");
+}

@@ -1,0 +1,162 @@
+//! The test world for `export` and `cleanup`: a running Azurite and the fake ARM wired
+//! together, so that a grant returns a real, expiring service SAS for a real page blob and
+//! a snapshot is a real copy of its disk's blob. Each managed disk is seeded as a small
+//! fixed VHD (a few MiB, a few written extents, the rest never-written pages) whose bytes
+//! the test keeps, so an exported image can be compared with what was "in Azure".
+//!
+//! Usable from tests (`mod support;`) and from an example or demo binary: include this
+//! file together with `azurite.rs`, `fake_arm.rs`, `http.rs`, `seed.rs` and `vhd.rs` as
+//! siblings in one module (`#[path]`); it uses nothing else from the test crate.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use super::azurite::Azurite;
+use super::fake_arm::{
+    ArmState, DISK_CONTAINER, FakeArm, FakeVm, FakeVmDisk, IDENTITY_HEADER, Leftovers,
+    SNAPSHOT_CONTAINER, StorageBackend, blob_name,
+};
+use super::seed;
+use super::vhd::{Disk, MIB, fill, footer};
+
+/// A small, sparse disk whose contents depend on `name` (so a mix-up between two disks
+/// shows): 4 MiB with three written extents, one of them unaligned to 4 KiB.
+pub fn small_disk(name: &str) -> Disk {
+    let mut h = DefaultHasher::new();
+    name.hash(&mut h);
+    let seed = h.finish();
+    let layout = [
+        (0u64, 64 * 1024u64),
+        (MIB + 4096, 100 * 1024),
+        (3 * MIB, 256 * 1024),
+    ];
+    Disk {
+        size: 4 * MIB,
+        extents: layout
+            .iter()
+            .enumerate()
+            .map(|(i, &(off, len))| (off, fill(seed.wrapping_add(i as u64), len as usize)))
+            .collect(),
+    }
+}
+
+/// Azurite + fake ARM, stopped (both) when dropped.
+pub struct FakeAzure {
+    // Field order: the fake ARM stops before Azurite.
+    pub arm: FakeArm,
+    pub azurite: Azurite,
+    /// What each managed disk holds, by lower-case disk name.
+    pub disks: BTreeMap<String, Disk>,
+}
+
+impl std::fmt::Debug for FakeAzure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeAzure")
+            .field("arm", &self.arm)
+            .field("azurite_port", &self.azurite.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FakeAzure {
+    /// Starts both services and seeds `vms` with [`small_disk`] contents.
+    pub fn start(vms: Vec<FakeVm>) -> Self {
+        Self::start_with(ArmState::new(), vms, |d| small_disk(&d.name))
+    }
+
+    /// Starts both services from `state` (config, sizes, ...), then adds `vms`, seeding
+    /// each managed disk with `content(disk)` as a fixed VHD page blob.
+    pub fn start_with(
+        mut state: ArmState,
+        vms: Vec<FakeVm>,
+        content: impl Fn(&FakeVmDisk) -> Disk,
+    ) -> Self {
+        let azurite = Azurite::start();
+        seed::create_container_once(azurite.port, DISK_CONTAINER);
+        seed::create_container_once(azurite.port, SNAPSHOT_CONTAINER);
+        state.storage = Some(StorageBackend {
+            port: azurite.port,
+            sas_port: azurite.port,
+        });
+        let mut disks = BTreeMap::new();
+        for vm in &vms {
+            for d in vm.disks.iter().filter(|d| d.vhd_uri.is_none()) {
+                let disk = content(d);
+                seed_fixed_vhd(azurite.port, &blob_name(&d.resource_group, &d.name), &disk);
+                disks.insert(d.name.to_ascii_lowercase(), disk);
+            }
+        }
+        for vm in vms {
+            state.add_vm(vm);
+        }
+        let arm = FakeArm::start(state);
+        Self {
+            arm,
+            azurite,
+            disks,
+        }
+    }
+
+    /// The bytes disk `name` holds (its virtual disk, without the VHD footer).
+    pub fn disk(&self, name: &str) -> &Disk {
+        self.disks
+            .get(&name.to_ascii_lowercase())
+            .unwrap_or_else(|| panic!("no seeded disk {name}"))
+    }
+
+    pub fn with_state<R>(&self, f: impl FnOnce(&mut ArmState) -> R) -> R {
+        self.arm.with_state(f)
+    }
+
+    /// Snapshots and grants that exist now (an export must leave none).
+    pub fn leftovers(&self) -> Leftovers {
+        self.with_state(|s| s.leftovers())
+    }
+
+    /// Points granted SAS URLs at `port` (a proxy in front of Azurite).
+    pub fn set_sas_port(&self, port: u16) {
+        self.with_state(|s| {
+            if let Some(st) = s.storage.as_mut() {
+                st.sas_port = port;
+            }
+        });
+    }
+
+    /// Arguments that point the binary at this world (after the subcommand).
+    pub fn cli_args(&self) -> Vec<String> {
+        vec![
+            "--cloud".into(),
+            "custom".into(),
+            "--arm-endpoint".into(),
+            self.arm.arm_url.clone(),
+            "--ca-bundle".into(),
+            self.arm.ca_pem.display().to_string(),
+        ]
+    }
+
+    /// Environment that authenticates the binary as an App Service managed identity.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("IDENTITY_ENDPOINT".into(), self.arm.identity_url.clone()),
+            ("IDENTITY_HEADER".into(), IDENTITY_HEADER.into()),
+        ]
+    }
+}
+
+/// Writes `disk` as a fixed VHD into page blob `disks/<blob>`: its extents as pages, the
+/// rest never written, then the footer.
+pub fn seed_fixed_vhd(port: u16, blob: &str, disk: &Disk) {
+    seed::create_page_blob(port, DISK_CONTAINER, blob, disk.size + 512);
+    for (off, data) in &disk.extents {
+        seed::put_pages(port, DISK_CONTAINER, blob, *off, data);
+    }
+    seed::put_pages(
+        port,
+        DISK_CONTAINER,
+        blob,
+        disk.size,
+        &footer(2, disk.size, u64::MAX),
+    );
+}
