@@ -6,12 +6,22 @@
 //!     # then, in the printed environment:
 //!     azure2kvm list --cloud custom
 
-#[path = "../tests/support/fake_arm.rs"]
-mod fake_arm;
+#![allow(dead_code)]
+
+// The same support modules the tests use (the fake ARM can sign SAS for its storage).
+#[path = "../tests/support"]
+mod support {
+    pub mod azurite;
+    pub mod fake_arm;
+    pub mod http;
+    pub mod seed;
+    pub mod tls;
+    pub mod vhd;
+}
 
 use std::io::BufRead;
 
-use fake_arm::{ArmState, FakeArm, FakeVm, IDENTITY_HEADER, SUBSCRIPTION};
+use support::fake_arm::{ArmState, FakeArm, FakeVm, IDENTITY_HEADER, SUBSCRIPTION};
 
 fn main() {
     let mut args = std::env::args().skip(1);
