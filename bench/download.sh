@@ -52,6 +52,8 @@ for GIB in $SIZES; do
   for ROUND in $(seq "$ROUNDS"); do
     # Alternate the order each round so no method always runs on a warm cache.
     case $((ROUND % 3)) in 1) ORDER="tool pysdk curl";; 2) ORDER="pysdk curl tool";; 0) ORDER="curl tool pysdk";; esac
+    # TOOL_ARGS="--concurrency 4": a fourth method, the tool with those flags, in the same rounds.
+    [ -n "${TOOL_ARGS:-}" ] && ORDER="$ORDER toolx"
     for M in $ORDER; do
       rm -f "$WORK"/out.raw "$WORK"/in.vhd "$WORK"/.out.raw.*
       sync
@@ -59,12 +61,13 @@ for GIB in $SIZES; do
         # Every method ends with `sync` inside the timing: azure2kvm fsyncs its output
         # (and checkpoints for resume); the others would otherwise leave GiBs in the page cache.
         tool)  CMD="'$BIN' --no-progress download '$URL' '$WORK/out.raw' && sync";;
+        toolx) CMD="'$BIN' --no-progress download $TOOL_ARGS '$URL' '$WORK/out.raw' && sync";;
         pysdk) CMD="'$VENV/bin/python' '$ROOT/bench/azurite_helper.py' pysdk --url '$URL' --out '$WORK/in.vhd' && qemu-img convert -f vpc -O raw '$WORK/in.vhd' '$WORK/out.raw' && sync";;
         curl)  CMD="curl -sSf -o '$WORK/in.vhd' '$URL' && qemu-img convert -f vpc -O raw '$WORK/in.vhd' '$WORK/out.raw' && sync";;
       esac
       read -r SECS RSS <<<"$(measure "$CMD")"
       FETCHED="-"
-      if [ "$M" = tool ]; then
+      if [ "$M" = tool ] || [ "$M" = toolx ]; then
         FETCHED=$(grep -o 'bytes_fetched=[0-9]*' "$WORK/stderr.txt" | cut -d= -f2)
       elif [ -f "$WORK/in.vhd" ]; then
         FETCHED="$(stat -c %s "$WORK/in.vhd") (file)"

@@ -221,9 +221,8 @@ fn reseal_header(path: &Path) {
         .unwrap();
     let mut h = [0u8; 1024];
     f.read_exact_at(&mut h, 512).unwrap();
-    h[36..40].fill(0);
-    let sum = h.iter().fold(0u32, |a, &b| a.wrapping_add(u32::from(b)));
-    f.write_all_at(&(!sum).to_be_bytes(), 512 + 36).unwrap();
+    let sum = support::vhd::checksum(&h, 36);
+    f.write_all_at(&sum.to_be_bytes(), 512 + 36).unwrap();
 }
 
 #[test]

@@ -384,6 +384,27 @@ fn refused_sas_bad_urls_and_bad_images_fail_clearly() {
     assert_eq!(o.status.code(), Some(2), "{e}");
     assert!(!leaks(&e, &good), "{e}");
 
+    // A blob URL without any SAS: a usage error, not a 403 later.
+    let o = download(&url(az.port, "auth.vhd", "sv=2020-12-06"), &out, &[]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("no SAS"), "{e}");
+
+    // An https blob URL without SAS is read with an Entra ID token; with no usable
+    // credential that is one clear usage error naming what was tried, before any fetch.
+    let o = download(
+        &format!("https://127.0.0.1:9/{}/c/b.vhd", seed::ACCOUNT),
+        &out,
+        &["--auth", "client-secret"],
+    );
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("cannot authenticate to Azure Storage") && e.contains("AZURE_CLIENT_SECRET"),
+        "{e}"
+    );
+    assert!(!out.exists());
+
     // A page blob whose tail is no footer: exit 4 before any data is fetched.
     seed::create_page_blob(az.port, C, "nofooter.vhd", 4 * MIB + 512);
     seed::put_pages(az.port, C, "nofooter.vhd", 0, &[1u8; 4096]);
@@ -544,12 +565,11 @@ fn percent_decode(s: &str) -> String {
 #[test]
 fn a_partial_download_of_a_blob_that_changed_since_is_started_over() {
     let az = Azurite::start();
-    let mut disk = Disk::new(16 * MIB, &[(0, 12 * MIB)]);
+    // Long enough (24 chunks, 400 ms each, 2 at a time) to outlast the 2 s checkpoint.
+    let mut disk = Disk::new(32 * MIB, &[(0, 24 * MIB)]);
     let sas = seed_fixed(&az, "moved.vhd", &disk);
     let proxy = FaultProxy::start(az.port);
-    // 12 chunks over 2 connections at 600 ms each take ~3.6 s: past the engine's 2 s
-    // checkpoint interval, so a checkpoint is journaled before the download can finish.
-    proxy.set_delay(Duration::from_millis(600));
+    proxy.set_delay(Duration::from_millis(400));
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("disk.raw");
     let journal = dir.path().join(".disk.raw.azure2kvm-partial.journal");
@@ -584,6 +604,44 @@ fn a_partial_download_of_a_blob_that_changed_since_is_started_over() {
     let e = assert_ok(&download(&u, &out, &["--chunk-size", "1M"]));
     assert!(e.contains("starting over") && e.contains("ETag"), "{e}");
     assert_eq!(stat(&e, "resumed_chunks"), Some(0), "{e}");
+    assert_raw_equals(&out, &disk.image());
+    no_leftovers(dir.path());
+}
+
+#[test]
+fn a_sas_refused_mid_download_keeps_the_partial_output_for_a_new_sas() {
+    let az = Azurite::start();
+    let disk = Disk::new(16 * MIB, &[(0, 10 * MIB)]);
+    let sas = seed_fixed(&az, "expiring.vhd", &disk);
+    let proxy = FaultProxy::start(az.port);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("disk.raw");
+    let journal = dir.path().join(".disk.raw.azure2kvm-partial.journal");
+    // The footer and five chunks pass, then the service refuses the SAS (as when it expires).
+    proxy.faults_after(6);
+    proxy.push(Fault::Status {
+        code: 403,
+        retry_after_secs: 0,
+    });
+    let o = download(
+        &url(proxy.port, "expiring.vhd", &sas),
+        &out,
+        &["--chunk-size", "1M", "--concurrency", "1"],
+    );
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("SAS") && e.contains("resume"), "{e}");
+    assert!(!out.exists() && journal.exists(), "{e}");
+
+    // A new SAS for the same blob continues where the old one stopped.
+    let fresh = seed::blob_sas(C, "expiring.vhd", Duration::from_secs(600), false);
+    let e = assert_ok(&download(
+        &url(proxy.port, "expiring.vhd", &fresh),
+        &out,
+        &["--chunk-size", "1M"],
+    ));
+    assert!(e.contains("resuming"), "{e}");
+    assert_eq!(stat(&e, "resumed_chunks"), Some(5), "{e}");
     assert_raw_equals(&out, &disk.image());
     no_leftovers(dir.path());
 }

@@ -6,7 +6,9 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::fake_arm::{ArmState, FakeArm, FakeVm, IDENTITY_HEADER};
+use support::fake_arm::{
+    ArmState, CLIENT_SECRET, FEDERATED_TOKEN, FakeArm, FakeVm, IDENTITY_HEADER,
+};
 use support::{list_cmd, run};
 
 fn small_estate() -> ArmState {
@@ -283,6 +285,71 @@ fn wrong_identity_header_is_a_clear_usage_error_without_secrets() {
 }
 
 #[test]
+fn service_principal_from_env_comes_first_in_auto() {
+    let fake = FakeArm::start(small_estate());
+    let mut c = list_cmd(
+        &fake,
+        &[
+            "--output",
+            "json",
+            "--no-progress",
+            "-v",
+            "--authority-host",
+            &fake.arm_url,
+        ],
+    );
+    c.env("AZURE_TENANT_ID", "11111111-1111-1111-1111-111111111111")
+        .env("AZURE_CLIENT_ID", "22222222-2222-2222-2222-222222222222")
+        .env("AZURE_CLIENT_SECRET", CLIENT_SECRET);
+    let r = run(c);
+    assert_eq!(json_list(&r).len(), 4);
+    assert!(
+        r.stderr.contains("authenticated with service principal"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains(CLIENT_SECRET), "{}", r.stderr);
+    let counts = fake.counts();
+    assert_eq!(
+        (counts["entra_token"], counts.get("token")),
+        (1, None),
+        "{counts:?}"
+    );
+}
+
+#[test]
+fn workload_identity_with_a_federated_token_file() {
+    let fake = FakeArm::start(small_estate());
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("azure-identity-token");
+    std::fs::write(&token_file, FEDERATED_TOKEN).unwrap();
+    let mut c = list_cmd(
+        &fake,
+        &[
+            "--output",
+            "json",
+            "--no-progress",
+            "-v",
+            "--auth",
+            "workload-identity",
+            "--authority-host",
+            &fake.arm_url,
+        ],
+    );
+    c.env("AZURE_TENANT_ID", "11111111-1111-1111-1111-111111111111")
+        .env("AZURE_CLIENT_ID", "22222222-2222-2222-2222-222222222222")
+        .env("AZURE_FEDERATED_TOKEN_FILE", &token_file);
+    let r = run(c);
+    assert_eq!(json_list(&r).len(), 4);
+    assert!(
+        r.stderr.contains("authenticated with workload identity"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains(FEDERATED_TOKEN), "{}", r.stderr);
+}
+
+#[test]
 fn client_secret_never_reaches_stderr() {
     let fake = FakeArm::start(small_estate());
     let secret = "Sup3r~Secret.Value_that-must-not-leak";
@@ -303,6 +370,7 @@ fn client_secret_never_reaches_stderr() {
     let r = run(c);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("--auth client-secret"), "{}", r.stderr);
+    assert!(r.stderr.contains("AADSTS7000215"), "{}", r.stderr);
     assert!(!r.stderr.contains(secret), "{}", r.stderr);
     assert!(!r.stdout.contains(secret));
 }

@@ -103,14 +103,19 @@ impl std::fmt::Debug for BlobReader {
 impl BlobReader {
     /// A reader for `url`. With a SAS in the URL no credential is needed; without one,
     /// `credential` (Entra ID) signs the requests and the URL must be https.
+    /// `client_options` carries a shared transport (e.g. `AzureSession::client_options`,
+    /// with `--ca-bundle` roots); its retry setting is replaced: retries live in
+    /// `transfer::fetch`. A custom transport should not decompress bodies (the storage
+    /// SDK's default transport does not), or ranged lengths stop matching.
     pub fn new(
         url: &SasUrl,
         credential: Option<Arc<dyn TokenCredential>>,
+        client_options: Option<ClientOptions>,
     ) -> Result<Self, BlobError> {
         let options = BlobClientOptions {
             client_options: ClientOptions {
                 retry: RetryOptions::none(),
-                ..Default::default()
+                ..client_options.unwrap_or_default()
             },
             ..Default::default()
         };
@@ -480,7 +485,7 @@ mod tests {
             "http://127.0.0.1:{port}/devstoreaccount1/c/b?sv=1&sig=SECRET"
         ))
         .unwrap();
-        let reader = BlobReader::new(&url, None).unwrap();
+        let reader = BlobReader::new(&url, None, None).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

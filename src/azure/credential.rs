@@ -385,8 +385,8 @@ impl TokenCredential for CredentialChain {
                         failures.push((
                             source.kind,
                             format!(
-                                "no answer within {} s (not on an Azure VM?)",
-                                limit.as_secs()
+                                "no answer within {:.1} s (not on an Azure VM?)",
+                                limit.as_secs_f64()
                             ),
                         ));
                         continue;
@@ -430,6 +430,123 @@ pub fn failure_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A credential that answers after `delay`, with a token or an error; counts calls.
+    #[derive(Debug)]
+    struct Scripted {
+        delay: Duration,
+        ok: bool,
+        calls: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl TokenCredential for Scripted {
+        async fn get_token(
+            &self,
+            _: &[&str],
+            _: Option<TokenRequestOptions<'_>>,
+        ) -> azure_core::Result<AccessToken> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            if self.ok {
+                Ok(AccessToken::new(
+                    "tok",
+                    azure_core::time::OffsetDateTime::now_utc()
+                        + azure_core::time::Duration::hours(1),
+                ))
+            } else {
+                Err(azure_core::Error::with_message(
+                    azure_core::error::ErrorKind::Credential,
+                    "AADSTS7000215: Invalid client secret provided.",
+                ))
+            }
+        }
+    }
+
+    fn scripted(delay_ms: u64, ok: bool) -> Arc<Scripted> {
+        Arc::new(Scripted {
+            delay: Duration::from_millis(delay_ms),
+            ok,
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    fn chain(sources: Vec<(SourceKind, Arc<Scripted>, Option<Duration>)>) -> CredentialChain {
+        CredentialChain {
+            method: AuthMethod::Auto,
+            sources: sources
+                .into_iter()
+                .map(|(kind, c, timeout)| Source {
+                    kind,
+                    credential: Ok(c as Arc<dyn TokenCredential>),
+                    timeout,
+                })
+                .collect(),
+            skipped: vec![(
+                SourceKind::AzureCli,
+                "not tried: only with --auth azure-cli".into(),
+            )],
+            winner: OnceLock::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn imds_is_bounded_in_time_and_reported() {
+        let slow = scripted(5_000, true);
+        let c = chain(vec![(
+            SourceKind::ImdsManagedIdentity,
+            slow,
+            Some(Duration::from_millis(50)),
+        )]);
+        let started = std::time::Instant::now();
+        let err = c
+            .get_token(&["s/.default"], None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(
+            err.contains("managed identity (IMDS): no answer within 0.1 s"),
+            "{err}"
+        );
+        assert!(err.contains("Azure CLI"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn first_working_source_wins_and_is_remembered() {
+        let bad = scripted(0, false);
+        let good = scripted(0, true);
+        let c = chain(vec![
+            (SourceKind::ClientSecret, bad.clone(), None),
+            (SourceKind::AppServiceManagedIdentity, good.clone(), None),
+        ]);
+        c.get_token(&["s/.default"], None).await.unwrap();
+        c.get_token(&["s/.default"], None).await.unwrap();
+        assert_eq!(bad.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(good.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            c.active_source(),
+            Some(SourceKind::AppServiceManagedIdentity)
+        );
+    }
+
+    #[tokio::test]
+    async fn all_failures_are_listed_in_order() {
+        let c = chain(vec![
+            (SourceKind::ClientSecret, scripted(0, false), None),
+            (SourceKind::WorkloadIdentity, scripted(0, false), None),
+        ]);
+        let err = c
+            .get_token(&["s/.default"], None)
+            .await
+            .unwrap_err()
+            .to_string();
+        let sp = err.find("service principal").unwrap();
+        let wi = err.find("workload identity").unwrap();
+        assert!(sp < wi, "{err}");
+        assert!(err.contains("AADSTS7000215"), "{err}");
+    }
 
     fn settings() -> CredentialSettings {
         CredentialSettings::default()

@@ -14,6 +14,9 @@ use super::cloud::Cloud;
 use super::credential::{AuthMethod, CredentialChain, CredentialSettings};
 use super::http::{self, HttpError};
 
+/// The Entra ID scope of Azure Storage (blob data plane).
+pub const STORAGE_SCOPE: &str = "https://storage.azure.com/.default";
+
 #[derive(Debug)]
 pub struct AzureSession {
     pub cloud: Cloud,
@@ -49,6 +52,18 @@ impl AzureSession {
     /// Options for other Azure clients (blob storage): same transport and cloud.
     pub fn client_options(&self) -> ClientOptions {
         http::client_options(&self.transport, &self.cloud)
+    }
+
+    /// Gets a storage token once, before a download that needs one (a blob URL without
+    /// SAS), so a credential problem is one clear usage error (exit 2).
+    pub async fn check_storage_credential(&self) -> Result<(), crate::error::Error> {
+        self.credential
+            .get_token(&[STORAGE_SCOPE], None)
+            .await
+            .map(drop)
+            .map_err(|e| {
+                crate::error::Error::usage(format!("cannot authenticate to Azure Storage: {e}"))
+            })
     }
 
     /// Gets an ARM token once, before any listing, so that a credential problem is one

@@ -352,4 +352,31 @@ mod tests {
             ["inspect", "f"]
         );
     }
+
+    #[test]
+    fn shipped_example_config_parses_for_every_command() {
+        // config/azure2kvm.toml must name only real flags with valid values: run it through
+        // apply and clap's full parse (values included) for each command.
+        use clap::{CommandFactory, Parser};
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/azure2kvm.toml");
+        let commands: [&[&str]; 5] = [
+            &["list"],
+            &["export"],
+            &[
+                "download",
+                "https://a.blob.core.windows.net/c/b.vhd?sig=x",
+                "o.qcow2",
+            ],
+            &["convert", "a.vhd", "b.qcow2"],
+            &["inspect", "a.vhd"],
+        ];
+        for argv in commands {
+            let mut args: Vec<OsString> =
+                vec!["azure2kvm".into(), "--config".into(), example.into()];
+            args.extend(argv.iter().map(OsString::from));
+            let args = apply(args, &crate::cli::Cli::command()).unwrap();
+            let parsed = crate::cli::Cli::try_parse_from(&args);
+            assert!(parsed.is_ok(), "{argv:?}: {}", parsed.unwrap_err());
+        }
+    }
 }

@@ -281,6 +281,10 @@ pub struct DownloadArgs {
         env = "AZURE2KVM_IO_TIMEOUT"
     )]
     pub io_timeout: u64,
+    /// For blob URLs without a SAS: sign in with Entra ID (storage scope); also the
+    /// cloud and --ca-bundle every download uses.
+    #[command(flatten)]
+    pub azure: AzureArgs,
 }
 
 /// `8M`, `8MiB`, `64K`, `1G` (binary units) or plain bytes.

@@ -18,7 +18,25 @@ pub fn run(args: &DownloadArgs, global: &GlobalArgs, interrupt: &Interrupt) -> R
     let format = super::output_format(&args.image, &args.output)?;
     // The parse error never quotes the URL's query: safe to show.
     let url = SasUrl::parse(&args.url).map_err(|e| Error::usage(format!("download URL: {e}")))?;
+    // One session for the transport (--ca-bundle roots, cloud) and, for a URL without a
+    // SAS, the credential chain: storage-account blobs (unmanaged disks) are read with an
+    // Entra ID token for https://storage.azure.com.
+    let session = super::azure_session(&args.azure)?;
+    let needs_token = !url.has_sas();
+    if needs_token && url.expose().scheme() != "https" {
+        return Err(Error::usage(format!(
+            "download URL {url} has no SAS: signing in with Entra ID needs an https URL"
+        )));
+    }
     let mut req = DownloadRequest::new(url, args.output.clone(), format);
+    req.client_options = Some(session.client_options());
+    if needs_token {
+        tracing::info!(
+            "the URL has no SAS: reading the blob with an Entra ID token ({:?} sign-in)",
+            args.azure.auth
+        );
+        req.credential = Some(session.credential.clone());
+    }
     req.overwrite = if args.image.force {
         Overwrite::Allow
     } else {
@@ -37,6 +55,10 @@ pub fn run(args: &DownloadArgs, global: &GlobalArgs, interrupt: &Interrupt) -> R
         .thread_name("azure2kvm-io")
         .build()
         .map_err(|e| Error::failed(format!("cannot start the async runtime: {e}")))?;
+    if needs_token {
+        // One clear usage error listing every credential source tried, before any work.
+        runtime.block_on(session.check_storage_credential())?;
+    }
 
     let show = !global.no_progress && !global.quiet;
     let progress: Arc<Mutex<Option<Progress>>> = Arc::new(Mutex::new(None));

@@ -1,5 +1,7 @@
 //! Log setup: text or JSON lines on stderr, level from -v/-q or `AZURE2KVM_LOG`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -24,9 +26,12 @@ pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
     };
     let filter =
         EnvFilter::try_from_env("AZURE2KVM_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // Colours only for a person at a terminal: schedulers, CI logs and files get plain text.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = match format {
         LogFormat::Text => builder.with_target(false).without_time().try_init(),

@@ -135,20 +135,7 @@ async fn dynamic_map(
     file_len: u64,
     chunk_size: u64,
 ) -> Result<ExtentMap, DiscoverError> {
-    let tail_at = file_len - FOOTER_SIZE as u64;
-    let header_at = footer.data_offset;
-    if header_at
-        .checked_add(vhd::dynamic::HEADER_SIZE as u64)
-        .is_none_or(|end| end > tail_at)
-    {
-        return Err(VhdError::HeaderOutsideFile {
-            offset: tail_at + 16,
-            what: "data offset",
-            value: header_at,
-            file_len,
-        }
-        .into());
-    }
+    let header_at = vhd::dynamic::header_offset(footer.data_offset, file_len)?;
     let raw = read(ctx, header_at, vhd::dynamic::HEADER_SIZE as u64).await?;
     let raw: [u8; vhd::dynamic::HEADER_SIZE] = raw.try_into().expect("header read");
     let header = vhd::dynamic::parse_header(&raw, header_at)?;

@@ -79,6 +79,19 @@ pub fn classify(e: &BlobError) -> Verdict {
     }
 }
 
+/// Why a 401/403 most likely happened. With a SAS, the SAS itself; without one, the
+/// credential chain did produce an Entra ID token (checked up front), so the service refused
+/// the identity (no data role on the blob) or the token (wrong audience or tenant).
+pub fn access_hint(has_sas: bool) -> &'static str {
+    if has_sas {
+        "the SAS has expired, was revoked or is not valid for this blob"
+    } else {
+        "the Entra ID token was refused: the identity needs a data role on the blob \
+         (e.g. Storage Blob Data Reader) and a token for https://storage.azure.com in the \
+         storage account's tenant"
+    }
+}
+
 /// A source of jitter factors in `[0, 1)`.
 pub type Jitter = Arc<dyn Fn() -> f64 + Send + Sync>;
 
@@ -133,10 +146,13 @@ pub enum FetchError {
     },
     #[error("{what}: the blob changed during the download (ETag no longer matches): {last}")]
     BlobChanged { what: String, last: BlobError },
-    #[error(
-        "{what}: access refused ({last}): the SAS has expired, was revoked or is not valid for this blob"
-    )]
-    AccessDenied { what: String, last: BlobError },
+    /// 401/403; `hint` names the likely cause for how the blob is read (SAS or token).
+    #[error("{what}: access refused ({last}): {hint}")]
+    AccessDenied {
+        what: String,
+        last: BlobError,
+        hint: &'static str,
+    },
     #[error("{what}: {last}")]
     Fatal { what: String, last: BlobError },
     #[error(
@@ -249,7 +265,11 @@ impl FetchContext {
     ) -> FetchError {
         match classify(&last) {
             Verdict::BlobChanged => FetchError::BlobChanged { what, last },
-            Verdict::AccessDenied => FetchError::AccessDenied { what, last },
+            Verdict::AccessDenied => FetchError::AccessDenied {
+                what,
+                last,
+                hint: access_hint(self.blob.url().has_sas()),
+            },
             Verdict::Fatal => FetchError::Fatal { what, last },
             Verdict::Retry { .. } => FetchError::GaveUp {
                 what,
@@ -437,7 +457,7 @@ mod tests {
     fn ctx(policy: RetryPolicy, jitter_calls: Arc<AtomicU64>) -> FetchContext {
         let url = crate::azure::sas::SasUrl::parse("http://127.0.0.1:9/a/c/b?sig=S").unwrap();
         FetchContext {
-            blob: BlobReader::new(&url, None).unwrap(),
+            blob: BlobReader::new(&url, None, None).unwrap(),
             etag: "e".into(),
             verify_md5: false,
             policy,
@@ -509,6 +529,14 @@ mod tests {
         assert!(matches!(err, FetchError::AccessDenied { .. }));
         assert!(err.to_string().contains("SAS has expired"));
         assert_eq!(attempts.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn access_hint_blames_the_sas_only_when_there_is_one() {
+        assert!(access_hint(true).contains("SAS"));
+        let token = access_hint(false);
+        assert!(!token.contains("SAS"), "{token}");
+        assert!(token.contains("Entra ID token was refused"), "{token}");
     }
 
     #[test]

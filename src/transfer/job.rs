@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use azure_core::credentials::TokenCredential;
+use azure_core::http::ClientOptions;
 
 use super::discover::{DiscoverError, DownloadPlan, MapSource, discover};
 use super::engine::{self, EngineConfig, EngineError, ProgressFn, TransferStats};
@@ -48,6 +49,9 @@ pub struct DownloadRequest {
     pub url: SasUrl,
     /// For blob URLs without SAS (Entra ID); ignored when the URL has a SAS.
     pub credential: Option<Arc<dyn TokenCredential>>,
+    /// Shared transport and options (`AzureSession::client_options`); None: the storage
+    /// SDK's default transport.
+    pub client_options: Option<ClientOptions>,
     pub output: PathBuf,
     pub format: ImageFormat,
     pub overwrite: Overwrite,
@@ -83,6 +87,7 @@ impl DownloadRequest {
         Self {
             url,
             credential: None,
+            client_options: None,
             output,
             format,
             overwrite: Overwrite::Refuse,
@@ -123,8 +128,8 @@ pub enum DownloadError {
     /// The blob is not a usable VHD (exit 4); nothing was kept.
     #[error("{0}")]
     BadImage(String),
-    /// The SAS was refused (expired or revoked): grant a new one and call again — the
-    /// partial output is kept and the call resumes.
+    /// The SAS or token was refused (SAS expired or revoked, identity without a data
+    /// role): fix access and call again — the partial output is kept and the call resumes.
     #[error("{message}")]
     AccessDenied {
         message: String,
@@ -187,7 +192,7 @@ pub async fn download(
         );
     }
 
-    let blob = BlobReader::new(&req.url, req.credential.clone())
+    let blob = BlobReader::new(&req.url, req.credential.clone(), req.client_options.clone())
         .map_err(|e| DownloadError::Usage(scrub(e.to_string())))?;
     let ctx = FetchContext {
         blob,

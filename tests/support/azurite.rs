@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -53,13 +53,55 @@ pub struct Azurite {
     pub port: u16,
 }
 
+/// How Azurite serves: plain http with SharedKey/SAS, or https with bearer tokens too.
+#[derive(Debug, Clone, Copy)]
+enum Mode<'a> {
+    Http,
+    /// `--cert`/`--key` (https only) and `--oauth basic` (bearer tokens checked for
+    /// lifetime, issuer and audience, not for their signature); `client` (trusting the
+    /// certificate's CA) is what the seeding client uses for this port.
+    HttpsOAuth {
+        cert: &'a Path,
+        key: &'a Path,
+        client: &'a std::sync::Arc<rustls::ClientConfig>,
+    },
+}
+
 impl Azurite {
     pub fn start() -> Self {
+        Self::start_mode(Mode::Http)
+    }
+
+    /// Azurite over https with `cert_pem` (server certificate chain) and `key_pem`,
+    /// accepting Entra ID bearer tokens (`--oauth basic`) as well as SharedKey and SAS.
+    /// `seed`/`http` requests to its port go over TLS trusting `client`'s roots.
+    pub fn start_https_oauth(
+        cert_pem: &Path,
+        key_pem: &Path,
+        client: &std::sync::Arc<rustls::ClientConfig>,
+    ) -> Self {
+        Self::start_mode(Mode::HttpsOAuth {
+            cert: cert_pem,
+            key: key_pem,
+            client,
+        })
+    }
+
+    fn start_mode(mode: Mode<'_>) -> Self {
         ensure_installed();
         for _ in 0..3 {
             let port = free_port();
+            let mut cmd = Command::new(bin());
+            if let Mode::HttpsOAuth { cert, key, client } = mode {
+                cmd.arg("--cert")
+                    .arg(cert)
+                    .arg("--key")
+                    .arg(key)
+                    .args(["--oauth", "basic"]);
+                super::http::use_tls(port, client.clone());
+            }
             // Spawned directly (not through a shell) so the PID is node's.
-            let child = Command::new(bin())
+            let child = cmd
                 .args([
                     "--inMemoryPersistence",
                     "--blobHost",
@@ -113,6 +155,7 @@ impl Azurite {
             let _ = c.kill();
             let _ = c.wait();
         }
+        super::http::forget_tls(self.port);
     }
 }
 

@@ -28,6 +28,10 @@ pub const VM_API: &str = "2024-07-01";
 pub const DISK_API: &str = "2024-03-02";
 pub const IDENTITY_HEADER: &str = "fake-identity-header-value-7d1c";
 pub const ARM_TOKEN: &str = "fake-arm-access-token-3b9f";
+/// The client secret the fake Entra endpoint accepts (service principal tests).
+pub const CLIENT_SECRET: &str = "Fake~Client.Secret_value-93ab";
+/// The federated token (workload identity) the fake Entra endpoint accepts.
+pub const FEDERATED_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.fake-federated-token.sig";
 /// The signature in every SAS the fake grants: tests assert it never reaches a log.
 pub const SAS_SIGNATURE: &str = "FAKEsig%2Bsecret%3D";
 
@@ -187,6 +191,9 @@ pub struct FakeConfig {
     pub token: String,
     /// User-assigned identity client id the token endpoint accepts (None: any).
     pub identity_client_id: Option<String>,
+    /// Accepted by the Entra token endpoint (`POST /{tenant}/oauth2/v2.0/token`).
+    pub client_secret: String,
+    pub federated_token: String,
 }
 
 impl Default for FakeConfig {
@@ -205,6 +212,8 @@ impl Default for FakeConfig {
             identity_header: IDENTITY_HEADER.into(),
             token: ARM_TOKEN.into(),
             identity_client_id: None,
+            client_secret: CLIENT_SECRET.into(),
+            federated_token: FEDERATED_TOKEN.into(),
         }
     }
 }
@@ -723,6 +732,9 @@ async fn handle(shared: &Arc<Mutex<ArmState>>, req: &HttpRequest, https: bool) -
     if !https {
         return token_endpoint(shared, req);
     }
+    if req.method == "POST" && req.path.ends_with("/oauth2/v2.0/token") {
+        return entra_token(shared, req);
+    }
     let latency = lock(shared).config.latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -761,6 +773,46 @@ async fn handle(shared: &Arc<Mutex<ArmState>>, req: &HttpRequest, https: bool) -
         route(&mut s, req, &format!("https://{host}"))
     };
     resp.header("x-ms-request-id", request_id)
+}
+
+/// Entra ID's token endpoint (the authority host is the fake's https address): client
+/// credentials with a client secret or a client assertion (workload identity).
+fn entra_token(shared: &Arc<Mutex<ArmState>>, req: &HttpRequest) -> HttpResponse {
+    let mut s = lock(shared);
+    bump(&mut s, "entra_token");
+    let form: HashMap<String, String> = String::from_utf8_lossy(&req.body)
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (percent_decode(k), percent_decode(&v.replace('+', " "))))
+        .collect();
+    let denied = |code: u32, text: &str| {
+        HttpResponse::json(
+            401,
+            json!({"error": "invalid_client", "error_description": format!("AADSTS{code}: {text}"), "error_codes": [code]}),
+        )
+    };
+    let ok = match (form.get("client_secret"), form.get("client_assertion")) {
+        (Some(secret), _) if *secret == s.config.client_secret => true,
+        (Some(_), _) => return denied(7000215, "Invalid client secret provided."),
+        (None, Some(a)) if *a == s.config.federated_token => true,
+        (None, Some(_)) => {
+            return denied(
+                700211,
+                "No matching federated identity record found for presented assertion.",
+            );
+        }
+        (None, None) => return denied(7000216, "client_assertion or client_secret is required."),
+    };
+    if !ok || form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return HttpResponse::json(
+            400,
+            json!({"error": "unsupported_grant_type", "error_description": "AADSTS70003", "error_codes": [70003]}),
+        );
+    }
+    HttpResponse::json(
+        200,
+        json!({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": s.config.token}),
+    )
 }
 
 fn token_endpoint(shared: &Arc<Mutex<ArmState>>, req: &HttpRequest) -> HttpResponse {

@@ -1,8 +1,38 @@
-//! A minimal HTTP/1.1 client over std TCP for seeding Azurite (one request per connection).
+//! A minimal HTTP/1.1 client over std TCP for seeding Azurite (one request per connection),
+//! over TLS for ports registered with `use_tls` (Azurite started with a certificate).
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Loopback ports served over https, and the client config (trusted CA) to reach them.
+static TLS_PORTS: Mutex<BTreeMap<u16, Arc<rustls::ClientConfig>>> = Mutex::new(BTreeMap::new());
+
+/// From now on, requests to `port` go over TLS with `config`.
+pub fn use_tls(port: u16, config: Arc<rustls::ClientConfig>) {
+    TLS_PORTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(port, config);
+}
+
+/// Requests to `port` go over plain TCP again (the server stopped; the port may be reused).
+pub fn forget_tls(port: u16) {
+    TLS_PORTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&port);
+}
+
+fn tls_config(port: u16) -> Option<Arc<rustls::ClientConfig>> {
+    TLS_PORTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&port)
+        .cloned()
+}
 
 #[derive(Debug)]
 pub struct Response {
@@ -28,8 +58,35 @@ pub fn send(
     headers: &[(String, String)],
     body: &[u8],
 ) -> std::io::Result<Response> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    let s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    match tls_config(port) {
+        None => exchange(s, port, method, path_and_query, headers, body),
+        Some(config) => {
+            let name =
+                rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+            let conn =
+                rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
+            exchange(
+                rustls::StreamOwned::new(conn, s),
+                port,
+                method,
+                path_and_query,
+                headers,
+                body,
+            )
+        }
+    }
+}
+
+fn exchange(
+    mut s: impl Read + Write,
+    port: u16,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     let mut head = format!(
         "{method} {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
     );
@@ -45,8 +102,15 @@ pub fn send(
     head.push_str("\r\n");
     s.write_all(head.as_bytes())?;
     s.write_all(body)?;
+    s.flush()?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    match s.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // A TLS peer that closes without close_notify: the response is complete anyway
+        // (Connection: close), and parsing below checks it.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e),
+    }
     parse_response(&raw).ok_or_else(|| {
         std::io::Error::other(format!(
             "bad HTTP response: {:?}",

@@ -173,65 +173,12 @@ pub fn edit_footer(path: &Path, at: u64, edit: impl FnOnce(&mut [u8; 512])) {
     f.write_all_at(&footer, at).unwrap();
 }
 
-/// Builds a dynamic VHD by hand (qemu-img cannot choose the block size): footer copy,
-/// header at 512, BAT at 1536, then each block with data, then the footer. Blocks that
-/// are all zeros in `raw` are left unallocated.
+/// Writes a dynamic VHD of `raw` with `block_size` blocks to `out` (blocks in reverse file
+/// order, so file order differs from virtual order).
 pub fn make_dynamic_vhd(raw: &[u8], block_size: u32, out: &Path) {
-    let size = raw.len() as u64;
-    let bs = u64::from(block_size);
-    let entries = size.div_ceil(bs);
-    let bitmap = (bs / 512).div_ceil(8).div_ceil(512) * 512;
-    let bat_bytes = (entries * 4).div_ceil(512) * 512;
-    let mut footer = [0u8; 512];
-    footer[0..8].copy_from_slice(b"conectix");
-    footer[8..12].copy_from_slice(&2u32.to_be_bytes());
-    footer[12..16].copy_from_slice(&0x0001_0000u32.to_be_bytes());
-    footer[16..24].copy_from_slice(&512u64.to_be_bytes());
-    footer[28..32].copy_from_slice(b"test");
-    footer[36..40].copy_from_slice(b"Wi2k");
-    footer[40..48].copy_from_slice(&size.to_be_bytes());
-    footer[48..56].copy_from_slice(&size.to_be_bytes());
-    footer[56..60].copy_from_slice(&[0xff, 0xff, 0x10, 0xff]);
-    footer[60..64].copy_from_slice(&3u32.to_be_bytes());
-    footer[68..84].copy_from_slice(&[7; 16]);
-    let sum = footer
-        .iter()
-        .fold(0u32, |a, &b| a.wrapping_add(u32::from(b)));
-    footer[64..68].copy_from_slice(&(!sum).to_be_bytes());
-
-    let mut header = [0u8; 1024];
-    header[0..8].copy_from_slice(b"cxsparse");
-    header[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
-    header[16..24].copy_from_slice(&1536u64.to_be_bytes());
-    header[24..28].copy_from_slice(&0x0001_0000u32.to_be_bytes());
-    header[28..32].copy_from_slice(&(entries as u32).to_be_bytes());
-    header[32..36].copy_from_slice(&block_size.to_be_bytes());
-    let sum = header
-        .iter()
-        .fold(0u32, |a, &b| a.wrapping_add(u32::from(b)));
-    header[36..40].copy_from_slice(&(!sum).to_be_bytes());
-
-    let f = File::create(out).unwrap();
-    f.write_all_at(&footer, 0).unwrap();
-    f.write_all_at(&header, 512).unwrap();
-    let mut bat = vec![0xffu8; bat_bytes as usize];
-    let mut next = 1536 + bat_bytes;
-    // Allocate blocks in reverse order so file order differs from virtual order.
-    for i in (0..entries).rev() {
-        let start = (i * bs) as usize;
-        let end = ((i + 1) * bs).min(size) as usize;
-        let data = &raw[start..end];
-        if data.iter().all(|&b| b == 0) {
-            continue;
-        }
-        bat[i as usize * 4..i as usize * 4 + 4]
-            .copy_from_slice(&((next / 512) as u32).to_be_bytes());
-        f.write_all_at(&vec![0xff; bitmap as usize], next).unwrap();
-        let mut block = data.to_vec();
-        block.resize(bs as usize, 0);
-        f.write_all_at(&block, next + bitmap).unwrap();
-        next += bitmap + bs;
-    }
-    f.write_all_at(&bat, 1536).unwrap();
-    f.write_all_at(&footer, next).unwrap();
+    std::fs::write(
+        out,
+        super::vhd::dynamic_vhd(raw, block_size, super::vhd::BlockOrder::Reversed),
+    )
+    .unwrap();
 }

@@ -13,6 +13,7 @@ pub mod fault_proxy;
 pub mod http;
 pub mod image;
 pub mod seed;
+pub mod tls;
 pub mod tools;
 pub mod vhd;
 

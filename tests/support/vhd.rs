@@ -15,7 +15,8 @@ pub fn fill(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn checksum(b: &[u8], skip: usize) -> u32 {
+/// One's complement of the byte sum, the 4 bytes at `skip` taken as zero (VHD spec).
+pub fn checksum(b: &[u8], skip: usize) -> u32 {
     let sum = b
         .iter()
         .enumerate()
@@ -75,38 +76,58 @@ impl Disk {
 
     /// A dynamic VHD file (2 MiB blocks) holding the blocks the extents touch.
     pub fn dynamic_vhd(&self) -> Vec<u8> {
-        let block: u64 = 2 * MIB;
-        let blocks = self.size.div_ceil(block);
-        let img = self.image();
-        let bat_at = 1536u64;
-        let bat_len = (blocks * 4).div_ceil(512) * 512;
-        let mut out = vec![0u8; (bat_at + bat_len) as usize];
-        let mut bat = vec![0xffu8; bat_len as usize];
-        for b in 0..blocks {
-            let data = &img[(b * block) as usize..((b + 1) * block).min(self.size) as usize];
-            if data.iter().all(|&x| x == 0) {
-                continue;
-            }
-            let sector = (out.len() / 512) as u32;
-            bat[(b * 4) as usize..(b * 4 + 4) as usize].copy_from_slice(&sector.to_be_bytes());
-            out.extend_from_slice(&[0xff; 512]); // sector bitmap
-            out.extend_from_slice(data);
-            out.resize(out.len() + (block as usize - data.len()), 0);
-        }
-        let f = footer(3, self.size, 512);
-        out[0..512].copy_from_slice(&f);
-        let mut h = [0u8; 1024];
-        h[0..8].copy_from_slice(b"cxsparse");
-        h[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
-        h[16..24].copy_from_slice(&bat_at.to_be_bytes());
-        h[24..28].copy_from_slice(&0x0001_0000u32.to_be_bytes());
-        h[28..32].copy_from_slice(&(blocks as u32).to_be_bytes());
-        h[32..36].copy_from_slice(&(block as u32).to_be_bytes());
-        let c = checksum(&h, 36);
-        h[36..40].copy_from_slice(&c.to_be_bytes());
-        out[512..1536].copy_from_slice(&h);
-        out[bat_at as usize..(bat_at + bat_len) as usize].copy_from_slice(&bat);
-        out.extend_from_slice(&f);
-        out
+        dynamic_vhd(&self.image(), 2 * MIB as u32, BlockOrder::Virtual)
     }
+}
+
+/// Order of the allocated blocks in a built dynamic VHD's file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockOrder {
+    Virtual,
+    /// Last block first: file order differs from virtual order, as in real images.
+    Reversed,
+}
+
+/// A dynamic VHD holding `disk`: footer copy, header at 512, BAT at 1536, then each block
+/// that holds data (all-zero blocks stay unallocated), then the footer. Any power-of-two
+/// `block_size` (qemu-img cannot make other than 2 MiB).
+pub fn dynamic_vhd(disk: &[u8], block_size: u32, order: BlockOrder) -> Vec<u8> {
+    let size = disk.len() as u64;
+    let block = u64::from(block_size);
+    let blocks = size.div_ceil(block);
+    let bitmap = (block / 512).div_ceil(8).div_ceil(512) * 512;
+    let bat_at = 1536u64;
+    let bat_len = (blocks * 4).div_ceil(512) * 512;
+    let mut out = vec![0u8; (bat_at + bat_len) as usize];
+    let mut bat = vec![0xffu8; bat_len as usize];
+    let mut indexes: Vec<u64> = (0..blocks).collect();
+    if order == BlockOrder::Reversed {
+        indexes.reverse();
+    }
+    for b in indexes {
+        let data = &disk[(b * block) as usize..((b + 1) * block).min(size) as usize];
+        if data.iter().all(|&x| x == 0) {
+            continue;
+        }
+        let sector = (out.len() / 512) as u32;
+        bat[(b * 4) as usize..(b * 4 + 4) as usize].copy_from_slice(&sector.to_be_bytes());
+        out.resize(out.len() + bitmap as usize, 0xff); // sector bitmap: all present
+        out.extend_from_slice(data);
+        out.resize(out.len() + (block as usize - data.len()), 0);
+    }
+    let f = footer(3, size, 512);
+    out[0..512].copy_from_slice(&f);
+    let mut h = [0u8; 1024];
+    h[0..8].copy_from_slice(b"cxsparse");
+    h[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
+    h[16..24].copy_from_slice(&bat_at.to_be_bytes());
+    h[24..28].copy_from_slice(&0x0001_0000u32.to_be_bytes());
+    h[28..32].copy_from_slice(&(blocks as u32).to_be_bytes());
+    h[32..36].copy_from_slice(&block_size.to_be_bytes());
+    let c = checksum(&h, 36);
+    h[36..40].copy_from_slice(&c.to_be_bytes());
+    out[512..1536].copy_from_slice(&h);
+    out[bat_at as usize..(bat_at + bat_len) as usize].copy_from_slice(&bat);
+    out.extend_from_slice(&f);
+    out
 }

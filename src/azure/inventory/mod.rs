@@ -26,8 +26,8 @@ use super::arm::{ArmClient, ArmError};
 pub use selection::{Selection, SelectionError, SelectionInput};
 
 /// Concurrent list calls (scopes, resource groups, locations): enough to overlap latency,
-/// far below ARM's read budget.
-pub const CONCURRENCY: usize = 4;
+/// far below ARM's read budget (a bucket of 250 reads, refilled at 25/s).
+pub const CONCURRENCY: usize = 8;
 /// At most this many exact-name GETs are preferred to listing.
 pub const PER_VM_LIMIT: usize = 8;
 
@@ -300,8 +300,11 @@ pub async fn discover(
             list_all(arm, sel, progress).await?
         }
     };
-    let disks = fetch_disks(arm, sel, &selected, progress).await;
-    let sizes = fetch_sizes(arm, sel, &selected).await;
+    // Independent of each other: overlap them.
+    let (disks, sizes) = futures::join!(
+        fetch_disks(arm, sel, &selected, progress),
+        fetch_sizes(arm, sel, &selected)
+    );
     let mut out: Vec<VmInfo> = selected
         .iter()
         .map(|(vm, state)| build_vm_info(vm, *state, &disks, &sizes))

@@ -91,6 +91,24 @@ pub fn parse_header(raw: &[u8; HEADER_SIZE], at: u64) -> Result<DynamicHeader, V
     })
 }
 
+/// Where the dynamic header sits: the footer's data offset, checked to leave room for the
+/// whole header before the trailing footer. Shared by local files and blob reads.
+pub fn header_offset(data_offset: u64, file_len: u64) -> Result<u64, VhdError> {
+    let tail_at = data_area_end(file_len);
+    if data_offset
+        .checked_add(HEADER_SIZE as u64)
+        .is_none_or(|end| end > tail_at)
+    {
+        return Err(VhdError::HeaderOutsideFile {
+            offset: tail_at + 16,
+            what: "data offset",
+            value: data_offset,
+            file_len,
+        });
+    }
+    Ok(data_offset)
+}
+
 pub fn check_block_size(h: &DynamicHeader, at: u64) -> Result<(), VhdError> {
     if !h.block_size.is_power_of_two() || u64::from(h.block_size) < SECTOR {
         return Err(VhdError::BadBlockSize {

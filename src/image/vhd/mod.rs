@@ -126,18 +126,7 @@ pub fn open<R: ReadAt + ?Sized>(src: &R) -> Result<VhdImage, VhdError> {
             })
         }
         DiskType::Dynamic | DiskType::Differencing => {
-            let header_at = footer.data_offset;
-            if header_at
-                .checked_add(dynamic::HEADER_SIZE as u64)
-                .is_none_or(|end| end > tail_at)
-            {
-                return Err(VhdError::HeaderOutsideFile {
-                    offset: tail_at + 16,
-                    what: "data offset",
-                    value: header_at,
-                    file_len,
-                });
-            }
+            let header_at = dynamic::header_offset(footer.data_offset, file_len)?;
             let mut hraw = [0u8; dynamic::HEADER_SIZE];
             read(src, &mut hraw, header_at, "dynamic header")?;
             let header = match dynamic::parse_header(&hraw, header_at) {
