@@ -35,6 +35,8 @@ pub struct DiskContext {
     pub arm: ArmClient,
     /// For unmanaged disks: the session credential (storage scope asked by the client).
     pub credential: Arc<dyn TokenCredential>,
+    /// The session's transport and options (`--ca-bundle` roots) for blob reads too.
+    pub client_options: azure_core::http::ClientOptions,
     pub ledger: Arc<Ledger>,
     pub output_dir: PathBuf,
     pub format: ImageFormat,
@@ -315,6 +317,7 @@ fn request(
     resume_key: &str,
 ) -> DownloadRequest {
     let mut req = DownloadRequest::new(url, output.to_path_buf(), ctx.format);
+    req.client_options = Some(ctx.client_options.clone());
     req.overwrite = Overwrite::Refuse;
     req.engine = EngineConfig {
         concurrency: ctx.connections,
@@ -341,6 +344,11 @@ async fn export_blob(
         message: format!("unmanaged disk {uri}: {message}"),
     };
     let url = SasUrl::parse(uri).map_err(|e| fail(e.to_string()))?;
+    if url.expose().scheme() != "https" {
+        return Err(fail(
+            "no SAS: signing in with Entra ID needs an https URL".to_string(),
+        ));
+    }
     let mut req = request(ctx, url, &output, uri);
     req.credential = Some(ctx.credential.clone());
     match download(req, ctx.progress.for_disk(uri), ctx.interrupt.clone()).await {
