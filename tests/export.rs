@@ -1115,3 +1115,76 @@ fn export_usage_errors_exit_2_before_any_request() {
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
     }
 }
+
+/// An unsigned JWT for Azure Storage: Azurite (`--oauth basic`) checks lifetime, issuer and
+/// audience, not the signature.
+fn storage_jwt() -> String {
+    use base64::Engine as _;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let b64 = |v: Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+    };
+    let tenant = "72f988bf-0000-4000-8000-00000000e17a";
+    let header = b64(serde_json::json!({"alg": "RS256", "typ": "JWT"}));
+    let payload = b64(serde_json::json!({
+        "aud": "https://storage.azure.com", "iss": format!("https://sts.windows.net/{tenant}/"),
+        "iat": now - 60, "nbf": now - 60, "exp": now + 3600, "tid": tenant,
+        "oid": "0b5c2f1e-0000-4000-8000-00000000a11d", "ver": "1.0",
+    }));
+    format!("{header}.{payload}.x")
+}
+
+#[test]
+fn an_unmanaged_disk_is_read_with_the_identitys_storage_token() {
+    use support::azurite::Azurite;
+    use support::fake_azure::{seed_vhd_into, small_disk};
+    use support::tls::TestCerts;
+    let dir = tempfile::tempdir().unwrap();
+    // The storage account: Azurite over https, accepting bearer tokens.
+    let certs = TestCerts::make(dir.path());
+    let account = Azurite::start_https_oauth(&certs.cert_pem, &certs.key_pem, &certs.client);
+    let content = small_disk("old-01-os");
+    seed_vhd_into(account.port, "vhds", "old-01-os.vhd", &content);
+    let mut old = FakeVm::linux("old-01", "rg-old").power(Some("deallocated"));
+    old.disks[0].vhd_uri = Some(format!(
+        "https://127.0.0.1:{}/{}/vhds/old-01-os.vhd",
+        account.port,
+        seed::ACCOUNT
+    ));
+    let world = FakeAzure::start(vec![old]);
+    world.with_state(|s| s.config.storage_token = Some(storage_jwt()));
+    // Both CAs: the fake ARM's and the storage account's.
+    let bundle = dir.path().join("bundle.pem");
+    let mut pem = std::fs::read_to_string(&world.arm.ca_pem).unwrap();
+    pem.push_str(&std::fs::read_to_string(&certs.ca_pem).unwrap());
+    std::fs::write(&bundle, pem).unwrap();
+    let out = dir.path().join("out");
+    let mut c = support::bin();
+    c.args([
+        "--no-progress",
+        "export",
+        "--cloud",
+        "custom",
+        "--arm-endpoint",
+    ])
+    .arg(&world.arm.arm_url)
+    .arg("--ca-bundle")
+    .arg(&bundle)
+    .args([
+        "--subscription",
+        SUBSCRIPTION,
+        "--format",
+        "raw",
+        "--output-dir",
+    ])
+    .arg(&out)
+    .envs(world.env());
+    let r = run(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_raw_equals(&out.join("old-01/old-01-os.raw"), &content.image());
+    // No snapshot, no grant: nothing was created in Azure for it.
+    assert_eq!(writes(&world), 0);
+}

@@ -191,6 +191,9 @@ pub struct FakeConfig {
     pub token: String,
     /// User-assigned identity client id the token endpoint accepts (None: any).
     pub identity_client_id: Option<String>,
+    /// The managed-identity token for `https://storage.azure.com` (e.g. an unsigned JWT
+    /// that an Azurite with `--oauth basic` accepts); None: `token`, as for ARM.
+    pub storage_token: Option<String>,
     /// Accepted by the Entra token endpoint (`POST /{tenant}/oauth2/v2.0/token`).
     pub client_secret: String,
     pub federated_token: String,
@@ -212,6 +215,7 @@ impl Default for FakeConfig {
             identity_header: IDENTITY_HEADER.into(),
             token: ARM_TOKEN.into(),
             identity_client_id: None,
+            storage_token: None,
             client_secret: CLIENT_SECRET.into(),
             federated_token: FEDERATED_TOKEN.into(),
         }
@@ -855,10 +859,14 @@ fn token_endpoint(shared: &Arc<Mutex<ArmState>>, req: &HttpRequest) -> HttpRespo
         .unwrap()
         .as_secs()
         + 3600;
+    let token = match &s.config.storage_token {
+        Some(t) if resource.trim_end_matches('/') == "https://storage.azure.com" => t.clone(),
+        _ => s.config.token.clone(),
+    };
     HttpResponse::json(
         200,
         json!({
-            "access_token": s.config.token,
+            "access_token": token,
             "expires_on": expires.to_string(),
             "resource": resource,
             "token_type": "Bearer",

@@ -176,13 +176,20 @@ fn granted(s: &ArmState, path: &str) -> bool {
 /// Writes `disk` as a fixed VHD into page blob `disks/<blob>`: its extents as pages, the
 /// rest never written, then the footer.
 pub fn seed_fixed_vhd(port: u16, blob: &str, disk: &Disk) {
-    seed::create_page_blob(port, DISK_CONTAINER, blob, disk.size + 512);
+    seed_vhd_into(port, DISK_CONTAINER, blob, disk);
+}
+
+/// [`seed_fixed_vhd`] into any container (created if needed), e.g. an unmanaged disk's
+/// `vhds` container in another storage account.
+pub fn seed_vhd_into(port: u16, container: &str, blob: &str, disk: &Disk) {
+    seed::create_container_once(port, container);
+    seed::create_page_blob(port, container, blob, disk.size + 512);
     for (off, data) in &disk.extents {
-        seed::put_pages(port, DISK_CONTAINER, blob, *off, data);
+        seed::put_pages(port, container, blob, *off, data);
     }
     seed::put_pages(
         port,
-        DISK_CONTAINER,
+        container,
         blob,
         disk.size,
         &footer(2, disk.size, u64::MAX),
