@@ -17,6 +17,7 @@ mod support {
     pub mod fault_proxy;
     pub mod http;
     pub mod seed;
+    pub mod tls;
     pub mod vhd;
 }
 
