@@ -51,6 +51,13 @@ pub struct GlobalArgs {
     pub config: Option<PathBuf>,
 }
 
+impl GlobalArgs {
+    /// Whether progress may be shown at all (not with --no-progress or -q).
+    pub fn progress_enabled(&self) -> bool {
+        !self.no_progress && !self.quiet
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show a VHD's facts: type, sizes, creator, geometry, checksums, extents.

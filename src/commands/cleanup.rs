@@ -52,10 +52,7 @@ pub fn run(args: &CleanupArgs, _global: &GlobalArgs) -> Result<(), Error> {
         })
         .ok_or_else(|| Error::usage("cleanup needs --subscription (no run report names one)"))?;
     let session = super::azure_session(&args.azure)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::failed(format!("cannot start the async runtime: {e}")))?;
+    let runtime = super::async_runtime("azure2kvm-cleanup")?;
     let result = runtime.block_on(async {
         session.check_credential().await?;
         cleanup_run(&session.arm, &args.run_id, &subscription, ledger.as_ref())

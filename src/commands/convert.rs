@@ -53,7 +53,7 @@ pub fn run(args: &ConvertArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Re
     let mut progress = Progress::new(
         format!("converting {}", input.display()),
         img.virtual_size(),
-        !global.no_progress && !global.quiet && data >= PROGRESS_MIN_BYTES,
+        global.progress_enabled() && data >= PROGRESS_MIN_BYTES,
     );
     let result = copy_extents(&src, &img.extents, sink.as_mut(), &mut |done| {
         progress.set(done);

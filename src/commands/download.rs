@@ -50,17 +50,13 @@ pub fn run(args: &DownloadArgs, global: &GlobalArgs, interrupt: &Interrupt) -> R
     };
     req.io_timeout = Duration::from_secs(args.io_timeout.max(1));
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("azure2kvm-io")
-        .build()
-        .map_err(|e| Error::failed(format!("cannot start the async runtime: {e}")))?;
+    let runtime = super::async_runtime("azure2kvm-io")?;
     if needs_token {
         // One clear usage error listing every credential source tried, before any work.
         runtime.block_on(session.check_storage_credential())?;
     }
 
-    let show = !global.no_progress && !global.quiet;
+    let show = global.progress_enabled();
     let progress: Arc<Mutex<Option<Progress>>> = Arc::new(Mutex::new(None));
     let label = format!("downloading {}", args.output.display());
     let sink_progress = Arc::clone(&progress);

@@ -97,11 +97,7 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
         ))?)
     };
     let session = super::azure_session(&args.azure)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("azure2kvm-export")
-        .build()
-        .map_err(|e| Error::failed(format!("cannot start the async runtime: {e}")))?;
+    let runtime = super::async_runtime("azure2kvm-export")?;
 
     // The VMs: from the plan file, or discovered (GETs only).
     let vms = runtime.block_on(async {
@@ -207,7 +203,7 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
         queue_depth: crate::transfer::engine::DEFAULT_QUEUE_DEPTH,
         io_timeout: io_timeout(),
         interrupt: interrupt.clone(),
-        progress: Arc::new(RunProgress::new(!global.no_progress && !global.quiet)),
+        progress: Arc::new(RunProgress::new(global.progress_enabled())),
     };
     let results = runtime.block_on(run::run(&planned, &ctx, &run_id));
     ctx.progress.finish();

@@ -30,13 +30,9 @@ pub fn selection_input(args: &SelectionArgs) -> SelectionInput {
 pub fn run(args: &ListArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Result<(), Error> {
     let selection = Selection::parse(&selection_input(&args.selection))?;
     let session = super::azure_session(&args.azure)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::failed(format!("cannot start the async runtime: {e}")))?;
+    let runtime = super::async_runtime("azure2kvm-list")?;
     let progress = Arc::new(DiscoveryProgress::default());
-    let show_progress = !global.no_progress && !global.quiet;
+    let show_progress = global.progress_enabled();
     let result = runtime.block_on(async {
         session.check_credential().await?;
         if let Some(source) = session.credential.active_source() {

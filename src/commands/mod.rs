@@ -52,3 +52,13 @@ pub fn azure_session(args: &AzureArgs) -> Result<AzureSession, Error> {
         CredentialSettings::from_env(args.client_id.as_deref(), args.tenant_id.as_deref());
     AzureSession::new(cloud, args.auth, &settings, args.ca_bundle.as_deref()).map_err(Error::usage)
 }
+
+/// The async runtime for a command that talks to Azure. Built per command (inspect and
+/// convert need none); worker threads default to the core count.
+pub fn async_runtime(thread_name: &str) -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(thread_name)
+        .build()
+        .map_err(|e| Error::failed(format!("cannot start the async runtime: {e}")))
+}

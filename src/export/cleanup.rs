@@ -137,8 +137,7 @@ pub async fn cleanup_run(
         let Some(r) = ResourceRef::from_id(&snap.id) else {
             continue;
         };
-        let revoked = gone_or_ok(arm.revoke_access(&AccessTarget::Snapshot(r.clone())).await);
-        let result = revoked.and(gone_or_ok(arm.delete_snapshot(&r).await));
+        let result = delete_with_revoke(arm, &r).await;
         match ledger {
             Some(l) => note(l, &mut summary, ResourceKind::Snapshot, &snap.id, result),
             None => match result {
