@@ -28,6 +28,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use crate::image::sink::{ImageFormat, ImageSink, SinkError, SinkStats, check_bounds};
+use crate::image::writeback::Writeback;
 use crate::image::zero::is_zero;
 
 /// Header magic, "QFI\xfb" (qcow2.txt, byte 0).
@@ -76,6 +77,7 @@ pub struct Qcow2Writer {
     cache: Vec<CachedL2>,
     clock: u64,
     stats: SinkStats,
+    writeback: Writeback,
 }
 
 fn div_ceil(a: u64, b: u64) -> u64 {
@@ -107,6 +109,7 @@ impl Qcow2Writer {
             cache: Vec::with_capacity(L2_CACHE_TABLES),
             clock: 0,
             stats: SinkStats::default(),
+            writeback: Writeback::default(),
         }
     }
 
@@ -239,6 +242,18 @@ impl Qcow2Writer {
 
     /// Host offset of the cluster holding `virtual_offset`, allocating it when `piece`
     /// (the bytes about to land in it) is not all zeros. None: leave it unallocated.
+    /// Writes guest data at a host offset and counts it toward early writeback. (A batch's
+    /// span may also cover L2 tables appended in between; flushing those early is harmless,
+    /// checkpoints rewrite them.)
+    fn write_data(&mut self, bytes: &[u8], host: u64) -> Result<(), SinkError> {
+        self.file
+            .write_all_at(bytes, host)
+            .map_err(SinkError::io("write", host))?;
+        self.stats.bytes_written += bytes.len() as u64;
+        self.writeback.wrote(&self.file, host, bytes.len() as u64);
+        Ok(())
+    }
+
     fn host_cluster(
         &mut self,
         virtual_offset: u64,
@@ -431,10 +446,7 @@ impl ImageSink for Qcow2Writer {
                 }
                 (host, _) => {
                     if let Some((ph, pstart, plen)) = pending.take() {
-                        self.file
-                            .write_all_at(&data[pstart..pstart + plen], ph)
-                            .map_err(SinkError::io("write", ph))?;
-                        self.stats.bytes_written += plen as u64;
+                        self.write_data(&data[pstart..pstart + plen], ph)?;
                     }
                     pending = host.map(|h| (h, pos, len));
                 }
@@ -442,10 +454,7 @@ impl ImageSink for Qcow2Writer {
             pos += len;
         }
         if let Some((ph, pstart, plen)) = pending {
-            self.file
-                .write_all_at(&data[pstart..pstart + plen], ph)
-                .map_err(SinkError::io("write", ph))?;
-            self.stats.bytes_written += plen as u64;
+            self.write_data(&data[pstart..pstart + plen], ph)?;
         }
         self.stats.bytes_received += data.len() as u64;
         Ok(())

@@ -9,6 +9,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use crate::image::sink::{ImageSink, SinkError, SinkStats, check_bounds};
+use crate::image::writeback::Writeback;
 use crate::image::zero::{ZERO_BLOCK, data_runs};
 
 #[derive(Debug)]
@@ -16,6 +17,7 @@ pub struct RawWriter {
     file: File,
     virtual_size: u64,
     stats: SinkStats,
+    writeback: Writeback,
 }
 
 impl RawWriter {
@@ -26,6 +28,7 @@ impl RawWriter {
             file,
             virtual_size,
             stats: SinkStats::default(),
+            writeback: Writeback::default(),
         })
     }
 
@@ -41,6 +44,7 @@ impl RawWriter {
             file,
             virtual_size,
             stats: SinkStats::default(),
+            writeback: Writeback::default(),
         })
     }
 }
@@ -58,6 +62,7 @@ impl ImageSink for RawWriter {
                 .write_all_at(&data[run.clone()], at)
                 .map_err(SinkError::io("write", at))?;
             self.stats.bytes_written += run.len() as u64;
+            self.writeback.wrote(&self.file, at, run.len() as u64);
         }
         self.stats.bytes_received += data.len() as u64;
         Ok(())
