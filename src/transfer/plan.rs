@@ -20,14 +20,13 @@
 //! - [`COALESCE_GAP`] 128 KiB: fetching a gap of never-written pages costs bytes; skipping
 //!   it costs a request. At a blob's documented 60 MiB/s and 500 requests/s one request is
 //!   worth ~120 KiB of transfer, so a gap under that (rounded to 128 KiB) is no dearer to
-//!   fetch than to skip (it arrives as zeros and the sink turns it back into holes). Only
-//!   maps whose gaps read as zeros (page ranges) may be coalesced: between a dynamic VHD's
-//!   blocks lie bitmaps.
-//! - [`COALESCE_BUDGET_SHIFT`] 4: all coalesced gaps together stay under 1/16 of the data
-//!   bytes, smallest gaps first, so fetched bytes stay ≤ 1.0625 × written bytes on any
-//!   layout (without a budget, one written page every 64 KiB would fetch 128 × the
-//!   written bytes). A gap is only fetched when it saves a request: never across a chunk
-//!   boundary, where the run would be cut again anyway.
+//!   fetch than to skip (it arrives as zeros and the sink turns it back into holes). A gap
+//!   is only fetched when that saves a request: never across a chunk boundary, where the
+//!   run would be cut again anyway. Only maps whose gaps read as zeros (page ranges) may
+//!   be coalesced: between a dynamic VHD's blocks lie bitmaps.
+//!   Bytes: on the benchmark disk this fetches 1.2% more than was written. The rule
+//!   optimises time, not bytes: a disk with one page written every 64 KiB is fetched
+//!   whole, because one request per page would take longer than the whole region's bytes.
 
 use std::ops::Range;
 
@@ -41,7 +40,6 @@ pub const MIN_CHUNK_SIZE: u64 = 64 << 10;
 pub const MAX_CHUNK_SIZE: u64 = 64 << 20;
 pub const PAGE_RANGE_WINDOW: u64 = 128 << 20;
 pub const COALESCE_GAP: u64 = 128 << 10;
-pub const COALESCE_BUDGET_SHIFT: u32 = 4;
 
 /// One ranged GET and where its bytes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -123,9 +121,8 @@ pub fn map_from_page_ranges(
 /// Cuts the data extents of `map` into chunks of at most `chunk_size` bytes, cut at
 /// multiples of `chunk_size`. Before cutting, extents separated by fewer than `max_gap`
 /// zero bytes are joined when the gap is the same in the source and joining saves a
-/// request, smallest gaps first, until the gaps fetched reach the budget (data bytes >>
-/// [`COALESCE_BUDGET_SHIFT`]). Pass `max_gap` 0 when the source's gaps may hold anything
-/// but zeros. Deterministic: the same map gives the same chunks (the journal relies on it).
+/// request. Pass `max_gap` 0 when the source's gaps may hold anything but zeros.
+/// Deterministic: the same map gives the same chunks (the journal relies on it).
 pub fn chunks(map: &ExtentMap, chunk_size: u64, max_gap: u64) -> Vec<Chunk> {
     assert!(chunk_size > 0, "chunk size is validated by the caller");
     let extents: Vec<Chunk> = map
@@ -136,16 +133,10 @@ pub fn chunks(map: &ExtentMap, chunk_size: u64, max_gap: u64) -> Vec<Chunk> {
             length: e.length,
         })
         .collect();
-    let joins = joins(
-        &extents,
-        chunk_size,
-        max_gap,
-        map.data_bytes() >> COALESCE_BUDGET_SHIFT,
-    );
     let mut runs: Vec<Chunk> = Vec::with_capacity(extents.len());
     for (i, e) in extents.iter().enumerate() {
         match runs.last_mut() {
-            Some(last) if i > 0 && joins[i - 1] => {
+            Some(last) if i > 0 && joins(&extents[i - 1], e, chunk_size, max_gap) => {
                 last.length = e.virtual_offset + e.length - last.virtual_offset;
             }
             _ => runs.push(*e),
@@ -168,31 +159,14 @@ pub fn chunks(map: &ExtentMap, chunk_size: u64, max_gap: u64) -> Vec<Chunk> {
     out
 }
 
-/// `joins[i]`: fetch the gap between extents `i` and `i + 1` (see [`chunks`]).
-fn joins(extents: &[Chunk], chunk_size: u64, max_gap: u64, budget: u64) -> Vec<bool> {
-    let mut joins = vec![false; extents.len().saturating_sub(1)];
-    let mut candidates: Vec<(u64, usize)> = Vec::new();
-    for (i, pair) in extents.windows(2).enumerate() {
-        let (a, b) = (pair[0], pair[1]);
-        let a_end = a.virtual_offset + a.length;
-        let gap = b.virtual_offset - a_end;
-        let same_in_source = b.source_offset.checked_sub(a.source_offset + a.length) == Some(gap);
-        // Both ends in one chunk cell: the joined run has one piece fewer.
-        let saves_a_request = (a_end - 1) / chunk_size == b.virtual_offset / chunk_size;
-        if same_in_source && (gap == 0 || (gap < max_gap && saves_a_request)) {
-            candidates.push((gap, i));
-        }
-    }
-    candidates.sort_unstable();
-    let mut spent = 0u64;
-    for (gap, i) in candidates {
-        if spent + gap > budget {
-            break;
-        }
-        spent += gap;
-        joins[i] = true;
-    }
-    joins
+/// Whether to fetch the gap between consecutive extents `a` and `b` (see [`chunks`]).
+fn joins(a: &Chunk, b: &Chunk, chunk_size: u64, max_gap: u64) -> bool {
+    let a_end = a.virtual_offset + a.length;
+    let gap = b.virtual_offset - a_end;
+    let same_in_source = b.source_offset.checked_sub(a.source_offset + a.length) == Some(gap);
+    // Both ends in one chunk cell: the joined run has one piece fewer.
+    let saves_a_request = (a_end - 1) / chunk_size == b.virtual_offset / chunk_size;
+    same_in_source && (gap == 0 || (gap < max_gap && saves_a_request))
 }
 
 /// Why a chunk size was refused.
@@ -322,50 +296,11 @@ mod tests {
             ]
         );
         assert_eq!(chunks(&m, 8 * MIB, 0).len(), 3);
-    }
-
-    #[test]
-    fn coalescing_stops_at_the_byte_budget() {
-        // One written page every 64 KiB: every gap is under the limit, but fetching them
-        // all would fetch 128 × the written bytes.
-        let size = 64 * MIB;
-        let ranges: Vec<_> = (0..size / (64 << 10))
-            .map(|i| i * (64 << 10)..i * (64 << 10) + 512)
-            .collect();
-        let m = map_from_page_ranges(ranges, size).unwrap();
-        let c = chunks(&m, 8 * MIB, COALESCE_GAP);
-        let fetched: u64 = c.iter().map(|c| c.length).sum();
-        let budget = m.data_bytes() >> COALESCE_BUDGET_SHIFT;
-        assert!(fetched <= m.data_bytes() + budget, "{fetched}");
-        assert_eq!(fetched, m.data_bytes(), "no gap fits the budget here");
-        assert_eq!(c.len(), 1024);
-    }
-
-    #[test]
-    fn smallest_gaps_are_fetched_first() {
-        // 4 MiB of data, so 256 KiB of budget; gaps of 64, 120 and 100 KiB: the 64 and
-        // 100 KiB gaps fit (164 KiB), the 120 KiB one would not (284 KiB).
-        const K: u64 = 1 << 10;
-        let m = map_from_page_ranges(
-            vec![
-                0..MIB,
-                MIB + 64 * K..2 * MIB + 64 * K,
-                2 * MIB + 184 * K..3 * MIB + 184 * K,
-                3 * MIB + 284 * K..4 * MIB + 284 * K,
-            ],
-            8 * MIB,
-        )
-        .unwrap();
-        assert_eq!(m.data_bytes() >> COALESCE_BUDGET_SHIFT, 256 * K);
-        let c = chunks(&m, 8 * MIB, COALESCE_GAP);
-        let spans: Vec<_> = c.iter().map(|c| (c.virtual_offset, c.length)).collect();
-        assert_eq!(
-            spans,
-            vec![
-                (0, 2 * MIB + 64 * K),
-                (2 * MIB + 184 * K, 2 * MIB + 100 * K)
-            ]
-        );
+        // A gap of exactly the limit is skipped, one page under it is fetched.
+        for (gap, pieces) in [(COALESCE_GAP, 2), (COALESCE_GAP - 512, 1)] {
+            let m = map_from_page_ranges(vec![0..MIB, MIB + gap..2 * MIB], 4 * MIB).unwrap();
+            assert_eq!(chunks(&m, 8 * MIB, COALESCE_GAP).len(), pieces, "gap {gap}");
+        }
     }
 
     #[test]
@@ -439,7 +374,6 @@ mod tests {
             }
             let fetched: u64 = cs.iter().map(|c| c.length).sum();
             prop_assert!(fetched >= m.data_bytes());
-            prop_assert!(fetched <= m.data_bytes() + (m.data_bytes() >> COALESCE_BUDGET_SHIFT));
             if gap_pages == 0 { prop_assert_eq!(fetched, m.data_bytes()); }
         }
     }
