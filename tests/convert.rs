@@ -393,3 +393,69 @@ fn explicit_format_overrides_extension() {
     let j: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(j["format"], "qcow2");
 }
+
+/// A fixed VHD of `size` bytes of non-zero data: slow enough to convert that a signal
+/// lands mid-copy (nothing in it can be skipped as a hole).
+fn dense_fixed_vhd(path: &Path, size: u64) {
+    let f = fs::File::create(path).unwrap();
+    let pattern = random_bytes(MIB as usize, 3);
+    for at in (0..size).step_by(MIB as usize) {
+        f.write_all_at(&pattern, at).unwrap();
+    }
+    f.write_all_at(&support::vhd::footer(2, size, u64::MAX), size)
+        .unwrap();
+}
+
+/// Sends SIGINT once the temporary output exists, and returns the finished process.
+fn interrupt_convert(vhd: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let temp = out.with_file_name(format!(
+        ".{}.azure2kvm-partial",
+        out.file_name().unwrap().to_str().unwrap()
+    ));
+    let mut cmd = support::bin();
+    cmd.args(["--no-progress", "convert"])
+        .args(extra)
+        .arg(vhd)
+        .arg(out);
+    let mut child = support::ChildGuard::spawn(cmd);
+    let started = std::time::Instant::now();
+    while !temp.exists() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "conversion did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    child.0.take().unwrap().wait_with_output().unwrap()
+}
+
+#[test]
+fn ctrl_c_exits_130_and_leaves_no_output_and_no_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let vhd = dir.path().join("dense.vhd");
+    dense_fixed_vhd(&vhd, 512 * MIB);
+    for format in ["raw", "qcow2"] {
+        let out = dir.path().join(format!("out.{format}"));
+        let o = interrupt_convert(&vhd, &out, &[]);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(130), "{format}: {e}");
+        assert!(e.contains("interrupted"), "{e}");
+        assert!(!out.exists(), "{format}: no output under the final name");
+        assert_eq!(
+            leftovers(dir.path()),
+            Vec::<std::path::PathBuf>::new(),
+            "{format}: no partial file"
+        );
+    }
+    // --force over an existing image: interrupted, the old image is still there, whole.
+    let out = dir.path().join("keep.raw");
+    fs::write(&out, b"the previous image").unwrap();
+    let o = interrupt_convert(&vhd, &out, &["--force"]);
+    assert_eq!(o.status.code(), Some(130));
+    assert_eq!(fs::read(&out).unwrap(), b"the previous image");
+}
