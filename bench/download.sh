@@ -54,6 +54,8 @@ for GIB in $SIZES; do
     case $((ROUND % 3)) in 1) ORDER="tool pysdk curl";; 2) ORDER="pysdk curl tool";; 0) ORDER="curl tool pysdk";; esac
     # TOOL_ARGS="--concurrency 4": a fourth method, the tool with those flags, in the same rounds.
     [ -n "${TOOL_ARGS:-}" ] && ORDER="$ORDER toolx"
+    # OTHER_BIN=path/to/azure2kvm: another build (e.g. the previous commit's), same rounds.
+    [ -n "${OTHER_BIN:-}" ] && ORDER="$ORDER other"
     for M in $ORDER; do
       rm -f "$WORK"/out.raw "$WORK"/in.vhd "$WORK"/.out.raw.*
       sync
@@ -62,12 +64,13 @@ for GIB in $SIZES; do
         # (and checkpoints for resume); the others would otherwise leave GiBs in the page cache.
         tool)  CMD="'$BIN' --no-progress download '$URL' '$WORK/out.raw' && sync";;
         toolx) CMD="'$BIN' --no-progress download $TOOL_ARGS '$URL' '$WORK/out.raw' && sync";;
+        other) CMD="'$OTHER_BIN' --no-progress download '$URL' '$WORK/out.raw' && sync";;
         pysdk) CMD="'$VENV/bin/python' '$ROOT/bench/azurite_helper.py' pysdk --url '$URL' --out '$WORK/in.vhd' && qemu-img convert -f vpc -O raw '$WORK/in.vhd' '$WORK/out.raw' && sync";;
         curl)  CMD="curl -sSf -o '$WORK/in.vhd' '$URL' && qemu-img convert -f vpc -O raw '$WORK/in.vhd' '$WORK/out.raw' && sync";;
       esac
       read -r SECS RSS <<<"$(measure "$CMD")"
       FETCHED="-"
-      if [ "$M" = tool ] || [ "$M" = toolx ]; then
+      if [ "$M" = tool ] || [ "$M" = toolx ] || [ "$M" = other ]; then
         FETCHED=$(grep -o 'bytes_fetched=[0-9]*' "$WORK/stderr.txt" | cut -d= -f2)
       elif [ -f "$WORK/in.vhd" ]; then
         FETCHED="$(stat -c %s "$WORK/in.vhd") (file)"
