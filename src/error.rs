@@ -101,7 +101,9 @@ impl From<StagingError> for Error {
         let kind = match e {
             StagingError::Exists { .. }
             | StagingError::Locked { .. }
-            | StagingError::NoFileName { .. } => ErrorKind::Usage,
+            | StagingError::NoFileName { .. }
+            | StagingError::IsDirectory { .. }
+            | StagingError::BadDirectory { .. } => ErrorKind::Usage,
             StagingError::Io { .. } => ErrorKind::Failed,
         };
         Self::new(kind, e)

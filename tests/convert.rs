@@ -350,9 +350,21 @@ fn usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let vhd = fixed_vhd(dir.path(), "u");
     let v = vhd.to_str().unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let d = dir.path().to_str().unwrap();
+    let missing_dir = dir.path().join("missing").join("out.raw");
+    let cases: [(&[&str], &str); 9] = [
         (&["convert", v, "out.vmdk"], "--format"),
         (&["convert", "/nonexistent/x.vhd", "out.raw"], "cannot open"),
+        (&["convert", d, "out.raw"], "not a regular file"),
+        (&["inspect", d], "not a regular file"),
+        (
+            &["convert", v, missing_dir.to_str().unwrap()],
+            "does not exist",
+        ),
+        (
+            &["convert", v, d, "--format", "raw", "--force"],
+            "is a directory",
+        ),
         (
             &["convert", v, v, "--format", "raw", "--force"],
             "both input and output",

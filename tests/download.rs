@@ -148,6 +148,21 @@ fn raw_and_qcow2_equal_the_disk_and_fetch_only_written_pages() {
         &["--verify", "md5", "--chunk-size", "8M"],
     );
     assert_eq!(big.status.code(), Some(2), "{}", stderr(&big));
+    // An output directory that does not exist is refused before any request: on an
+    // unreachable host this would otherwise wait out the retries first.
+    let nowhere = dir.path().join("no-such-dir").join("x.raw");
+    let unreachable = "https://no-such-account.invalid/c/disk.vhd?sv=1&sig=c2VjcmV0";
+    for u in [u.as_str(), unreachable] {
+        let started = std::time::Instant::now();
+        let o = download(u, &nowhere, &[]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{e}");
+        assert!(
+            e.contains("no-such-dir") && e.contains("does not exist"),
+            "{e}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{e}");
+    }
     no_leftovers(dir.path());
 }
 

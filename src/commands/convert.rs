@@ -1,14 +1,12 @@
 //! `convert INPUT OUTPUT`: a local VHD into a sparse raw or qcow2 image, written under a
 //! temporary name and renamed only when complete and synced.
 
-use std::fs::File;
 use std::ops::ControlFlow;
 
 use crate::cli::{ConvertArgs, GlobalArgs};
 use crate::error::Error;
 use crate::image::copy::copy_extents;
 use crate::image::sink::create_sink;
-use crate::image::source::FileSource;
 use crate::image::staging::{Overwrite, StagedOutput, check_output_free};
 use crate::image::vhd;
 use crate::interrupt::Interrupt;
@@ -34,10 +32,7 @@ pub fn run(args: &ConvertArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Re
     }
 
     let input = &args.input;
-    let file = File::open(input)
-        .map_err(|e| Error::usage(format!("cannot open {}: {e}", input.display())))?;
-    let src =
-        FileSource::new(file).map_err(|e| Error::failed(format!("{}: {e}", input.display())))?;
+    let src = super::open_vhd_file(input)?;
     let img = vhd::open(&src).map_err(|e| Error::from(e).context(input.display()))?;
     if let Some(problem) = &img.tail_footer_problem {
         tracing::warn!(

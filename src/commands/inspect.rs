@@ -1,6 +1,5 @@
 //! `inspect FILE [--json]`: what a VHD is, without converting it.
 
-use std::fs::File;
 use std::io::Write;
 
 use serde::Serialize;
@@ -8,7 +7,6 @@ use serde::Serialize;
 use crate::cli::InspectArgs;
 use crate::error::Error;
 use crate::image::extent::Extent;
-use crate::image::source::FileSource;
 use crate::image::vhd::{self, BatSummary, DynamicHeader, Footer, FooterSource, VhdImage};
 use crate::output::units::human_bytes;
 
@@ -40,10 +38,7 @@ struct DynamicReport<'a> {
 
 pub fn run(args: &InspectArgs) -> Result<(), Error> {
     let path = &args.file;
-    let file = File::open(path)
-        .map_err(|e| Error::usage(format!("cannot open {}: {e}", path.display())))?;
-    let src =
-        FileSource::new(file).map_err(|e| Error::failed(format!("{}: {e}", path.display())))?;
+    let src = super::open_vhd_file(path)?;
     let img = vhd::open(&src).map_err(|e| Error::from(e).context(path.display()))?;
     let report = report(&img, path.display().to_string());
     let mut out = std::io::stdout().lock();

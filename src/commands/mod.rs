@@ -13,6 +13,7 @@ use crate::azure::session::AzureSession;
 use crate::cli::{AzureArgs, Cli, Command, ImageOutputArgs};
 use crate::error::Error;
 use crate::image::sink::ImageFormat;
+use crate::image::source::FileSource;
 use crate::interrupt::Interrupt;
 use std::path::Path;
 
@@ -61,4 +62,20 @@ pub fn async_runtime(thread_name: &str) -> Result<tokio::runtime::Runtime, Error
         .thread_name(thread_name)
         .build()
         .map_err(|e| Error::failed(format!("cannot start the async runtime: {e}")))
+}
+
+/// Opens a local VHD for reading: a regular file, or a usage error (exit 2) naming it.
+pub fn open_vhd_file(path: &Path) -> Result<FileSource, Error> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::usage(format!("cannot open {}: {e}", path.display())))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::usage(format!("cannot stat {}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(Error::usage(format!(
+            "{} is not a regular file (a VHD file is expected)",
+            path.display()
+        )));
+    }
+    FileSource::new(file).map_err(|e| Error::failed(format!("{}: {e}", path.display())))
 }

@@ -23,6 +23,14 @@ pub enum StagingError {
     Locked { path: PathBuf, temp: PathBuf },
     #[error("output {path} has no file name")]
     NoFileName { path: PathBuf },
+    #[error("output {path} is a directory; name the image file to write")]
+    IsDirectory { path: PathBuf },
+    #[error("cannot write output {path}: its directory {dir} {reason}")]
+    BadDirectory {
+        path: PathBuf,
+        dir: PathBuf,
+        reason: String,
+    },
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -68,15 +76,40 @@ pub fn temp_path_for(final_path: &Path) -> Result<PathBuf, StagingError> {
     Ok(final_path.with_file_name(temp))
 }
 
-/// Refuses an existing `final_path` unless overwriting is allowed. Call before any work so
-/// a mistake costs nothing.
+/// Refuses an output that could not be written or would replace something it should not:
+/// a directory that is missing, not a directory or not writable; a final path that is a
+/// directory; an existing file unless overwriting is allowed. Call before any work (and
+/// before any download) so a mistake costs nothing.
 pub fn check_output_free(final_path: &Path, overwrite: Overwrite) -> Result<(), StagingError> {
-    if overwrite == Overwrite::Refuse && fs::symlink_metadata(final_path).is_ok() {
-        return Err(StagingError::Exists {
-            path: final_path.to_path_buf(),
-        });
+    let dir = match final_path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let bad_dir = |reason: String| StagingError::BadDirectory {
+        path: final_path.to_path_buf(),
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    match fs::metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(bad_dir("does not exist".into()));
+        }
+        Err(e) => return Err(bad_dir(format!("cannot be read ({e})"))),
+        Ok(m) if !m.is_dir() => return Err(bad_dir("is not a directory".into())),
+        Ok(_) => {}
     }
-    Ok(())
+    if let Err(e) = rustix::fs::access(dir, rustix::fs::Access::WRITE_OK) {
+        return Err(bad_dir(format!("is not writable ({e})")));
+    }
+    match fs::symlink_metadata(final_path) {
+        Ok(m) if m.is_dir() => Err(StagingError::IsDirectory {
+            path: final_path.to_path_buf(),
+        }),
+        Ok(_) if overwrite == Overwrite::Refuse => Err(StagingError::Exists {
+            path: final_path.to_path_buf(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 impl StagedOutput {
@@ -234,6 +267,45 @@ mod tests {
         let (staged, existing) = StagedOutput::open_for_resume(&out, Overwrite::Refuse).unwrap();
         assert!(!existing);
         drop(staged);
+    }
+
+    #[test]
+    fn output_directory_must_exist_be_a_directory_and_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope").join("disk.raw");
+        let e = check_output_free(&missing, Overwrite::Allow).unwrap_err();
+        assert!(matches!(e, StagingError::BadDirectory { .. }), "{e}");
+        assert!(e.to_string().contains("does not exist") && e.to_string().contains("nope"));
+
+        let file = dir.path().join("file");
+        fs::write(&file, b"x").unwrap();
+        let e = check_output_free(&file.join("disk.raw"), Overwrite::Allow).unwrap_err();
+        assert!(e.to_string().contains("is not a directory"), "{e}");
+
+        let e = check_output_free(dir.path(), Overwrite::Allow).unwrap_err();
+        assert!(matches!(e, StagingError::IsDirectory { .. }), "{e}");
+
+        // A relative name lands in the current directory, which exists.
+        check_output_free(Path::new("surely-not-here.raw"), Overwrite::Refuse).unwrap();
+        check_output_free(&dir.path().join("disk.raw"), Overwrite::Refuse).unwrap();
+    }
+
+    #[test]
+    fn read_only_output_directory_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ro = dir.path().join("ro");
+        fs::create_dir(&ro).unwrap();
+        fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();
+        let result = check_output_free(&ro.join("disk.raw"), Overwrite::Refuse);
+        let can_write_anyway = fs::write(ro.join("probe"), b"").is_ok(); // root
+        fs::set_permissions(&ro, fs::Permissions::from_mode(0o755)).unwrap();
+        if can_write_anyway {
+            assert!(result.is_ok(), "writable for this user: {result:?}");
+        } else {
+            let e = result.unwrap_err();
+            assert!(e.to_string().contains("is not writable"), "{e}");
+        }
     }
 
     #[test]
