@@ -7,13 +7,9 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd); VENV=${VENV:-/tmp/a2k-bench-venv}; WORK=$(mktemp -d)
 ROUNDS=${ROUNDS:-3}
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$ROOT/tests/azurite/node_modules/.bin/azurite-blob" --inMemoryPersistence --blobHost 127.0.0.1 \
-  --blobPort "$PORT" --skipApiVersionCheck --loose --disableTelemetry --silent \
-  --blobKeepAliveTimeout 120 --extentMemoryLimit 4096 &
-AZ=$!
-trap 'kill $AZ; wait $AZ 2>/dev/null; rm -rf $WORK' EXIT
-for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT/devstoreaccount1?comp=list" && break; sleep 0.1; done
+. "$ROOT/bench/azurite.sh"
+start_azurite
+AZ=$AZ_PID
 J=$("$VENV/bin/python" "$ROOT/bench/azurite_helper.py" seed --port "$PORT" --virtual-gib 1 --name d.vhd)
 URL=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["url"])' "$J")
 cpu() { awk '{print ($14+$15)/100}' /proc/$AZ/stat; }

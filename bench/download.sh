@@ -24,15 +24,8 @@ mkdir -p "$WORK"
 "$VENV/bin/python" -c 'import azure.storage.blob' 2>/dev/null || "$VENV/bin/pip" install -q 'azure-storage-blob==12.31.1'
 (cd "$ROOT" && cargo build --release -q)
 BIN="$ROOT/target/release/azure2kvm"
-(cd "$ROOT/tests/azurite" && { [ -x node_modules/.bin/azurite-blob ] || npm ci --no-audit --no-fund --loglevel=error; })
-
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$ROOT/tests/azurite/node_modules/.bin/azurite-blob" --inMemoryPersistence --blobHost 127.0.0.1 \
-  --blobPort "$PORT" --skipApiVersionCheck --loose --disableTelemetry --silent \
-  --blobKeepAliveTimeout 120 --extentMemoryLimit 4096 &
-AZ_PID=$!
-trap 'kill $AZ_PID 2>/dev/null; wait $AZ_PID 2>/dev/null; rm -rf "$WORK"' EXIT
-for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT/devstoreaccount1?comp=list" && break; sleep 0.1; done
+. "$ROOT/bench/azurite.sh"
+start_azurite
 
 # run NAME CMD... → "seconds max_rss_kib" (time -v of the whole pipeline)
 measure() {
