@@ -673,6 +673,11 @@ fn shards_in_parallel_cover_every_disk_exactly_once() {
     let mut vms = fleet();
     vms.push(FakeVm::linux("app-01", "rg-web").data_disk(1, 8));
     vms.push(FakeVm::linux("app-02", "rg-web").power(Some("deallocated")));
+    // A namesake of app-01 in another group: both get a folder named by their group,
+    // whichever shard each lands in.
+    let mut twin = FakeVm::linux("app-01", "rg-db");
+    twin.disks[0].name = "app-01-db-os".into();
+    vms.push(twin);
     let world = FakeAzure::start(vms);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
@@ -726,12 +731,16 @@ fn shards_in_parallel_cover_every_disk_exactly_once() {
     assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), all);
     assert!(seen.values().all(|&c| c == 1), "{seen:?}");
     for (vm, disk, file) in [
-        ("app-01", "app-01-data1", "app-01-data-lun1.raw"),
+        ("app-01.rg-web", "app-01-data1", "app-01-data-lun1.raw"),
+        ("app-01.rg-db", "app-01-db-os", "app-01-os.raw"),
         ("app-02", "app-02-os", "app-02-os.raw"),
         ("win-01", "win-01-os", "win-01-os.raw"),
     ] {
         assert_image_equals(&world, &out.join(vm).join(file), disk);
     }
+    assert!(!out.join("app-01").exists());
+    let domain = std::fs::read_to_string(out.join("app-01.rg-db").join("domain.xml")).unwrap();
+    assert!(domain.contains("<name>app-01.rg-db</name>"), "{domain}");
     assert_eq!(world.leftovers(), Leftovers::default());
 }
 

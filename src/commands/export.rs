@@ -124,6 +124,8 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
             .map_err(|e| Error::failed(format!("writing plan {}: {e}", p.display())))?;
         tracing::info!("plan with {} VMs written to {}", vms.len(), p.display());
     }
+    // Folder names are decided over the whole selection, before sharding.
+    let folders = plan::Folders::for_fleet(&vms);
     let vms = match args.shard {
         None => vms,
         Some(s) => {
@@ -141,6 +143,7 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
         &vms,
         &PlanOptions {
             run_id: run_id.clone(),
+            folders,
             disks: args.disks,
             consistency: args.consistency,
             format: args.format,

@@ -99,7 +99,8 @@ pub fn domain(
         .collect();
     let os_type = vm.vm.os_type.as_deref().unwrap_or("").to_ascii_lowercase();
     let spec = DomainSpec {
-        name: vm.name.clone(),
+        // The folder: unique in the fleet, so namesakes can be defined on one host.
+        name: vm.folder.clone(),
         azure_id: vm.vm.id.clone(),
         vm_size: vm.vm.vm_size.clone().unwrap_or_default(),
         vcpus: vm.vm.vcpus.unwrap_or(DEFAULT_VCPUS),
@@ -123,7 +124,7 @@ pub fn write_vm_outputs(
     format: ImageFormat,
     result: &dyn Fn(&str) -> Option<DiskResult>,
 ) -> Result<(), ManifestError> {
-    let vm_dir = output_dir.join(&vm.name);
+    let vm_dir = output_dir.join(&vm.folder);
     let err = |path: &Path, source| ManifestError {
         vm: vm.name.clone(),
         path: path.display().to_string(),

@@ -3,7 +3,13 @@
 //! the managed disk, or from an unmanaged page blob) and where its image goes. Pure and
 //! deterministic: `--dry-run` prints exactly this, and a refusal (e.g. `--consistency
 //! none` on a running VM) is found here, before the first request that changes anything.
+//!
+//! Output folders: `DIR/<vm>/`, or `DIR/<vm>.<resource group>/` for VMs whose name another
+//! VM of the fleet shares (VM names are unique only within a resource group). Decided over
+//! the whole fleet before sharding ([`Folders::for_fleet`]), so every shard of a fleet
+//! names the same VM the same way even when the two namesakes land in different shards.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -74,6 +80,8 @@ pub struct PlannedVm {
     #[serde(skip)]
     pub vm: VmInfo,
     pub name: String,
+    /// Folder under the output directory, and the libvirt domain's name.
+    pub folder: String,
     pub resource_group: String,
     pub power_state: PowerState,
     /// The consistency mode actually used for this VM.
@@ -86,6 +94,7 @@ pub struct PlannedVm {
 #[derive(Debug, Clone)]
 pub struct PlanOptions {
     pub run_id: String,
+    pub folders: Folders,
     pub disks: DiskSet,
     pub consistency: Option<Consistency>,
     pub format: ImageFormat,
@@ -98,9 +107,13 @@ pub enum PlanError {
     )]
     NotDeallocated { vms: String },
     #[error(
-        "two selected VMs are both named {name} ({a}, {b}): their output folders would collide; select one with --resource-group"
+        "two selected VMs would share the output folder {folder} ({a}, {b}); select one with --resource-group or --name"
     )]
-    DuplicateName { name: String, a: String, b: String },
+    DuplicateFolder {
+        folder: String,
+        a: String,
+        b: String,
+    },
     #[error("VM {vm}: disk {disk} has neither a managed disk id nor a VHD URI")]
     NoSource { vm: String, disk: String },
 }
@@ -122,13 +135,49 @@ pub fn image_name(vm: &str, disk: &DiskInfo, format: ImageFormat) -> String {
     }
 }
 
+/// The output folder of every VM of a fleet, by VM id (see the module note).
+#[derive(Debug, Clone, Default)]
+pub struct Folders(HashMap<String, String>);
+
+impl Folders {
+    pub fn for_fleet(vms: &[VmInfo]) -> Self {
+        let mut namesakes: HashMap<String, usize> = HashMap::new();
+        for vm in vms {
+            *namesakes.entry(vm.name.to_ascii_lowercase()).or_default() += 1;
+        }
+        Self(
+            vms.iter()
+                .map(|vm| {
+                    let folder = if namesakes[&vm.name.to_ascii_lowercase()] > 1 {
+                        format!("{}.{}", vm.name, vm.resource_group.to_ascii_lowercase())
+                    } else {
+                        vm.name.clone()
+                    };
+                    (vm.id.to_ascii_lowercase(), folder)
+                })
+                .collect(),
+        )
+    }
+
+    /// The VM's folder; its name for a VM the fleet did not contain.
+    pub fn of(&self, vm: &VmInfo) -> String {
+        self.0
+            .get(&vm.id.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_else(|| vm.name.clone())
+    }
+}
+
 /// Plans every VM; refuses the whole run when a VM cannot be exported as asked.
 pub fn plan(vms: &[VmInfo], opts: &PlanOptions) -> Result<Vec<PlannedVm>, PlanError> {
-    let mut by_name: std::collections::BTreeMap<String, &VmInfo> = Default::default();
+    // Case-insensitively: the output may be on a case-insensitive filesystem. Only a VM
+    // whose own name looks like `<name>.<group>` of a namesake can get here.
+    let mut by_folder: BTreeMap<String, &VmInfo> = BTreeMap::new();
     for vm in vms {
-        if let Some(other) = by_name.insert(vm.name.to_ascii_lowercase(), vm) {
-            return Err(PlanError::DuplicateName {
-                name: vm.name.clone(),
+        let folder = opts.folders.of(vm);
+        if let Some(other) = by_folder.insert(folder.to_ascii_lowercase(), vm) {
+            return Err(PlanError::DuplicateFolder {
+                folder,
                 a: other.id.clone(),
                 b: vm.id.clone(),
             });
@@ -167,6 +216,7 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
         .collect();
     // OS disk first, then data disks in LUN order (the domain's boot order).
     disks.sort_by_key(|d| (d.role == DiskRole::Data, d.lun));
+    let folder = opts.folders.of(vm);
     let planned = disks
         .into_iter()
         .map(|d| {
@@ -200,13 +250,14 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
                 role: d.role,
                 lun: d.lun,
                 source,
-                image: PathBuf::from(&vm.name).join(image_name(&vm.name, d, opts.format)),
+                image: PathBuf::from(&folder).join(image_name(&vm.name, d, opts.format)),
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(PlannedVm {
         vm: vm.clone(),
         name: vm.name.clone(),
+        folder,
         resource_group: vm.resource_group.clone(),
         power_state: vm.power_state,
         consistency: match consistency {
@@ -263,6 +314,7 @@ mod tests {
     fn opts(c: Option<Consistency>, d: DiskSet) -> PlanOptions {
         PlanOptions {
             run_id: "r1".into(),
+            folders: Folders::default(),
             disks: d,
             consistency: c,
             format: ImageFormat::Qcow2,
@@ -326,14 +378,55 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_vm_names_are_refused() {
-        let mut b = vm("A", PowerState::Running);
-        b.id.push('x');
-        let e = plan(
-            &[vm("a", PowerState::Running), b],
-            &opts(None, DiskSet::All),
-        )
-        .unwrap_err();
-        assert!(matches!(e, PlanError::DuplicateName { .. }));
+    fn namesakes_in_two_groups_get_folders_named_by_group() {
+        let a = vm("web", PowerState::Running);
+        let mut b = vm("WEB", PowerState::Deallocated);
+        b.id =
+            b.id.replace("/resourceGroups/rg/", "/resourceGroups/RG-Two/");
+        b.resource_group = "RG-Two".into();
+        let other = vm("db", PowerState::Running);
+        let fleet = [a.clone(), b.clone(), other.clone()];
+        let o = PlanOptions {
+            folders: Folders::for_fleet(&fleet),
+            ..opts(None, DiskSet::Os)
+        };
+        let p = plan(&fleet, &o).unwrap();
+        let folders: Vec<_> = p.iter().map(|v| v.folder.as_str()).collect();
+        assert_eq!(folders, ["web.rg", "WEB.rg-two", "db"]);
+        assert_eq!(
+            p[1].disks[0].image,
+            PathBuf::from("WEB.rg-two/WEB-os.qcow2")
+        );
+        // A shard holding one namesake names it as the whole fleet does.
+        let shard = plan(std::slice::from_ref(&b), &o).unwrap();
+        assert_eq!(shard[0].folder, "WEB.rg-two");
+        // Without the fleet's view a VM keeps its name.
+        assert_eq!(
+            plan(&[a], &opts(None, DiskSet::Os)).unwrap()[0].folder,
+            "web"
+        );
+    }
+
+    #[test]
+    fn folders_that_still_collide_are_refused() {
+        // Two VMs named alike in the same group cannot exist in Azure; a VM literally
+        // named like a namesake's folder can.
+        let a = vm("web", PowerState::Running);
+        let mut b = vm("web", PowerState::Running);
+        b.id =
+            b.id.replace("/resourceGroups/rg/", "/resourceGroups/other/");
+        b.resource_group = "other".into();
+        let mut c = vm("web.rg", PowerState::Running);
+        c.id =
+            c.id.replace("/resourceGroups/rg/", "/resourceGroups/third/");
+        c.resource_group = "third".into();
+        let fleet = [a, b, c];
+        let o = PlanOptions {
+            folders: Folders::for_fleet(&fleet),
+            ..opts(None, DiskSet::All)
+        };
+        let e = plan(&fleet, &o).unwrap_err();
+        assert!(matches!(e, PlanError::DuplicateFolder { .. }), "{e}");
+        assert!(e.to_string().contains("web.rg"), "{e}");
     }
 }
