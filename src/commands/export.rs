@@ -206,7 +206,10 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
         queue_depth: crate::transfer::engine::DEFAULT_QUEUE_DEPTH,
         io_timeout: io_timeout(),
         interrupt: interrupt.clone(),
-        progress: Arc::new(RunProgress::new(global.progress_enabled())),
+        progress: Arc::new(RunProgress::new(
+            global.progress_enabled(),
+            planned.iter().map(|v| v.disks.len()).sum(),
+        )),
     };
     let results = runtime.block_on(run::run(&planned, &ctx, &run_id));
     ctx.progress.finish();

@@ -58,18 +58,30 @@ type ProgressState = (
 );
 
 /// One progress display for the whole run: the bytes every started disk has to fetch
-/// and has done, summed (a disk's total is known once its page ranges are).
+/// and has done, summed. A disk's total is known once its page ranges are, so until
+/// every disk has started the label says how many of them the total covers.
 #[derive(Debug)]
 pub struct RunProgress {
     enabled: bool,
+    disks: usize,
     state: std::sync::Mutex<ProgressState>,
 }
 
 impl RunProgress {
-    pub fn new(enabled: bool) -> Self {
+    /// `disks`: how many disks the run exports.
+    pub fn new(enabled: bool, disks: usize) -> Self {
         Self {
             enabled,
+            disks,
             state: Default::default(),
+        }
+    }
+
+    fn label(&self, sized: usize) -> String {
+        if sized < self.disks {
+            format!("exporting ({sized} of {} disks sized so far)", self.disks)
+        } else {
+            format!("exporting {} disks", self.disks)
         }
     }
 
@@ -82,9 +94,10 @@ impl RunProgress {
                 let mut st = me.state.lock().unwrap_or_else(|e| e.into_inner());
                 st.0.insert(disk.clone(), (done, total));
                 let (d, t) = st.0.values().fold((0, 0), |(d, t), (a, b)| (d + a, t + b));
+                let label = me.label(st.0.len());
                 let bar =
-                    st.1.get_or_insert_with(|| Progress::new("exporting", t, me.enabled));
-                bar.set_total(t);
+                    st.1.get_or_insert_with(|| Progress::new(&label, t, me.enabled));
+                bar.set_total(t, &label);
                 bar.set(d);
             }
         })
@@ -361,5 +374,24 @@ async fn export_blob(
             "{message} (the identity needs the Storage Blob Data Reader role on the storage account)"
         ))),
         Err(e) => Err(fail(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_label_says_when_the_total_is_partial() {
+        let p = Arc::new(RunProgress::new(false, 3));
+        assert_eq!(p.label(1), "exporting (1 of 3 disks sized so far)");
+        assert_eq!(p.label(3), "exporting 3 disks");
+        let report = p.for_disk("a");
+        report(ProgressEvent::Advanced { done: 5, total: 10 });
+        p.for_disk("b")(ProgressEvent::Advanced { done: 1, total: 20 });
+        let st = p.state.lock().unwrap();
+        let bar = st.1.as_ref().expect("a display once a disk reported");
+        assert_eq!(bar.label(), "exporting (2 of 3 disks sized so far)");
+        assert_eq!(bar.total(), 30);
     }
 }

@@ -84,12 +84,27 @@ impl Progress {
         }
     }
 
-    /// Changes the total (a job whose parts become known as it runs, like an export).
-    pub fn set_total(&mut self, total: u64) {
+    /// Changes the total and the label (a job whose parts become known as it runs, like
+    /// an export, says so in its label).
+    pub fn set_total(&mut self, total: u64, label: &str) {
         self.total = total;
+        if self.label != label {
+            self.label = label.to_string();
+            if let Render::Bar(bar) = &self.render {
+                bar.set_message(self.label.clone());
+            }
+        }
         if let Render::Bar(bar) = &self.render {
             bar.set_length(total);
         }
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
     }
 
     pub fn finish(self) {
