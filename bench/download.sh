@@ -3,6 +3,8 @@
 #
 #   bench/download.sh [SIZES_GIB...]        default: 1 8 ("" for none)
 #   DENSE_GIB=1 bench/download.sh ""        only the dense memory worst case
+#   WIRE="60 20" bench/download.sh 1        through bench/wire_proxy.py: all methods share
+#                                           60 MiB/s and see a 20 ms round trip
 #
 # For each virtual size: a fixed VHD in a page blob with ~20% written in scattered 4 MiB
 # and 64 KiB extents. Alternating in each round:
@@ -26,6 +28,18 @@ mkdir -p "$WORK"
 BIN="$ROOT/target/release/azure2kvm"
 . "$ROOT/bench/azurite.sh"
 start_azurite
+# WIRE="RATE_MIB RTT_MS": the timed methods go through a link like a blob's (seeding and
+# the identity check below go straight to Azurite).
+TIMED_PORT=$PORT
+if [ -n "${WIRE:-}" ]; then
+  read -r RATE RTT <<<"$WIRE"
+  TIMED_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  python3 "$ROOT/bench/wire_proxy.py" --listen-port "$TIMED_PORT" --upstream-port "$PORT" \
+    --rate-mib "$RATE" --rtt-ms "$RTT" >"$WORK/wire.txt" &
+  BENCH_PIDS="$BENCH_PIDS $!"
+  for _ in $(seq 100); do grep -q ready "$WORK/wire.txt" 2>/dev/null && break; sleep 0.1; done
+  echo "<!-- through wire_proxy.py: $RATE MiB/s shared, $RTT ms round trip -->"
+fi
 
 # run NAME CMD... → "seconds max_rss_kib" (time -v of the whole pipeline)
 measure() {
@@ -41,6 +55,8 @@ printf '| virtual | written | round | method | seconds | max RSS MiB | bytes fet
 for GIB in $SIZES; do
   SEED_JSON=$("$VENV/bin/python" "$ROOT/bench/azurite_helper.py" seed --port "$PORT" --virtual-gib "$GIB" --name "disk$GIB.vhd")
   URL=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["url"])' "$SEED_JSON")
+  DIRECT_URL=$URL
+  URL=${URL/127.0.0.1:$PORT/127.0.0.1:$TIMED_PORT}
   WRITTEN=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["written"])' "$SEED_JSON")
   for ROUND in $(seq "$ROUNDS"); do
     # Alternate the order each round so no method always runs on a warm cache.
@@ -72,8 +88,8 @@ for GIB in $SIZES; do
     done
   done
   # Same bytes from all three methods (checked once per size, outside the timing).
-  "$BIN" --no-progress -q download "$URL" "$WORK/check.raw" --force
-  curl -sSf -o "$WORK/in.vhd" "$URL" && qemu-img convert -f vpc -O raw "$WORK/in.vhd" "$WORK/ref.raw"
+  "$BIN" --no-progress -q download "$DIRECT_URL" "$WORK/check.raw" --force
+  curl -sSf -o "$WORK/in.vhd" "$DIRECT_URL" && qemu-img convert -f vpc -O raw "$WORK/in.vhd" "$WORK/ref.raw"
   cmp "$WORK/check.raw" "$WORK/ref.raw" && echo "<!-- $GIB GiB: outputs identical -->"
   rm -f "$WORK"/*.raw "$WORK"/*.vhd
 done
