@@ -311,6 +311,15 @@ mod tests {
         }
     }
 
+    /// `vm(name, state)` in resource group `group` instead of `rg`.
+    fn vm_in(name: &str, group: &str, state: PowerState) -> VmInfo {
+        let mut v = vm(name, state);
+        v.id =
+            v.id.replace("/resourceGroups/rg/", &format!("/resourceGroups/{group}/"));
+        v.resource_group = group.into();
+        v
+    }
+
     fn opts(c: Option<Consistency>, d: DiskSet) -> PlanOptions {
         PlanOptions {
             run_id: "r1".into(),
@@ -380,10 +389,7 @@ mod tests {
     #[test]
     fn namesakes_in_two_groups_get_folders_named_by_group() {
         let a = vm("web", PowerState::Running);
-        let mut b = vm("WEB", PowerState::Deallocated);
-        b.id =
-            b.id.replace("/resourceGroups/rg/", "/resourceGroups/RG-Two/");
-        b.resource_group = "RG-Two".into();
+        let b = vm_in("WEB", "RG-Two", PowerState::Deallocated);
         let other = vm("db", PowerState::Running);
         let fleet = [a.clone(), b.clone(), other.clone()];
         let o = PlanOptions {
@@ -412,14 +418,8 @@ mod tests {
         // Two VMs named alike in the same group cannot exist in Azure; a VM literally
         // named like a namesake's folder can.
         let a = vm("web", PowerState::Running);
-        let mut b = vm("web", PowerState::Running);
-        b.id =
-            b.id.replace("/resourceGroups/rg/", "/resourceGroups/other/");
-        b.resource_group = "other".into();
-        let mut c = vm("web.rg", PowerState::Running);
-        c.id =
-            c.id.replace("/resourceGroups/rg/", "/resourceGroups/third/");
-        c.resource_group = "third".into();
+        let b = vm_in("web", "other", PowerState::Running);
+        let c = vm_in("web.rg", "third", PowerState::Running);
         let fleet = [a, b, c];
         let o = PlanOptions {
             folders: Folders::for_fleet(&fleet),
