@@ -430,14 +430,11 @@ fn interrupt_convert(vhd: &Path, out: &Path, extra: &[&str]) -> std::process::Ou
         .arg(vhd)
         .arg(out);
     let mut child = support::ChildGuard::spawn(cmd);
-    let started = std::time::Instant::now();
-    while !temp.exists() {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(30),
-            "conversion did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    support::wait_for(
+        "the conversion to start",
+        std::time::Duration::from_secs(30),
+        || temp.exists(),
+    );
     let kill = std::process::Command::new("kill")
         .args(["-INT", &child.pid().to_string()])
         .status()

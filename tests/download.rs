@@ -12,7 +12,7 @@ use support::azurite::Azurite;
 use support::fault_proxy::{Fault, FaultProxy};
 use support::seed;
 use support::vhd::{Disk, MIB, footer};
-use support::{ChildGuard, download, stat, stderr};
+use support::{ChildGuard, download, stat, stderr, wait_for};
 
 const C: &str = "disks";
 
@@ -80,6 +80,25 @@ fn no_leftovers(dir: &Path) {
 
 /// A 40 MiB + 12 KiB disk (not a multiple of any chunk size) with scattered extents of
 /// 4 MiB, 1 MiB, 64 KiB and single pages, one ending right before the footer.
+/// A download in the background, 1 MiB chunks over `concurrency` connections (slow
+/// behind a delaying proxy, so a test can act while it runs).
+fn spawn_download(u: &str, out: &Path, concurrency: &str) -> ChildGuard {
+    let mut cmd = support::bin();
+    cmd.args(["--no-progress", "download", u]).arg(out).args([
+        "--chunk-size",
+        "1M",
+        "--concurrency",
+        concurrency,
+    ]);
+    ChildGuard::spawn(cmd)
+}
+
+fn journal_lines(journal: &Path) -> usize {
+    fs::read_to_string(journal)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
 fn scattered_disk() -> Disk {
     let size = 40 * MIB + 12 * 1024;
     Disk::new(
@@ -248,23 +267,10 @@ fn a_blob_changed_mid_download_stops_with_no_output() {
     proxy.set_delay(Duration::from_millis(250));
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("disk.raw");
-    let mut cmd = support::bin();
-    cmd.args([
-        "--no-progress",
-        "download",
-        &url(proxy.port, "changing.vhd", &sas),
-    ])
-    .arg(&out)
-    .args(["--chunk-size", "1M", "--concurrency", "1"]);
-    let mut child = ChildGuard::spawn(cmd);
-    let t = Instant::now();
-    while proxy.data_gets() < 3 {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "download did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = spawn_download(&url(proxy.port, "changing.vhd", &sas), &out, "1");
+    wait_for("the download to start", Duration::from_secs(30), || {
+        proxy.data_gets() >= 3
+    });
     // Someone writes to the disk while we read it.
     seed::put_pages(az.port, C, "changing.vhd", 20 * MIB, &[7u8; 512]);
     let c = child.0.take().unwrap();
@@ -291,30 +297,11 @@ fn kill_9_then_rerun_resumes_and_refetches_little() {
             .path()
             .join(format!(".disk.{format}.azure2kvm-partial.journal"));
         proxy.set_delay(Duration::from_millis(400));
-        let mut cmd = support::bin();
-        cmd.args([
-            "--no-progress",
-            "download",
-            &url(proxy.port, "resume.vhd", &sas),
-        ])
-        .arg(&out)
-        .args(["--chunk-size", "1M", "--concurrency", "2"]);
-        let mut child = ChildGuard::spawn(cmd);
+        let mut child = spawn_download(&url(proxy.port, "resume.vhd", &sas), &out, "2");
         // Wait for a checkpoint to reach the journal, then kill without warning.
-        let t = Instant::now();
-        loop {
-            let lines = fs::read_to_string(&journal)
-                .map(|s| s.lines().count())
-                .unwrap_or(0);
-            if lines >= 2 {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "no checkpoint was journaled"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for("a journaled checkpoint", Duration::from_secs(30), || {
+            journal_lines(&journal) >= 2
+        });
         child.kill9();
         assert!(!out.exists());
         assert!(journal.exists());
@@ -522,22 +509,10 @@ fn ctrl_c_exits_130_and_keeps_the_partial_output_for_a_resume() {
     let out = dir.path().join("disk.qcow2");
     let journal = dir.path().join(".disk.qcow2.azure2kvm-partial.journal");
     let u = url(proxy.port, "sigint.vhd", &sas);
-    let mut cmd = support::bin();
-    cmd.args(["--no-progress", "download", &u]).arg(&out).args([
-        "--chunk-size",
-        "1M",
-        "--concurrency",
-        "2",
-    ]);
-    let mut child = ChildGuard::spawn(cmd);
-    let t = Instant::now();
-    while proxy.data_gets() < 5 {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "download did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = spawn_download(&u, &out, "2");
+    wait_for("the download to start", Duration::from_secs(30), || {
+        proxy.data_gets() >= 5
+    });
     let kill = Command::new("kill")
         .args(["-INT", &child.pid().to_string()])
         .status()
@@ -589,26 +564,10 @@ fn a_partial_download_of_a_blob_that_changed_since_is_started_over() {
     let out = dir.path().join("disk.raw");
     let journal = dir.path().join(".disk.raw.azure2kvm-partial.journal");
     let u = url(proxy.port, "moved.vhd", &sas);
-    let mut cmd = support::bin();
-    cmd.args(["--no-progress", "download", &u]).arg(&out).args([
-        "--chunk-size",
-        "1M",
-        "--concurrency",
-        "2",
-    ]);
-    let mut child = ChildGuard::spawn(cmd);
-    let t = Instant::now();
-    while fs::read_to_string(&journal)
-        .map(|s| s.lines().count())
-        .unwrap_or(0)
-        < 2
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "no checkpoint was journaled"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = spawn_download(&u, &out, "2");
+    wait_for("a journaled checkpoint", Duration::from_secs(30), || {
+        journal_lines(&journal) >= 2
+    });
     child.kill9();
 
     // The disk is written to between the runs: its ETag changes.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use azure2kvm::azure::arm::client::{AccessTarget, ResourceRef};
 use support::fake_arm::{FakeVm, Leftovers, SNAPSHOT_CONTAINER, SUBSCRIPTION, blob_name};
 use support::fake_azure::FakeAzure;
-use support::{download, seed, stderr};
+use support::{download, seed, stderr, wait_for};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -470,14 +470,6 @@ fn dry_run_sends_no_write_and_a_written_plan_is_exported_as_is() {
 }
 
 // ---------------------------------------------------------------- interruptions
-
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let t = std::time::Instant::now();
-    while !cond() {
-        assert!(t.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn wait_exit(child: &mut std::process::Child, limit: Duration) -> i32 {
     let t = std::time::Instant::now();

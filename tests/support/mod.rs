@@ -133,6 +133,15 @@ pub fn download(url: &str, out: &Path, extra: &[&str]) -> Output {
     c.output().expect("run azure2kvm")
 }
 
+/// Polls `cond` every 10 ms; fails the test naming `what` after `limit`.
+pub fn wait_for(what: &str, limit: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// A child process killed (SIGKILL) and reaped on drop, so a failing test leaves none.
 #[derive(Debug)]
 pub struct ChildGuard(pub Option<Child>);
