@@ -11,6 +11,7 @@ use std::time::Duration;
 use azure2kvm::azure::arm::client::{AccessTarget, ResourceRef};
 use support::fake_arm::{FakeVm, Leftovers, SNAPSHOT_CONTAINER, SUBSCRIPTION, blob_name};
 use support::fake_azure::FakeAzure;
+use support::image::{assert_file_holds, assert_qcow2_matches};
 use support::{download, seed, stderr, wait_for};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -24,14 +25,6 @@ fn disk_id(rg: &str, name: &str) -> String {
     format!(
         "/subscriptions/{SUBSCRIPTION}/resourceGroups/{rg}/providers/Microsoft.Compute/disks/{name}"
     )
-}
-
-fn assert_raw_equals(out: &std::path::Path, expected: &[u8]) {
-    let got = std::fs::read(out).expect("output exists");
-    assert_eq!(got.len(), expected.len(), "size of {}", out.display());
-    if let Some(i) = got.iter().zip(expected).position(|(a, b)| a != b) {
-        panic!("{} differs from the seeded disk at byte {i}", out.display());
-    }
 }
 
 /// The world itself behaves like Azure where export depends on it.
@@ -84,7 +77,7 @@ fn fake_world_grants_real_sas_and_snapshots_copy_blobs() {
         let out = dir.path().join("web-01-os.raw");
         let o = download(sas.expose().as_str(), &out, &[]);
         assert!(o.status.success(), "{}", stderr(&o));
-        assert_raw_equals(&out, &world.disk("web-01-os").image());
+        assert_file_holds(&out, &world.disk("web-01-os").image());
 
         // A snapshot with an active grant cannot be deleted; after revoke it can.
         let e = arm.delete_snapshot(&snap).await.unwrap_err();
@@ -118,7 +111,7 @@ fn fake_world_grants_real_sas_and_snapshots_copy_blobs() {
         let out = dir.path().join("db-01-os.raw");
         let o = download(sas.expose().as_str(), &out, &[]);
         assert!(o.status.success(), "{}", stderr(&o));
-        assert_raw_equals(&out, &world.disk("db-01-os").image());
+        assert_file_holds(&out, &world.disk("db-01-os").image());
         tokio::time::sleep(Duration::from_millis(3100)).await;
         let o = download(sas.expose().as_str(), &dir.path().join("late.raw"), &[]);
         assert!(!o.status.success(), "an expired SAS must be refused");
@@ -162,26 +155,12 @@ fn report(out: &Path) -> Value {
 fn assert_image_equals(world: &FakeAzure, image: &Path, disk: &str) {
     let expected = world.disk(disk).image();
     if image.extension().is_some_and(|e| e == "raw") {
-        return assert_raw_equals(image, &expected);
+        return assert_file_holds(image, &expected);
     }
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("expected.raw");
     std::fs::write(&raw, &expected).unwrap();
-    let cmp = support::qemu_img(&[
-        "compare",
-        "-f",
-        "raw",
-        "-F",
-        "qcow2",
-        raw.to_str().unwrap(),
-        image.to_str().unwrap(),
-    ]);
-    assert!(
-        cmp.status.success(),
-        "{} differs from disk {disk}: {}",
-        image.display(),
-        String::from_utf8_lossy(&cmp.stdout)
-    );
+    assert_qcow2_matches(image, &raw);
 }
 
 fn validate_domain(path: &Path) {
@@ -1185,7 +1164,7 @@ fn an_unmanaged_disk_is_read_with_the_identitys_storage_token() {
     .envs(world.env());
     let r = run(c);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_raw_equals(&out.join("old-01/old-01-os.raw"), &content.image());
+    assert_file_holds(&out.join("old-01/old-01-os.raw"), &content.image());
     // No snapshot, no grant: nothing was created in Azure for it.
     assert_eq!(writes(&world), 0);
 }

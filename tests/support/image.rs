@@ -89,19 +89,18 @@ pub fn allocated_bytes(path: &Path) -> u64 {
 }
 
 pub fn assert_same_bytes(a: &Path, b: &Path) {
-    let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
-    assert_eq!(
-        x.len(),
-        y.len(),
-        "{} and {} differ in length",
-        a.display(),
-        b.display()
-    );
-    if let Some(i) = x.iter().zip(&y).position(|(p, q)| p != q) {
+    assert_file_holds(a, &std::fs::read(b).unwrap());
+}
+
+/// The file at `path` holds exactly `expected`; else the first differing byte is named.
+pub fn assert_file_holds(path: &Path, expected: &[u8]) {
+    let got =
+        std::fs::read(path).unwrap_or_else(|e| panic!("{} cannot be read: {e}", path.display()));
+    assert_eq!(got.len(), expected.len(), "size of {}", path.display());
+    if let Some(i) = got.iter().zip(expected).position(|(p, q)| p != q) {
         panic!(
-            "{} and {} differ first at byte {i}",
-            a.display(),
-            b.display()
+            "{} differs from what was expected at byte {i}",
+            path.display()
         );
     }
 }
