@@ -1094,6 +1094,27 @@ fn sigint_while_waiting_for_a_grant_stops_within_2_s() {
 }
 
 #[test]
+fn list_and_cleanup_stop_within_2_s_of_sigint() {
+    let world = FakeAzure::start(vec![FakeVm::linux("web-01", "rg-web")]);
+    // Every ARM answer takes 30 s: each command is waiting on a request at the signal.
+    world.with_state(|s| s.config.latency = Duration::from_secs(30));
+    let commands = [
+        ("list", vec!["--output", "json"]),
+        ("cleanup", vec!["--run-id", "20261127t103000z-3f9a"]),
+    ];
+    for (command, args) in commands {
+        let mut child = support::ChildGuard::spawn(azure_cmd(&world, command, &args));
+        // Counts are taken after the latency, so there is nothing to wait for but time.
+        std::thread::sleep(Duration::from_secs(1));
+        let t = std::time::Instant::now();
+        signal(&child, "-INT");
+        let code = wait_exit(child.0.as_mut().unwrap(), Duration::from_secs(60));
+        assert_eq!(code, 130, "{command}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{command}: {:?}", t.elapsed());
+    }
+}
+
+#[test]
 fn a_direct_disk_export_killed_midway_resumes_in_the_next_run() {
     let world = slow_world();
     let dir = tempfile::tempdir().unwrap();
