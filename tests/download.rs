@@ -619,11 +619,21 @@ fn interrupt_after_1_s(u: &str, dir: &Path) {
     let e = {
         let mut s = String::new();
         use std::io::Read;
-        let _ = child.0.take().unwrap().stderr.unwrap().read_to_string(&mut s);
+        let _ = child
+            .0
+            .take()
+            .unwrap()
+            .stderr
+            .unwrap()
+            .read_to_string(&mut s);
         s
     };
     assert_eq!(code, 130, "{e}");
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}: {e}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "{:?}: {e}",
+        t.elapsed()
+    );
     assert!(e.contains("interrupted"), "{e}");
 }
 
@@ -722,7 +732,10 @@ fn kill_9_refetches_at_most_what_arrived_in_the_last_2_s() {
         .map(|(_, b)| *b)
         .unwrap();
     let chunks_then = (arrived_2s_before - 512) / MIB;
-    assert!(chunks_then >= 4, "too little arrived to test: {chunks_then}");
+    assert!(
+        chunks_then >= 4,
+        "too little arrived to test: {chunks_then}"
+    );
 
     proxy.set_delay(Duration::ZERO);
     let e = assert_ok(&download(&u, &out, &["--chunk-size", "1M"]));

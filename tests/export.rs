@@ -1032,10 +1032,7 @@ fn assert_stopped_cleanly(world: &FakeAzure, out: &Path, child: &mut support::Ch
     let code = wait_exit(child.0.as_mut().unwrap(), Duration::from_secs(60));
     let elapsed = t.elapsed();
     let mut e = String::new();
-    let _ = std::io::Read::read_to_string(
-        child.0.take().unwrap().stderr.as_mut().unwrap(),
-        &mut e,
-    );
+    let _ = std::io::Read::read_to_string(child.0.take().unwrap().stderr.as_mut().unwrap(), &mut e);
     assert_eq!(code, 130, "{e}");
     assert!(elapsed < Duration::from_secs(2), "{elapsed:?}\n{e}");
     let rep = report(out);
@@ -1110,7 +1107,11 @@ fn list_and_cleanup_stop_within_2_s_of_sigint() {
         signal(&child, "-INT");
         let code = wait_exit(child.0.as_mut().unwrap(), Duration::from_secs(60));
         assert_eq!(code, 130, "{command}");
-        assert!(t.elapsed() < Duration::from_secs(2), "{command}: {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{command}: {:?}",
+            t.elapsed()
+        );
     }
 }
 

@@ -551,8 +551,12 @@ mod tests {
         #[derive(Debug, thiserror::Error)]
         #[error("dns error")]
         struct Wrapper(#[source] std::io::Error);
-        assert!(names_no_such_host(&Wrapper(gai("Name or service not known"))));
-        assert!(names_no_such_host(&gai("No address associated with hostname")));
+        assert!(names_no_such_host(&Wrapper(gai(
+            "Name or service not known"
+        ))));
+        assert!(names_no_such_host(&gai(
+            "No address associated with hostname"
+        )));
         assert!(names_no_such_host(&gai("Name does not resolve")));
         assert!(!names_no_such_host(&Wrapper(gai(
             "Temporary failure in name resolution"
@@ -577,7 +581,10 @@ mod tests {
         let err = rt.block_on(reader.properties()).unwrap_err();
         assert!(matches!(err, BlobError::NoSuchHost { .. }), "{err:?}");
         let text = err.to_string();
-        assert!(text.contains("no such host nosuchacct12345.invalid"), "{text}");
+        assert!(
+            text.contains("no such host nosuchacct12345.invalid"),
+            "{text}"
+        );
         assert!(!text.contains("SECRET"), "{text}");
     }
 
