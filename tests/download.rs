@@ -585,3 +585,165 @@ fn a_sas_refused_mid_download_keeps_the_partial_output_for_a_new_sas() {
     assert_file_holds(&out, &disk.image());
     no_leftovers(dir.path());
 }
+
+// ------------------------------------------------------------ interrupts and durability
+
+/// A SAS that looks real (a long signature), so scrubbing it changes nothing else.
+const FAKE_SAS: &str = "sv=2020-12-06&sr=b&sp=r&sig=c2VjcmV0LXNpZ25hdHVyZS0xMjM0NTY3ODkw";
+
+#[test]
+fn an_unresolvable_host_fails_within_10_s_naming_dns() {
+    let dir = tempfile::tempdir().unwrap();
+    // RFC 6761: names under .invalid never resolve; the resolver says so without a network.
+    let u = format!("https://nosuchacct12345.invalid/c/d.vhd?{FAKE_SAS}");
+    let started = Instant::now();
+    let o = download(&u, &dir.path().join("out.raw"), &[]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{e}");
+    assert!(
+        e.contains("no such host nosuchacct12345.invalid") && e.contains("DNS"),
+        "{e}"
+    );
+    assert!(!e.contains("c2VjcmV0"), "{e}");
+    no_leftovers(dir.path());
+}
+
+/// SIGINT one second into `download URL` exits 130 within 2 s.
+fn interrupt_after_1_s(u: &str, dir: &Path) {
+    let mut child = spawn_download(u, &dir.join("disk.raw"), "2");
+    std::thread::sleep(Duration::from_secs(1));
+    let t = Instant::now();
+    support::signal(&child, "-INT");
+    let code = support::wait_exit(&mut child, Duration::from_secs(30));
+    let e = {
+        let mut s = String::new();
+        use std::io::Read;
+        let _ = child
+            .0
+            .take()
+            .unwrap()
+            .stderr
+            .unwrap()
+            .read_to_string(&mut s);
+        s
+    };
+    assert_eq!(code, 130, "{e}");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "{:?}: {e}",
+        t.elapsed()
+    );
+    assert!(e.contains("interrupted"), "{e}");
+}
+
+#[test]
+fn sigint_ends_a_retry_backoff_and_a_request_that_gets_no_answer_within_2_s() {
+    let az = Azurite::start();
+    let disk = Disk::new(4 * MIB, &[(0, MIB)]);
+    let sas = seed_fixed(&az, "busy.vhd", &disk);
+    let dir = tempfile::tempdir().unwrap();
+
+    // A service that answers 503 "retry after 10 s" to every read: in a backoff at 1 s.
+    let proxy = FaultProxy::start(az.port);
+    for _ in 0..20 {
+        proxy.push(Fault::Status {
+            code: 503,
+            retry_after_secs: 10,
+        });
+    }
+    interrupt_after_1_s(&url(proxy.port, "busy.vhd", &sas), dir.path());
+    assert!(proxy.faults_applied() >= 1);
+
+    // A host that accepts the connection and never answers: waiting on the request.
+    let hole = support::BlackHole::start();
+    interrupt_after_1_s(&url(hole.port, "busy.vhd", &sas), dir.path());
+    assert!(hole.accepted() >= 1);
+}
+
+#[test]
+fn a_stall_makes_what_arrived_durable_so_kill_9_loses_none_of_it() {
+    let az = Azurite::start();
+    let disk = Disk::new(20 * MIB, &[(0, 16 * MIB)]);
+    let sas = seed_fixed(&az, "stall.vhd", &disk);
+    let proxy = FaultProxy::start(az.port);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("disk.qcow2");
+    let u = url(proxy.port, "stall.vhd", &sas);
+    // The footer and the first half of the data (8 of 16 chunks) arrive, then every body
+    // stalls halfway (both connections).
+    proxy.faults_after(1 + 8);
+    proxy.push(Fault::Stall(Duration::from_secs(60)));
+    proxy.push(Fault::Stall(Duration::from_secs(60)));
+    let mut cmd = support::bin();
+    cmd.env("AZURE2KVM_IO_TIMEOUT", "30")
+        .args(["--no-progress", "download", &u])
+        .arg(&out)
+        .args(["--chunk-size", "1M", "--concurrency", "2"]);
+    let mut child = ChildGuard::spawn(cmd);
+    wait_for("the stall", Duration::from_secs(30), || {
+        proxy.faults_applied() == 2
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    child.kill9();
+
+    let e = assert_ok(&download(&u, &out, &["--chunk-size", "1M"]));
+    assert!(e.contains("resuming"), "{e}");
+    assert_eq!(stat(&e, "resumed_chunks"), Some(8), "{e}");
+    assert_eq!(
+        stat(&e, "bytes_fetched"),
+        Some(8 * MIB + 512),
+        "only the other half (and the footer) again: {e}"
+    );
+    let expected = dir.path().join("expected.raw");
+    fs::write(&expected, disk.image()).unwrap();
+    assert_qcow2_matches(&out, &expected);
+    no_leftovers(dir.path());
+}
+
+#[test]
+fn kill_9_refetches_at_most_what_arrived_in_the_last_2_s() {
+    let az = Azurite::start();
+    let disk = Disk::new(40 * MIB, &[(0, 36 * MIB)]);
+    let sas = seed_fixed(&az, "flow.vhd", &disk);
+    let proxy = FaultProxy::start(az.port);
+    // A steady trickle: one 1 MiB chunk about every 250 ms.
+    proxy.set_delay(Duration::from_millis(250));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("disk.raw");
+    let u = url(proxy.port, "flow.vhd", &sas);
+    let mut child = spawn_download(&u, &out, "1");
+    wait_for("data to flow", Duration::from_secs(30), || {
+        proxy.body_bytes() > 512
+    });
+    // Bytes delivered over time, to know what had arrived 2 s before the kill.
+    let mut seen: Vec<(Instant, u64)> = Vec::new();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(4500) {
+        seen.push((Instant::now(), proxy.body_bytes()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed_at = Instant::now();
+    child.kill9();
+    let arrived_2s_before = seen
+        .iter()
+        .rev()
+        .find(|(at, _)| killed_at.duration_since(*at) >= Duration::from_secs(2))
+        .map(|(_, b)| *b)
+        .unwrap();
+    let chunks_then = (arrived_2s_before - 512) / MIB;
+    assert!(
+        chunks_then >= 4,
+        "too little arrived to test: {chunks_then}"
+    );
+
+    proxy.set_delay(Duration::ZERO);
+    let e = assert_ok(&download(&u, &out, &["--chunk-size", "1M"]));
+    let resumed = stat(&e, "resumed_chunks").unwrap();
+    assert!(
+        resumed >= chunks_then,
+        "{chunks_then} chunks had arrived 2 s before kill -9, only {resumed} were durable\n{e}"
+    );
+    assert_file_holds(&out, &disk.image());
+    no_leftovers(dir.path());
+}

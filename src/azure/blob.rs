@@ -63,6 +63,14 @@ pub enum BlobError {
     },
     #[error("{op}: {message}")]
     Transport { op: &'static str, message: String },
+    /// DNS answered that the host does not exist: retrying cannot help (a storage account
+    /// name typo, a deleted account). A resolver that could not answer is `Transport`.
+    #[error("{op}: no such host {host} (DNS: the name does not exist): {message}")]
+    NoSuchHost {
+        op: &'static str,
+        host: String,
+        message: String,
+    },
     #[error("{op}: no answer within {secs} s")]
     Timeout { op: &'static str, secs: u64 },
     #[error("ranged GET at offset {offset}: body broke after {received} bytes: {message}")]
@@ -280,11 +288,49 @@ impl BlobReader {
                 retry_after,
             };
         }
-        BlobError::Transport {
-            op,
-            message: self.url.scrub(&error_chain(&e)),
+        let message = self.url.scrub(&error_chain(&e));
+        if names_no_such_host(&e) {
+            return BlobError::NoSuchHost {
+                op,
+                host: self.url.expose().host_str().unwrap_or_default().to_string(),
+                message,
+            };
         }
+        BlobError::Transport { op, message }
     }
+}
+
+/// Whether an error chain says DNS has no such name, as opposed to a resolver that could
+/// not answer (EAI_AGAIN, a timeout, no network), which is worth retrying.
+///
+/// Only text is available: reqwest resolves with hyper-util's `GaiResolver`, which hands
+/// back the `std::io::Error` that std makes from getaddrinfo's code, and std files every
+/// code but EAI_SYSTEM under an unstable `ErrorKind` with the message
+/// `failed to lookup address information: <gai_strerror(code)>`. The permanent codes are
+/// EAI_NONAME and EAI_NODATA; their texts are glibc's "Name or service not known" and
+/// "No address associated with hostname", and musl's "Name does not resolve". Anything
+/// else (glibc and musl's "Temporary failure in name resolution" for EAI_AGAIN) stays
+/// retryable.
+pub(crate) fn names_no_such_host(e: &(dyn std::error::Error + 'static)) -> bool {
+    const PREFIX: &str = "failed to lookup address information: ";
+    const PERMANENT: [&str; 3] = [
+        "Name or service not known",
+        "No address associated with hostname",
+        "Name does not resolve",
+    ];
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            let text = io.to_string();
+            if let Some(detail) = text.strip_prefix(PREFIX)
+                && PERMANENT.iter().any(|p| detail.starts_with(p))
+            {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// The error and its sources on one line: the top-level message of a transport error is
@@ -495,6 +541,51 @@ mod tests {
         let seen = server.join().unwrap();
         assert!(!seen[0].contains("marker="), "{}", seen[0]);
         assert!(seen[1].contains("marker=m1"), "{}", seen[1]);
+    }
+
+    #[test]
+    fn only_a_resolver_saying_no_such_name_is_permanent() {
+        let gai = |detail: &str| {
+            std::io::Error::other(format!("failed to lookup address information: {detail}"))
+        };
+        #[derive(Debug, thiserror::Error)]
+        #[error("dns error")]
+        struct Wrapper(#[source] std::io::Error);
+        assert!(names_no_such_host(&Wrapper(gai(
+            "Name or service not known"
+        ))));
+        assert!(names_no_such_host(&gai(
+            "No address associated with hostname"
+        )));
+        assert!(names_no_such_host(&gai("Name does not resolve")));
+        assert!(!names_no_such_host(&Wrapper(gai(
+            "Temporary failure in name resolution"
+        ))));
+        assert!(!names_no_such_host(&std::io::Error::other(
+            "Name or service not known"
+        )));
+        assert!(!names_no_such_host(&std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused
+        )));
+    }
+
+    #[test]
+    fn an_unresolvable_host_is_a_no_such_host_error() {
+        // RFC 6761: `.invalid` never resolves, and the resolver says so without a network.
+        let url = SasUrl::parse("https://nosuchacct12345.invalid/c/d.vhd?sv=1&sig=SECRET").unwrap();
+        let reader = BlobReader::new(&url, None, None).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt.block_on(reader.properties()).unwrap_err();
+        assert!(matches!(err, BlobError::NoSuchHost { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("no such host nosuchacct12345.invalid"),
+            "{text}"
+        );
+        assert!(!text.contains("SECRET"), "{text}");
     }
 
     #[test]

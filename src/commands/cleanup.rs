@@ -8,12 +8,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::{CleanupArgs, GlobalArgs};
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::export::cleanup::cleanup_run;
 use crate::export::ledger::{Ledger, report_file_name};
 use crate::export::naming::validate_run_id;
+use crate::interrupt::Interrupt;
 
-pub fn run(args: &CleanupArgs, _global: &GlobalArgs) -> Result<(), Error> {
+pub fn run(args: &CleanupArgs, _global: &GlobalArgs, interrupt: &Interrupt) -> Result<(), Error> {
     validate_run_id(&args.run_id).map_err(Error::usage)?;
     let dir = args
         .output_dir
@@ -53,12 +54,21 @@ pub fn run(args: &CleanupArgs, _global: &GlobalArgs) -> Result<(), Error> {
         .ok_or_else(|| Error::usage("cleanup needs --subscription (no run report names one)"))?;
     let session = super::azure_session(&args.azure)?;
     let runtime = super::async_runtime("azure2kvm-cleanup")?;
-    let result = runtime.block_on(async {
-        session.check_credential().await?;
-        cleanup_run(&session.arm, &args.run_id, &subscription, ledger.as_ref())
-            .await
-            .map_err(Error::from)
-    });
+    // Ctrl-C stops it like any other command: the report records each removal as it
+    // happens, so running it again picks up the rest.
+    let result = runtime
+        .block_on(interrupt.unless_cancelled(async {
+            session.check_credential().await?;
+            cleanup_run(&session.arm, &args.run_id, &subscription, ledger.as_ref())
+                .await
+                .map_err(Error::from)
+        }))
+        .unwrap_or_else(|| {
+            Err(Error::new(
+                ErrorKind::Interrupted,
+                "interrupted; run the same cleanup again to remove the rest",
+            ))
+        });
     runtime.shutdown_timeout(Duration::from_millis(200));
     let summary = result.map_err(|e| e.context(format!("cleanup of run {}", args.run_id)))?;
     tracing::info!(

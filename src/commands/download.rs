@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::azure::sas::SasUrl;
 use crate::cli::{DownloadArgs, GlobalArgs};
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::image::staging::Overwrite;
 use crate::interrupt::Interrupt;
 use crate::output::progress::Progress;
@@ -53,7 +53,9 @@ pub fn run(args: &DownloadArgs, global: &GlobalArgs, interrupt: &Interrupt) -> R
     let runtime = super::async_runtime("azure2kvm-io")?;
     if needs_token {
         // One clear usage error listing every credential source tried, before any work.
-        runtime.block_on(session.check_storage_credential())?;
+        runtime
+            .block_on(interrupt.unless_cancelled(session.check_storage_credential()))
+            .ok_or_else(|| Error::new(ErrorKind::Interrupted, "interrupted"))??;
     }
 
     let show = global.progress_enabled();

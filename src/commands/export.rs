@@ -99,8 +99,9 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
     let session = super::azure_session(&args.azure)?;
     let runtime = super::async_runtime("azure2kvm-export")?;
 
-    // The VMs: from the plan file, or discovered (GETs only).
-    let vms = runtime.block_on(async {
+    // The VMs: from the plan file, or discovered (GETs only). Nothing exists in Azure yet,
+    // so Ctrl-C here simply stops.
+    let find = async {
         session.check_credential().await?;
         match (&selection, &args.plan) {
             (Some(sel), _) => inventory::discover(&session.arm, sel, &DiscoveryProgress::default())
@@ -113,7 +114,15 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
             }
             (None, None) => unreachable!("a plan file or a selection"),
         }
-    })?;
+    };
+    let vms = runtime
+        .block_on(interrupt.unless_cancelled(find))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Interrupted,
+                "interrupted while finding the VMs; nothing was created in Azure",
+            )
+        })??;
     if args.dry_run
         && let Some(p) = &args.plan
     {

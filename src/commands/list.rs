@@ -13,7 +13,7 @@ use crate::interrupt::Interrupt;
 use crate::output::spinner::Spinner;
 use crate::output::table;
 
-/// How often the spinner text is refreshed and the interrupt flag checked.
+/// How often the spinner text is refreshed.
 const TICK: Duration = Duration::from_millis(100);
 
 pub fn selection_input(args: &SelectionArgs) -> SelectionInput {
@@ -34,7 +34,10 @@ pub fn run(args: &ListArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Resul
     let progress = Arc::new(DiscoveryProgress::default());
     let show_progress = global.progress_enabled();
     let result = runtime.block_on(async {
-        session.check_credential().await?;
+        interrupt
+            .unless_cancelled(session.check_credential())
+            .await
+            .ok_or_else(|| Error::new(crate::error::ErrorKind::Interrupted, "interrupted"))??;
         if let Some(source) = session.credential.active_source() {
             tracing::debug!("authenticated with {}", source.describe());
         }
@@ -44,13 +47,11 @@ pub fn run(args: &ListArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Resul
         let mut tick = tokio::time::interval(TICK);
         let outcome = loop {
             tokio::select! {
-                r = &mut work => break r.map_err(Error::from),
-                _ = tick.tick() => {
-                    if interrupt.is_set() {
-                        break Err(Error::new(crate::error::ErrorKind::Interrupted, "interrupted"));
-                    }
-                    spinner.set_message(progress.message());
+                () = interrupt.cancelled() => {
+                    break Err(Error::new(crate::error::ErrorKind::Interrupted, "interrupted"));
                 }
+                r = &mut work => break r.map_err(Error::from),
+                _ = tick.tick() => spinner.set_message(progress.message()),
             }
         };
         spinner.finish();

@@ -25,7 +25,7 @@ pub fn run(cli: Cli, interrupt: Interrupt) -> Result<(), Error> {
         Command::List(args) => list::run(&args, &cli.global, &interrupt),
         Command::Download(args) => download::run(&args, &cli.global, &interrupt),
         Command::Export(args) => export::run(&args, &cli.global, &interrupt),
-        Command::Cleanup(args) => cleanup::run(&args, &cli.global),
+        Command::Cleanup(args) => cleanup::run(&args, &cli.global, &interrupt),
     }
 }
 

@@ -183,29 +183,15 @@ pub async fn export_disk(
     let mut last_kept: Option<PathBuf> = None;
     let mut early_refusals = 0;
     for grant in 1..=MAX_GRANTS {
-        if ctx.interrupt.is_set() {
-            return Err(DiskError::Interrupted {
-                vm: vm.into(),
-                disk: disk.name.clone(),
-            });
-        }
-        ctx.ledger
-            .creating(ResourceKind::AccessGrant, &resource_id, None)
-            .map_err(|e| fail(e.to_string()))?;
-        let sas = match ctx.arm.grant_access(&target, ctx.sas_duration).await {
-            Ok(s) => s,
-            Err(e) => {
-                // The grant may exist even so (a lost reply): the state stays
-                // "creating" and the run's final sweep revokes it.
-                return Err(fail(format!("grant read access: {e}")));
-            }
-        };
-        let _ = ctx.ledger.set_state(
-            ResourceKind::AccessGrant,
-            &resource_id,
-            ResourceState::Exists,
-            None,
-        );
+        let sas = grant_read_access(ctx, &target, &resource_id)
+            .await
+            .map_err(|e| match e {
+                None => DiskError::Interrupted {
+                    vm: vm.into(),
+                    disk: disk.name.clone(),
+                },
+                Some(message) => fail(message),
+            })?;
         let granted_at = std::time::Instant::now();
         tracing::info!(
             "{vm}: {} read access granted on {} for {} s (grant {grant})",
@@ -273,6 +259,36 @@ pub async fn export_disk(
     Err(fail(format!(
         "read access expired {MAX_GRANTS} times; raise --sas-duration"
     )))
+}
+
+/// Records the grant in the ledger, then asks for it. `Err(None)`: interrupted before or
+/// while waiting for it — the grant stays "creating" in the ledger, so the run's final
+/// sweep revokes it whether or not Azure finished it. `Err(Some(why))`: it failed (it may
+/// exist even so after a lost reply: the sweep handles that the same way).
+async fn grant_read_access(
+    ctx: &DiskContext,
+    target: &AccessTarget,
+    resource_id: &str,
+) -> Result<SasUrl, Option<String>> {
+    if ctx.interrupt.is_set() {
+        return Err(None);
+    }
+    ctx.ledger
+        .creating(ResourceKind::AccessGrant, resource_id, None)
+        .map_err(|e| Some(e.to_string()))?;
+    let sas = ctx
+        .interrupt
+        .unless_cancelled(ctx.arm.grant_access(target, ctx.sas_duration))
+        .await
+        .ok_or(None)?
+        .map_err(|e| Some(format!("grant read access: {e}")))?;
+    let _ = ctx.ledger.set_state(
+        ResourceKind::AccessGrant,
+        resource_id,
+        ResourceState::Exists,
+        None,
+    );
+    Ok(sas)
 }
 
 /// Removes a kept partial image and its journal. Only for snapshot sources: the snapshot

@@ -269,14 +269,6 @@ pub async fn delete_snapshot(ctx: &DiskContext, id: &str, r: &ResourceRef) {
         .set_state(ResourceKind::Snapshot, id, state.0, state.1);
 }
 
-/// Resolves once Ctrl-C/SIGTERM has been seen (polled: the flag is set by a signal
-/// handler, which cannot wake a future).
-async fn interrupted(interrupt: &crate::interrupt::Interrupt) {
-    while !interrupt.is_set() {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
-
 /// Deallocates (if planned) and snapshots every disk of `vm` that needs one. Returns the
 /// disks that cannot go on, keyed `vm\0disk`.
 async fn prepare_vm(ctx: &DiskContext, vm: &PlannedVm, run_id: &str) -> Vec<(String, DiskResult)> {
@@ -319,7 +311,7 @@ async fn prepare_vm(ctx: &DiskContext, vm: &PlannedVm, run_id: &str) -> Vec<(Str
         // either way, and the report says it was asked for).
         let outcome = tokio::select! {
             r = ctx.arm.deallocate(&r) => r,
-            () = interrupted(&ctx.interrupt) => {
+            () = ctx.interrupt.cancelled() => {
                 return fail_all(
                     DiskStatus::Interrupted,
                     format!("VM {}: interrupted while it was being deallocated (that goes on in Azure)", vm.name),

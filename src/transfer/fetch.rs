@@ -11,6 +11,8 @@
 //!   except with `--verify md5`, where the service's MD5 covers one response's range, so a
 //!   broken response's bytes cannot be checked and its range is asked again whole.
 //! - The final error says how many attempts were made over how long.
+//! - Ctrl-C/SIGTERM ends every wait here — a request, a body, a backoff — at once
+//!   ([`FetchError::Interrupted`]): each is raced against the run's [`Interrupt`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use md5::{Digest, Md5};
 
 use super::plan::Chunk;
 use crate::azure::blob::{BlobError, BlobReader, read_body_into};
+use crate::interrupt::Interrupt;
 
 /// How hard to try. Defaults: 8 attempts from 0.5 s doubling up to 30 s, at most 5 minutes
 /// in all: long enough to ride out a throttling episode (Azure's Retry-After is seconds),
@@ -75,7 +78,9 @@ pub fn classify(e: &BlobError) -> Verdict {
         BlobError::Transport { .. } | BlobError::Timeout { .. } | BlobError::BodyBroken { .. } => {
             Verdict::Retry { after: None }
         }
-        BlobError::BadResponse { .. } | BlobError::Client(_) => Verdict::Fatal,
+        BlobError::BadResponse { .. } | BlobError::Client(_) | BlobError::NoSuchHost { .. } => {
+            Verdict::Fatal
+        }
     }
 }
 
@@ -166,6 +171,9 @@ pub enum FetchError {
     },
     #[error("{what}: --verify md5 asked, but the service sent no Content-MD5")]
     Md5Missing { what: String },
+    /// Ctrl-C/SIGTERM arrived while this was waiting.
+    #[error("{what}: interrupted")]
+    Interrupted { what: String },
 }
 
 /// Counters shared by all fetches (reported in the final stats line).
@@ -187,6 +195,8 @@ pub struct FetchContext {
     /// Longest wait for response headers or for the next piece of a body.
     pub io_timeout: Duration,
     pub counters: Arc<FetchCounters>,
+    /// Ends every wait (request, body, backoff) as soon as it is cancelled.
+    pub interrupt: Interrupt,
 }
 
 impl std::fmt::Debug for FetchContext {
@@ -215,9 +225,14 @@ impl FetchContext {
         loop {
             attempt += 1;
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
-            let result = match tokio::time::timeout(self.io_timeout, op()).await {
-                Ok(r) => r,
-                Err(_) => Err(BlobError::Timeout {
+            let attempt_result = self
+                .interrupt
+                .unless_cancelled(tokio::time::timeout(self.io_timeout, op()))
+                .await;
+            let result = match attempt_result {
+                None => return Err(FetchError::Interrupted { what: what() }),
+                Some(Ok(r)) => r,
+                Some(Err(_)) => Err(BlobError::Timeout {
                     op: "request",
                     secs: self.io_timeout.as_secs(),
                 }),
@@ -233,11 +248,21 @@ impl FetchContext {
                         what(),
                         delay.as_secs_f64()
                     );
-                    tokio::time::sleep(delay).await;
+                    if !self.backoff_sleep(delay).await {
+                        return Err(FetchError::Interrupted { what: what() });
+                    }
                 }
                 None => return Err(self.final_error(what(), err, attempt, started)),
             }
         }
+    }
+
+    /// Waits out a backoff unless an interrupt comes first (then false).
+    async fn backoff_sleep(&self, delay: Duration) -> bool {
+        self.interrupt
+            .unless_cancelled(tokio::time::sleep(delay))
+            .await
+            .is_some()
     }
 
     /// The delay before the next attempt, or None to give up.
@@ -310,10 +335,16 @@ impl FetchContext {
             let from = chunk.source_offset + filled as u64;
             let range = from..chunk.source_offset + chunk.length;
             let before = filled;
-            let result = self.fetch_once(range, buf, &mut filled).await;
+            let result = self
+                .interrupt
+                .unless_cancelled(self.fetch_once(range, buf, &mut filled))
+                .await;
             self.counters
                 .bytes_fetched
                 .fetch_add((filled - before) as u64, Ordering::Relaxed);
+            let Some(result) = result else {
+                return Err(FetchError::Interrupted { what: what() });
+            };
             let err = match result {
                 Ok(Some(expected)) => {
                     let actual: [u8; 16] = Md5::digest(&buf[before..]).into();
@@ -349,7 +380,9 @@ impl FetchContext {
                         filled,
                         delay.as_secs_f64()
                     );
-                    tokio::time::sleep(delay).await;
+                    if !self.backoff_sleep(delay).await {
+                        return Err(FetchError::Interrupted { what: what() });
+                    }
                 }
                 None => return Err(self.final_error(what(), err, attempt, started)),
             }
@@ -467,6 +500,7 @@ mod tests {
             }),
             io_timeout: Duration::from_secs(5),
             counters: Arc::default(),
+            interrupt: Interrupt::never(),
         }
     }
 
@@ -528,6 +562,54 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, FetchError::AccessDenied { .. }));
         assert!(err.to_string().contains("SAS has expired"));
+        assert_eq!(attempts.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn an_interrupt_ends_a_backoff_at_once() {
+        let policy = RetryPolicy {
+            initial_delay: Duration::from_secs(30),
+            ..RetryPolicy::default()
+        };
+        let c = ctx(policy, Arc::default());
+        let interrupt = c.interrupt.clone();
+        let started = Instant::now();
+        let err = run(async move {
+            let stopper = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                interrupt.trigger();
+            });
+            let r = c
+                .retry(
+                    || "thing".to_string(),
+                    || async { Err::<(), _>(status(503, None)) },
+                )
+                .await;
+            stopper.await.unwrap();
+            r
+        })
+        .unwrap_err();
+        assert!(matches!(err, FetchError::Interrupted { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn no_such_host_is_not_retried() {
+        let c = ctx(RetryPolicy::default(), Arc::default());
+        let attempts = AtomicU64::new(0);
+        let err = run(c.retry(
+            || "thing".to_string(),
+            || async {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                Err::<(), _>(BlobError::NoSuchHost {
+                    op: "t",
+                    host: "x.invalid".into(),
+                    message: "dns error".into(),
+                })
+            },
+        ))
+        .unwrap_err();
+        assert!(matches!(err, FetchError::Fatal { .. }), "{err}");
         assert_eq!(attempts.load(Ordering::Relaxed), 1);
     }
 

@@ -202,6 +202,7 @@ pub async fn download(
         jitter: default_jitter(),
         io_timeout: req.io_timeout,
         counters: Arc::new(FetchCounters::default()),
+        interrupt: interrupt.clone(),
     };
     let plan = match discover(&ctx, chunk_size, config.concurrency).await {
         Ok(p) => p,
@@ -392,6 +393,7 @@ fn fetch_error(
     let message = scrub(e.to_string());
     match e {
         FetchError::AccessDenied { .. } => DownloadError::AccessDenied { message, kept },
+        FetchError::Interrupted { .. } => DownloadError::Interrupted { message, kept },
         FetchError::BlobChanged { .. } => DownloadError::BlobChanged(message),
         _ => DownloadError::Failed { message, kept },
     }
@@ -424,10 +426,12 @@ fn engine_error(
     );
     tracing::info!("{where_}");
     match e {
-        EngineError::Interrupted => DownloadError::Interrupted {
-            message: format!("interrupted; {where_}"),
-            kept: Some(temp),
-        },
+        EngineError::Interrupted | EngineError::Fetch(FetchError::Interrupted { .. }) => {
+            DownloadError::Interrupted {
+                message: format!("interrupted; {where_}"),
+                kept: Some(temp),
+            }
+        }
         EngineError::Fetch(f) => {
             let mut d = fetch_error(f, Some(temp), scrub);
             if let DownloadError::AccessDenied { message, .. }

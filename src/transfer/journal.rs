@@ -6,14 +6,16 @@
 //! format and a digest of the chunk list. Each further line lists chunks that a sink
 //! checkpoint has made durable; it is appended and fsynced only *after* that checkpoint,
 //! in batches (never one fsync per chunk). A crash can tear the last line: a line that
-//! does not parse ends the journal and everything before it still counts.
+//! does not parse, or has no newline yet, ends the journal and everything before it still
+//! counts; a resume cuts such a tail off before it appends, so the lines it adds are read
+//! next time instead of being hidden behind the torn one.
 //!
 //! A re-run resumes only when the header matches exactly; otherwise it says why and
 //! starts over.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use md5::{Digest, Md5};
@@ -167,16 +169,35 @@ impl Journal {
         })
     }
 
-    /// Reopens an existing journal to append to it.
+    /// Reopens an existing journal to append to it, first cutting off a torn last line
+    /// (made durable before anything is appended).
     pub fn append_to(path: &Path) -> Result<Self, JournalError> {
-        let file = OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(|source| JournalError {
+        let err = |op| {
+            move |source| JournalError {
                 path: path.to_path_buf(),
-                op: "open",
+                op,
                 source,
-            })?;
+            }
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(err("open"))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(err("read"))?;
+        let keep = parse(&bytes).map_or(0, |p| p.valid_len);
+        if keep < bytes.len() {
+            tracing::debug!(
+                "resume journal {}: cutting off a torn tail of {} bytes",
+                path.display(),
+                bytes.len() - keep
+            );
+            file.set_len(keep as u64).map_err(err("truncate"))?;
+            file.sync_data().map_err(err("sync"))?;
+        }
+        file.seek(SeekFrom::Start(keep as u64))
+            .map_err(err("seek"))?;
         Ok(Self {
             path: path.to_path_buf(),
             file,
@@ -185,35 +206,18 @@ impl Journal {
 
     /// Reads a journal; `Ok(None)` when there is none or its header is unreadable.
     pub fn load(path: &Path) -> Result<Option<Loaded>, JournalError> {
-        let file = match File::open(path) {
-            Ok(f) => f,
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
                 return Err(JournalError {
                     path: path.to_path_buf(),
-                    op: "open",
+                    op: "read",
                     source,
                 });
             }
         };
-        let mut lines = BufReader::new(file).lines();
-        let header: JournalHeader = match lines.next() {
-            Some(Ok(l)) => match serde_json::from_str(&l) {
-                Ok(h) => h,
-                Err(_) => return Ok(None),
-            },
-            _ => return Ok(None),
-        };
-        let mut done = HashSet::new();
-        for line in lines {
-            // A torn last line (crash mid-append) ends the journal.
-            let Ok(line) = line else { break };
-            let Ok(parsed) = serde_json::from_str::<DoneLine>(&line) else {
-                break;
-            };
-            done.extend(parsed.done);
-        }
-        Ok(Some(Loaded { header, done }))
+        Ok(parse(&bytes).map(|p| p.loaded))
     }
 
     /// Appends chunks a checkpoint has just made durable, and syncs. Call after
@@ -241,6 +245,43 @@ impl Journal {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+struct Parsed {
+    loaded: Loaded,
+    /// Bytes up to the end of the last good, newline-terminated line.
+    valid_len: usize,
+}
+
+/// The header and every complete line up to the first torn one; None without a header.
+fn parse(bytes: &[u8]) -> Option<Parsed> {
+    let mut lines = complete_lines(bytes);
+    let (header_line, mut valid_len) = lines.next()?;
+    let header: JournalHeader = serde_json::from_slice(header_line).ok()?;
+    let mut done = HashSet::new();
+    for (line, end) in lines {
+        let Ok(parsed) = serde_json::from_slice::<DoneLine>(line) else {
+            break;
+        };
+        done.extend(parsed.done);
+        valid_len = end;
+    }
+    Some(Parsed {
+        loaded: Loaded { header, done },
+        valid_len,
+    })
+}
+
+/// Newline-terminated lines (without the newline) and the offset just past each; a last
+/// line without its newline is torn by definition and not returned.
+fn complete_lines(bytes: &[u8]) -> impl Iterator<Item = (&[u8], usize)> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let len = bytes[at..].iter().position(|&b| b == b'\n')?;
+        let line = &bytes[at..at + len];
+        at += len + 1;
+        Some((line, at))
+    })
 }
 
 /// Removes a journal; a missing one is fine.
@@ -296,6 +337,37 @@ mod tests {
         let mut done: Vec<_> = loaded.done.into_iter().collect();
         done.sort_unstable();
         assert_eq!(done, vec![(0, 100), (100, 100), (300, 100)]);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_before_new_lines_are_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j");
+        let mut j = Journal::create(&p, &header()).unwrap();
+        j.record(&chunks()[..1]).unwrap();
+        drop(j);
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"{\"done\":[[1").unwrap();
+        drop(f);
+        // The resume after the crash appends what it makes durable.
+        let mut j = Journal::append_to(&p).unwrap();
+        j.record(&chunks()[2..3]).unwrap();
+        j.record(&chunks()[3..]).unwrap();
+        drop(j);
+        let loaded = Journal::load(&p).unwrap().unwrap();
+        let mut done: Vec<_> = loaded.done.into_iter().collect();
+        done.sort_unstable();
+        assert_eq!(done, vec![(0, 100), (200, 100), (300, 100)]);
+        assert!(!fs::read_to_string(&p).unwrap().contains("[[1\n"));
+        // A whole line that lost only its newline is torn too, and cut as well.
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"{\"done\":[[100,100]]}").unwrap();
+        drop(f);
+        assert_eq!(Journal::load(&p).unwrap().unwrap().done.len(), 3);
+        let mut j = Journal::append_to(&p).unwrap();
+        j.record(&chunks()[1..2]).unwrap();
+        drop(j);
+        assert_eq!(Journal::load(&p).unwrap().unwrap().done.len(), 4);
     }
 
     #[test]

@@ -185,6 +185,10 @@ pub struct FakeConfig {
     pub lro_retry_after: u64,
     /// The next LRO fails with this (code, message).
     pub lro_fail: Option<(String, String)>,
+    /// Grants (getAccess) only: (polls InProgress, Retry-After seconds) instead of
+    /// `lro_polls`/`lro_retry_after`, so a test can keep a run waiting on a grant while
+    /// revokes and deletes stay quick.
+    pub grant_lro: Option<(u32, u64)>,
     /// The next ARM request fails with (status, code, message).
     pub fail_next: Option<(u16, String, String)>,
     pub identity_header: String,
@@ -211,6 +215,7 @@ impl Default for FakeConfig {
             lro_headers: LroHeaders::Both,
             lro_retry_after: 0,
             lro_fail: None,
+            grant_lro: None,
             fail_next: None,
             identity_header: IDENTITY_HEADER.into(),
             token: ARM_TOKEN.into(),
@@ -232,6 +237,7 @@ enum Effect {
 
 struct Operation {
     polls_left: u32,
+    retry_after: u64,
     effect: Option<Effect>,
     result: Option<Value>,
     failure: Option<(String, String)>,
@@ -1562,10 +1568,15 @@ fn start_operation(
     let id = s.next_operation;
     s.next_operation += 1;
     let failure = s.config.lro_fail.take();
+    let (polls, retry_after) = match (&effect, s.config.grant_lro) {
+        (Some(Effect::Granted(_)), Some(slow)) => slow,
+        _ => (s.config.lro_polls, s.config.lro_retry_after),
+    };
     s.operations.insert(
         id,
         Operation {
-            polls_left: s.config.lro_polls,
+            polls_left: polls,
+            retry_after,
             effect,
             result,
             failure,
@@ -1590,17 +1601,17 @@ fn start_operation(
     if matches!(headers, LroHeaders::Location | LroHeaders::Both) {
         resp = resp.header("location", location_url);
     }
-    resp.header("retry-after", s.config.lro_retry_after.to_string())
+    resp.header("retry-after", retry_after.to_string())
 }
 
 fn poll_operation(s: &mut ArmState, id: &str, location_mode: bool) -> HttpResponse {
     let Ok(id) = id.parse::<u64>() else {
         return arm_error(404, "NotFound", "no such operation");
     };
-    let retry_after = s.config.lro_retry_after.to_string();
     let Some(op) = s.operations.get_mut(&id) else {
         return arm_error(404, "NotFound", "no such operation");
     };
+    let retry_after = op.retry_after.to_string();
     if op.polls_left > 0 {
         op.polls_left -= 1;
         return if location_mode {
@@ -1669,6 +1680,12 @@ fn apply(s: &mut ArmState, effect: Effect) {
             s.grants.insert(id);
         }
         Effect::Revoked(id) => {
+            // Access ended: a grant still in progress on it never takes effect either.
+            for op in s.operations.values_mut() {
+                if matches!(&op.effect, Some(Effect::Granted(g)) if *g == id) {
+                    op.effect = None;
+                }
+            }
             s.grants.remove(&id);
         }
         Effect::Power(vm_id, state) => {

@@ -207,3 +207,85 @@ pub fn azure_cmd(world: &fake_azure::FakeAzure, subcommand: &str, args: &[&str])
     }
     c
 }
+
+/// A loopback port that accepts connections and never answers (a black-holed host):
+/// every request to it waits until the client gives up or is interrupted.
+#[derive(Debug)]
+pub struct BlackHole {
+    pub port: u16,
+    accepted: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BlackHole {
+    pub fn start() -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind black hole");
+        let port = listener.local_addr().expect("addr").port();
+        let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (count, halt) = (Arc::clone(&accepted), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                if halt.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(c) = conn {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    held.push(c);
+                }
+            }
+        });
+        Self {
+            port,
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for BlackHole {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the blocking accept so the thread sees the stop flag.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends `sig` (e.g. "-INT") to the child by its PID.
+pub fn signal(child: &ChildGuard, sig: &str) {
+    let pid = child.pid().to_string();
+    assert!(
+        Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("run kill")
+            .success()
+    );
+}
+
+/// Waits for the child to exit; its exit code, or a test failure naming `limit`.
+pub fn wait_exit(child: &mut ChildGuard, limit: std::time::Duration) -> i32 {
+    let t = std::time::Instant::now();
+    let c = child.0.as_mut().expect("running");
+    loop {
+        if let Some(s) = c.try_wait().expect("try_wait") {
+            return s.code().unwrap_or(-1);
+        }
+        assert!(
+            t.elapsed() < limit,
+            "the process did not exit within {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
