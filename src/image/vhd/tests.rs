@@ -244,6 +244,111 @@ fn bat_must_cover_disk() {
 }
 
 #[test]
+fn bat_larger_than_the_disk_needs_is_refused() {
+    // 8 blocks cover the disk; a header claiming one more entry (or 2^32 - 1) is corrupt.
+    for entries in [9, u32::MAX] {
+        let d = Dyn::new(8 * u64::from(BLOCK), BLOCK);
+        let mut h = d.header();
+        h[28..32].copy_from_slice(&entries.to_be_bytes());
+        let c = checksum(&h, 36);
+        h[36..40].copy_from_slice(&c.to_be_bytes());
+        let err = open(d.build_with(h).as_slice()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VhdError::BatTooLarge { offset: 540, entries: e, needed: 8, .. } if e == entries
+            ),
+            "{entries}: {err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&entries.to_string())
+                && msg.contains("8 blocks")
+                && msg.contains("offset 540"),
+            "{msg}"
+        );
+    }
+    // A disk that ends inside its last block still needs that block: no false refusal.
+    let d = Dyn::new(8 * u64::from(BLOCK) - 512, BLOCK);
+    assert_eq!(d.entries, 8);
+    open(d.build().as_slice()).unwrap();
+}
+
+/// A source that claims to be `len` bytes long, holds `head` at offset 0 and `tail` at the
+/// end, zeros elsewhere, and remembers the largest single read it served.
+struct Sparse {
+    len: u64,
+    head: Vec<u8>,
+    tail: Vec<u8>,
+    largest_read: std::cell::Cell<usize>,
+}
+
+impl ReadAt for Sparse {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.largest_read
+            .set(self.largest_read.get().max(buf.len()));
+        let tail_at = self.len - self.tail.len() as u64;
+        for (i, b) in buf.iter_mut().enumerate() {
+            let at = offset + i as u64;
+            *b = if at < self.head.len() as u64 {
+                self.head[at as usize]
+            } else if at >= tail_at {
+                self.tail[(at - tail_at) as usize]
+            } else {
+                0
+            };
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn bat_over_the_memory_limit_is_refused_before_it_is_read() {
+    // 8 GiB + 512 bytes of 512-byte blocks: 2^24 + 1 entries, a 64 MiB table, in a file
+    // large enough to hold it.
+    let size = (dynamic::MAX_BAT_ENTRIES << 9) + 512;
+    let mut d = Dyn::new(size, 512);
+    d.bat.clear();
+    let mut head = footer_bytes(3, size, 512).to_vec();
+    head.extend_from_slice(&d.header());
+    let src = Sparse {
+        len: 1 << 40,
+        head,
+        tail: footer_bytes(3, size, 512).to_vec(),
+        largest_read: 0.into(),
+    };
+    let err = open(&src).unwrap_err();
+    assert!(
+        matches!(err, VhdError::BatOverLimit { offset: 540, entries, limit, .. }
+            if entries == dynamic::MAX_BAT_ENTRIES + 1 && limit == dynamic::MAX_BAT_ENTRIES),
+        "{err}"
+    );
+    assert!(err.to_string().contains("16777217"), "{err}");
+    assert!(
+        src.largest_read.get() <= 1024,
+        "read {} bytes",
+        src.largest_read.get()
+    );
+}
+
+#[test]
+fn dynamic_disk_past_2040_gib_is_refused() {
+    // 4 TiB of 2 GiB blocks: a tiny BAT, so only the size rule can refuse it.
+    let size = 4u64 << 40;
+    let d = Dyn::new(size, 1 << 31);
+    let err = open(d.build().as_slice()).unwrap_err();
+    assert!(
+        matches!(err, VhdError::DynamicTooLarge { size: s, limit, .. }
+            if s == size && limit == footer::MAX_DYNAMIC_SIZE),
+        "{err}"
+    );
+}
+
+#[test]
 fn bat_beyond_file_is_refused() {
     let d = Dyn::new(8 * u64::from(BLOCK), BLOCK);
     let mut h = d.header();
