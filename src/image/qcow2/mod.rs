@@ -672,6 +672,9 @@ mod tests {
 
     const PARTIAL_SIZE: u64 = 2 * L2_COVERAGE + CLUSTER_SIZE;
 
+    /// The doctored entry to write, from the offsets [`checkpointed`] returns.
+    type Doctor<'a> = &'a dyn Fn(&[u64; 4]) -> u64;
+
     fn put(file: &File, at: u64, value: u64) {
         file.write_all_at(&value.to_be_bytes(), at).unwrap();
     }
@@ -707,7 +710,7 @@ mod tests {
     #[test]
     fn resume_refuses_doctored_l1_entries() {
         let l1 = CLUSTER_SIZE;
-        let cases: [(&dyn Fn(&[u64; 4]) -> u64, &str); 5] = [
+        let cases: [(Doctor, &str); 5] = [
             (
                 &|_| CLUSTER_SIZE | OFLAG_COPIED,
                 "inside the header and L1 table",
@@ -734,7 +737,7 @@ mod tests {
 
     #[test]
     fn resume_refuses_doctored_l2_entries() {
-        let cases: [(&dyn Fn(&[u64; 4]) -> u64, &str); 7] = [
+        let cases: [(Doctor, &str); 7] = [
             (&|_| OFLAG_COPIED, "inside the header and L1 table"),
             (&|o| (o[3] + 4096) | OFLAG_COPIED, "not a cluster boundary"),
             (&|_| (1 << 40) | OFLAG_COPIED, "past the end of the"),

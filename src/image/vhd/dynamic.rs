@@ -158,7 +158,7 @@ pub fn bat_location(
             offset: header_at + 28,
             entries: needed,
             limit: MAX_BAT_ENTRIES,
-            limit_mib: MAX_BAT_ENTRIES * 4 >> 20,
+            limit_mib: (MAX_BAT_ENTRIES * 4) >> 20,
             block_size: h.block_size,
             current_size,
         });
