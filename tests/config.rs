@@ -82,3 +82,46 @@ fn bad_config_is_a_usage_error_naming_the_key() {
         "values from the file are validated like flags"
     );
 }
+
+/// A bad AZURE2KVM_IO_TIMEOUT is a configuration error (exit 2) naming the variable and
+/// the value, in every command that reads it, before any connection: the URL and ARM
+/// endpoint point at a closed local port, and a sign-in that would be tried next fails
+/// for another reason the assertions rule out.
+#[test]
+fn a_bad_io_timeout_exits_2_naming_the_variable_in_download_and_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("d.raw");
+    for bad in ["abc", "0", "-5", "99999999999", "2.5"] {
+        let export = {
+            let mut c = support::bin();
+            c.args(["--no-progress", "export", "--output-dir"])
+                .arg(dir.path().join("x"))
+                .args(["--subscription", "00000000-0000-0000-0000-000000000000"])
+                .args([
+                    "--arm-endpoint",
+                    "https://127.0.0.1:9",
+                    "--auth",
+                    "client-secret",
+                ])
+                .env("AZURE2KVM_IO_TIMEOUT", bad);
+            c.output().unwrap()
+        };
+        let download = {
+            let mut c = support::bin();
+            c.args(["--no-progress", "download"])
+                .arg("http://127.0.0.1:9/devstoreaccount1/c/d.vhd?sv=2020-12-06&sig=abc")
+                .arg(&out)
+                .env("AZURE2KVM_IO_TIMEOUT", bad);
+            c.output().unwrap()
+        };
+        for (command, o) in [("download", download), ("export", export)] {
+            let e = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{command} {bad}: {e}");
+            assert!(
+                e.contains("AZURE2KVM_IO_TIMEOUT") && e.contains(&format!("\"{bad}\"")),
+                "{command} {bad}: {e}"
+            );
+        }
+        assert!(!out.exists() && !dir.path().join("x").exists());
+    }
+}

@@ -291,6 +291,38 @@ fn bad_block_size_is_refused() {
 }
 
 #[test]
+fn bat_larger_than_the_disk_needs_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let vhd = dynamic_vhd(dir.path(), "entries");
+    // 8 MiB of 2 MiB blocks needs 4 entries; the header claims 2^32 - 1 (a 16 GiB table).
+    patch(&vhd, 512 + 28, &u32::MAX.to_be_bytes());
+    reseal_header(&vhd);
+    refuse(
+        &vhd,
+        4,
+        "offset 540: max table entries 4294967295 is more than the 4 blocks",
+    );
+}
+
+#[test]
+fn dynamic_disk_past_the_format_limit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let vhd = dynamic_vhd(dir.path(), "huge");
+    let len = fs::metadata(&vhd).unwrap().len();
+    // Both footers (the copy at 0 would be used if only the tail were refused).
+    for at in [0, len - 512] {
+        edit_footer(&vhd, at, |f| {
+            f[48..56].copy_from_slice(&(4u64 << 40).to_be_bytes())
+        });
+    }
+    refuse(
+        &vhd,
+        4,
+        "current size 4398046511104 of a dynamic disk is past the VHD format's limit of 2190433320960 bytes",
+    );
+}
+
+#[test]
 fn bat_entry_past_end_of_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let vhd = dynamic_vhd(dir.path(), "bat");

@@ -453,6 +453,25 @@ fn block_blobs_with_fixed_and_dynamic_vhds() {
     assert!(q.status.success(), "{}", stderr(&q));
     assert_file_holds(&conv, &disk.image());
 
+    // The same VHD with a header claiming 2^32 - 1 BAT entries (a 16 GiB table): exit 4
+    // naming the value, the limit and the offset, before the table is read.
+    let mut bad = dynamic.clone();
+    bad[512 + 28..512 + 32].copy_from_slice(&u32::MAX.to_be_bytes());
+    bad[512 + 36..512 + 40].fill(0);
+    let sum = support::vhd::checksum(&bad[512..1536], 36);
+    bad[512 + 36..512 + 40].copy_from_slice(&sum.to_be_bytes());
+    seed::put_block_blob(az.port, C, "bat.vhd", &bad);
+    let sas = seed::blob_sas(C, "bat.vhd", Duration::from_secs(600), false);
+    let out = dir.path().join("bat.raw");
+    let o = download(&url(az.port, "bat.vhd", &sas), &out, &[]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(4), "{e}");
+    assert!(
+        e.contains("offset 540: max table entries 4294967295 is more than the 8 blocks"),
+        "{e}"
+    );
+    assert!(!out.exists());
+
     let mut fixed = disk.image();
     fixed.extend_from_slice(&footer(2, disk.size, u64::MAX));
     seed::put_block_blob(az.port, C, "fixed.vhd", &fixed);

@@ -70,3 +70,55 @@ fn large_sparse_qcow2_with_eviction_and_resume_matches() {
     sink.finish().unwrap();
     assert_qcow2_matches(&path, &expected);
 }
+
+/// A partial qcow2 whose L2 table points a data cluster at the L1 table (a corrupt or
+/// foreign partial) is refused by resume, untouched; starting over, as a download does,
+/// gives an image qemu-img checks and finds identical. Resuming into it would have written
+/// guest data over the L1 table.
+#[test]
+fn a_doctored_partial_qcow2_is_refused_and_starting_over_passes_qemu_img_check() {
+    const CLUSTER: u64 = 65536;
+    let dir = tempfile::tempdir().unwrap();
+    let size = 4 * CLUSTER;
+    let disk: Vec<u8> = random_bytes(size as usize, 42);
+    let path = dir.path().join("partial.qcow2");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    let mut sink = create_sink(ImageFormat::Qcow2, file.try_clone().unwrap(), size).unwrap();
+    sink.write_at(0, &disk[..2 * CLUSTER as usize]).unwrap();
+    sink.checkpoint().unwrap();
+    drop(sink);
+
+    let mut entry = [0u8; 8];
+    file.read_exact_at(&mut entry, CLUSTER).unwrap(); // L1[0]
+    let table = u64::from_be_bytes(entry) & 0x00ff_ffff_ffff_fe00;
+    // L2 entry 1 -> the L1 table's cluster, with the COPIED flag this writer sets.
+    file.write_all_at(&(CLUSTER | 1 << 63).to_be_bytes(), table + 8)
+        .unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let err = resume_sink(ImageFormat::Qcow2, file.try_clone().unwrap(), size)
+        .err()
+        .expect("a doctored partial must not resume");
+    assert!(
+        err.to_string()
+            .contains("L2 entry 1 of the table at 131072 (virtual offset 65536) points to 65536, inside the header and L1 table"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "refused, never written into"
+    );
+
+    let mut sink = create_sink(ImageFormat::Qcow2, file, size).unwrap();
+    sink.write_at(0, &disk).unwrap();
+    sink.finish().unwrap();
+    let expected = dir.path().join("expected.raw");
+    std::fs::write(&expected, &disk).unwrap();
+    assert_qcow2_matches(&path, &expected);
+}

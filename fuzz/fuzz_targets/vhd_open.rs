@@ -20,5 +20,16 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         assert_eq!(at, img.virtual_size());
+        // A dynamic disk's table is exactly what its size needs, within the format's limits.
+        if let Some((h, _)) = &img.dynamic {
+            assert_eq!(
+                u64::from(h.max_table_entries),
+                h.blocks_for(img.virtual_size())
+            );
+            assert!(
+                u64::from(h.max_table_entries) <= azure2kvm::image::vhd::dynamic::MAX_BAT_ENTRIES
+            );
+            assert!(img.virtual_size() <= azure2kvm::image::vhd::footer::MAX_DYNAMIC_SIZE);
+        }
     }
 });

@@ -285,13 +285,44 @@ pub struct DownloadArgs {
         value_name = "SECS",
         default_value_t = 60,
         hide = true,
-        env = "AZURE2KVM_IO_TIMEOUT"
+        env = IO_TIMEOUT_ENV,
+        value_parser = parse_io_timeout
     )]
     pub io_timeout: u64,
     /// For blob URLs without a SAS: sign in with Entra ID (storage scope); also the
     /// cloud and --ca-bundle every download uses.
     #[command(flatten)]
     pub azure: AzureArgs,
+}
+
+/// The I/O timeout's environment variable, read by every command that downloads.
+pub const IO_TIMEOUT_ENV: &str = "AZURE2KVM_IO_TIMEOUT";
+/// Longest I/O timeout accepted. A stalled connection is retried only after the timeout:
+/// past an hour a typo (ms for s) would hang a run for days.
+pub const MAX_IO_TIMEOUT_SECS: u64 = 3600;
+
+/// Whole seconds from 1 to [`MAX_IO_TIMEOUT_SECS`]. The message names the variable: clap
+/// does not say that a bad value came from the environment.
+pub fn parse_io_timeout(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if (1..=MAX_IO_TIMEOUT_SECS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{IO_TIMEOUT_ENV} is {s:?}: it must be whole seconds from 1 to {MAX_IO_TIMEOUT_SECS}"
+        )),
+    }
+}
+
+/// The I/O timeout from [`IO_TIMEOUT_ENV`] for commands without the flag (export): None
+/// when unset or empty, an error naming the variable and its value when not valid.
+pub fn io_timeout_from_env() -> Result<Option<std::time::Duration>, String> {
+    match std::env::var_os(IO_TIMEOUT_ENV) {
+        None => Ok(None),
+        Some(v) if v.is_empty() => Ok(None),
+        Some(v) => {
+            let text = v.to_string_lossy();
+            parse_io_timeout(&text).map(|n| Some(std::time::Duration::from_secs(n)))
+        }
+    }
 }
 
 /// `8M`, `8MiB`, `64K`, `1G` (binary units) or plain bytes.
@@ -317,6 +348,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn io_timeout_is_whole_seconds_from_1_to_an_hour() {
+        assert_eq!(parse_io_timeout("1"), Ok(1));
+        assert_eq!(parse_io_timeout("3600"), Ok(3600));
+        for bad in ["abc", "0", "-5", "3601", "99999999999", "1.5", ""] {
+            let e = parse_io_timeout(bad).unwrap_err();
+            assert!(
+                e.contains(IO_TIMEOUT_ENV) && e.contains(&format!("{bad:?}")),
+                "{bad}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

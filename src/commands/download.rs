@@ -48,7 +48,7 @@ pub fn run(args: &DownloadArgs, global: &GlobalArgs, interrupt: &Interrupt) -> R
         concurrency: args.concurrency,
         ..EngineConfig::default()
     };
-    req.io_timeout = Duration::from_secs(args.io_timeout.max(1));
+    req.io_timeout = Duration::from_secs(args.io_timeout);
 
     let runtime = super::async_runtime("azure2kvm-io")?;
     if needs_token {

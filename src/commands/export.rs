@@ -62,6 +62,7 @@ fn read_plan(path: &Path) -> Result<Vec<VmInfo>, Error> {
 }
 
 pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Result<(), Error> {
+    let io_timeout = io_timeout()?;
     let output_dir = match (&args.output_dir, args.dry_run) {
         (Some(d), _) => Some(d.clone()),
         (None, true) => None,
@@ -213,7 +214,7 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
         sas_duration: args.sas_duration,
         connections: args.concurrency,
         queue_depth: crate::transfer::engine::DEFAULT_QUEUE_DEPTH,
-        io_timeout: io_timeout(),
+        io_timeout,
         interrupt: interrupt.clone(),
         progress: Arc::new(RunProgress::new(
             global.progress_enabled(),
@@ -269,12 +270,11 @@ async fn refresh_power_states(
     Ok(())
 }
 
-fn io_timeout() -> Duration {
-    std::env::var("AZURE2KVM_IO_TIMEOUT")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|s| Duration::from_secs(s.max(1)))
-        .unwrap_or(DEFAULT_IO_TIMEOUT)
+/// A bad value is a configuration error (exit 2) found before any Azure call.
+fn io_timeout() -> Result<Duration, Error> {
+    Ok(crate::cli::io_timeout_from_env()
+        .map_err(Error::usage)?
+        .unwrap_or(DEFAULT_IO_TIMEOUT))
 }
 
 /// Manifests, the final report status, and the exit code.

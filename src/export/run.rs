@@ -81,26 +81,40 @@ pub struct Budget {
     pub queue_depth: usize,
 }
 
-/// Shares `concurrency` connections among `disks` disks: several disks in flight when
-/// there are several (about 4 connections each), a lone disk gets the whole budget; never
-/// more connections than the budget, nor more chunk buffers than [`RUN_BUFFERS`] (fewer
-/// disks in flight rather than more memory).
-pub fn split_budget(concurrency: usize, disks: usize) -> Budget {
+/// Shares `concurrency` connections and `buffers` chunk buffers (the memory budget; the
+/// run passes [`RUN_BUFFERS`]) among `disks` disks.
+///
+/// Of the ways to run `s` disks at once — `s` up to `disks` and to about one disk per
+/// [`CONNECTIONS_PER_DISK`] connections — it takes the one with the most connections in
+/// total, and of equals the one with more disks in flight (more blobs in parallel use the
+/// link better). Each extra disk in flight costs buffers of its own (its writer queue and
+/// the chunk being written), so a tight budget favours fewer disks with more connections
+/// each. Because the choice maximises over a set of ways that only grows when
+/// `concurrency`, `buffers` or `disks` grow, the total never shrinks when any of them grows:
+/// more `--concurrency` never means fewer connections. A lone disk gets the whole budget.
+pub fn split_budget(concurrency: usize, disks: usize, buffers: usize) -> Budget {
     let n = concurrency.max(1);
-    let mut slots = (n / n.min(CONNECTIONS_PER_DISK)).clamp(1, disks.max(1));
-    loop {
-        let queue_depth = if slots == 1 { DEFAULT_QUEUE_DEPTH } else { 1 };
-        let buffers = RUN_BUFFERS / slots;
-        let connections = (n / slots).min(buffers.saturating_sub(queue_depth + 1));
-        if connections >= 1 || slots == 1 {
-            return Budget {
+    let most_slots = (n / n.min(CONNECTIONS_PER_DISK)).clamp(1, disks.max(1));
+    let mut best = Budget {
+        slots: 1,
+        // Never below one connection, whatever the budget: one disk must still move.
+        connections: n
+            .min(buffers.saturating_sub(DEFAULT_QUEUE_DEPTH + 1))
+            .max(1),
+        queue_depth: DEFAULT_QUEUE_DEPTH,
+    };
+    for slots in 2..=most_slots {
+        // Several disks in flight: one queued chunk each, plus the one being written.
+        let connections = (n / slots).min((buffers / slots).saturating_sub(2));
+        if connections >= 1 && slots * connections >= best.slots * best.connections {
+            best = Budget {
                 slots,
-                connections: connections.max(1),
-                queue_depth,
+                connections,
+                queue_depth: 1,
             };
         }
-        slots -= 1;
     }
+    best
 }
 
 fn key(vm: &str, disk: &str) -> (String, String) {
@@ -180,7 +194,7 @@ pub async fn run(
         .flat_map(|vm| vm.disks.iter().map(move |d| (vm, d)))
         .filter(|(vm, d)| !results.contains_key(&key(&vm.name, &d.name)))
         .collect();
-    let budget = split_budget(ctx.connections, ready.len());
+    let budget = split_budget(ctx.connections, ready.len(), RUN_BUFFERS);
     let per_disk = DiskContext {
         connections: budget.connections,
         queue_depth: budget.queue_depth,
@@ -403,7 +417,7 @@ mod tests {
     fn the_budget_bounds_connections_and_memory() {
         for n in 1..=256 {
             for disks in 0..40 {
-                let b = split_budget(n, disks);
+                let b = split_budget(n, disks, RUN_BUFFERS);
                 assert!(b.slots * b.connections <= n, "{n}/{disks}: {b:?}");
                 assert!(b.slots >= 1 && b.connections >= 1 && b.slots <= disks.max(1));
                 if b.slots > 1 {
@@ -413,13 +427,56 @@ mod tests {
             }
         }
         let b = |n, d| {
-            let x = split_budget(n, d);
+            let x = split_budget(n, d, RUN_BUFFERS);
             (x.slots, x.connections)
         };
         assert_eq!(b(16, 10), (4, 4));
         assert_eq!(b(16, 2), (2, 8));
         assert_eq!(b(16, 1), (1, 16));
         assert_eq!(b(2, 5), (1, 2));
-        assert_eq!(b(64, 10), (8, 1));
+        // Was (8, 1): 8 connections in total for 64 asked, half of what 16 gave.
+        assert_eq!(b(64, 10), (2, 10));
+    }
+
+    fn total(n: usize, disks: usize, buffers: usize) -> usize {
+        let b = split_budget(n, disks, buffers);
+        b.slots * b.connections
+    }
+
+    proptest::proptest! {
+        /// More connections asked, more memory or more disks never give fewer connections
+        /// in total, for every disk count; the memory budget always holds.
+        #[test]
+        fn the_total_is_monotonic_in_concurrency_memory_and_disks(
+            n in 1usize..=256,
+            disks in 0usize..=64,
+            buffers in 1usize..=128,
+        ) {
+            let t = total(n, disks, buffers);
+            proptest::prop_assert!(total(n + 1, disks, buffers) >= t, "--concurrency {}", n + 1);
+            proptest::prop_assert!(total(n, disks, buffers + 1) >= t, "buffers {}", buffers + 1);
+            proptest::prop_assert!(total(n, disks + 1, buffers) >= t, "disks {}", disks + 1);
+            let b = split_budget(n, disks, buffers);
+            proptest::prop_assert!(b.slots * b.connections <= n);
+            if b.slots > 1 {
+                proptest::prop_assert!(b.slots * (b.connections + b.queue_depth + 1) <= buffers);
+            }
+        }
+    }
+
+    #[test]
+    fn the_total_is_monotonic_for_every_disk_count_at_the_run_budget() {
+        for disks in 0..=64 {
+            let mut last = 0;
+            for n in 1..=256 {
+                let t = total(n, disks, RUN_BUFFERS);
+                assert!(
+                    t >= last,
+                    "{disks} disks: --concurrency {n} gives {t}, {} gave {last}",
+                    n - 1
+                );
+                last = t;
+            }
+        }
     }
 }

@@ -6,6 +6,10 @@
 //! removes its temporary file, so an error or panic leaves nothing behind. An existing
 //! final file is refused unless overwriting was asked for.
 //!
+//! Without `--force` the final name is taken with `renameat2(RENAME_NOREPLACE)`, so a file
+//! that another writer puts there between our existence check and the rename is never
+//! replaced; the check before the work only makes the common mistake cheap.
+//!
 //! The temporary name is deterministic (`.NAME.azure2kvm-partial`) so a later run can find
 //! the work of an interrupted one; an exclusive advisory lock on it keeps two processes
 //! from writing the same output at once.
@@ -196,10 +200,10 @@ impl StagedOutput {
     /// Renames the finished (already synced) temporary file to the final name and syncs
     /// the directory so the rename survives a power loss.
     pub fn commit(mut self, overwrite: Overwrite) -> Result<PathBuf, StagingError> {
-        // Re-check: the final name may have appeared while we worked.
+        // Re-check: the final name may have appeared while we worked (a clear error now;
+        // the no-replace move below closes the window that remains).
         check_output_free(&self.final_path, overwrite)?;
-        fs::rename(&self.temp_path, &self.final_path)
-            .map_err(io_err("rename to", &self.final_path))?;
+        move_into_place(&self.temp_path, &self.final_path, overwrite)?;
         self.committed = true;
         self.file = None;
         let dir = match self.final_path.parent() {
@@ -211,6 +215,55 @@ impl StagedOutput {
             .map_err(io_err("sync directory", &dir))?;
         Ok(self.final_path.clone())
     }
+}
+
+/// Renames `temp` to `final_path`. With [`Overwrite::Refuse`] an existing `final_path` is
+/// never replaced, even one created an instant ago: the kernel checks and renames in one
+/// step.
+fn move_into_place(
+    temp: &Path,
+    final_path: &Path,
+    overwrite: Overwrite,
+) -> Result<(), StagingError> {
+    if overwrite == Overwrite::Allow {
+        return fs::rename(temp, final_path).map_err(io_err("rename to", final_path));
+    }
+    let cwd = rustix::fs::CWD;
+    match rustix::fs::renameat_with(
+        cwd,
+        temp,
+        cwd,
+        final_path,
+        rustix::fs::RenameFlags::NOREPLACE,
+    ) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::EXIST) => Err(StagingError::Exists {
+            path: final_path.to_path_buf(),
+        }),
+        // EINVAL: the filesystem has no RENAME_NOREPLACE (NFS, some FUSE filesystems);
+        // ENOSYS: a kernel or seccomp filter without renameat2.
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+            link_then_unlink(temp, final_path)
+        }
+        Err(e) => Err(io_err("rename to", final_path)(e.into())),
+    }
+}
+
+/// The fallback for filesystems without RENAME_NOREPLACE: link(2) never replaces an
+/// existing name (EEXIST), so taking the final name is just as atomic; the temporary name
+/// is removed afterwards (if that fails, the output is complete and only a stray
+/// temporary name is left).
+fn link_then_unlink(temp: &Path, final_path: &Path) -> Result<(), StagingError> {
+    match fs::hard_link(temp, final_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(StagingError::Exists {
+                path: final_path.to_path_buf(),
+            });
+        }
+        Err(e) => return Err(io_err("link to", final_path)(e)),
+    }
+    fs::remove_file(temp).map_err(io_err("remove", temp))
 }
 
 impl Drop for StagedOutput {
@@ -321,6 +374,41 @@ mod tests {
         staged.file().unwrap().write_all(b"new").unwrap();
         staged.commit(Overwrite::Allow).unwrap();
         assert_eq!(fs::read(&out).unwrap(), b"new");
+    }
+
+    #[test]
+    fn a_file_that_appears_after_the_check_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("disk.raw");
+        let temp = dir.path().join("work");
+        fs::write(&temp, b"ours").unwrap();
+        check_output_free(&out, Overwrite::Refuse).unwrap();
+        // Another writer takes the name between the check and the rename.
+        fs::write(&out, b"theirs").unwrap();
+        let e = move_into_place(&temp, &out, Overwrite::Refuse).unwrap_err();
+        assert!(matches!(e, StagingError::Exists { .. }), "{e}");
+        assert_eq!(fs::read(&out).unwrap(), b"theirs");
+        assert_eq!(fs::read(&temp).unwrap(), b"ours");
+        // --force replaces it.
+        move_into_place(&temp, &out, Overwrite::Allow).unwrap();
+        assert_eq!(fs::read(&out).unwrap(), b"ours");
+        assert!(!temp.exists());
+    }
+
+    #[test]
+    fn the_link_fallback_never_replaces_either() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("disk.raw");
+        let temp = dir.path().join("work");
+        fs::write(&temp, b"ours").unwrap();
+        fs::write(&out, b"theirs").unwrap();
+        let e = link_then_unlink(&temp, &out).unwrap_err();
+        assert!(matches!(e, StagingError::Exists { .. }), "{e}");
+        assert_eq!(fs::read(&out).unwrap(), b"theirs");
+        fs::remove_file(&out).unwrap();
+        link_then_unlink(&temp, &out).unwrap();
+        assert_eq!(fs::read(&out).unwrap(), b"ours");
+        assert!(!temp.exists());
     }
 
     #[test]

@@ -142,8 +142,10 @@ async fn dynamic_map(
     vhd::dynamic::check_block_size(&header, header_at)?;
     let (bat_at, bat_len) =
         vhd::dynamic::bat_location(&header, header_at, footer.current_size, file_len)?;
-    // The BAT is 4 bytes per block (2 MiB for a 1 TiB disk of 2 MiB blocks): read it in
-    // chunk-sized pieces so the memory bound holds.
+    // The BAT is held whole while it is checked: 4 bytes per block (2 MiB for a 1 TiB disk
+    // of 2 MiB blocks), and never more than `MAX_BAT_ENTRIES` (64 MiB) because
+    // `bat_location` refused any larger table before this allocation. It is fetched in
+    // chunk-sized requests only so no single GET exceeds the chunk size.
     let mut bat = Vec::with_capacity(usize::try_from(bat_len).unwrap_or(0));
     let mut at = bat_at;
     while at < bat_at + bat_len {

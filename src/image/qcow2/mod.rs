@@ -15,6 +15,17 @@
 //! end of the file: new clusters always land in never-written space (holes, reading as
 //! zeros), and clusters orphaned by the crash become free (refcount 0) at `finish`.
 //!
+//! A partial file is untrusted: before anything is written into it, resume checks every
+//! L1 and L2 entry against the file and a map of host clusters ([`check_tables`]): only
+//! the flags this writer sets, cluster-aligned, past the header and L1 table, inside the
+//! file, each cluster owned by one entry, nothing mapped past the disk's end. A partial that
+//! fails is refused ([`SinkError::NotResumable`]) and the download starts over. The "inside
+//! the file" rule holds after a crash (not after a power loss, which only costs the
+//! resume): a table reaches the disk by eviction or checkpoint; eviction takes the least
+//! recently used table, and the only entries whose data is not written yet belong to the
+//! write in progress, which touches at most two tables (writes are at most 64 MiB, a table
+//! maps 512 MiB) — never the least recently used of 64.
+//!
 //! Choices: 64 KiB clusters (qemu's default; overhead under 0.2% over sparse raw), 16-bit
 //! refcounts (the v3 default), no compression, no backing file, no extended L2. A cluster
 //! is allocated only when a write puts non-zero bytes in it, so holes stay unallocated and
@@ -55,6 +66,10 @@ const MAX_L1_BYTES: u64 = 32 << 20;
 pub const L2_CACHE_TABLES: usize = 64;
 /// Incompatible feature bit 1, "corrupt": set on checkpointed, unfinished images.
 const INCOMPAT_CORRUPT: u64 = 1 << 1;
+/// Bits an entry of ours never has: bit 0 ("reads as zeros"), the reserved bits 1-8 and
+/// 56-61, bit 62 ("compressed"). Together with [`OFFSET_MASK`] and [`OFLAG_COPIED`] they
+/// make up all 64.
+const FOREIGN_BITS: u64 = !(OFFSET_MASK | OFLAG_COPIED);
 
 #[derive(Debug)]
 struct CachedL2 {
@@ -113,57 +128,42 @@ impl Qcow2Writer {
         }
     }
 
-    /// Reopens an image this writer checkpointed, for a disk of `virtual_size` bytes.
+    /// Reopens an image this writer checkpointed, for a disk of `virtual_size` bytes,
+    /// after checking that the header, L1 and L2 tables are what a checkpoint of ours
+    /// leaves (see the module note); anything else is [`SinkError::NotResumable`].
     pub fn resume(file: File, virtual_size: u64) -> Result<Self, SinkError> {
         let not_ours = |why: String| SinkError::NotResumable { why };
         let mut header = [0u8; HEADER_LENGTH as usize];
         file.read_exact_at(&mut header, 0)
             .map_err(|e| not_ours(format!("cannot read a qcow2 header: {e}")))?;
-        let be32 = |at: usize| u32::from_be_bytes(header[at..at + 4].try_into().expect("4 bytes"));
-        let be64 = |at: usize| u64::from_be_bytes(header[at..at + 8].try_into().expect("8 bytes"));
+        check_checkpoint_header(&header, virtual_size).map_err(not_ours)?;
         let expected_l1 = div_ceil(virtual_size, L2_COVERAGE);
-        if be32(0) != MAGIC || be32(4) != VERSION || be32(20) != CLUSTER_BITS {
-            return Err(not_ours("not a qcow2 v3 image with 64 KiB clusters".into()));
-        }
-        if be64(72) & INCOMPAT_CORRUPT == 0 {
-            return Err(not_ours("not a checkpoint of an unfinished image".into()));
-        }
-        if be64(24) != virtual_size
-            || u64::from(be32(36)) != expected_l1
-            || be64(40) != CLUSTER_SIZE
-        {
+        let file_len = file.metadata().map_err(SinkError::io("stat", 0))?.len();
+        let limit = max_partial_len(virtual_size);
+        if file_len > limit {
             return Err(not_ours(format!(
-                "made for virtual size {} (L1 {} entries at {}), expected {virtual_size}",
-                be64(24),
-                be32(36),
-                be64(40)
+                "the file is {file_len} bytes, more than the {limit} a partial image of a \
+                 {virtual_size}-byte disk can reach"
             )));
         }
         let mut raw = vec![0u8; expected_l1 as usize * 8];
         file.read_exact_at(&mut raw, CLUSTER_SIZE)
             .map_err(SinkError::io("read L1 table", CLUSTER_SIZE))?;
-        let l1: Vec<u64> = raw
+        let l1_raw: Vec<u64> = raw
             .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")) & OFFSET_MASK)
+            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
             .collect();
-        let file_len = file.metadata().map_err(SinkError::io("stat", 0))?.len();
+        let l1 = l1_raw.iter().map(|e| e & OFFSET_MASK).collect();
         let mut w = Self::with_l1(file, virtual_size, l1);
-        let mut frontier = w
+        check_tables(&l1_raw, w.next_free, file_len, virtual_size, |at| {
+            w.read_l2(at)
+        })?;
+        // Every reference lies inside the file (checked): new clusters go past its end,
+        // into never-written space; clusters orphaned by the crash stay unreferenced and
+        // get refcount 0 at `finish`.
+        w.next_free = w
             .next_free
             .max(div_ceil(file_len, CLUSTER_SIZE) * CLUSTER_SIZE);
-        for l1_index in 0..w.l1.len() {
-            let table = w.l1[l1_index];
-            if table == 0 {
-                continue;
-            }
-            frontier = frontier.max(table + CLUSTER_SIZE);
-            for entry in w.read_l2(table)? {
-                if entry != 0 {
-                    frontier = frontier.max((entry & OFFSET_MASK) + CLUSTER_SIZE);
-                }
-            }
-        }
-        w.next_free = frontier;
         Ok(w)
     }
 
@@ -385,6 +385,152 @@ impl Qcow2Writer {
     }
 }
 
+/// The header fields a checkpoint of ours has, for a disk of `virtual_size` bytes.
+fn check_checkpoint_header(header: &[u8], virtual_size: u64) -> Result<(), String> {
+    let be32 = |at: usize| u32::from_be_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+    let be64 = |at: usize| u64::from_be_bytes(header[at..at + 8].try_into().expect("8 bytes"));
+    let expected_l1 = div_ceil(virtual_size, L2_COVERAGE);
+    if be32(0) != MAGIC || be32(4) != VERSION || be32(20) != CLUSTER_BITS {
+        return Err("not a qcow2 v3 image with 64 KiB clusters".into());
+    }
+    if be64(72) & INCOMPAT_CORRUPT == 0 {
+        return Err("not a checkpoint of an unfinished image".into());
+    }
+    if be64(24) != virtual_size || u64::from(be32(36)) != expected_l1 || be64(40) != CLUSTER_SIZE {
+        return Err(format!(
+            "made for virtual size {} (L1 {} entries at {}), expected {virtual_size}",
+            be64(24),
+            be32(36),
+            be64(40)
+        ));
+    }
+    // A checkpoint has no backing file, encryption, snapshots or refcount table yet.
+    let extras = [
+        ("backing file offset", be64(8)),
+        ("encryption method", u64::from(be32(32))),
+        ("refcount table offset", be64(48)),
+        ("snapshot count", u64::from(be32(60))),
+    ];
+    match extras.iter().find(|(_, v)| *v != 0) {
+        Some((what, v)) => Err(format!("header has {what} {v}; a checkpoint of ours has 0")),
+        None => Ok(()),
+    }
+}
+
+/// The largest file a partial image of a `virtual_size`-byte disk can be: header, L1, every
+/// L2 table and every data cluster, twice over for what crashed runs left orphaned.
+fn max_partial_len(virtual_size: u64) -> u64 {
+    let l1 = div_ceil(virtual_size, L2_COVERAGE);
+    let clusters = 1 + div_ceil(l1 * 8, CLUSTER_SIZE) + l1 + div_ceil(virtual_size, CLUSTER_SIZE);
+    clusters.saturating_mul(2 * CLUSTER_SIZE)
+}
+
+/// One bit per host cluster of a partial file: which entry owns which cluster.
+struct ClusterMap {
+    bits: Vec<u64>,
+}
+
+impl ClusterMap {
+    fn new(file_len: u64) -> Self {
+        let clusters = div_ceil(file_len, CLUSTER_SIZE);
+        Self {
+            bits: vec![0; div_ceil(clusters, 64) as usize],
+        }
+    }
+
+    /// Marks `cluster` used; false if it already was.
+    fn claim(&mut self, cluster: u64) -> bool {
+        let (word, bit) = ((cluster / 64) as usize, 1u64 << (cluster % 64));
+        let free = self.bits[word] & bit == 0;
+        self.bits[word] |= bit;
+        free
+    }
+}
+
+/// Where an L1 or L2 entry of a partial file points, if it is what this writer writes:
+/// no flag but COPIED, cluster-aligned, past the header and L1 table (`metadata_end`), and
+/// `extent` bytes from it inside the file (a whole table; a data cluster's first byte,
+/// since a crash may cut its data short).
+fn entry_target(
+    what: &dyn Fn() -> String,
+    raw: u64,
+    metadata_end: u64,
+    extent: u64,
+    file_len: u64,
+) -> Result<u64, String> {
+    let at = raw & OFFSET_MASK;
+    if raw & FOREIGN_BITS != 0 || raw & OFLAG_COPIED == 0 {
+        return Err(format!(
+            "{} is {raw:#018x}: flags this writer never sets",
+            what()
+        ));
+    }
+    if !at.is_multiple_of(CLUSTER_SIZE) {
+        return Err(format!("{} points to {at}, not a cluster boundary", what()));
+    }
+    if at < metadata_end {
+        return Err(format!(
+            "{} points to {at}, inside the header and L1 table (which end at {metadata_end})",
+            what()
+        ));
+    }
+    if at.checked_add(extent).is_none_or(|end| end > file_len) {
+        return Err(format!(
+            "{} points to {at}, past the end of the {file_len}-byte file",
+            what()
+        ));
+    }
+    Ok(at)
+}
+
+/// Checks every L1 and L2 entry of a partial file before anything is written into it:
+/// [`entry_target`]'s rules, each host cluster owned by one entry only, and no data mapped
+/// past the disk's `virtual_size`. `read_l2` reads one table (64 KiB at a time in memory).
+fn check_tables(
+    l1_raw: &[u64],
+    metadata_end: u64,
+    file_len: u64,
+    virtual_size: u64,
+    mut read_l2: impl FnMut(u64) -> Result<Vec<u64>, SinkError>,
+) -> Result<(), SinkError> {
+    let bad = |why: String| SinkError::NotResumable { why };
+    let mut owned = ClusterMap::new(file_len);
+    for (i, &raw) in l1_raw.iter().enumerate().filter(|(_, e)| **e != 0) {
+        let what = || format!("L1 entry {i}");
+        let table = entry_target(&what, raw, metadata_end, CLUSTER_SIZE, file_len).map_err(bad)?;
+        if !owned.claim(table / CLUSTER_SIZE) {
+            return Err(bad(format!(
+                "{} points to {table}, a cluster another entry already uses",
+                what()
+            )));
+        }
+        for (j, raw) in read_l2(table)?
+            .into_iter()
+            .enumerate()
+            .filter(|(_, e)| *e != 0)
+        {
+            let virtual_offset = (i as u64 * L2_ENTRIES + j as u64) * CLUSTER_SIZE;
+            let what = || {
+                format!("L2 entry {j} of the table at {table} (virtual offset {virtual_offset})")
+            };
+            if virtual_offset >= virtual_size {
+                return Err(bad(format!(
+                    "{} maps data past the disk's end at {virtual_size}",
+                    what()
+                )));
+            }
+            let data = entry_target(&what, raw, metadata_end, 1, file_len).map_err(bad)?;
+            if !owned.claim(data / CLUSTER_SIZE) {
+                return Err(bad(format!(
+                    "{} points to {data}, a cluster another entry already uses",
+                    what()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 struct HeaderFields {
     virtual_size: u64,
     l1_size: u32,
@@ -506,6 +652,134 @@ mod tests {
             Qcow2Writer::create(f, u64::MAX),
             Err(SinkError::TooLarge { .. })
         ));
+    }
+
+    /// A checkpointed partial image of a 1 GiB + 64 KiB disk (3 L2 tables): data in
+    /// table 0 (two clusters) and table 1, nothing in table 2. Returns the file and the
+    /// host offsets (table 0, table 1, first data cluster, second data cluster).
+    fn checkpointed() -> (File, [u64; 4]) {
+        let file = tempfile::tempfile().unwrap();
+        let mut w = Qcow2Writer::create(file.try_clone().unwrap(), PARTIAL_SIZE).unwrap();
+        w.write_at(0, &[1; 4096]).unwrap();
+        w.write_at(CLUSTER_SIZE, &[2; 4096]).unwrap();
+        w.write_at(L2_COVERAGE + 512, &[3; 512]).unwrap();
+        w.checkpoint().unwrap();
+        let tables = [w.l1[0], w.l1[1]];
+        let t0 = w.read_l2(tables[0]).unwrap();
+        let data = [t0[0] & OFFSET_MASK, t0[1] & OFFSET_MASK];
+        (file, [tables[0], tables[1], data[0], data[1]])
+    }
+
+    const PARTIAL_SIZE: u64 = 2 * L2_COVERAGE + CLUSTER_SIZE;
+
+    /// The doctored entry to write, from the offsets [`checkpointed`] returns.
+    type Doctor<'a> = &'a dyn Fn(&[u64; 4]) -> u64;
+
+    fn put(file: &File, at: u64, value: u64) {
+        file.write_all_at(&value.to_be_bytes(), at).unwrap();
+    }
+
+    /// The file's length and its first 16 MiB (all of it but for the oversized case).
+    fn contents(file: &File) -> (u64, Vec<u8>) {
+        let len = file.metadata().unwrap().len();
+        let mut buf = vec![0u8; len.min(16 << 20) as usize];
+        file.read_exact_at(&mut buf, 0).unwrap();
+        (len, buf)
+    }
+
+    /// Resume must refuse the doctored file naming the problem, and leave it untouched.
+    fn refused(file: &File, needle: &str) {
+        let before = contents(file);
+        let err = Qcow2Writer::resume(file.try_clone().unwrap(), PARTIAL_SIZE).unwrap_err();
+        assert!(
+            matches!(&err, SinkError::NotResumable { why } if why.contains(needle)),
+            "expected {needle:?}: {err}"
+        );
+        assert!(
+            contents(file) == before,
+            "a refused partial must not be written into"
+        );
+    }
+
+    #[test]
+    fn an_intact_checkpoint_resumes() {
+        let (file, _) = checkpointed();
+        Qcow2Writer::resume(file, PARTIAL_SIZE).unwrap();
+    }
+
+    #[test]
+    fn resume_refuses_doctored_l1_entries() {
+        let l1 = CLUSTER_SIZE;
+        let cases: [(Doctor, &str); 5] = [
+            (
+                &|_| CLUSTER_SIZE | OFLAG_COPIED,
+                "inside the header and L1 table",
+            ),
+            (&|o| (o[0] + 512) | OFLAG_COPIED, "not a cluster boundary"),
+            (&|_| (1 << 40) | OFLAG_COPIED, "past the end of the"),
+            (
+                &|o| o[0] | OFLAG_COPIED | 1 << 62,
+                "flags this writer never sets",
+            ),
+            (&|o| o[2] | OFLAG_COPIED, "another entry already uses"),
+        ];
+        for (entry, needle) in cases {
+            let (file, o) = checkpointed();
+            // Table 2 is empty: point it somewhere it must not.
+            put(&file, l1 + 16, entry(&o));
+            refused(&file, needle);
+        }
+        // Two L1 entries sharing one L2 table.
+        let (file, o) = checkpointed();
+        put(&file, l1 + 8, o[0] | OFLAG_COPIED);
+        refused(&file, "L1 entry 1 points to");
+    }
+
+    #[test]
+    fn resume_refuses_doctored_l2_entries() {
+        let cases: [(Doctor, &str); 7] = [
+            (&|_| OFLAG_COPIED, "inside the header and L1 table"),
+            (&|o| (o[3] + 4096) | OFLAG_COPIED, "not a cluster boundary"),
+            (&|_| (1 << 40) | OFLAG_COPIED, "past the end of the"),
+            (
+                &|o| o[3] | OFLAG_COPIED | 1 << 62,
+                "flags this writer never sets",
+            ),
+            (&|o| o[3] | OFLAG_COPIED | 1, "flags this writer never sets"),
+            (&|o| o[2] | OFLAG_COPIED, "another entry already uses"),
+            (&|o| o[1] | OFLAG_COPIED, "another entry already uses"),
+        ];
+        for (entry, needle) in cases {
+            let (file, o) = checkpointed();
+            // Entry 1 of table 0 (data cluster o[3]) rewritten.
+            put(&file, o[0] + 8, entry(&o));
+            refused(&file, needle);
+        }
+        // Table 2 maps only its first cluster (the disk is 1 GiB + 64 KiB): an entry for
+        // its second, pointing to a cluster of its own inside the file, maps data past the
+        // disk's end.
+        let (file, o) = checkpointed();
+        let mut w = Qcow2Writer::resume(file.try_clone().unwrap(), PARTIAL_SIZE).unwrap();
+        w.write_at(2 * L2_COVERAGE, &[4; 512]).unwrap();
+        w.checkpoint().unwrap();
+        let spare = file.metadata().unwrap().len().div_ceil(CLUSTER_SIZE) * CLUSTER_SIZE;
+        file.set_len(spare + CLUSTER_SIZE).unwrap();
+        put(&file, w.l1[2] + 8, spare | OFLAG_COPIED);
+        assert!(w.l1[2] > o[3]);
+        refused(&file, "past the disk's end");
+    }
+
+    #[test]
+    fn resume_refuses_a_foreign_header_or_an_oversized_file() {
+        let (file, _) = checkpointed();
+        put(&file, 48, 5 * CLUSTER_SIZE); // a refcount table: a finished or foreign image
+        refused(&file, "refcount table offset");
+        let (file, _) = checkpointed();
+        put(&file, 8, 4096); // a backing file
+        refused(&file, "backing file offset");
+        let (file, _) = checkpointed();
+        file.set_len(max_partial_len(PARTIAL_SIZE) + 1).unwrap();
+        refused(&file, "a partial image of a");
     }
 
     #[test]

@@ -19,6 +19,10 @@ const HEADER_VERSION: u32 = 0x0001_0000;
 const CHECKSUM_AT: usize = 36;
 /// BAT value of a block that was never written.
 pub const UNALLOCATED: u32 = 0xffff_ffff;
+/// Most BAT entries read (a 64 MiB table, held in memory while checked). The format's
+/// 2040 GiB at the usual 2 MiB blocks needs about a million; this covers it down to
+/// 128 KiB blocks. Past it a crafted header could make a reader allocate up to 16 GiB.
+pub const MAX_BAT_ENTRIES: u64 = 1 << 24;
 
 /// A parsed, validated dynamic header.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -120,7 +124,10 @@ pub fn check_block_size(h: &DynamicHeader, at: u64) -> Result<(), VhdError> {
 }
 
 /// Where the BAT sits and how many bytes of it to read for a disk of `current_size`.
-/// Checks the table covers the disk and lies inside the data area (before the footer).
+/// Checks, before anything is allocated for it: the table covers the disk, claims no
+/// more entries than the disk needs (its size rounded up to a block), stays within
+/// [`MAX_BAT_ENTRIES`], and lies inside the data area (before the footer). `convert`,
+/// `inspect` and `download` all size their BAT buffer from this.
 pub fn bat_location(
     h: &DynamicHeader,
     header_at: u64,
@@ -133,6 +140,25 @@ pub fn bat_location(
             offset: header_at + 28,
             entries: h.max_table_entries,
             needed,
+            block_size: h.block_size,
+            current_size,
+        });
+    }
+    if u64::from(h.max_table_entries) > needed {
+        return Err(VhdError::BatTooLarge {
+            offset: header_at + 28,
+            entries: h.max_table_entries,
+            needed,
+            block_size: h.block_size,
+            current_size,
+        });
+    }
+    if needed > MAX_BAT_ENTRIES {
+        return Err(VhdError::BatOverLimit {
+            offset: header_at + 28,
+            entries: needed,
+            limit: MAX_BAT_ENTRIES,
+            limit_mib: (MAX_BAT_ENTRIES * 4) >> 20,
             block_size: h.block_size,
             current_size,
         });

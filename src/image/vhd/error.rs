@@ -32,6 +32,10 @@ pub enum VhdError {
     )]
     BadCurrentSize { offset: u64, size: u64 },
     #[error(
+        "footer at offset {offset}: current size {size} of a dynamic disk is past the VHD format's limit of {limit} bytes (2040 GiB)"
+    )]
+    DynamicTooLarge { offset: u64, size: u64, limit: u64 },
+    #[error(
         "fixed disk: footer at offset {offset} has data offset {found:#x}, expected all ones (0xffffffff or 0xffffffffffffffff)"
     )]
     BadFixedDataOffset { offset: u64, found: u64 },
@@ -81,6 +85,27 @@ pub enum VhdError {
         offset: u64,
         entries: u32,
         needed: u64,
+        block_size: u32,
+        current_size: u64,
+    },
+    #[error(
+        "dynamic header at offset {offset}: max table entries {entries} is more than the {needed} blocks of {block_size} bytes that the disk's {current_size} bytes need (corrupt header)"
+    )]
+    BatTooLarge {
+        offset: u64,
+        entries: u32,
+        needed: u64,
+        block_size: u32,
+        current_size: u64,
+    },
+    #[error(
+        "dynamic header at offset {offset}: a block allocation table of {entries} entries is past the limit of {limit} entries (a {limit_mib} MiB table) this tool reads; blocks of {block_size} bytes are unusually small for a disk of {current_size} bytes"
+    )]
+    BatOverLimit {
+        offset: u64,
+        entries: u64,
+        limit: u64,
+        limit_mib: u64,
         block_size: u32,
         current_size: u64,
     },

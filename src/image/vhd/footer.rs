@@ -13,6 +13,11 @@ const VERSION_MAJOR_1: u32 = 0x0001_0000;
 /// Byte offset of the checksum field, zeroed while summing.
 const CHECKSUM_AT: usize = 64;
 pub const SECTOR: u64 = 512;
+/// Largest dynamic (and differencing) disk: 2040 GiB, 0xff000000 sectors. The limit Hyper-V
+/// and Virtual PC create to and qemu's vpc driver enforces (VHD_MAX_SECTORS); BAT entries
+/// are 32-bit sector numbers, so no larger layout is addressable anyway. Fixed VHDs are
+/// raw data plus a footer and have no such limit (Azure's go to 32 TiB).
+pub const MAX_DYNAMIC_SIZE: u64 = 0xff00_0000 * SECTOR;
 
 /// The three kinds of VHD (spec: "Disk Type").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -108,6 +113,13 @@ pub fn parse_footer(raw: &[u8; FOOTER_SIZE], at: u64) -> Result<Footer, VhdError
         return Err(VhdError::BadCurrentSize {
             offset: at + 48,
             size: current_size,
+        });
+    }
+    if disk_type == DiskType::Dynamic && current_size > MAX_DYNAMIC_SIZE {
+        return Err(VhdError::DynamicTooLarge {
+            offset: at + 48,
+            size: current_size,
+            limit: MAX_DYNAMIC_SIZE,
         });
     }
     let data_offset = be_u64(raw, 16);
@@ -252,6 +264,24 @@ pub(crate) mod tests {
                 "size {s}"
             );
         }
+    }
+
+    #[test]
+    fn dynamic_size_is_limited_to_2040_gib_fixed_is_not() {
+        assert!(parse_footer(&footer_bytes(3, MAX_DYNAMIC_SIZE, 512), 0).is_ok());
+        let too_big = MAX_DYNAMIC_SIZE + SECTOR;
+        let e = parse_footer(&footer_bytes(3, too_big, 512), 1000).unwrap_err();
+        assert!(
+            matches!(e, VhdError::DynamicTooLarge { offset: 1048, size, limit }
+                if size == too_big && limit == MAX_DYNAMIC_SIZE),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&too_big.to_string()) && msg.contains("2190433320960"),
+            "{msg}"
+        );
+        assert!(parse_footer(&footer_bytes(2, 32 << 40, u64::MAX), 0).is_ok());
     }
 
     #[test]
