@@ -8,6 +8,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use azure2kvm::azure::arm::ResourceId;
 use azure2kvm::azure::arm::client::{AccessTarget, ResourceRef};
 use support::fake_arm::{FakeVm, Leftovers, SNAPSHOT_CONTAINER, SUBSCRIPTION, blob_name};
 use support::fake_azure::FakeAzure;
@@ -551,16 +552,28 @@ fn kill_9_mid_download_then_cleanup_removes_everything_and_can_run_twice() {
         world.with_state(|s| !s.grants.is_empty())
     });
     child.kill9();
-    // The run's snapshots carry its id and their source disk, for cleanup and people.
+    // The run's snapshots carry its id and their source disk's hash (a full id can
+    // exceed a tag value's 256 characters); the report has the full source id.
+    let rep = report(&out);
+    let sources: BTreeMap<String, String> = rep["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "snapshot")
+        .map(|r| {
+            let id = r["id"].as_str().unwrap().to_ascii_lowercase();
+            (id, r["source"].as_str().unwrap().to_ascii_lowercase())
+        })
+        .collect();
     world.with_state(|s| {
-        for snap in s.snapshots.values() {
+        for (id, snap) in &s.snapshots {
             assert!(snap.tags["azure2kvm-run"].is_string(), "{:?}", snap.tags);
-            let source = snap.tags["azure2kvm-source"].as_str().unwrap();
+            let hash = snap.tags["azure2kvm-source"].as_str().unwrap();
+            assert!(hash.starts_with("sha256:") && hash.len() <= 256, "{hash}");
+            let source = &sources[id];
+            assert_eq!(*source, snap.source_id.to_ascii_lowercase());
             let disk = source.rsplit("/disks/").next().unwrap();
-            assert!(
-                source.contains("/disks/") && snap.name.ends_with(disk),
-                "{source}"
-            );
+            assert!(snap.name.contains(&format!("-{disk}-")), "{source}");
         }
     });
     let left = world.leftovers();
@@ -879,15 +892,14 @@ fn cleanup_treats_recorded_but_never_created_resources_as_removed() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::create(dir.path(), RunReport::new("r1", Value::Null)).unwrap();
     // A crash right after recording: the create requests may never have arrived.
-    let snap = format!(
+    let snap: ResourceId = format!(
         "/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-db/providers/Microsoft.Compute/snapshots/a2k-r1-db-01-os"
-    );
+    )
+    .parse()
+    .unwrap();
+    let db_disk: ResourceId = disk_id("rg-db", "db-01-os").parse().unwrap();
     ledger
-        .creating(
-            ResourceKind::Snapshot,
-            &snap,
-            Some(&disk_id("rg-db", "db-01-os")),
-        )
+        .creating(ResourceKind::Snapshot, &snap, Some(&db_disk))
         .unwrap();
     ledger
         .creating(ResourceKind::AccessGrant, &snap, None)
@@ -897,11 +909,7 @@ fn cleanup_treats_recorded_but_never_created_resources_as_removed() {
     rt().block_on(async {
         arm.grant_access(&disk, 600).await.unwrap();
         ledger
-            .creating(
-                ResourceKind::AccessGrant,
-                &disk_id("rg-db", "db-01-os"),
-                None,
-            )
+            .creating(ResourceKind::AccessGrant, &db_disk, None)
             .unwrap();
         assert_eq!(world.leftovers().grants.len(), 1);
         let s = cleanup_run(&arm, "r1", SUBSCRIPTION, Some(&ledger))
@@ -1167,4 +1175,139 @@ fn an_unmanaged_disk_is_read_with_the_identitys_storage_token() {
     assert_file_holds(&out.join("old-01/old-01-os.raw"), &content.image());
     // No snapshot, no grant: nothing was created in Azure for it.
     assert_eq!(writes(&world), 0);
+}
+
+// ---------------------------------------------------------------- identity
+
+/// `web-01` with `web-01-osdisk` and `web-01-data0` in resource group `rg`, its contents
+/// depending on the group (so a mix-up between the namesakes shows).
+fn namesake(rg: &str) -> FakeVm {
+    let mut vm = FakeVm::linux("web-01", rg).data_disk(0, 8);
+    vm.disks[0].name = "web-01-osdisk".into();
+    vm
+}
+
+#[test]
+fn namesake_vms_in_two_groups_keep_their_own_disks_and_outcomes() {
+    use support::fake_arm::ArmState;
+    use support::fake_azure::small_disk;
+    let vms = vec![
+        namesake("rg-prod"),
+        namesake("rg-test").power(Some("deallocated")),
+    ];
+    let world = FakeAzure::start_with(ArmState::new(), vms, |d| {
+        small_disk(&format!("{}/{}", d.resource_group, d.name))
+    });
+    // rg-test's data disk has lost its contents: granted fine, unreadable (404).
+    let r = seed::signed(
+        world.azurite.port,
+        "DELETE",
+        &format!("/disks/{}", blob_name("rg-test", "web-01-data0")),
+        &[],
+        &[],
+        b"",
+    );
+    assert!(r.status < 300, "delete blob: {}", r.status);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let r = export(&world, &out, &[]);
+    assert_eq!(r.code, 3, "one disk fails: exit 3\n{}", r.stderr);
+    assert_eq!(world.leftovers(), Leftovers::default());
+
+    let prod = out.join("web-01.rg-prod");
+    let test = out.join("web-01.rg-test");
+    let os = world.disk_in("rg-prod", "web-01-osdisk");
+    assert_ne!(
+        os.image(),
+        world.disk_in("rg-test", "web-01-osdisk").image()
+    );
+    for (vm_dir, rg) in [(&prod, "rg-prod"), (&test, "rg-test")] {
+        let expected = world.disk_in(rg, "web-01-osdisk").image();
+        assert_file_holds_qcow2(&vm_dir.join("web-01-os.qcow2"), &expected);
+    }
+    assert_file_holds_qcow2(
+        &prod.join("web-01-data-lun0.qcow2"),
+        &world.disk_in("rg-prod", "web-01-data0").image(),
+    );
+    assert!(!test.join("web-01-data-lun0.qcow2").exists());
+
+    // Each manifest describes its own VM and disks.
+    for (vm_dir, rg, data_status) in [(&prod, "rg-prod", "done"), (&test, "rg-test", "failed")] {
+        let m = json_file(&vm_dir.join("manifest.json"));
+        assert_eq!(m["resource_group"], rg, "{m}");
+        let disks = m["disks"].as_array().unwrap();
+        assert_eq!(disks.len(), 2, "{m}");
+        for d in disks {
+            assert!(
+                d["id"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("/resourceGroups/{rg}/")),
+                "{d}"
+            );
+        }
+        assert_eq!(disks[0]["status"], "done", "{m}");
+        assert_eq!(disks[1]["status"], data_status, "{m}");
+        let xml = std::fs::read_to_string(vm_dir.join("domain.xml")).unwrap();
+        validate_domain(&vm_dir.join("domain.xml"));
+        let folder = vm_dir.file_name().unwrap().to_str().unwrap();
+        assert!(xml.contains(&format!("{folder}/web-01-os.qcow2")), "{xml}");
+        assert_eq!(
+            xml.contains("web-01-data-lun0.qcow2"),
+            data_status == "done",
+            "{xml}"
+        );
+    }
+    let failed = json_file(&test.join("manifest.json"))["disks"][1]["error"].clone();
+    assert!(failed.as_str().unwrap().contains("404"), "{failed}");
+
+    // The report: four rows, none left pending, the failed one is rg-test's.
+    let rep = report(&out);
+    assert_eq!(rep["status"], "partial");
+    let rows = rep["disks"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{rep}");
+    assert!(rows.iter().all(|d| d["status"] != "pending"), "{rep}");
+    let failed: Vec<_> = rows.iter().filter(|d| d["status"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{rep}");
+    assert!(
+        failed[0]["vm_id"]
+            .as_str()
+            .unwrap()
+            .contains("/resourceGroups/rg-test/"),
+        "{rep}"
+    );
+    assert!(r.stderr.contains("web-01-data0"), "{}", r.stderr);
+}
+
+#[test]
+fn a_disk_whose_id_exceeds_a_tag_value_is_snapshotted_and_named_in_full_in_the_report() {
+    // Azure's longest resource group (90) and disk (80) names: the id is 272 characters.
+    let rg = format!("rg-{}", "g".repeat(87));
+    let mut vm = FakeVm::linux("web-01", &rg);
+    vm.disks[0].name = format!("web-01-{}", "d".repeat(73));
+    let long_id = disk_id(&rg, &vm.disks[0].name);
+    assert!(long_id.len() > 256);
+    let world = FakeAzure::start(vec![vm]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let r = export(&world, &out, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(world.leftovers(), Leftovers::default());
+    let rep = report(&out);
+    let snap = rep["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "snapshot")
+        .unwrap()
+        .clone();
+    assert_eq!(snap["source"], long_id.as_str(), "{snap}");
+    assert_eq!(rep["disks"][0]["disk_id"], long_id.as_str(), "{rep}");
+}
+
+fn assert_file_holds_qcow2(image: &Path, expected: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("expected.raw");
+    std::fs::write(&raw, expected).unwrap();
+    assert_qcow2_matches(image, &raw);
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use azure_core::credentials::TokenCredential;
 use serde_json::json;
 
+use crate::azure::arm::ResourceId;
 use crate::azure::arm::client::ResourceRef;
 use crate::azure::inventory::{self, DiscoveryProgress, Selection, VmInfo};
 use crate::cli::{ExportArgs, GlobalArgs, SelectionArgs};
@@ -19,7 +20,7 @@ use crate::error::{Error, ErrorKind};
 use crate::export::disk::{DiskContext, RunProgress};
 use crate::export::ledger::{Ledger, RunReport, RunStatus};
 use crate::export::naming::{new_run_id, now_rfc3339};
-use crate::export::plan::{self, PlanOptions, PlannedVm};
+use crate::export::plan::{self, DiskKey, PlanOptions, PlannedDisk, PlannedVm};
 use crate::export::run::{self, DiskStatus};
 use crate::export::{manifest, shard};
 use crate::interrupt::Interrupt;
@@ -138,7 +139,7 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
             keep.into_iter().map(|i| vms[i].clone()).collect()
         }
     };
-    let run_id = new_run_id();
+    let run_id = new_run_id(args.shard.map(|s| s.index)).map_err(Error::failed)?;
     let planned = plan::plan(
         &vms,
         &PlanOptions {
@@ -234,9 +235,11 @@ async fn refresh_power_states(
     use futures::StreamExt;
     let states: Vec<Result<_, Error>> = futures::stream::iter(vms.iter())
         .map(|vm| async move {
-            let r = ResourceRef::from_id(&vm.id).ok_or_else(|| {
-                Error::usage(format!("plan: VM {} has no valid resource id", vm.name))
-            })?;
+            let id: ResourceId = vm
+                .id
+                .parse()
+                .map_err(|e| Error::usage(format!("plan: VM {}: id: {e}", vm.name)))?;
+            let r = ResourceRef::from(&id);
             let current = arm
                 .get_vm(&r, true)
                 .await
@@ -275,16 +278,12 @@ fn finish(
     run_id: &str,
     args: &ExportArgs,
     ledger: &Ledger,
-    results: &BTreeMap<(String, String), run::DiskResult>,
+    results: &BTreeMap<DiskKey, run::DiskResult>,
     interrupt: &Interrupt,
 ) -> Result<(), Error> {
     let mut manifest_errors = Vec::new();
     for vm in planned {
-        let lookup = |disk: &str| {
-            results
-                .get(&(vm.name.to_ascii_lowercase(), disk.to_ascii_lowercase()))
-                .cloned()
-        };
+        let lookup = |disk: &PlannedDisk| results.get(&disk.key).cloned();
         if let Err(e) = manifest::write_vm_outputs(output_dir, vm, run_id, args.format, &lookup) {
             tracing::error!("{e}");
             manifest_errors.push(e.to_string());
@@ -317,7 +316,7 @@ fn finish(
         .resources
         .iter()
         .filter(|r| r.outstanding())
-        .map(|r| r.id.clone())
+        .map(|r| r.id.to_string())
         .collect();
     if !left.is_empty() {
         tracing::error!(

@@ -12,8 +12,8 @@ use azure_core::credentials::TokenCredential;
 
 use super::ledger::{Ledger, ResourceKind, ResourceState};
 use super::plan::{PlannedDisk, Source};
-use crate::azure::arm::ArmClient;
-use crate::azure::arm::client::{AccessTarget, ResourceRef};
+use crate::azure::arm::client::AccessTarget;
+use crate::azure::arm::{ArmClient, ResourceId};
 use crate::azure::sas::SasUrl;
 use crate::image::sink::ImageFormat;
 use crate::image::staging::Overwrite;
@@ -134,26 +134,6 @@ pub enum DiskError {
     Interrupted { vm: String, disk: String },
 }
 
-fn access_target(id: &str, kind: &str) -> Option<AccessTarget> {
-    let r = ResourceRef::from_id(id)?;
-    Some(if kind == "snapshots" {
-        AccessTarget::Snapshot(r)
-    } else {
-        AccessTarget::Disk(r)
-    })
-}
-
-/// The ARM resource a grant on `id` applies to (a disk or a snapshot, by its type
-/// segment).
-pub fn grant_target(id: &str) -> Option<AccessTarget> {
-    let kind = if id.to_ascii_lowercase().contains("/snapshots/") {
-        "snapshots"
-    } else {
-        "disks"
-    };
-    access_target(id, kind)
-}
-
 /// Exports one disk whose source is ready (its snapshot exists, or its VM is
 /// deallocated). Never leaves a grant it made unrevoked unless the revoke itself fails
 /// (then the ledger says so and the run's final sweep tries again).
@@ -172,14 +152,18 @@ pub async fn export_disk(
         std::fs::create_dir_all(parent)
             .map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
     }
-    let (resource_id, target_kind) = match &disk.source {
-        Source::Snapshot { snapshot, .. } => (snapshot.id.clone(), "snapshots"),
-        Source::Disk { disk_id } => (disk_id.clone(), "disks"),
+    let resource_id = match &disk.source {
+        Source::Snapshot { snapshot, .. } => snapshot,
+        Source::Disk { disk_id } => disk_id,
         Source::Blob { uri } => return export_blob(ctx, vm, disk, uri, output).await,
     };
-    let target = access_target(&resource_id, target_kind)
-        .ok_or_else(|| fail(format!("{resource_id} is not a resource id")))?;
-    let from_snapshot = target_kind == "snapshots";
+    let target = AccessTarget::of(resource_id).ok_or_else(|| {
+        fail(format!(
+            "{resource_id} is a {}: read access is granted on disks and snapshots only",
+            resource_id.resource_type()
+        ))
+    })?;
+    let from_snapshot = matches!(target, AccessTarget::Snapshot(_));
     let mut last_kept: Option<PathBuf> = None;
     let mut early_refusals = 0;
     for grant in 1..=MAX_GRANTS {
@@ -190,7 +174,7 @@ pub async fn export_disk(
             });
         }
         ctx.ledger
-            .creating(ResourceKind::AccessGrant, &resource_id, None)
+            .creating(ResourceKind::AccessGrant, resource_id, None)
             .map_err(|e| fail(e.to_string()))?;
         let sas = match ctx.arm.grant_access(&target, ctx.sas_duration).await {
             Ok(s) => s,
@@ -202,7 +186,7 @@ pub async fn export_disk(
         };
         let _ = ctx.ledger.set_state(
             ResourceKind::AccessGrant,
-            &resource_id,
+            resource_id,
             ResourceState::Exists,
             None,
         );
@@ -214,12 +198,12 @@ pub async fn export_disk(
             ctx.sas_duration
         );
         let result = download(
-            request(ctx, sas, &output, &resource_id),
-            ctx.progress.for_disk(&resource_id),
+            request(ctx, sas, &output, resource_id.folded()),
+            ctx.progress.for_disk(resource_id.folded()),
             ctx.interrupt.clone(),
         )
         .await;
-        revoke(ctx, &target, &resource_id).await;
+        revoke(ctx, &target, resource_id).await;
         match result {
             Ok(report) => return Ok(report),
             Err(DownloadError::AccessDenied { message, kept }) => {
@@ -293,7 +277,7 @@ fn target_name(t: &AccessTarget) -> String {
 }
 
 /// Revokes a grant; a failure is recorded for the final sweep and `cleanup`.
-pub async fn revoke(ctx: &DiskContext, target: &AccessTarget, resource_id: &str) {
+pub async fn revoke(ctx: &DiskContext, target: &AccessTarget, resource_id: &ResourceId) {
     match ctx.arm.revoke_access(target).await {
         Ok(()) => {
             let _ = ctx.ledger.set_state(
