@@ -1305,6 +1305,77 @@ fn a_disk_whose_id_exceeds_a_tag_value_is_snapshotted_and_named_in_full_in_the_r
     assert_eq!(rep["disks"][0]["disk_id"], long_id.as_str(), "{rep}");
 }
 
+#[test]
+fn cleanup_deletes_only_snapshots_with_the_runs_tag_and_name_whatever_the_report_says() {
+    use azure2kvm::export::ledger::{Ledger, ResourceKind, ResourceState, RunReport};
+    let world = FakeAzure::start(vec![FakeVm::linux("web-01", "rg-web")]);
+    let arm = support::arm_client(&world.arm);
+    let (mine, other) = (
+        "20261127t103000z-aaaaaaaaaaaaaaaa",
+        "20261127t103000z-bbbbbbbbbbbbbbbb",
+    );
+    // (name, run tag): this run's; another run's live one; one named like this run's
+    // but tagged by the other; one tagged by this run but named otherwise.
+    let snapshots = [
+        (format!("a2k-{mine}-web-01-os-1"), mine),
+        (format!("a2k-{other}-web-01-os-2"), other),
+        (format!("a2k-{mine}-web-01-os-3"), other),
+        ("keep-me".to_string(), mine),
+    ];
+    let snap_id = |name: &str| -> ResourceId {
+        format!(
+            "/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-web/providers/Microsoft.Compute/snapshots/{name}"
+        )
+        .parse()
+        .unwrap()
+    };
+    rt().block_on(async {
+        for (name, run_tag) in &snapshots {
+            let tags = BTreeMap::from([("azure2kvm-run".to_string(), run_tag.to_string())]);
+            arm.create_snapshot(
+                &ResourceRef::new(SUBSCRIPTION, "rg-web", name),
+                "westeurope",
+                &disk_id("rg-web", "web-01-os"),
+                false,
+                &tags,
+            )
+            .await
+            .unwrap();
+        }
+    });
+    // A doctored report of this run that names all four.
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::create(dir.path(), RunReport::new(mine, Value::Null)).unwrap();
+    for (name, _) in &snapshots {
+        let id = snap_id(name);
+        ledger.creating(ResourceKind::Snapshot, &id, None).unwrap();
+        ledger
+            .set_state(ResourceKind::Snapshot, &id, ResourceState::Exists, None)
+            .unwrap();
+    }
+    let r = run(azure_cmd(
+        &world,
+        "cleanup",
+        &[
+            "--run-id",
+            mine,
+            "--output-dir",
+            dir.path().to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not this run's") && r.stderr.contains(&snapshots[1].0),
+        "{}",
+        r.stderr
+    );
+    let mut left = world.leftovers().snapshots;
+    left.sort();
+    let mut expected: Vec<String> = snapshots[1..].iter().map(|(n, _)| n.clone()).collect();
+    expected.sort();
+    assert_eq!(left, expected);
+}
+
 fn assert_file_holds_qcow2(image: &Path, expected: &[u8]) {
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("expected.raw");
