@@ -1376,6 +1376,56 @@ fn cleanup_deletes_only_snapshots_with_the_runs_tag_and_name_whatever_the_report
     assert_eq!(left, expected);
 }
 
+#[test]
+fn a_plan_with_names_that_would_escape_the_output_folder_is_refused_with_exit_2() {
+    let world = FakeAzure::start(fleet());
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.json");
+    let r = run(azure_cmd(
+        &world,
+        "export",
+        &[
+            "--dry-run",
+            "--plan",
+            plan.to_str().unwrap(),
+            "--name",
+            "db-01",
+        ],
+    ));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let good = json_file(&plan);
+    let absolute = dir.path().join("absolute").display().to_string();
+    let cases: Vec<(&str, Value)> = vec![
+        ("name", "../escaped".into()),
+        ("name", absolute.clone().into()),
+        ("name", "a\\b".into()),
+        ("name", "a\u{0}b".into()),
+        ("name", "a\u{1b}[2Jb".into()),
+        ("name", ".".into()),
+        ("name", "..".into()),
+        ("name", "n".repeat(256).into()),
+        ("resource_group", "..".into()),
+        ("id", "/subscriptions/s/resourceGroups/../../etc".into()),
+    ];
+    let out = dir.path().join("out");
+    for (field, value) in cases {
+        let mut doctored = good.clone();
+        doctored[0][field] = value.clone();
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, doctored.to_string()).unwrap();
+        let r = export(&world, &out, &["--plan", bad.to_str().unwrap()]);
+        assert_eq!(r.code, 2, "{field}={value}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("entry [0]") && r.stderr.contains(field),
+            "{field}={value}: {}",
+            r.stderr
+        );
+    }
+    assert_eq!(writes(&world), 0, "{:?}", world.arm.counts());
+    assert!(!dir.path().join("escaped").exists() && !Path::new(&absolute).exists());
+    assert!(!out.exists());
+}
+
 fn assert_file_holds_qcow2(image: &Path, expected: &[u8]) {
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("expected.raw");

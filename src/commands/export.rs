@@ -51,15 +51,22 @@ fn selection_json(args: &ExportArgs) -> serde_json::Value {
     })
 }
 
+/// Reads a plan file: untrusted input, so every VM record is checked (names that become
+/// paths, ids) before anything is built from it; the error names the entry and field.
 fn read_plan(path: &Path) -> Result<Vec<VmInfo>, Error> {
     let bytes =
         std::fs::read(path).map_err(|e| Error::usage(format!("plan {}: {e}", path.display())))?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    let vms: Vec<VmInfo> = serde_json::from_slice(&bytes).map_err(|e| {
         Error::usage(format!(
             "plan {} is not a list of VMs as `list --output json` prints: {e}",
             path.display()
         ))
-    })
+    })?;
+    for (i, vm) in vms.iter().enumerate() {
+        plan::check_vm_record(vm)
+            .map_err(|e| Error::usage(format!("plan {}: entry [{i}]: {e}", path.display())))?;
+    }
+    Ok(vms)
 }
 
 pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Result<(), Error> {

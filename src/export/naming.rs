@@ -114,6 +114,47 @@ pub fn snapshot_name(run_id: &str, disk_name: &str, disk_id: &ResourceId) -> Str
     name
 }
 
+/// Longest file or folder name (bytes) Linux filesystems accept.
+pub const PATH_COMPONENT_MAX: usize = 255;
+
+/// Why a name cannot be one component of a path under the output directory.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathNameError {
+    #[error("is empty")]
+    Empty,
+    #[error("{0:?} contains {1:?}: a path separator (an absolute name or a folder escape)")]
+    Separator(String, char),
+    #[error("{0:?} contains a NUL or control character")]
+    Control(String),
+    #[error("{0:?} is a reference to a folder itself or its parent")]
+    Dots(String),
+    #[error("is {len} bytes long; at most {PATH_COMPONENT_MAX} fit in a file name")]
+    TooLong { len: usize },
+}
+
+/// Checks that `name` (from a plan file or from Azure) is a single, ordinary path
+/// component: joined to the output directory it names an entry inside it, never the
+/// directory itself, its parent, or an absolute path (`Path::join` with an absolute
+/// name replaces the base).
+pub fn validate_path_component(name: &str) -> Result<(), PathNameError> {
+    if name.is_empty() {
+        return Err(PathNameError::Empty);
+    }
+    if let Some(c) = name.chars().find(|c| matches!(c, '/' | '\\')) {
+        return Err(PathNameError::Separator(name.to_string(), c));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(PathNameError::Control(name.to_string()));
+    }
+    if name == "." || name == ".." {
+        return Err(PathNameError::Dots(name.to_string()));
+    }
+    if name.len() > PATH_COMPONENT_MAX {
+        return Err(PathNameError::TooLong { len: name.len() });
+    }
+    Ok(())
+}
+
 /// True if `name` follows Azure's snapshot naming rules.
 pub fn is_valid_snapshot_name(name: &str) -> bool {
     let b = name.as_bytes();
@@ -254,6 +295,43 @@ mod tests {
         let nb = snapshot_name(run, &b, &disk("rg", &b));
         assert_ne!(na, nb);
         assert!(is_valid_snapshot_name(&na) && is_valid_snapshot_name(&nb));
+    }
+
+    #[test]
+    fn path_components_are_single_ordinary_names() {
+        for ok in [
+            "web-01",
+            "web-01.rg-prod",
+            "a..b",
+            "...",
+            ".hidden",
+            &"x".repeat(255),
+        ] {
+            assert_eq!(validate_path_component(ok), Ok(()), "{ok:?}");
+        }
+        let cases: &[(&str, &str)] = &[
+            ("", "is empty"),
+            ("../../etc", "path separator"),
+            ("/tmp/x", "path separator"),
+            ("a/b", "path separator"),
+            ("a\\b", "path separator"),
+            ("C:\\x", "path separator"),
+            ("a\u{0}b", "NUL or control"),
+            ("a\nb", "NUL or control"),
+            ("a\u{1b}[31m", "NUL or control"),
+            ("a\u{7f}", "NUL or control"),
+            (".", "itself or its parent"),
+            ("..", "itself or its parent"),
+        ];
+        for (bad, why) in cases {
+            let e = validate_path_component(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        let long = "é".repeat(128);
+        assert_eq!(
+            validate_path_component(&long),
+            Err(PathNameError::TooLong { len: 256 })
+        );
     }
 
     proptest! {

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::naming::snapshot_name;
+use super::naming::{PathNameError, snapshot_name, validate_path_component};
 use crate::azure::arm::models::PowerState;
 use crate::azure::arm::{ResourceId, ResourceIdError, ResourceType};
 use crate::azure::inventory::{DiskInfo, DiskRole, VmInfo};
@@ -109,6 +109,12 @@ pub enum PlanError {
     },
     #[error("VM {vm}: disk {disk} has neither a managed disk id nor a VHD URI")]
     NoSource { vm: String, disk: String },
+    #[error("VM {vm:?}: {field} {source}")]
+    BadName {
+        vm: String,
+        field: String,
+        source: PathNameError,
+    },
     #[error("VM {vm}: {field}: {source}")]
     BadId {
         vm: String,
@@ -123,6 +129,30 @@ pub enum PlanError {
         found: String,
         expected: ResourceType,
     },
+}
+
+fn path_component(vm: &str, field: &str, name: &str) -> Result<(), PlanError> {
+    validate_path_component(name).map_err(|source| PlanError::BadName {
+        vm: vm.to_string(),
+        field: field.to_string(),
+        source,
+    })
+}
+
+/// Checks what a VM record gives before anything is built from it: the names that become
+/// folder and file names (`name`, `resource_group`) are single ordinary path components,
+/// and the ids are resource ids of the right type. A plan file is checked with this at
+/// load; discovered VMs pass through it when planned.
+pub fn check_vm_record(vm: &VmInfo) -> Result<(), PlanError> {
+    path_component(&vm.name, "name", &vm.name)?;
+    path_component(&vm.name, "resource_group", &vm.resource_group)?;
+    typed_id(&vm.name, "id", &vm.id, ResourceType::VirtualMachine)?;
+    for (i, d) in vm.disks.iter().enumerate() {
+        if let Some(id) = &d.id {
+            typed_id(&vm.name, &format!("disks[{i}].id"), id, ResourceType::Disk)?;
+        }
+    }
+    Ok(())
 }
 
 /// Parses `id` (the `field` of VM `vm`) as a resource of type `expected`.
@@ -241,6 +271,7 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
         Consistency::Snapshot
     });
     let deallocate = consistency == Consistency::Deallocate && !deallocated;
+    check_vm_record(vm)?;
     let id = typed_id(&vm.name, "id", &vm.id, ResourceType::VirtualMachine)?;
     let mut disks: Vec<&DiskInfo> = vm
         .disks
@@ -250,9 +281,12 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
     // OS disk first, then data disks in LUN order (the domain's boot order).
     disks.sort_by_key(|d| (d.role == DiskRole::Data, d.lun));
     let folder = opts.folders.of(vm);
+    path_component(&vm.name, "output folder", &folder)?;
     let planned = disks
         .into_iter()
         .map(|d| {
+            let image = image_name(&vm.name, d, opts.format);
+            path_component(&vm.name, "image file", &image)?;
             Ok(PlannedDisk {
                 key: DiskKey {
                     vm: id.clone(),
@@ -262,7 +296,7 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
                 role: d.role,
                 lun: d.lun,
                 source: disk_source(vm, d, consistency, &opts.run_id)?,
-                image: PathBuf::from(&folder).join(image_name(&vm.name, d, opts.format)),
+                image: PathBuf::from(&folder).join(image),
             })
         })
         .collect::<Result<Vec<_>, PlanError>>()?;
@@ -458,6 +492,43 @@ mod tests {
         assert_eq!(
             plan(&[a], &opts(None, DiskSet::Os)).unwrap()[0].folder,
             "web"
+        );
+    }
+
+    #[test]
+    fn names_that_would_leave_the_output_folder_are_refused_naming_the_field() {
+        let long = "v".repeat(250);
+        let cases: Vec<(VmInfo, &str)> = vec![
+            (vm("../../etc", PowerState::Running), "name"),
+            (vm("/tmp/x", PowerState::Running), "name"),
+            (vm("..", PowerState::Running), "name"),
+            (vm("a\\b", PowerState::Running), "name"),
+            (vm("a\u{0}b", PowerState::Running), "name"),
+            (vm_in("web", "..", PowerState::Running), "resource_group"),
+            // Fits alone, not as `<name>-data-lun0.qcow2`.
+            (vm(&long, PowerState::Running), "image file"),
+        ];
+        for (bad, field) in cases {
+            let e = plan(&[bad.clone()], &opts(None, DiskSet::All)).unwrap_err();
+            assert!(
+                matches!(&e, PlanError::BadName { field: f, .. } if f == field),
+                "{:?}: {e}",
+                bad.name
+            );
+        }
+        let mut wrong = vm("web", PowerState::Running);
+        wrong.disks[0].id = Some(wrong.id.clone());
+        let e = check_vm_record(&wrong).unwrap_err().to_string();
+        assert!(
+            e.contains("disks[0].id") && e.contains("not a Microsoft.Compute/disks"),
+            "{e}"
+        );
+        let mut bad_id = vm("web", PowerState::Running);
+        bad_id.id = "/subscriptions/s/../../x".into();
+        let e = check_vm_record(&bad_id).unwrap_err().to_string();
+        assert!(
+            e.contains("id") && e.contains("not an ARM resource id"),
+            "{e}"
         );
     }
 
