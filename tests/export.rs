@@ -1162,6 +1162,9 @@ fn an_unmanaged_disk_is_read_with_the_identitys_storage_token() {
     .arg("--ca-bundle")
     .arg(&bundle)
     .args([
+        // The test's storage account is at 127.0.0.1: that is this custom cloud's suffix.
+        "--storage-suffix",
+        "127.0.0.1",
         "--subscription",
         SUBSCRIPTION,
         "--format",
@@ -1424,6 +1427,50 @@ fn a_plan_with_names_that_would_escape_the_output_folder_is_refused_with_exit_2(
     assert_eq!(writes(&world), 0, "{:?}", world.arm.counts());
     assert!(!dir.path().join("escaped").exists() && !Path::new(&absolute).exists());
     assert!(!out.exists());
+}
+
+#[test]
+fn a_storage_token_is_never_sent_outside_the_clouds_storage_suffix() {
+    // "Another host": a listener that records whether anything connected to it.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    other.set_nonblocking(true).unwrap();
+    let mut old = FakeVm::linux("old-01", "rg-old").power(Some("deallocated"));
+    old.disks[0].vhd_uri = Some(format!(
+        "https://127.0.0.1:{}/vhds/old-01-os.vhd",
+        other.local_addr().unwrap().port()
+    ));
+    let world = FakeAzure::start(vec![
+        old,
+        FakeVm::linux("db-01", "rg-db").power(Some("deallocated")),
+    ]);
+    world.with_state(|s| s.config.storage_token = Some(storage_jwt()));
+    let dir = tempfile::tempdir().unwrap();
+    for (extra, why) in [
+        (
+            &["--storage-suffix", "blob.core.contoso.test"][..],
+            "not under the cloud's storage suffix blob.core.contoso.test",
+        ),
+        (&[][..], "give --storage-suffix"),
+    ] {
+        let out = dir.path().join(format!("out{}", extra.len()));
+        let mut args = extra.to_vec();
+        args.extend(["--format", "raw"]);
+        let r = export(&world, &out, &args);
+        assert_eq!(r.code, 3, "the other VM is exported: exit 3\n{}", r.stderr);
+        let m = json_file(&out.join("old-01/manifest.json"));
+        assert_eq!(m["disks"][0]["status"], "failed");
+        let error = m["disks"][0]["error"].as_str().unwrap();
+        assert!(
+            error.contains(why) && error.contains("127.0.0.1"),
+            "{error}"
+        );
+        assert_image_equals(&world, &out.join("db-01/db-01-os.raw"), "db-01-os");
+    }
+    // No request, not even a connection: no token could have been sent.
+    assert!(
+        matches!(other.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the other host was contacted"
+    );
 }
 
 fn assert_file_holds_qcow2(image: &Path, expected: &[u8]) {

@@ -183,6 +183,10 @@ pub struct AzureArgs {
     /// Token audience for ARM in a custom cloud (default: the ARM endpoint).
     #[arg(long, value_name = "URL")]
     pub arm_audience: Option<String>,
+    /// Blob host suffix of a custom cloud (e.g. blob.local.azurestack.external): storage
+    /// tokens for unmanaged disks go only to hosts under it.
+    #[arg(long, value_name = "SUFFIX", env = "AZURE2KVM_STORAGE_SUFFIX")]
+    pub storage_suffix: Option<String>,
     /// Extra trusted root certificates (PEM), added to the system roots.
     #[arg(long, value_name = "PEM", env = "AZURE2KVM_CA_BUNDLE")]
     pub ca_bundle: Option<PathBuf>,

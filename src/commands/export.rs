@@ -206,6 +206,7 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
         arm: session.arm.clone(),
         credential: session.credential.clone() as Arc<dyn TokenCredential>,
         client_options: session.client_options(),
+        cloud: session.cloud.clone(),
         ledger: ledger.clone(),
         output_dir: output_dir.clone(),
         format: args.format,

@@ -14,6 +14,7 @@ use super::ledger::{Ledger, ResourceKind, ResourceState};
 use super::plan::{PlannedDisk, Source};
 use crate::azure::arm::client::AccessTarget;
 use crate::azure::arm::{ArmClient, ResourceId};
+use crate::azure::cloud::Cloud;
 use crate::azure::sas::SasUrl;
 use crate::image::sink::ImageFormat;
 use crate::image::staging::Overwrite;
@@ -37,6 +38,9 @@ pub struct DiskContext {
     pub credential: Arc<dyn TokenCredential>,
     /// The session's transport and options (`--ca-bundle` roots) for blob reads too.
     pub client_options: azure_core::http::ClientOptions,
+    /// The cloud: an unmanaged disk's storage token goes only to hosts under its storage
+    /// suffix.
+    pub cloud: Cloud,
     pub ledger: Arc<Ledger>,
     pub output_dir: PathBuf,
     pub format: ImageFormat,
@@ -345,6 +349,19 @@ async fn export_blob(
         return Err(fail(
             "no SAS: signing in with Entra ID needs an https URL".to_string(),
         ));
+    }
+    // The URI comes from the VM model (or a plan file): a token is a credential for every
+    // storage account the identity can read, so it goes to the cloud's blob hosts only.
+    let host = url.expose().host_str().unwrap_or_default();
+    if !ctx.cloud.storage_host_allowed(host) {
+        return Err(fail(match &ctx.cloud.storage_suffix {
+            Some(suffix) => format!(
+                "host {host} is not under the cloud's storage suffix {suffix}; no storage token is sent to it"
+            ),
+            None => format!(
+                "host {host}: this custom cloud has no storage suffix, so no storage token is sent anywhere (give --storage-suffix)"
+            ),
+        }));
     }
     let mut req = request(ctx, url, &output, uri);
     req.credential = Some(ctx.credential.clone());
