@@ -700,10 +700,16 @@ fn shards_in_parallel_cover_every_disk_exactly_once() {
         assert_eq!(wait_exit(c, Duration::from_secs(120)), 0);
     }
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut shards_seen = Vec::new();
     for p in walk(&out).into_iter().filter(|p| {
         let n = p.file_name().unwrap().to_string_lossy();
         n.starts_with("run-")
     }) {
+        // Each shard's run id names its shard (and 64 random bits).
+        let run_id = json_file(&p)["run_id"].as_str().unwrap().to_string();
+        let shard = run_id.split('-').nth(1).unwrap().to_string();
+        assert!(shard.starts_with('s'), "{run_id}");
+        shards_seen.push(shard);
         for d in json_file(&p)["disks"].as_array().unwrap() {
             assert_eq!(d["status"], "done");
             *seen
@@ -711,6 +717,8 @@ fn shards_in_parallel_cover_every_disk_exactly_once() {
                 .or_default() += 1;
         }
     }
+    shards_seen.sort();
+    assert_eq!(shards_seen, ["s0", "s1", "s2"]);
     let all: Vec<String> = world.disks.keys().cloned().collect();
     assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), all);
     assert!(seen.values().all(|&c| c == 1), "{seen:?}");
@@ -1471,6 +1479,34 @@ fn a_storage_token_is_never_sent_outside_the_clouds_storage_suffix() {
         matches!(other.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "the other host was contacted"
     );
+}
+
+#[test]
+fn long_disk_names_with_a_common_prefix_get_snapshots_of_their_own() {
+    // Cut to fit 80 characters, both names would leave the same snapshot name, and the
+    // second PUT would replace the first disk's snapshot.
+    let common = format!("web-01-{}", "x".repeat(60));
+    let mut vm = FakeVm::linux("web-01", "rg-web").data_disk(0, 8);
+    vm.disks[0].name = format!("{common}-0001");
+    vm.disks[1].name = format!("{common}-0002");
+    let (os, data) = (vm.disks[0].name.clone(), vm.disks[1].name.clone());
+    let world = FakeAzure::start(vec![vm]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let r = export(&world, &out, &["--format", "raw"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_image_equals(&world, &out.join("web-01/web-01-os.raw"), &os);
+    assert_image_equals(&world, &out.join("web-01/web-01-data-lun0.raw"), &data);
+    let snapshots: Vec<String> = report(&out)["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "snapshot")
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(snapshots.len(), 2);
+    assert_ne!(snapshots[0], snapshots[1]);
+    assert_eq!(world.leftovers(), Leftovers::default());
 }
 
 fn assert_file_holds_qcow2(image: &Path, expected: &[u8]) {
