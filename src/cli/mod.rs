@@ -59,6 +59,8 @@ impl GlobalArgs {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Show a VHD's facts: type, sizes, creator, geometry, checksums, extents.
     Inspect(InspectArgs),

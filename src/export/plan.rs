@@ -121,13 +121,11 @@ pub enum PlanError {
         field: String,
         source: ResourceIdError,
     },
-    #[error("VM {vm}: {field}: {id} is a {found}, not a {expected}")]
+    #[error("VM {vm}: {field}: {detail}")]
     WrongType {
         vm: String,
         field: String,
-        id: String,
-        found: String,
-        expected: ResourceType,
+        detail: String,
     },
 }
 
@@ -171,9 +169,7 @@ fn typed_id(
         return Err(PlanError::WrongType {
             vm: vm.to_string(),
             field: field.to_string(),
-            id: id.to_string(),
-            found: parsed.resource_type().to_string(),
-            expected,
+            detail: format!("{id} is a {}, not a {expected}", parsed.resource_type()),
         });
     }
     Ok(parsed)
@@ -509,7 +505,7 @@ mod tests {
             (vm(&long, PowerState::Running), "image file"),
         ];
         for (bad, field) in cases {
-            let e = plan(&[bad.clone()], &opts(None, DiskSet::All)).unwrap_err();
+            let e = plan(std::slice::from_ref(&bad), &opts(None, DiskSet::All)).unwrap_err();
             assert!(
                 matches!(&e, PlanError::BadName { field: f, .. } if f == field),
                 "{:?}: {e}",
