@@ -11,6 +11,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use azure2kvm::azure::arm::ResourceId;
 use azure2kvm::azure::arm::client::ResourceRef;
 use support::fake_arm::{ArmState, FakeArm, FakeVm, SUBSCRIPTION};
 
@@ -95,7 +96,7 @@ fn discovery_requests_and_time() {
             .await
             .unwrap();
         for vm in &vms {
-            let r = ResourceRef::from_id(&vm.id).unwrap();
+            let r = ResourceRef::from(&(vm.id).parse::<ResourceId>().unwrap());
             let full = arm.get_vm(&r, true).await.unwrap();
             let st = full.storage().unwrap();
             for id in st
@@ -103,7 +104,7 @@ fn discovery_requests_and_time() {
                 .iter()
                 .filter_map(|d| d.managed_disk.as_ref()?.id.clone())
             {
-                arm.get_disk(&ResourceRef::from_id(&id).unwrap())
+                arm.get_disk(&ResourceRef::from(&(id).parse::<ResourceId>().unwrap()))
                     .await
                     .unwrap();
             }

@@ -7,6 +7,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use azure2kvm::azure::arm::ArmError;
+use azure2kvm::azure::arm::ResourceId;
 use azure2kvm::azure::arm::client::{AccessTarget, ResourceRef};
 use support::fake_arm::{ArmState, FakeArm, FakeVm, LroHeaders, SAS_SIGNATURE, SUBSCRIPTION};
 
@@ -172,7 +173,11 @@ fn request_errors_map_with_context() {
             .unwrap_err();
         assert_eq!(err.status(), Some(400), "{err}");
         let disk = arm
-            .get_disk(&ResourceRef::from_id(&disk_id("RG-WEB", "WEB-01-DATA0")).unwrap())
+            .get_disk(&ResourceRef::from(
+                &(disk_id("RG-WEB", "WEB-01-DATA0"))
+                    .parse::<ResourceId>()
+                    .unwrap(),
+            ))
             .await
             .unwrap();
         assert_eq!(disk.properties.unwrap().disk_size_gb, Some(64));
@@ -186,4 +191,33 @@ fn request_errors_map_with_context() {
             .map(|x| x.1),
         Some(2)
     );
+}
+
+#[test]
+fn tag_values_over_256_characters_are_refused_as_azure_does() {
+    let fake = FakeArm::start(estate());
+    let arm = support::arm_client(&fake);
+    let snap = ResourceRef::new(SUBSCRIPTION, "rg-web", "tagged");
+    let create = |value: String| {
+        let tags = BTreeMap::from([("azure2kvm-source".to_string(), value)]);
+        let arm = arm.clone();
+        let snap = snap.clone();
+        async move {
+            arm.create_snapshot(
+                &snap,
+                "westeurope",
+                &disk_id("rg-web", "web-01-os"),
+                false,
+                &tags,
+            )
+            .await
+        }
+    };
+    rt().block_on(async {
+        let err = create("v".repeat(257)).await.unwrap_err();
+        assert_eq!(err.status(), Some(400), "{err}");
+        assert!(err.to_string().contains("InvalidTagValueLength"), "{err}");
+        assert!(create("v".repeat(256)).await.is_ok());
+    });
+    assert_eq!(fake.with_state(|s| s.snapshots.len()), 1);
 }

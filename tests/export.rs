@@ -8,6 +8,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use azure2kvm::azure::arm::ResourceId;
 use azure2kvm::azure::arm::client::{AccessTarget, ResourceRef};
 use support::fake_arm::{FakeVm, Leftovers, SNAPSHOT_CONTAINER, SUBSCRIPTION, blob_name};
 use support::fake_azure::FakeAzure;
@@ -551,16 +552,28 @@ fn kill_9_mid_download_then_cleanup_removes_everything_and_can_run_twice() {
         world.with_state(|s| !s.grants.is_empty())
     });
     child.kill9();
-    // The run's snapshots carry its id and their source disk, for cleanup and people.
+    // The run's snapshots carry its id and their source disk's hash (a full id can
+    // exceed a tag value's 256 characters); the report has the full source id.
+    let rep = report(&out);
+    let sources: BTreeMap<String, String> = rep["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "snapshot")
+        .map(|r| {
+            let id = r["id"].as_str().unwrap().to_ascii_lowercase();
+            (id, r["source"].as_str().unwrap().to_ascii_lowercase())
+        })
+        .collect();
     world.with_state(|s| {
-        for snap in s.snapshots.values() {
+        for (id, snap) in &s.snapshots {
             assert!(snap.tags["azure2kvm-run"].is_string(), "{:?}", snap.tags);
-            let source = snap.tags["azure2kvm-source"].as_str().unwrap();
+            let hash = snap.tags["azure2kvm-source"].as_str().unwrap();
+            assert!(hash.starts_with("sha256:") && hash.len() <= 256, "{hash}");
+            let source = &sources[id];
+            assert_eq!(*source, snap.source_id.to_ascii_lowercase());
             let disk = source.rsplit("/disks/").next().unwrap();
-            assert!(
-                source.contains("/disks/") && snap.name.ends_with(disk),
-                "{source}"
-            );
+            assert!(snap.name.contains(&format!("-{disk}-")), "{source}");
         }
     });
     let left = world.leftovers();
@@ -687,10 +700,16 @@ fn shards_in_parallel_cover_every_disk_exactly_once() {
         assert_eq!(wait_exit(c, Duration::from_secs(120)), 0);
     }
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut shards_seen = Vec::new();
     for p in walk(&out).into_iter().filter(|p| {
         let n = p.file_name().unwrap().to_string_lossy();
         n.starts_with("run-")
     }) {
+        // Each shard's run id names its shard (and 64 random bits).
+        let run_id = json_file(&p)["run_id"].as_str().unwrap().to_string();
+        let shard = run_id.split('-').nth(1).unwrap().to_string();
+        assert!(shard.starts_with('s'), "{run_id}");
+        shards_seen.push(shard);
         for d in json_file(&p)["disks"].as_array().unwrap() {
             assert_eq!(d["status"], "done");
             *seen
@@ -698,6 +717,8 @@ fn shards_in_parallel_cover_every_disk_exactly_once() {
                 .or_default() += 1;
         }
     }
+    shards_seen.sort();
+    assert_eq!(shards_seen, ["s0", "s1", "s2"]);
     let all: Vec<String> = world.disks.keys().cloned().collect();
     assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), all);
     assert!(seen.values().all(|&c| c == 1), "{seen:?}");
@@ -879,15 +900,14 @@ fn cleanup_treats_recorded_but_never_created_resources_as_removed() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::create(dir.path(), RunReport::new("r1", Value::Null)).unwrap();
     // A crash right after recording: the create requests may never have arrived.
-    let snap = format!(
+    let snap: ResourceId = format!(
         "/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-db/providers/Microsoft.Compute/snapshots/a2k-r1-db-01-os"
-    );
+    )
+    .parse()
+    .unwrap();
+    let db_disk: ResourceId = disk_id("rg-db", "db-01-os").parse().unwrap();
     ledger
-        .creating(
-            ResourceKind::Snapshot,
-            &snap,
-            Some(&disk_id("rg-db", "db-01-os")),
-        )
+        .creating(ResourceKind::Snapshot, &snap, Some(&db_disk))
         .unwrap();
     ledger
         .creating(ResourceKind::AccessGrant, &snap, None)
@@ -897,11 +917,7 @@ fn cleanup_treats_recorded_but_never_created_resources_as_removed() {
     rt().block_on(async {
         arm.grant_access(&disk, 600).await.unwrap();
         ledger
-            .creating(
-                ResourceKind::AccessGrant,
-                &disk_id("rg-db", "db-01-os"),
-                None,
-            )
+            .creating(ResourceKind::AccessGrant, &db_disk, None)
             .unwrap();
         assert_eq!(world.leftovers().grants.len(), 1);
         let s = cleanup_run(&arm, "r1", SUBSCRIPTION, Some(&ledger))
@@ -1257,6 +1273,9 @@ fn an_unmanaged_disk_is_read_with_the_identitys_storage_token() {
     .arg("--ca-bundle")
     .arg(&bundle)
     .args([
+        // The test's storage account is at 127.0.0.1: that is this custom cloud's suffix.
+        "--storage-suffix",
+        "127.0.0.1",
         "--subscription",
         SUBSCRIPTION,
         "--format",
@@ -1270,4 +1289,332 @@ fn an_unmanaged_disk_is_read_with_the_identitys_storage_token() {
     assert_file_holds(&out.join("old-01/old-01-os.raw"), &content.image());
     // No snapshot, no grant: nothing was created in Azure for it.
     assert_eq!(writes(&world), 0);
+}
+
+// ---------------------------------------------------------------- identity
+
+/// `web-01` with `web-01-osdisk` and `web-01-data0` in resource group `rg`, its contents
+/// depending on the group (so a mix-up between the namesakes shows).
+fn namesake(rg: &str) -> FakeVm {
+    let mut vm = FakeVm::linux("web-01", rg).data_disk(0, 8);
+    vm.disks[0].name = "web-01-osdisk".into();
+    vm
+}
+
+#[test]
+fn namesake_vms_in_two_groups_keep_their_own_disks_and_outcomes() {
+    use support::fake_arm::ArmState;
+    use support::fake_azure::small_disk;
+    let vms = vec![
+        namesake("rg-prod"),
+        namesake("rg-test").power(Some("deallocated")),
+    ];
+    let world = FakeAzure::start_with(ArmState::new(), vms, |d| {
+        small_disk(&format!("{}/{}", d.resource_group, d.name))
+    });
+    // rg-test's data disk has lost its contents: granted fine, unreadable (404).
+    let r = seed::signed(
+        world.azurite.port,
+        "DELETE",
+        &format!("/disks/{}", blob_name("rg-test", "web-01-data0")),
+        &[],
+        &[],
+        b"",
+    );
+    assert!(r.status < 300, "delete blob: {}", r.status);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let r = export(&world, &out, &[]);
+    assert_eq!(r.code, 3, "one disk fails: exit 3\n{}", r.stderr);
+    assert_eq!(world.leftovers(), Leftovers::default());
+
+    let prod = out.join("web-01.rg-prod");
+    let test = out.join("web-01.rg-test");
+    let os = world.disk_in("rg-prod", "web-01-osdisk");
+    assert_ne!(
+        os.image(),
+        world.disk_in("rg-test", "web-01-osdisk").image()
+    );
+    for (vm_dir, rg) in [(&prod, "rg-prod"), (&test, "rg-test")] {
+        let expected = world.disk_in(rg, "web-01-osdisk").image();
+        assert_file_holds_qcow2(&vm_dir.join("web-01-os.qcow2"), &expected);
+    }
+    assert_file_holds_qcow2(
+        &prod.join("web-01-data-lun0.qcow2"),
+        &world.disk_in("rg-prod", "web-01-data0").image(),
+    );
+    assert!(!test.join("web-01-data-lun0.qcow2").exists());
+
+    // Each manifest describes its own VM and disks.
+    for (vm_dir, rg, data_status) in [(&prod, "rg-prod", "done"), (&test, "rg-test", "failed")] {
+        let m = json_file(&vm_dir.join("manifest.json"));
+        assert_eq!(m["resource_group"], rg, "{m}");
+        let disks = m["disks"].as_array().unwrap();
+        assert_eq!(disks.len(), 2, "{m}");
+        for d in disks {
+            assert!(
+                d["id"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("/resourceGroups/{rg}/")),
+                "{d}"
+            );
+        }
+        assert_eq!(disks[0]["status"], "done", "{m}");
+        assert_eq!(disks[1]["status"], data_status, "{m}");
+        let xml = std::fs::read_to_string(vm_dir.join("domain.xml")).unwrap();
+        validate_domain(&vm_dir.join("domain.xml"));
+        let folder = vm_dir.file_name().unwrap().to_str().unwrap();
+        assert!(xml.contains(&format!("{folder}/web-01-os.qcow2")), "{xml}");
+        assert_eq!(
+            xml.contains("web-01-data-lun0.qcow2"),
+            data_status == "done",
+            "{xml}"
+        );
+    }
+    let failed = json_file(&test.join("manifest.json"))["disks"][1]["error"].clone();
+    assert!(failed.as_str().unwrap().contains("404"), "{failed}");
+
+    // The report: four rows, none left pending, the failed one is rg-test's.
+    let rep = report(&out);
+    assert_eq!(rep["status"], "partial");
+    let rows = rep["disks"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{rep}");
+    assert!(rows.iter().all(|d| d["status"] != "pending"), "{rep}");
+    let failed: Vec<_> = rows.iter().filter(|d| d["status"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{rep}");
+    assert!(
+        failed[0]["vm_id"]
+            .as_str()
+            .unwrap()
+            .contains("/resourceGroups/rg-test/"),
+        "{rep}"
+    );
+    assert!(r.stderr.contains("web-01-data0"), "{}", r.stderr);
+}
+
+#[test]
+fn a_disk_whose_id_exceeds_a_tag_value_is_snapshotted_and_named_in_full_in_the_report() {
+    // Azure's longest resource group (90) and disk (80) names: the id is 272 characters.
+    let rg = format!("rg-{}", "g".repeat(87));
+    let mut vm = FakeVm::linux("web-01", &rg);
+    vm.disks[0].name = format!("web-01-{}", "d".repeat(73));
+    let long_id = disk_id(&rg, &vm.disks[0].name);
+    assert!(long_id.len() > 256);
+    let world = FakeAzure::start(vec![vm]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let r = export(&world, &out, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(world.leftovers(), Leftovers::default());
+    let rep = report(&out);
+    let snap = rep["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "snapshot")
+        .unwrap()
+        .clone();
+    assert_eq!(snap["source"], long_id.as_str(), "{snap}");
+    assert_eq!(rep["disks"][0]["disk_id"], long_id.as_str(), "{rep}");
+}
+
+#[test]
+fn cleanup_deletes_only_snapshots_with_the_runs_tag_and_name_whatever_the_report_says() {
+    use azure2kvm::export::ledger::{Ledger, ResourceKind, ResourceState, RunReport};
+    let world = FakeAzure::start(vec![FakeVm::linux("web-01", "rg-web")]);
+    let arm = support::arm_client(&world.arm);
+    let (mine, other) = (
+        "20261127t103000z-aaaaaaaaaaaaaaaa",
+        "20261127t103000z-bbbbbbbbbbbbbbbb",
+    );
+    // (name, run tag): this run's; another run's live one; one named like this run's
+    // but tagged by the other; one tagged by this run but named otherwise.
+    let snapshots = [
+        (format!("a2k-{mine}-web-01-os-1"), mine),
+        (format!("a2k-{other}-web-01-os-2"), other),
+        (format!("a2k-{mine}-web-01-os-3"), other),
+        ("keep-me".to_string(), mine),
+    ];
+    let snap_id = |name: &str| -> ResourceId {
+        format!(
+            "/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-web/providers/Microsoft.Compute/snapshots/{name}"
+        )
+        .parse()
+        .unwrap()
+    };
+    rt().block_on(async {
+        for (name, run_tag) in &snapshots {
+            let tags = BTreeMap::from([("azure2kvm-run".to_string(), run_tag.to_string())]);
+            arm.create_snapshot(
+                &ResourceRef::new(SUBSCRIPTION, "rg-web", name),
+                "westeurope",
+                &disk_id("rg-web", "web-01-os"),
+                false,
+                &tags,
+            )
+            .await
+            .unwrap();
+        }
+    });
+    // A doctored report of this run that names all four.
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::create(dir.path(), RunReport::new(mine, Value::Null)).unwrap();
+    for (name, _) in &snapshots {
+        let id = snap_id(name);
+        ledger.creating(ResourceKind::Snapshot, &id, None).unwrap();
+        ledger
+            .set_state(ResourceKind::Snapshot, &id, ResourceState::Exists, None)
+            .unwrap();
+    }
+    let r = run(azure_cmd(
+        &world,
+        "cleanup",
+        &[
+            "--run-id",
+            mine,
+            "--output-dir",
+            dir.path().to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not this run's") && r.stderr.contains(&snapshots[1].0),
+        "{}",
+        r.stderr
+    );
+    let mut left = world.leftovers().snapshots;
+    left.sort();
+    let mut expected: Vec<String> = snapshots[1..].iter().map(|(n, _)| n.clone()).collect();
+    expected.sort();
+    assert_eq!(left, expected);
+}
+
+#[test]
+fn a_plan_with_names_that_would_escape_the_output_folder_is_refused_with_exit_2() {
+    let world = FakeAzure::start(fleet());
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.json");
+    let r = run(azure_cmd(
+        &world,
+        "export",
+        &[
+            "--dry-run",
+            "--plan",
+            plan.to_str().unwrap(),
+            "--name",
+            "db-01",
+        ],
+    ));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let good = json_file(&plan);
+    let absolute = dir.path().join("absolute").display().to_string();
+    let cases: Vec<(&str, Value)> = vec![
+        ("name", "../escaped".into()),
+        ("name", absolute.clone().into()),
+        ("name", "a\\b".into()),
+        ("name", "a\u{0}b".into()),
+        ("name", "a\u{1b}[2Jb".into()),
+        ("name", ".".into()),
+        ("name", "..".into()),
+        ("name", "n".repeat(256).into()),
+        ("resource_group", "..".into()),
+        ("id", "/subscriptions/s/resourceGroups/../../etc".into()),
+    ];
+    let out = dir.path().join("out");
+    for (field, value) in cases {
+        let mut doctored = good.clone();
+        doctored[0][field] = value.clone();
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, doctored.to_string()).unwrap();
+        let r = export(&world, &out, &["--plan", bad.to_str().unwrap()]);
+        assert_eq!(r.code, 2, "{field}={value}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("entry [0]") && r.stderr.contains(field),
+            "{field}={value}: {}",
+            r.stderr
+        );
+    }
+    assert_eq!(writes(&world), 0, "{:?}", world.arm.counts());
+    assert!(!dir.path().join("escaped").exists() && !Path::new(&absolute).exists());
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_storage_token_is_never_sent_outside_the_clouds_storage_suffix() {
+    // "Another host": a listener that records whether anything connected to it.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    other.set_nonblocking(true).unwrap();
+    let mut old = FakeVm::linux("old-01", "rg-old").power(Some("deallocated"));
+    old.disks[0].vhd_uri = Some(format!(
+        "https://127.0.0.1:{}/vhds/old-01-os.vhd",
+        other.local_addr().unwrap().port()
+    ));
+    let world = FakeAzure::start(vec![
+        old,
+        FakeVm::linux("db-01", "rg-db").power(Some("deallocated")),
+    ]);
+    world.with_state(|s| s.config.storage_token = Some(storage_jwt()));
+    let dir = tempfile::tempdir().unwrap();
+    for (extra, why) in [
+        (
+            &["--storage-suffix", "blob.core.contoso.test"][..],
+            "not under the cloud's storage suffix blob.core.contoso.test",
+        ),
+        (&[][..], "give --storage-suffix"),
+    ] {
+        let out = dir.path().join(format!("out{}", extra.len()));
+        let mut args = extra.to_vec();
+        args.extend(["--format", "raw"]);
+        let r = export(&world, &out, &args);
+        assert_eq!(r.code, 3, "the other VM is exported: exit 3\n{}", r.stderr);
+        let m = json_file(&out.join("old-01/manifest.json"));
+        assert_eq!(m["disks"][0]["status"], "failed");
+        let error = m["disks"][0]["error"].as_str().unwrap();
+        assert!(
+            error.contains(why) && error.contains("127.0.0.1"),
+            "{error}"
+        );
+        assert_image_equals(&world, &out.join("db-01/db-01-os.raw"), "db-01-os");
+    }
+    // No request, not even a connection: no token could have been sent.
+    assert!(
+        matches!(other.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the other host was contacted"
+    );
+}
+
+#[test]
+fn long_disk_names_with_a_common_prefix_get_snapshots_of_their_own() {
+    // Cut to fit 80 characters, both names would leave the same snapshot name, and the
+    // second PUT would replace the first disk's snapshot.
+    let common = format!("web-01-{}", "x".repeat(60));
+    let mut vm = FakeVm::linux("web-01", "rg-web").data_disk(0, 8);
+    vm.disks[0].name = format!("{common}-0001");
+    vm.disks[1].name = format!("{common}-0002");
+    let (os, data) = (vm.disks[0].name.clone(), vm.disks[1].name.clone());
+    let world = FakeAzure::start(vec![vm]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let r = export(&world, &out, &["--format", "raw"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_image_equals(&world, &out.join("web-01/web-01-os.raw"), &os);
+    assert_image_equals(&world, &out.join("web-01/web-01-data-lun0.raw"), &data);
+    let snapshots: Vec<String> = report(&out)["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "snapshot")
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(snapshots.len(), 2);
+    assert_ne!(snapshots[0], snapshots[1]);
+    assert_eq!(world.leftovers(), Leftovers::default());
+}
+
+fn assert_file_holds_qcow2(image: &Path, expected: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("expected.raw");
+    std::fs::write(&raw, expected).unwrap();
+    assert_qcow2_matches(image, &raw);
 }

@@ -1,5 +1,5 @@
-//! Which Azure cloud to talk to: the ARM endpoint, the Entra ID authority host and the
-//! token audience. The national clouds are fixed tables; `custom` (Azure Stack Hub, test
+//! Which Azure cloud to talk to: the ARM endpoint, the Entra ID authority host, the
+//! token audience, and the blob storage suffix that bounds where storage tokens may go. The national clouds are fixed tables; `custom` (Azure Stack Hub, test
 //! fakes) takes them from flags. Everything is validated here, before any request, so a
 //! typo is a usage error (exit 2) rather than a network failure later.
 
@@ -25,6 +25,10 @@ pub struct Cloud {
     pub authority_host: Url,
     /// The resource the ARM token is for; the scope is `{audience}/.default`.
     pub arm_audience: String,
+    /// Blob service host suffix (`blob.core.windows.net`): an Entra ID storage token is
+    /// sent only to hosts under it. None in a custom cloud without `--storage-suffix`:
+    /// then no storage token is sent anywhere.
+    pub storage_suffix: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +50,16 @@ pub enum CloudError {
     },
     #[error("{flag} {value:?} must use https (bearer tokens are never sent in clear text)")]
     NotHttps { flag: &'static str, value: String },
+    #[error(
+        "--storage-suffix {0:?} is not a host name suffix (like blob.core.windows.net: letters, digits, '-' and '.' only)"
+    )]
+    BadStorageSuffix(String),
 }
 
 struct Fixed {
     arm: &'static str,
     authority: &'static str,
+    storage: &'static str,
 }
 
 fn fixed(name: CloudName) -> Option<Fixed> {
@@ -58,14 +67,17 @@ fn fixed(name: CloudName) -> Option<Fixed> {
         CloudName::Public => Some(Fixed {
             arm: "https://management.azure.com",
             authority: "https://login.microsoftonline.com",
+            storage: "blob.core.windows.net",
         }),
         CloudName::China => Some(Fixed {
             arm: "https://management.chinacloudapi.cn",
             authority: "https://login.chinacloudapi.cn",
+            storage: "blob.core.chinacloudapi.cn",
         }),
         CloudName::Usgov => Some(Fixed {
             arm: "https://management.usgovcloudapi.net",
             authority: "https://login.microsoftonline.us",
+            storage: "blob.core.usgovcloudapi.net",
         }),
         CloudName::Custom => None,
     }
@@ -117,6 +129,7 @@ impl Cloud {
                 arm_audience: table.arm.to_string(),
                 arm_endpoint,
                 authority_host: Url::parse(table.authority).expect("static URL"),
+                storage_suffix: Some(table.storage.to_string()),
             });
         }
         let arm = arm_endpoint.ok_or(CloudError::MissingArmEndpoint)?;
@@ -135,7 +148,46 @@ impl Cloud {
             arm_endpoint,
             authority_host,
             arm_audience: arm_audience.trim_end_matches('/').to_string(),
+            storage_suffix: None,
         })
+    }
+
+    /// Applies `--storage-suffix` (custom clouds only; the others have theirs).
+    pub fn with_storage_suffix(mut self, suffix: Option<&str>) -> Result<Self, CloudError> {
+        let Some(suffix) = suffix else {
+            return Ok(self);
+        };
+        if self.name != CloudName::Custom {
+            return Err(CloudError::OnlyForCustom {
+                flag: "--storage-suffix",
+                cloud: self.name,
+            });
+        }
+        let s = suffix.trim_start_matches('.').to_ascii_lowercase();
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        if s.is_empty() || s.len() > 253 || !s.split('.').all(label_ok) {
+            return Err(CloudError::BadStorageSuffix(suffix.to_string()));
+        }
+        self.storage_suffix = Some(s);
+        Ok(self)
+    }
+
+    /// True if `host` is the storage suffix or a name under it (`acct.blob.core...`),
+    /// compared label by label: `evilblob.core.windows.net` and
+    /// `blob.core.windows.net.example` are not under `blob.core.windows.net`.
+    pub fn storage_host_allowed(&self, host: &str) -> bool {
+        let Some(suffix) = &self.storage_suffix else {
+            return false;
+        };
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        host == *suffix
+            || host
+                .strip_suffix(suffix.as_str())
+                .is_some_and(|head| head.len() > 1 && head.ends_with('.'))
     }
 
     /// The OAuth scope for ARM tokens.
@@ -246,6 +298,59 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn storage_tokens_go_only_under_the_clouds_storage_suffix() {
+        let public = Cloud::resolve(CloudName::Public, None, None, None).unwrap();
+        assert!(public.storage_host_allowed("oldstorage.blob.core.windows.net"));
+        assert!(public.storage_host_allowed("OldStorage.BLOB.core.windows.net."));
+        for other in [
+            "evilblob.core.windows.net",
+            "blob.core.windows.net.example.com",
+            "oldstorage.blob.core.chinacloudapi.cn",
+            "127.0.0.1",
+            "",
+            ".blob.core.windows.net",
+        ] {
+            assert!(!public.storage_host_allowed(other), "{other}");
+        }
+        let cn = Cloud::resolve(CloudName::China, None, None, None).unwrap();
+        assert!(cn.storage_host_allowed("a.blob.core.chinacloudapi.cn"));
+        let us = Cloud::resolve(CloudName::Usgov, None, None, None).unwrap();
+        assert!(us.storage_host_allowed("a.blob.core.usgovcloudapi.net"));
+        assert!(!us.storage_host_allowed("a.blob.core.windows.net"));
+
+        // A custom cloud: none until --storage-suffix names one.
+        let custom = || Cloud::resolve(CloudName::Custom, Some("https://h"), None, None).unwrap();
+        assert!(!custom().storage_host_allowed("a.blob.local.azurestack.external"));
+        let hub = custom()
+            .with_storage_suffix(Some("blob.local.azurestack.external"))
+            .unwrap();
+        assert!(hub.storage_host_allowed("a.blob.local.azurestack.external"));
+        assert!(!hub.storage_host_allowed("a.blob.core.windows.net"));
+        for bad in [
+            "",
+            "https://blob.x",
+            "blob.x/",
+            "blob..x",
+            "a b",
+            "blob.x:443",
+        ] {
+            let e = custom().with_storage_suffix(Some(bad)).unwrap_err();
+            assert!(matches!(e, CloudError::BadStorageSuffix(_)), "{bad:?}: {e}");
+        }
+        let e = public.with_storage_suffix(Some("blob.x")).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CloudError::OnlyForCustom {
+                    flag: "--storage-suffix",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -59,6 +59,8 @@ impl GlobalArgs {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Show a VHD's facts: type, sizes, creator, geometry, checksums, extents.
     Inspect(InspectArgs),
@@ -183,6 +185,10 @@ pub struct AzureArgs {
     /// Token audience for ARM in a custom cloud (default: the ARM endpoint).
     #[arg(long, value_name = "URL")]
     pub arm_audience: Option<String>,
+    /// Blob host suffix of a custom cloud (e.g. blob.local.azurestack.external): storage
+    /// tokens for unmanaged disks go only to hosts under it.
+    #[arg(long, value_name = "SUFFIX", env = "AZURE2KVM_STORAGE_SUFFIX")]
+    pub storage_suffix: Option<String>,
     /// Extra trusted root certificates (PEM), added to the system roots.
     #[arg(long, value_name = "PEM", env = "AZURE2KVM_CA_BUNDLE")]
     pub ca_bundle: Option<PathBuf>,

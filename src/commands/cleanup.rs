@@ -40,8 +40,8 @@ pub fn run(args: &CleanupArgs, _global: &GlobalArgs, interrupt: &Interrupt) -> R
             ledger.as_ref().and_then(|l| {
                 l.report()
                     .resources
-                    .iter()
-                    .find_map(|r| r.id.split('/').nth(2).map(str::to_string))
+                    .first()
+                    .map(|r| r.id.subscription().to_string())
             })
         })
         .or_else(|| {
@@ -77,6 +77,18 @@ pub fn run(args: &CleanupArgs, _global: &GlobalArgs, interrupt: &Interrupt) -> R
         summary.grants_revoked,
         summary.snapshots_deleted
     );
+    if !summary.refused.is_empty() {
+        return Err(Error::failed(format!(
+            "cleanup of run {}: the report names resources that are not this run's, left alone: {}{}",
+            args.run_id,
+            summary.refused.join("; "),
+            if summary.failed.is_empty() {
+                String::new()
+            } else {
+                format!("; and could not remove {}", summary.failed.join("; "))
+            }
+        )));
+    }
     if summary.failed.is_empty() {
         Ok(())
     } else {

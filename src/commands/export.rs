@@ -12,6 +12,7 @@ use std::time::Duration;
 use azure_core::credentials::TokenCredential;
 use serde_json::json;
 
+use crate::azure::arm::ResourceId;
 use crate::azure::arm::client::ResourceRef;
 use crate::azure::inventory::{self, DiscoveryProgress, Selection, VmInfo};
 use crate::cli::{ExportArgs, GlobalArgs, SelectionArgs};
@@ -19,7 +20,7 @@ use crate::error::{Error, ErrorKind};
 use crate::export::disk::{DiskContext, RunProgress};
 use crate::export::ledger::{Ledger, RunReport, RunStatus};
 use crate::export::naming::{new_run_id, now_rfc3339};
-use crate::export::plan::{self, PlanOptions, PlannedVm};
+use crate::export::plan::{self, DiskKey, PlanOptions, PlannedDisk, PlannedVm};
 use crate::export::run::{self, DiskStatus};
 use crate::export::{manifest, shard};
 use crate::interrupt::Interrupt;
@@ -50,15 +51,22 @@ fn selection_json(args: &ExportArgs) -> serde_json::Value {
     })
 }
 
+/// Reads a plan file: untrusted input, so every VM record is checked (names that become
+/// paths, ids) before anything is built from it; the error names the entry and field.
 fn read_plan(path: &Path) -> Result<Vec<VmInfo>, Error> {
     let bytes =
         std::fs::read(path).map_err(|e| Error::usage(format!("plan {}: {e}", path.display())))?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    let vms: Vec<VmInfo> = serde_json::from_slice(&bytes).map_err(|e| {
         Error::usage(format!(
             "plan {} is not a list of VMs as `list --output json` prints: {e}",
             path.display()
         ))
-    })
+    })?;
+    for (i, vm) in vms.iter().enumerate() {
+        plan::check_vm_record(vm)
+            .map_err(|e| Error::usage(format!("plan {}: entry [{i}]: {e}", path.display())))?;
+    }
+    Ok(vms)
 }
 
 pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Result<(), Error> {
@@ -148,7 +156,7 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
             keep.into_iter().map(|i| vms[i].clone()).collect()
         }
     };
-    let run_id = new_run_id();
+    let run_id = new_run_id(args.shard.map(|s| s.index)).map_err(Error::failed)?;
     let planned = plan::plan(
         &vms,
         &PlanOptions {
@@ -208,6 +216,7 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
         arm: session.arm.clone(),
         credential: session.credential.clone() as Arc<dyn TokenCredential>,
         client_options: session.client_options(),
+        cloud: session.cloud.clone(),
         ledger: ledger.clone(),
         output_dir: output_dir.clone(),
         format: args.format,
@@ -244,9 +253,11 @@ async fn refresh_power_states(
     use futures::StreamExt;
     let states: Vec<Result<_, Error>> = futures::stream::iter(vms.iter())
         .map(|vm| async move {
-            let r = ResourceRef::from_id(&vm.id).ok_or_else(|| {
-                Error::usage(format!("plan: VM {} has no valid resource id", vm.name))
-            })?;
+            let id: ResourceId = vm
+                .id
+                .parse()
+                .map_err(|e| Error::usage(format!("plan: VM {}: id: {e}", vm.name)))?;
+            let r = ResourceRef::from(&id);
             let current = arm
                 .get_vm(&r, true)
                 .await
@@ -284,16 +295,12 @@ fn finish(
     run_id: &str,
     args: &ExportArgs,
     ledger: &Ledger,
-    results: &BTreeMap<(String, String), run::DiskResult>,
+    results: &BTreeMap<DiskKey, run::DiskResult>,
     interrupt: &Interrupt,
 ) -> Result<(), Error> {
     let mut manifest_errors = Vec::new();
     for vm in planned {
-        let lookup = |disk: &str| {
-            results
-                .get(&(vm.name.to_ascii_lowercase(), disk.to_ascii_lowercase()))
-                .cloned()
-        };
+        let lookup = |disk: &PlannedDisk| results.get(&disk.key).cloned();
         if let Err(e) = manifest::write_vm_outputs(output_dir, vm, run_id, args.format, &lookup) {
             tracing::error!("{e}");
             manifest_errors.push(e.to_string());
@@ -326,7 +333,7 @@ fn finish(
         .resources
         .iter()
         .filter(|r| r.outstanding())
-        .map(|r| r.id.clone())
+        .map(|r| r.id.to_string())
         .collect();
     if !left.is_empty() {
         tracing::error!(

@@ -48,6 +48,7 @@ pub fn azure_session(args: &AzureArgs) -> Result<AzureSession, Error> {
         args.authority_host.as_deref(),
         args.arm_audience.as_deref(),
     )
+    .and_then(|c| c.with_storage_suffix(args.storage_suffix.as_deref()))
     .map_err(Error::usage)?;
     let settings =
         CredentialSettings::from_env(args.client_id.as_deref(), args.tenant_id.as_deref());

@@ -9,11 +9,12 @@
 
 use std::collections::BTreeSet;
 
-use super::disk::grant_target;
-use super::ledger::{Ledger, ResourceKind, ResourceState};
+use super::ledger::{Ledger, Resource, ResourceKind, ResourceState};
+use super::naming::snapshot_prefix;
 use super::run::RUN_TAG;
 use crate::azure::arm::client::{AccessTarget, ResourceRef};
-use crate::azure::arm::{ArmClient, ArmError};
+use crate::azure::arm::models::Snapshot;
+use crate::azure::arm::{ArmClient, ArmError, ResourceId, ResourceType};
 
 /// What a cleanup did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -22,6 +23,58 @@ pub struct CleanupSummary {
     pub snapshots_deleted: usize,
     /// Resources that could not be removed, with why.
     pub failed: Vec<String>,
+    /// Resources a report named that are not this run's: left alone, with why.
+    pub refused: Vec<String>,
+    /// The snapshots dealt with (deleted, or found gone).
+    pub snapshots: BTreeSet<ResourceId>,
+}
+
+/// Which snapshots a sweep may touch (delete, or revoke access on). A snapshot is the
+/// run's only if its name starts with the run's prefix and — when the ledger was read
+/// from a file, which anyone could have edited — Azure lists it with the run's tag.
+#[derive(Debug, Clone)]
+pub struct SnapshotPolicy {
+    run_id: String,
+    prefix: String,
+    /// The snapshots Azure lists with the run's tag; None: the ledger is this process's
+    /// own, so the name check suffices.
+    tagged: Option<BTreeSet<ResourceId>>,
+}
+
+/// The live sweep's policy: the ledger is this run's own memory.
+pub fn only_this_runs_snapshots(run_id: &str) -> SnapshotPolicy {
+    SnapshotPolicy {
+        run_id: run_id.to_string(),
+        prefix: snapshot_prefix(run_id),
+        tagged: None,
+    }
+}
+
+/// What the policy says about a snapshot id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    Ours,
+    /// Named like ours but not listed with the run's tag: already gone (or never made).
+    Gone,
+    Refused(String),
+}
+
+impl SnapshotPolicy {
+    fn judge(&self, id: &ResourceId) -> Verdict {
+        if !id.is(&ResourceType::Snapshot) {
+            return Verdict::Refused(format!("{id} is a {}, not a snapshot", id.resource_type()));
+        }
+        if !id.name().starts_with(&self.prefix) {
+            return Verdict::Refused(format!(
+                "{id}: not a snapshot of run {} (its name does not start with {})",
+                self.run_id, self.prefix
+            ));
+        }
+        match &self.tagged {
+            Some(tagged) if !tagged.contains(id) => Verdict::Gone,
+            _ => Verdict::Ours,
+        }
+    }
 }
 
 fn gone_or_ok(r: Result<(), ArmError>) -> Result<(), ArmError> {
@@ -32,10 +85,10 @@ fn gone_or_ok(r: Result<(), ArmError>) -> Result<(), ArmError> {
 }
 
 /// Revokes every grant and deletes every snapshot the ledger records as possibly
-/// existing; records each outcome. Returns what it did.
-pub async fn sweep(arm: &ArmClient, ledger: &Ledger) -> CleanupSummary {
+/// existing, where `policy` allows; records each outcome. Returns what it did.
+pub async fn sweep(arm: &ArmClient, ledger: &Ledger, policy: &SnapshotPolicy) -> CleanupSummary {
     let mut summary = CleanupSummary::default();
-    let outstanding: Vec<_> = ledger
+    let outstanding: Vec<Resource> = ledger
         .report()
         .resources
         .into_iter()
@@ -47,12 +100,35 @@ pub async fn sweep(arm: &ArmClient, ledger: &Ledger) -> CleanupSummary {
         .iter()
         .filter(|r| r.kind == ResourceKind::AccessGrant)
     {
-        if !seen.insert(r.id.to_ascii_lowercase()) {
+        if !seen.insert(r.id.clone()) {
             continue;
         }
-        let Some(target) = grant_target(&r.id) else {
+        let Some(target) = AccessTarget::of(&r.id) else {
+            refuse(
+                &mut summary,
+                format!("access grant on {}: not a disk or snapshot", r.id),
+            );
             continue;
         };
+        if matches!(target, AccessTarget::Snapshot(_)) {
+            match policy.judge(&r.id) {
+                Verdict::Ours => {}
+                Verdict::Gone => {
+                    note(
+                        ledger,
+                        &mut summary,
+                        ResourceKind::AccessGrant,
+                        &r.id,
+                        Ok(()),
+                    );
+                    continue;
+                }
+                Verdict::Refused(why) => {
+                    refuse(&mut summary, format!("access grant: {why}"));
+                    continue;
+                }
+            }
+        }
         let result = gone_or_ok(arm.revoke_access(&target).await);
         note(
             ledger,
@@ -66,15 +142,26 @@ pub async fn sweep(arm: &ArmClient, ledger: &Ledger) -> CleanupSummary {
         .iter()
         .filter(|r| r.kind == ResourceKind::Snapshot)
     {
-        let Some(reference) = ResourceRef::from_id(&r.id) else {
-            continue;
+        let result = match policy.judge(&r.id) {
+            Verdict::Ours => delete_with_revoke(arm, &ResourceRef::from(&r.id)).await,
+            Verdict::Gone => Ok(()),
+            Verdict::Refused(why) => {
+                refuse(&mut summary, why);
+                continue;
+            }
         };
-        let result = delete_with_revoke(arm, &reference).await;
+        if result.is_ok() {
+            summary.snapshots.insert(r.id.clone());
+        }
         note(ledger, &mut summary, ResourceKind::Snapshot, &r.id, result);
     }
     summary
 }
 
+fn refuse(summary: &mut CleanupSummary, why: String) {
+    tracing::error!("left alone: {why}");
+    summary.refused.push(why);
+}
 /// Deletes a snapshot; on 409 (an active grant someone else's sweep missed), revokes
 /// access and tries once more.
 async fn delete_with_revoke(arm: &ArmClient, r: &ResourceRef) -> Result<(), ArmError> {
@@ -91,7 +178,7 @@ fn note(
     ledger: &Ledger,
     summary: &mut CleanupSummary,
     kind: ResourceKind,
-    id: &str,
+    id: &ResourceId,
     result: Result<(), ArmError>,
 ) {
     match result {
@@ -110,41 +197,116 @@ fn note(
     }
 }
 
-/// `cleanup --run-id`: the report's outstanding resources (if there is a report), then
-/// every snapshot in `subscription` tagged with the run id.
+/// `cleanup --run-id`: every snapshot tagged with the run id and named with its prefix,
+/// in `subscription` and in every subscription the report's snapshots name, and the
+/// report's outstanding grants (if there is a report). The report is an input file, not a
+/// trusted one: a snapshot it names is deleted only if Azure lists it with the run's tag
+/// and its name has the run's prefix.
 pub async fn cleanup_run(
     arm: &ArmClient,
     run_id: &str,
     subscription: &str,
     ledger: Option<&Ledger>,
 ) -> Result<CleanupSummary, ArmError> {
+    let mut subscriptions = BTreeSet::from([subscription.to_ascii_lowercase()]);
+    if let Some(l) = ledger {
+        subscriptions.extend(
+            l.report()
+                .resources
+                .iter()
+                .filter(|r| r.id.is(&ResourceType::Snapshot))
+                .map(|r| r.id.subscription().to_ascii_lowercase()),
+        );
+    }
+    let mut policy = only_this_runs_snapshots(run_id);
+    let mut tagged = BTreeSet::new();
+    for sub in &subscriptions {
+        let found = arm.list_snapshots(sub, None).await?;
+        tagged.extend(runs_snapshots(&policy, found));
+    }
+    policy.tagged = Some(tagged.clone());
+    // Grants on snapshots the report does not name cannot be found (they carry no tag);
+    // deleting such a snapshot revokes on the 409 Azure answers.
     let mut summary = match ledger {
-        Some(l) => sweep(arm, l).await,
+        Some(l) => sweep(arm, l, &policy).await,
         None => CleanupSummary::default(),
     };
-    let tagged: Vec<_> = arm
-        .list_snapshots(subscription, None)
-        .await?
+    for id in tagged.difference(&summary.snapshots.clone()) {
+        let result = delete_with_revoke(arm, &ResourceRef::from(id)).await;
+        match ledger {
+            Some(l) => note(l, &mut summary, ResourceKind::Snapshot, id, result),
+            None => match result {
+                Ok(()) => summary.snapshots_deleted += 1,
+                Err(e) => summary.failed.push(format!("{id}: {e}")),
+            },
+        }
+    }
+    Ok(summary)
+}
+
+/// The listed snapshots that carry the run's tag and the run's name prefix; any with the
+/// tag but another name are reported and left alone.
+fn runs_snapshots(policy: &SnapshotPolicy, listed: Vec<Snapshot>) -> Vec<ResourceId> {
+    listed
         .into_iter()
         .filter(|s| {
             s.tags
                 .as_ref()
                 .and_then(|t| t.get(RUN_TAG))
-                .is_some_and(|v| v == run_id)
+                .is_some_and(|v| *v == policy.run_id)
         })
-        .collect();
-    for snap in tagged {
-        let Some(r) = ResourceRef::from_id(&snap.id) else {
-            continue;
-        };
-        let result = delete_with_revoke(arm, &r).await;
-        match ledger {
-            Some(l) => note(l, &mut summary, ResourceKind::Snapshot, &snap.id, result),
-            None => match result {
-                Ok(()) => summary.snapshots_deleted += 1,
-                Err(e) => summary.failed.push(format!("{}: {e}", snap.id)),
-            },
-        }
+        .filter_map(|s| match s.id.parse::<ResourceId>() {
+            Ok(id) if policy.judge(&id) == Verdict::Ours => Some(id),
+            Ok(id) => {
+                tracing::warn!(
+                    "{id} carries the tag {RUN_TAG}={} but not the run's name: left alone",
+                    policy.run_id
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!("snapshot list: {e}");
+                None
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(rg: &str, name: &str) -> ResourceId {
+        format!("/subscriptions/s/resourceGroups/{rg}/providers/Microsoft.Compute/snapshots/{name}")
+            .parse()
+            .unwrap()
     }
-    Ok(summary)
+
+    #[test]
+    fn only_the_runs_named_and_tagged_snapshots_are_ours() {
+        let run = "20261127t103000z-9f3a0c1d2e4b5a69";
+        let mine = snap("snapshots", &format!("a2k-{run}-web-01-os-1a2b3c4d"));
+        let other = snap(
+            "rg",
+            "a2k-20261127t103000z-0000000000000000-web-01-os-1a2b3c4d",
+        );
+        let policy = only_this_runs_snapshots(run);
+        assert_eq!(policy.judge(&mine), Verdict::Ours);
+        assert!(matches!(policy.judge(&other), Verdict::Refused(_)));
+        // A disk, even in a group named "snapshots", is never deleted as a snapshot.
+        let disk: ResourceId = format!(
+            "/subscriptions/s/resourceGroups/snapshots/providers/Microsoft.Compute/disks/a2k-{run}-x"
+        )
+        .parse()
+        .unwrap();
+        assert!(matches!(policy.judge(&disk), Verdict::Refused(_)));
+        // Read from a file: the name is not enough, Azure must list it with the tag.
+        let from_file = SnapshotPolicy {
+            tagged: Some(BTreeSet::from([mine.clone()])),
+            ..policy.clone()
+        };
+        assert_eq!(from_file.judge(&mine), Verdict::Ours);
+        let untagged = snap("rg", &format!("a2k-{run}-db-01-os-1a2b3c4d"));
+        assert_eq!(from_file.judge(&untagged), Verdict::Gone);
+    }
 }

@@ -12,8 +12,9 @@ use azure_core::credentials::TokenCredential;
 
 use super::ledger::{Ledger, ResourceKind, ResourceState};
 use super::plan::{PlannedDisk, Source};
-use crate::azure::arm::ArmClient;
-use crate::azure::arm::client::{AccessTarget, ResourceRef};
+use crate::azure::arm::client::AccessTarget;
+use crate::azure::arm::{ArmClient, ResourceId};
+use crate::azure::cloud::Cloud;
 use crate::azure::sas::SasUrl;
 use crate::image::sink::ImageFormat;
 use crate::image::staging::Overwrite;
@@ -37,6 +38,9 @@ pub struct DiskContext {
     pub credential: Arc<dyn TokenCredential>,
     /// The session's transport and options (`--ca-bundle` roots) for blob reads too.
     pub client_options: azure_core::http::ClientOptions,
+    /// The cloud: an unmanaged disk's storage token goes only to hosts under its storage
+    /// suffix.
+    pub cloud: Cloud,
     pub ledger: Arc<Ledger>,
     pub output_dir: PathBuf,
     pub format: ImageFormat,
@@ -134,26 +138,6 @@ pub enum DiskError {
     Interrupted { vm: String, disk: String },
 }
 
-fn access_target(id: &str, kind: &str) -> Option<AccessTarget> {
-    let r = ResourceRef::from_id(id)?;
-    Some(if kind == "snapshots" {
-        AccessTarget::Snapshot(r)
-    } else {
-        AccessTarget::Disk(r)
-    })
-}
-
-/// The ARM resource a grant on `id` applies to (a disk or a snapshot, by its type
-/// segment).
-pub fn grant_target(id: &str) -> Option<AccessTarget> {
-    let kind = if id.to_ascii_lowercase().contains("/snapshots/") {
-        "snapshots"
-    } else {
-        "disks"
-    };
-    access_target(id, kind)
-}
-
 /// Exports one disk whose source is ready (its snapshot exists, or its VM is
 /// deallocated). Never leaves a grant it made unrevoked unless the revoke itself fails
 /// (then the ledger says so and the run's final sweep tries again).
@@ -172,14 +156,18 @@ pub async fn export_disk(
         std::fs::create_dir_all(parent)
             .map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
     }
-    let (resource_id, target_kind) = match &disk.source {
-        Source::Snapshot { snapshot, .. } => (snapshot.id.clone(), "snapshots"),
-        Source::Disk { disk_id } => (disk_id.clone(), "disks"),
+    let resource_id = match &disk.source {
+        Source::Snapshot { snapshot, .. } => snapshot,
+        Source::Disk { disk_id } => disk_id,
         Source::Blob { uri } => return export_blob(ctx, vm, disk, uri, output).await,
     };
-    let target = access_target(&resource_id, target_kind)
-        .ok_or_else(|| fail(format!("{resource_id} is not a resource id")))?;
-    let from_snapshot = target_kind == "snapshots";
+    let target = AccessTarget::of(resource_id).ok_or_else(|| {
+        fail(format!(
+            "{resource_id} is a {}: read access is granted on disks and snapshots only",
+            resource_id.resource_type()
+        ))
+    })?;
+    let from_snapshot = matches!(target, AccessTarget::Snapshot(_));
     let mut last_kept: Option<PathBuf> = None;
     let mut early_refusals = 0;
     for grant in 1..=MAX_GRANTS {
@@ -200,12 +188,12 @@ pub async fn export_disk(
             ctx.sas_duration
         );
         let result = download(
-            request(ctx, sas, &output, &resource_id),
-            ctx.progress.for_disk(&resource_id),
+            request(ctx, sas, &output, resource_id.folded()),
+            ctx.progress.for_disk(resource_id.folded()),
             ctx.interrupt.clone(),
         )
         .await;
-        revoke(ctx, &target, &resource_id).await;
+        revoke(ctx, &target, resource_id).await;
         match result {
             Ok(report) => return Ok(report),
             Err(DownloadError::AccessDenied { message, kept }) => {
@@ -268,7 +256,7 @@ pub async fn export_disk(
 async fn grant_read_access(
     ctx: &DiskContext,
     target: &AccessTarget,
-    resource_id: &str,
+    resource_id: &ResourceId,
 ) -> Result<SasUrl, Option<String>> {
     if ctx.interrupt.is_set() {
         return Err(None);
@@ -309,7 +297,7 @@ fn target_name(t: &AccessTarget) -> String {
 }
 
 /// Revokes a grant; a failure is recorded for the final sweep and `cleanup`.
-pub async fn revoke(ctx: &DiskContext, target: &AccessTarget, resource_id: &str) {
+pub async fn revoke(ctx: &DiskContext, target: &AccessTarget, resource_id: &ResourceId) {
     match ctx.arm.revoke_access(target).await {
         Ok(()) => {
             let _ = ctx.ledger.set_state(
@@ -377,6 +365,19 @@ async fn export_blob(
         return Err(fail(
             "no SAS: signing in with Entra ID needs an https URL".to_string(),
         ));
+    }
+    // The URI comes from the VM model (or a plan file): a token is a credential for every
+    // storage account the identity can read, so it goes to the cloud's blob hosts only.
+    let host = url.expose().host_str().unwrap_or_default();
+    if !ctx.cloud.storage_host_allowed(host) {
+        return Err(fail(match &ctx.cloud.storage_suffix {
+            Some(suffix) => format!(
+                "host {host} is not under the cloud's storage suffix {suffix}; no storage token is sent to it"
+            ),
+            None => format!(
+                "host {host}: this custom cloud has no storage suffix, so no storage token is sent anywhere (give --storage-suffix)"
+            ),
+        }));
     }
     let mut req = request(ctx, url, &output, uri);
     req.credential = Some(ctx.credential.clone());

@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::naming::now_rfc3339;
+use crate::azure::arm::ResourceId;
 
 /// What kind of thing the run made (or changed) in Azure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,10 +47,11 @@ pub enum ResourceState {
 pub struct Resource {
     pub kind: ResourceKind,
     /// ARM id: the snapshot, the disk or snapshot access was granted on, or the VM.
-    pub id: String,
-    /// What it was made from (the source disk of a snapshot).
+    pub id: ResourceId,
+    /// What it was made from (the source disk of a snapshot): the full id, which the
+    /// snapshot's tag only names by hash (a tag value holds at most 256 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
+    pub source: Option<ResourceId>,
     pub state: ResourceState,
     pub created_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -78,11 +80,16 @@ pub enum RunStatus {
     Interrupted,
 }
 
-/// The outcome of one disk.
+/// The outcome of one disk, keyed by its VM's id and its LUN (None: the OS disk), since
+/// VM and disk names repeat across resource groups.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskOutcome {
     pub vm: String,
+    pub vm_id: ResourceId,
     pub disk: String,
+    /// The managed disk's id; None for an unmanaged disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_id: Option<ResourceId>,
     pub role: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lun: Option<u32>,
@@ -202,14 +209,14 @@ impl Ledger {
     pub fn creating(
         &self,
         kind: ResourceKind,
-        id: &str,
-        source: Option<&str>,
+        id: &ResourceId,
+        source: Option<&ResourceId>,
     ) -> Result<(), LedgerError> {
         self.update(|r| {
             r.resources.push(Resource {
                 kind,
-                id: id.to_string(),
-                source: source.map(str::to_string),
+                id: id.clone(),
+                source: source.cloned(),
                 state: ResourceState::Creating,
                 created_at: now_rfc3339(),
                 removed_at: None,
@@ -222,7 +229,7 @@ impl Ledger {
     pub fn set_state(
         &self,
         kind: ResourceKind,
-        id: &str,
+        id: &ResourceId,
         state: ResourceState,
         error: Option<String>,
     ) -> Result<(), LedgerError> {
@@ -231,7 +238,7 @@ impl Ledger {
                 .resources
                 .iter_mut()
                 .rev()
-                .find(|x| x.kind == kind && x.id.eq_ignore_ascii_case(id))
+                .find(|x| x.kind == kind && x.id == *id)
             {
                 res.state = state;
                 res.error = error;
@@ -272,10 +279,16 @@ mod tests {
             RunReport::new("r1", serde_json::json!({"name": ["web-*"]})),
         )
         .unwrap();
-        let snap =
-            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/snapshots/a2k-r1-os";
+        let snap: ResourceId =
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/snapshots/a2k-r1-os"
+                .parse()
+                .unwrap();
+        let disk: ResourceId =
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/os"
+                .parse()
+                .unwrap();
         ledger
-            .creating(ResourceKind::Snapshot, snap, Some("/disk/os"))
+            .creating(ResourceKind::Snapshot, &snap, Some(&disk))
             .unwrap();
         let on_disk = Ledger::open(ledger.path()).unwrap().report();
         assert_eq!(on_disk.resources[0].state, ResourceState::Creating);
@@ -284,13 +297,13 @@ mod tests {
         ledger
             .set_state(
                 ResourceKind::Snapshot,
-                &snap.to_uppercase(),
+                &snap.to_string().to_uppercase().parse().unwrap(),
                 ResourceState::Exists,
                 None,
             )
             .unwrap();
         ledger
-            .set_state(ResourceKind::Snapshot, snap, ResourceState::Removed, None)
+            .set_state(ResourceKind::Snapshot, &snap, ResourceState::Removed, None)
             .unwrap();
         let on_disk = Ledger::open(ledger.path()).unwrap().report();
         assert_eq!(on_disk.resources[0].state, ResourceState::Removed);
@@ -305,7 +318,9 @@ mod tests {
     fn deallocations_are_reported_but_never_outstanding() {
         let r = Resource {
             kind: ResourceKind::Deallocation,
-            id: "/vm".into(),
+            id: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm"
+                .parse()
+                .unwrap(),
             source: None,
             state: ResourceState::Exists,
             created_at: now_rfc3339(),
@@ -321,6 +336,17 @@ mod tests {
         let p = dir.path().join("run-x.json");
         fs::write(&p, b"{\"hello\": 1}").unwrap();
         assert!(matches!(Ledger::open(&p), Err(LedgerError::Parse { .. })));
+        // A resource that is not an ARM resource id is refused, not acted upon.
+        let mut report = RunReport::new("x", serde_json::Value::Null);
+        report.status = RunStatus::Failed;
+        let mut json = serde_json::to_value(&report).unwrap();
+        json["resources"] = serde_json::json!([{
+            "kind": "snapshot", "id": "/subscriptions/s/../../x", "state": "exists",
+            "created_at": "2026-11-27T10:30:00Z"
+        }]);
+        fs::write(&p, json.to_string()).unwrap();
+        let e = Ledger::open(&p).unwrap_err().to_string();
+        assert!(e.contains("not an ARM resource id"), "{e}");
         assert!(matches!(
             Ledger::open(&dir.path().join("none.json")),
             Err(LedgerError::Io { .. })

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::domain::{DomainDisk, DomainSpec, Firmware, GuestOs, domain_xml};
 use super::ledger::write_atomic;
-use super::plan::PlannedVm;
+use super::plan::{PlannedDisk, PlannedVm};
 use super::run::{DiskResult, DiskStatus, bytes_downloaded};
 use crate::azure::inventory::DiskRole;
 use crate::image::sink::ImageFormat;
@@ -33,7 +33,7 @@ pub fn manifest(
     vm: &PlannedVm,
     run_id: &str,
     format: ImageFormat,
-    result: &dyn Fn(&str) -> Option<DiskResult>,
+    result: &dyn Fn(&PlannedDisk) -> Option<DiskResult>,
 ) -> Value {
     let mut v = serde_json::to_value(&vm.vm).expect("VmInfo serialises");
     v["run_id"] = json!(run_id);
@@ -44,12 +44,13 @@ pub fn manifest(
         .iter()
         .map(|d| {
             let mut dv = serde_json::to_value(d).expect("DiskInfo serialises");
-            match vm.disks.iter().find(|p| p.name == d.name) {
+            // By place in the VM (OS disk, LUN), which is unique where a name may not be.
+            match vm.disks.iter().find(|p| p.role == d.role && p.lun == d.lun) {
                 None => {
                     dv["status"] = json!("not_selected");
                 }
                 Some(p) => {
-                    let r = result(&p.name);
+                    let r = result(p);
                     dv["image"] = json!(p.image_in_vm_dir());
                     dv["format"] = json!(format);
                     dv["virtual_size"] = json!(
@@ -81,17 +82,17 @@ pub fn domain(
     vm: &PlannedVm,
     vm_dir: &Path,
     format: ImageFormat,
-    done: &dyn Fn(&str) -> bool,
+    done: &dyn Fn(&PlannedDisk) -> bool,
 ) -> Option<String> {
     let os = vm.disks.iter().find(|d| d.role == DiskRole::Os)?;
-    if !done(&os.name) {
+    if !done(os) {
         return None;
     }
     // The plan already orders OS first, then LUNs.
     let disks = vm
         .disks
         .iter()
-        .filter(|d| done(&d.name))
+        .filter(|d| done(d))
         .map(|d| DomainDisk {
             path: vm_dir.join(d.image_in_vm_dir()),
             format,
@@ -122,7 +123,7 @@ pub fn write_vm_outputs(
     vm: &PlannedVm,
     run_id: &str,
     format: ImageFormat,
-    result: &dyn Fn(&str) -> Option<DiskResult>,
+    result: &dyn Fn(&PlannedDisk) -> Option<DiskResult>,
 ) -> Result<(), ManifestError> {
     let vm_dir = output_dir.join(&vm.folder);
     let err = |path: &Path, source| ManifestError {
@@ -137,7 +138,7 @@ pub fn write_vm_outputs(
     let mut bytes = serde_json::to_vec_pretty(&m).expect("JSON values serialise");
     bytes.push(b'\n');
     write_atomic(&path, &bytes).map_err(|e| err(&path, e))?;
-    let done = |name: &str| result(name).is_some_and(|r| r.status == DiskStatus::Done);
+    let done = |d: &PlannedDisk| result(d).is_some_and(|r| r.status == DiskStatus::Done);
     if let Some(xml) = domain(vm, &vm_dir, format, &done) {
         let path = vm_dir.join("domain.xml");
         write_atomic(&path, xml.as_bytes()).map_err(|e| err(&path, e))?;

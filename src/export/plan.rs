@@ -14,9 +14,9 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::naming::snapshot_name;
-use crate::azure::arm::client::ResourceRef;
+use super::naming::{PathNameError, snapshot_name, validate_path_component};
 use crate::azure::arm::models::PowerState;
+use crate::azure::arm::{ResourceId, ResourceIdError, ResourceType};
 use crate::azure::inventory::{DiskInfo, DiskRole, VmInfo};
 use crate::cli::{Consistency, DiskSet};
 use crate::image::sink::ImageFormat;
@@ -28,35 +28,27 @@ pub enum Source {
     /// Snapshot the managed disk, grant read access on the snapshot.
     Snapshot {
         snapshot: ResourceId,
-        disk_id: String,
+        disk_id: ResourceId,
     },
     /// Grant read access on the managed disk itself (its VM is deallocated).
-    Disk { disk_id: String },
+    Disk { disk_id: ResourceId },
     /// An unmanaged disk: its page blob, read with an Entra ID token for storage.
     Blob { uri: String },
 }
 
-/// A resource id with the parts the ARM client needs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ResourceId {
-    pub id: String,
-    #[serde(skip)]
-    pub reference: ResourceRef,
-}
-
-impl ResourceId {
-    pub fn snapshot(subscription: &str, resource_group: &str, name: &str) -> Self {
-        Self {
-            id: format!(
-                "/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.Compute/snapshots/{name}"
-            ),
-            reference: ResourceRef::new(subscription, resource_group, name),
-        }
-    }
+/// A planned disk's identity: its VM's resource id and its place in that VM (the OS disk,
+/// or a data disk's LUN) — unique in a fleet even when VM and disk names are not.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DiskKey {
+    pub vm: ResourceId,
+    /// None for the OS disk.
+    pub lun: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlannedDisk {
+    #[serde(skip)]
+    pub key: DiskKey,
     pub name: String,
     pub role: DiskRole,
     pub lun: Option<u32>,
@@ -79,6 +71,7 @@ impl PlannedDisk {
 pub struct PlannedVm {
     #[serde(skip)]
     pub vm: VmInfo,
+    pub id: ResourceId,
     pub name: String,
     /// Folder under the output directory, and the libvirt domain's name.
     pub folder: String,
@@ -116,6 +109,70 @@ pub enum PlanError {
     },
     #[error("VM {vm}: disk {disk} has neither a managed disk id nor a VHD URI")]
     NoSource { vm: String, disk: String },
+    #[error("VM {vm:?}: {field} {source}")]
+    BadName {
+        vm: String,
+        field: String,
+        source: PathNameError,
+    },
+    #[error("VM {vm}: {field}: {source}")]
+    BadId {
+        vm: String,
+        field: String,
+        source: ResourceIdError,
+    },
+    #[error("VM {vm}: {field}: {detail}")]
+    WrongType {
+        vm: String,
+        field: String,
+        detail: String,
+    },
+}
+
+fn path_component(vm: &str, field: &str, name: &str) -> Result<(), PlanError> {
+    validate_path_component(name).map_err(|source| PlanError::BadName {
+        vm: vm.to_string(),
+        field: field.to_string(),
+        source,
+    })
+}
+
+/// Checks what a VM record gives before anything is built from it: the names that become
+/// folder and file names (`name`, `resource_group`) are single ordinary path components,
+/// and the ids are resource ids of the right type. A plan file is checked with this at
+/// load; discovered VMs pass through it when planned.
+pub fn check_vm_record(vm: &VmInfo) -> Result<(), PlanError> {
+    path_component(&vm.name, "name", &vm.name)?;
+    path_component(&vm.name, "resource_group", &vm.resource_group)?;
+    typed_id(&vm.name, "id", &vm.id, ResourceType::VirtualMachine)?;
+    for (i, d) in vm.disks.iter().enumerate() {
+        if let Some(id) = &d.id {
+            typed_id(&vm.name, &format!("disks[{i}].id"), id, ResourceType::Disk)?;
+        }
+    }
+    Ok(())
+}
+
+/// Parses `id` (the `field` of VM `vm`) as a resource of type `expected`.
+fn typed_id(
+    vm: &str,
+    field: &str,
+    id: &str,
+    expected: ResourceType,
+) -> Result<ResourceId, PlanError> {
+    let parsed: ResourceId = id.parse().map_err(|source| PlanError::BadId {
+        vm: vm.to_string(),
+        field: field.to_string(),
+        source,
+    })?;
+    if !parsed.is(&expected) {
+        return Err(PlanError::WrongType {
+            vm: vm.to_string(),
+            field: field.to_string(),
+            detail: format!("{id} is a {}, not a {expected}", parsed.resource_type()),
+        });
+    }
+    Ok(parsed)
 }
 
 fn wanted(set: DiskSet, role: DiskRole) -> bool {
@@ -137,7 +194,7 @@ pub fn image_name(vm: &str, disk: &DiskInfo, format: ImageFormat) -> String {
 
 /// The output folder of every VM of a fleet, by VM id (see the module note).
 #[derive(Debug, Clone, Default)]
-pub struct Folders(HashMap<String, String>);
+pub struct Folders(HashMap<ResourceId, String>);
 
 impl Folders {
     pub fn for_fleet(vms: &[VmInfo]) -> Self {
@@ -147,13 +204,14 @@ impl Folders {
         }
         Self(
             vms.iter()
-                .map(|vm| {
+                .filter_map(|vm| {
                     let folder = if namesakes[&vm.name.to_ascii_lowercase()] > 1 {
                         format!("{}.{}", vm.name, vm.resource_group.to_ascii_lowercase())
                     } else {
                         vm.name.clone()
                     };
-                    (vm.id.to_ascii_lowercase(), folder)
+                    // An id that does not parse is refused when the VM is planned.
+                    Some((vm.id.parse().ok()?, folder))
                 })
                 .collect(),
         )
@@ -161,9 +219,10 @@ impl Folders {
 
     /// The VM's folder; its name for a VM the fleet did not contain.
     pub fn of(&self, vm: &VmInfo) -> String {
-        self.0
-            .get(&vm.id.to_ascii_lowercase())
-            .cloned()
+        vm.id
+            .parse::<ResourceId>()
+            .ok()
+            .and_then(|id| self.0.get(&id).cloned())
             .unwrap_or_else(|| vm.name.clone())
     }
 }
@@ -208,7 +267,8 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
         Consistency::Snapshot
     });
     let deallocate = consistency == Consistency::Deallocate && !deallocated;
-    let subscription = vm.id.split('/').nth(2).unwrap_or_default().to_string();
+    check_vm_record(vm)?;
+    let id = typed_id(&vm.name, "id", &vm.id, ResourceType::VirtualMachine)?;
     let mut disks: Vec<&DiskInfo> = vm
         .disks
         .iter()
@@ -217,45 +277,28 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
     // OS disk first, then data disks in LUN order (the domain's boot order).
     disks.sort_by_key(|d| (d.role == DiskRole::Data, d.lun));
     let folder = opts.folders.of(vm);
+    path_component(&vm.name, "output folder", &folder)?;
     let planned = disks
         .into_iter()
         .map(|d| {
-            let source = match (&d.id, &d.vhd_uri) {
-                (Some(id), _) if consistency == Consistency::Snapshot => {
-                    let rg = ResourceRef::from_id(id)
-                        .map(|r| r.resource_group)
-                        .unwrap_or_else(|| vm.resource_group.clone());
-                    Source::Snapshot {
-                        snapshot: ResourceId::snapshot(
-                            &subscription,
-                            &rg,
-                            &snapshot_name(&opts.run_id, &d.name),
-                        ),
-                        disk_id: id.clone(),
-                    }
-                }
-                (Some(id), _) => Source::Disk {
-                    disk_id: id.clone(),
-                },
-                (None, Some(uri)) => Source::Blob { uri: uri.clone() },
-                (None, None) => {
-                    return Err(PlanError::NoSource {
-                        vm: vm.name.clone(),
-                        disk: d.name.clone(),
-                    });
-                }
-            };
+            let image = image_name(&vm.name, d, opts.format);
+            path_component(&vm.name, "image file", &image)?;
             Ok(PlannedDisk {
+                key: DiskKey {
+                    vm: id.clone(),
+                    lun: d.lun.filter(|_| d.role == DiskRole::Data),
+                },
                 name: d.name.clone(),
                 role: d.role,
                 lun: d.lun,
-                source,
-                image: PathBuf::from(&folder).join(image_name(&vm.name, d, opts.format)),
+                source: disk_source(vm, d, consistency, &opts.run_id)?,
+                image: PathBuf::from(&folder).join(image),
             })
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, PlanError>>()?;
     Ok(PlannedVm {
         vm: vm.clone(),
+        id,
         name: vm.name.clone(),
         folder,
         resource_group: vm.resource_group.clone(),
@@ -267,6 +310,40 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
         },
         deallocate,
         disks: planned,
+    })
+}
+
+/// How disk `d` of `vm` is read; its snapshot lives in the disk's own resource group.
+fn disk_source(
+    vm: &VmInfo,
+    d: &DiskInfo,
+    consistency: Consistency,
+    run_id: &str,
+) -> Result<Source, PlanError> {
+    let field = || format!("disk {} id", d.name);
+    Ok(match (&d.id, &d.vhd_uri) {
+        (Some(id), _) => {
+            let disk_id = typed_id(&vm.name, &field(), id, ResourceType::Disk)?;
+            if consistency == Consistency::Snapshot {
+                let name = snapshot_name(run_id, &d.name, &disk_id);
+                let snapshot = ResourceId::new(
+                    disk_id.subscription(),
+                    disk_id.resource_group(),
+                    ResourceType::Snapshot,
+                    &name,
+                );
+                Source::Snapshot { snapshot, disk_id }
+            } else {
+                Source::Disk { disk_id }
+            }
+        }
+        (None, Some(uri)) => Source::Blob { uri: uri.clone() },
+        (None, None) => {
+            return Err(PlanError::NoSource {
+                vm: vm.name.clone(),
+                disk: d.name.clone(),
+            });
+        }
     })
 }
 
@@ -352,8 +429,9 @@ mod tests {
         );
         match &p[0].disks[0].source {
             Source::Snapshot { snapshot, .. } => {
-                assert_eq!(snapshot.reference.resource_group, "RG");
-                assert_eq!(snapshot.reference.name, "a2k-r1-os");
+                assert_eq!(snapshot.resource_group(), "RG");
+                assert!(snapshot.is(&ResourceType::Snapshot));
+                assert!(snapshot.name().starts_with("a2k-r1-os-"), "{snapshot}");
             }
             other => panic!("{other:?}"),
         }
@@ -410,6 +488,43 @@ mod tests {
         assert_eq!(
             plan(&[a], &opts(None, DiskSet::Os)).unwrap()[0].folder,
             "web"
+        );
+    }
+
+    #[test]
+    fn names_that_would_leave_the_output_folder_are_refused_naming_the_field() {
+        let long = "v".repeat(250);
+        let cases: Vec<(VmInfo, &str)> = vec![
+            (vm("../../etc", PowerState::Running), "name"),
+            (vm("/tmp/x", PowerState::Running), "name"),
+            (vm("..", PowerState::Running), "name"),
+            (vm("a\\b", PowerState::Running), "name"),
+            (vm("a\u{0}b", PowerState::Running), "name"),
+            (vm_in("web", "..", PowerState::Running), "resource_group"),
+            // Fits alone, not as `<name>-data-lun0.qcow2`.
+            (vm(&long, PowerState::Running), "image file"),
+        ];
+        for (bad, field) in cases {
+            let e = plan(std::slice::from_ref(&bad), &opts(None, DiskSet::All)).unwrap_err();
+            assert!(
+                matches!(&e, PlanError::BadName { field: f, .. } if f == field),
+                "{:?}: {e}",
+                bad.name
+            );
+        }
+        let mut wrong = vm("web", PowerState::Running);
+        wrong.disks[0].id = Some(wrong.id.clone());
+        let e = check_vm_record(&wrong).unwrap_err().to_string();
+        assert!(
+            e.contains("disks[0].id") && e.contains("not a Microsoft.Compute/disks"),
+            "{e}"
+        );
+        let mut bad_id = vm("web", PowerState::Running);
+        bad_id.id = "/subscriptions/s/../../x".into();
+        let e = check_vm_record(&bad_id).unwrap_err().to_string();
+        assert!(
+            e.contains("id") && e.contains("not an ARM resource id"),
+            "{e}"
         );
     }
 

@@ -12,10 +12,12 @@ use std::collections::BTreeMap;
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::cleanup::sweep;
+use super::cleanup::{only_this_runs_snapshots, sweep};
 use super::disk::{DiskContext, DiskError, export_disk};
 use super::ledger::{DiskOutcome, Ledger, ResourceKind, ResourceState};
-use super::plan::{PlannedDisk, PlannedVm, Source};
+use super::naming::{TAG_HASH_HEX, id_hash};
+use super::plan::{DiskKey, PlannedDisk, PlannedVm, Source};
+use crate::azure::arm::ResourceId;
 use crate::azure::arm::client::ResourceRef;
 use crate::transfer::engine::{CHUNK_MEMORY_BUDGET, DEFAULT_QUEUE_DEPTH};
 use crate::transfer::job::DownloadReport;
@@ -23,8 +25,24 @@ use crate::transfer::plan::DEFAULT_CHUNK_SIZE;
 
 /// Tag on every snapshot a run creates: `cleanup` finds them by it.
 pub const RUN_TAG: &str = "azure2kvm-run";
-/// Tag naming the disk a snapshot copies.
+/// Tag naming the disk a snapshot copies, by hash (see [`snapshot_tags`]).
 pub const SOURCE_TAG: &str = "azure2kvm-source";
+/// Longest tag value Azure accepts.
+pub const TAG_VALUE_MAX: usize = 256;
+
+/// The tags of a snapshot of `disk_id` made by run `run_id`. The source is named by the
+/// hash of its id (`sha256:` and 32 hex digits), not the id itself: a full disk id with
+/// long resource group and disk names exceeds Azure's 256 characters per tag value and
+/// the snapshot PUT fails with 400. The run report records the full id.
+pub fn snapshot_tags(run_id: &str, disk_id: &ResourceId) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (RUN_TAG.to_string(), run_id.to_string()),
+        (
+            SOURCE_TAG.to_string(),
+            format!("sha256:{}", id_hash(disk_id, TAG_HASH_HEX)),
+        ),
+    ])
+}
 /// VMs prepared (deallocated, snapshotted) at once: ARM writes are rate-limited per
 /// subscription (200 per bucket, 10/s refill), a few in flight is plenty.
 pub const PREPARE_CONCURRENCY: usize = 4;
@@ -117,17 +135,20 @@ pub fn split_budget(concurrency: usize, disks: usize, buffers: usize) -> Budget 
     best
 }
 
-fn key(vm: &str, disk: &str) -> (String, String) {
-    (vm.to_ascii_lowercase(), disk.to_ascii_lowercase())
-}
-
 /// The ledger's outcome rows for a plan, all pending.
 pub fn pending_outcomes(plan: &[PlannedVm]) -> Vec<DiskOutcome> {
     plan.iter()
         .flat_map(|vm| {
             vm.disks.iter().map(|d| DiskOutcome {
                 vm: vm.name.clone(),
+                vm_id: d.key.vm.clone(),
                 disk: d.name.clone(),
+                disk_id: match &d.source {
+                    Source::Snapshot { disk_id, .. } | Source::Disk { disk_id } => {
+                        Some(disk_id.clone())
+                    }
+                    Source::Blob { .. } => None,
+                },
                 role: match d.role {
                     crate::azure::inventory::DiskRole::Os => "os".into(),
                     crate::azure::inventory::DiskRole::Data => "data".into(),
@@ -142,13 +163,14 @@ pub fn pending_outcomes(plan: &[PlannedVm]) -> Vec<DiskOutcome> {
         .collect()
 }
 
-fn record(ledger: &Ledger, vm: &str, disk: &PlannedDisk, result: &DiskResult) {
+/// True if `row` is the outcome row of the disk `key` names.
+fn is_row_of(row: &DiskOutcome, key: &DiskKey) -> bool {
+    row.vm_id == key.vm && (row.role == "data").then_some(row.lun).flatten() == key.lun
+}
+
+fn record(ledger: &Ledger, key: &DiskKey, result: &DiskResult) {
     let r = ledger.update(|rep| {
-        if let Some(o) = rep
-            .disks
-            .iter_mut()
-            .find(|o| key(&o.vm, &o.disk) == key(vm, &disk.name))
-        {
+        if let Some(o) = rep.disks.iter_mut().find(|o| is_row_of(o, key)) {
             o.status = result.status.as_str().into();
             o.bytes_downloaded = result.report.as_ref().map(bytes_downloaded).unwrap_or(0);
             o.error = result.error.clone();
@@ -159,32 +181,23 @@ fn record(ledger: &Ledger, vm: &str, disk: &PlannedDisk, result: &DiskResult) {
     }
 }
 
-/// Runs the plan; returns one result per planned disk, by (vm, disk) in lower case.
+/// Runs the plan; returns one result per planned disk, by its key.
 pub async fn run(
     plan: &[PlannedVm],
     ctx: &DiskContext,
     run_id: &str,
-) -> BTreeMap<(String, String), DiskResult> {
-    let mut results: BTreeMap<(String, String), DiskResult> = BTreeMap::new();
+) -> BTreeMap<DiskKey, DiskResult> {
+    let mut results: BTreeMap<DiskKey, DiskResult> = BTreeMap::new();
 
     // Phase 1: prepare every VM (deallocate, snapshots) before any download starts.
-    let prepared: Vec<Vec<(String, DiskResult)>> = futures::stream::iter(plan)
+    let prepared: Vec<Vec<(DiskKey, DiskResult)>> = futures::stream::iter(plan)
         .map(|vm| prepare_vm(ctx, vm, run_id))
         .buffer_unordered(PREPARE_CONCURRENCY)
         .collect()
         .await;
-    for failures in prepared {
-        for (vm_disk, result) in failures {
-            let (vm, disk) = vm_disk.split_once('\u{0}').unwrap_or_default();
-            if let Some(d) = plan
-                .iter()
-                .find(|v| v.name.eq_ignore_ascii_case(vm))
-                .and_then(|v| v.disks.iter().find(|d| d.name.eq_ignore_ascii_case(disk)))
-            {
-                record(&ctx.ledger, vm, d, &result);
-            }
-            results.insert(key(vm, disk), result);
-        }
+    for (key, result) in prepared.into_iter().flatten() {
+        record(&ctx.ledger, &key, &result);
+        results.insert(key, result);
     }
 
     // Phase 2: every disk that is ready, a bounded number at a time, each with its share
@@ -192,7 +205,7 @@ pub async fn run(
     let ready: Vec<(&PlannedVm, &PlannedDisk)> = plan
         .iter()
         .flat_map(|vm| vm.disks.iter().map(move |d| (vm, d)))
-        .filter(|(vm, d)| !results.contains_key(&key(&vm.name, &d.name)))
+        .filter(|(_, d)| !results.contains_key(&d.key))
         .collect();
     let budget = split_budget(ctx.connections, ready.len(), RUN_BUFFERS);
     let per_disk = DiskContext {
@@ -200,7 +213,7 @@ pub async fn run(
         queue_depth: budget.queue_depth,
         ..ctx.clone()
     };
-    let done: Vec<((String, String), DiskResult)> = futures::stream::iter(ready)
+    let done: Vec<(DiskKey, DiskResult)> = futures::stream::iter(ready)
         .map(|(vm, d)| {
             let (ctx, vm_name, disk) = (per_disk.clone(), vm.name.clone(), d.clone());
             async move {
@@ -219,8 +232,8 @@ pub async fn run(
                         disk.name
                     )),
                 });
-                record(&ctx.ledger, &vm_name, &disk, &result);
-                (key(&vm_name, &disk.name), result)
+                record(&ctx.ledger, &disk.key, &result);
+                (disk.key, result)
             }
         })
         .buffer_unordered(budget.slots)
@@ -229,7 +242,7 @@ pub async fn run(
     results.extend(done);
 
     // Whatever is still recorded as possibly existing goes now.
-    sweep(&ctx.arm, &ctx.ledger).await;
+    sweep(&ctx.arm, &ctx.ledger, &only_this_runs_snapshots(run_id)).await;
     results
 }
 
@@ -237,7 +250,7 @@ pub async fn run(
 async fn one_disk(ctx: &DiskContext, vm: &str, d: &PlannedDisk) -> DiskResult {
     let outcome = export_disk(ctx, vm, d).await;
     if let Source::Snapshot { snapshot, .. } = &d.source {
-        delete_snapshot(ctx, &snapshot.id, &snapshot.reference).await;
+        delete_snapshot(ctx, snapshot).await;
     }
     match outcome {
         Ok(report) => {
@@ -270,11 +283,11 @@ async fn one_disk(ctx: &DiskContext, vm: &str, d: &PlannedDisk) -> DiskResult {
 }
 
 /// Deletes a snapshot (404 counts as deleted); a failure is left for the sweep.
-pub async fn delete_snapshot(ctx: &DiskContext, id: &str, r: &ResourceRef) {
-    let state = match ctx.arm.delete_snapshot(r).await {
+pub async fn delete_snapshot(ctx: &DiskContext, id: &ResourceId) {
+    let state = match ctx.arm.delete_snapshot(&ResourceRef::from(id)).await {
         Ok(()) => (ResourceState::Removed, None),
         Err(e) => {
-            tracing::warn!("deleting snapshot {r}: {e}");
+            tracing::warn!("deleting snapshot {id}: {e}");
             (ResourceState::RemoveFailed, Some(e.to_string()))
         }
     };
@@ -284,14 +297,14 @@ pub async fn delete_snapshot(ctx: &DiskContext, id: &str, r: &ResourceRef) {
 }
 
 /// Deallocates (if planned) and snapshots every disk of `vm` that needs one. Returns the
-/// disks that cannot go on, keyed `vm\0disk`.
-async fn prepare_vm(ctx: &DiskContext, vm: &PlannedVm, run_id: &str) -> Vec<(String, DiskResult)> {
+/// disks that cannot go on.
+async fn prepare_vm(ctx: &DiskContext, vm: &PlannedVm, run_id: &str) -> Vec<(DiskKey, DiskResult)> {
     let fail_all = |status: DiskStatus, message: String| {
         vm.disks
             .iter()
             .map(|d| {
                 (
-                    format!("{}\u{0}{}", vm.name, d.name),
+                    d.key.clone(),
                     DiskResult {
                         status,
                         report: None,
@@ -308,12 +321,10 @@ async fn prepare_vm(ctx: &DiskContext, vm: &PlannedVm, run_id: &str) -> Vec<(Str
         );
     }
     if vm.deallocate {
-        let Some(r) = ResourceRef::from_id(&vm.vm.id) else {
-            return fail_all(DiskStatus::Failed, format!("VM {}: bad id", vm.name));
-        };
+        let r = ResourceRef::from(&vm.id);
         if let Err(e) = ctx
             .ledger
-            .creating(ResourceKind::Deallocation, &vm.vm.id, None)
+            .creating(ResourceKind::Deallocation, &vm.id, None)
         {
             return fail_all(DiskStatus::Failed, e.to_string());
         }
@@ -335,7 +346,7 @@ async fn prepare_vm(ctx: &DiskContext, vm: &PlannedVm, run_id: &str) -> Vec<(Str
         if let Err(e) = outcome {
             let _ = ctx.ledger.set_state(
                 ResourceKind::Deallocation,
-                &vm.vm.id,
+                &vm.id,
                 ResourceState::RemoveFailed,
                 Some(e.to_string()),
             );
@@ -346,7 +357,7 @@ async fn prepare_vm(ctx: &DiskContext, vm: &PlannedVm, run_id: &str) -> Vec<(Str
         }
         let _ = ctx.ledger.set_state(
             ResourceKind::Deallocation,
-            &vm.vm.id,
+            &vm.id,
             ResourceState::Exists,
             None,
         );
@@ -358,7 +369,7 @@ async fn prepare_vm(ctx: &DiskContext, vm: &PlannedVm, run_id: &str) -> Vec<(Str
     let created = futures::future::join_all(snapshots.map(|(d, snapshot, disk_id)| async move {
         let fail = |message: String| {
             Some((
-                format!("{}\u{0}{}", vm.name, d.name),
+                d.key.clone(),
                 DiskResult {
                     status: DiskStatus::Failed,
                     report: None,
@@ -368,7 +379,7 @@ async fn prepare_vm(ctx: &DiskContext, vm: &PlannedVm, run_id: &str) -> Vec<(Str
         };
         if ctx.interrupt.is_set() {
             return Some((
-                format!("{}\u{0}{}", vm.name, d.name),
+                d.key.clone(),
                 DiskResult {
                     status: DiskStatus::Interrupted,
                     report: None,
@@ -376,29 +387,33 @@ async fn prepare_vm(ctx: &DiskContext, vm: &PlannedVm, run_id: &str) -> Vec<(Str
                 },
             ));
         }
-        if let Err(e) =
-            ctx.ledger
-                .creating(ResourceKind::Snapshot, &snapshot.id, Some(disk_id.as_str()))
+        if let Err(e) = ctx
+            .ledger
+            .creating(ResourceKind::Snapshot, snapshot, Some(disk_id))
         {
             return fail(e.to_string());
         }
-        let tags = BTreeMap::from([
-            (RUN_TAG.to_string(), run_id.to_string()),
-            (SOURCE_TAG.to_string(), disk_id.clone()),
-        ]);
+        let reference = ResourceRef::from(snapshot);
+        let source = disk_id.to_string();
         match ctx
             .arm
-            .create_snapshot(&snapshot.reference, &vm.vm.location, disk_id, false, &tags)
+            .create_snapshot(
+                &reference,
+                &vm.vm.location,
+                &source,
+                false,
+                &snapshot_tags(run_id, disk_id),
+            )
             .await
         {
             Ok(_) => {
                 let _ = ctx.ledger.set_state(
                     ResourceKind::Snapshot,
-                    &snapshot.id,
+                    snapshot,
                     ResourceState::Exists,
                     None,
                 );
-                tracing::info!("{}: snapshot {} created", vm.name, snapshot.reference);
+                tracing::info!("{}: snapshot {reference} created", vm.name);
                 None
             }
             // Left as "creating": the sweep deletes it if it exists after all.
@@ -412,6 +427,54 @@ async fn prepare_vm(ctx: &DiskContext, vm: &PlannedVm, run_id: &str) -> Vec<(Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tag_values_stay_within_azures_limit() {
+        let long: ResourceId = format!(
+            "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/{}/providers/Microsoft.Compute/disks/{}",
+            "g".repeat(90),
+            "d".repeat(80)
+        )
+        .parse()
+        .unwrap();
+        assert!(long.to_string().len() > TAG_VALUE_MAX);
+        let tags = snapshot_tags("20261127t103000z-s9999-ffffffffffffffff", &long);
+        assert!(tags.values().all(|v| v.len() <= TAG_VALUE_MAX), "{tags:?}");
+        assert_eq!(tags[SOURCE_TAG].len(), "sha256:".len() + TAG_HASH_HEX);
+    }
+
+    #[test]
+    fn outcome_rows_are_matched_by_vm_id_and_lun_not_by_name() {
+        let vm = |rg: &str| -> ResourceId {
+            format!("/subscriptions/s/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/web-01")
+                .parse()
+                .unwrap()
+        };
+        let row = |rg: &str, role: &str, lun: Option<u32>| DiskOutcome {
+            vm: "web-01".into(),
+            vm_id: vm(rg),
+            disk: "web-01-osdisk".into(),
+            disk_id: None,
+            role: role.into(),
+            lun,
+            image: None,
+            status: "pending".into(),
+            bytes_downloaded: 0,
+            error: None,
+        };
+        let key = DiskKey {
+            vm: vm("RG-TEST"),
+            lun: None,
+        };
+        assert!(is_row_of(&row("rg-test", "os", None), &key));
+        assert!(!is_row_of(&row("rg-prod", "os", None), &key));
+        assert!(!is_row_of(&row("rg-test", "data", Some(0)), &key));
+        let data0 = DiskKey {
+            vm: vm("rg-test"),
+            lun: Some(0),
+        };
+        assert!(is_row_of(&row("rg-test", "data", Some(0)), &data0));
+    }
 
     #[test]
     fn the_budget_bounds_connections_and_memory() {

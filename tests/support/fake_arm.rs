@@ -1342,6 +1342,40 @@ fn valid_snapshot_name(n: &str) -> bool {
     (1..=80).contains(&n.len()) && ok_chars && first && last
 }
 
+/// Azure's limits on a resource's tags: at most 50, names up to 512 characters, values
+/// up to 256; a request over any of them is refused with 400 and nothing is created.
+fn tag_refusal(body: &Value) -> Option<HttpResponse> {
+    let tags = body.get("tags")?.as_object()?;
+    if tags.len() > 50 {
+        return Some(arm_error(
+            400,
+            "InvalidTagCount",
+            "A resource can have at most 50 tags.",
+        ));
+    }
+    for (name, value) in tags {
+        if name.chars().count() > 512 {
+            return Some(arm_error(
+                400,
+                "InvalidTagNameLength",
+                &format!("The tag name '{name}' is longer than the 512 characters allowed."),
+            ));
+        }
+        let value = value.as_str().unwrap_or_default();
+        if value.chars().count() > 256 {
+            return Some(arm_error(
+                400,
+                "InvalidTagValueLength",
+                &format!(
+                    "The value of tag '{name}' has {} characters; at most 256 are allowed.",
+                    value.chars().count()
+                ),
+            ));
+        }
+    }
+    None
+}
+
 fn snapshot_json(s: &ArmState, snap: &FakeSnapshot) -> Value {
     let id = format!(
         "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/snapshots/{}",
@@ -1383,6 +1417,9 @@ fn snapshot_routes(
                 );
             }
             let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+            if let Some(refusal) = tag_refusal(&body) {
+                return refusal;
+            }
             let Some(source) = body
                 .pointer("/properties/creationData/sourceResourceId")
                 .and_then(Value::as_str)

@@ -55,6 +55,8 @@ pub struct FakeAzure {
     pub azurite: Azurite,
     /// What each managed disk holds, by lower-case disk name.
     pub disks: BTreeMap<String, Disk>,
+    /// The same by lower-case (resource group, disk name): namesake disks in two groups.
+    pub disks_by_group: BTreeMap<(String, String), Disk>,
 }
 
 impl std::fmt::Debug for FakeAzure {
@@ -83,10 +85,18 @@ impl FakeAzure {
         seed::create_container_once(azurite.port, DISK_CONTAINER);
         seed::create_container_once(azurite.port, SNAPSHOT_CONTAINER);
         let mut disks = BTreeMap::new();
+        let mut disks_by_group = BTreeMap::new();
         for vm in &vms {
             for d in vm.disks.iter().filter(|d| d.vhd_uri.is_none()) {
                 let disk = content(d);
                 seed_fixed_vhd(azurite.port, &blob_name(&d.resource_group, &d.name), &disk);
+                disks_by_group.insert(
+                    (
+                        d.resource_group.to_ascii_lowercase(),
+                        d.name.to_ascii_lowercase(),
+                    ),
+                    disk.clone(),
+                );
                 disks.insert(d.name.to_ascii_lowercase(), disk);
             }
         }
@@ -109,6 +119,7 @@ impl FakeAzure {
             proxy,
             azurite,
             disks,
+            disks_by_group,
         }
     }
 
@@ -117,6 +128,13 @@ impl FakeAzure {
         self.disks
             .get(&name.to_ascii_lowercase())
             .unwrap_or_else(|| panic!("no seeded disk {name}"))
+    }
+
+    /// The bytes disk `name` of resource group `rg` holds (for namesake disks).
+    pub fn disk_in(&self, rg: &str, name: &str) -> &Disk {
+        self.disks_by_group
+            .get(&(rg.to_ascii_lowercase(), name.to_ascii_lowercase()))
+            .unwrap_or_else(|| panic!("no seeded disk {rg}/{name}"))
     }
 
     pub fn with_state<R>(&self, f: impl FnOnce(&mut ArmState) -> R) -> R {

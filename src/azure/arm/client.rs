@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::error::{ArmError, parse_service_error};
+use super::id::{ResourceId, ResourceType};
 use super::lro::{self, FinalState, LroResponse, LroSettings};
 use super::models::{AccessUri, Disk, Page, Snapshot, VirtualMachine, VmSize};
 use super::pager;
@@ -135,18 +136,12 @@ impl ResourceRef {
             name: name.into(),
         }
     }
+}
 
-    /// From `/subscriptions/S/resourceGroups/RG/providers/NS/TYPE/NAME`.
-    pub fn from_id(id: &str) -> Option<Self> {
-        let parts: Vec<&str> = id.split('/').filter(|p| !p.is_empty()).collect();
-        if parts.len() < 8
-            || !parts[0].eq_ignore_ascii_case("subscriptions")
-            || !parts[2].eq_ignore_ascii_case("resourceGroups")
-            || !parts[4].eq_ignore_ascii_case("providers")
-        {
-            return None;
-        }
-        Some(Self::new(parts[1], parts[3], parts[parts.len() - 1]))
+/// The parts of a parsed id the URL builder needs (its type is the caller's to check).
+impl From<&ResourceId> for ResourceRef {
+    fn from(id: &ResourceId) -> Self {
+        Self::new(id.subscription(), id.resource_group(), id.name())
     }
 }
 
@@ -164,6 +159,16 @@ pub enum AccessTarget {
 }
 
 impl AccessTarget {
+    /// The grant target a parsed id names: a disk or a snapshot by its type, None for any
+    /// other type.
+    pub fn of(id: &ResourceId) -> Option<Self> {
+        match id.resource_type() {
+            ResourceType::Disk => Some(Self::Disk(id.into())),
+            ResourceType::Snapshot => Some(Self::Snapshot(id.into())),
+            _ => None,
+        }
+    }
+
     fn parts(&self) -> (&'static str, &ResourceRef) {
         match self {
             Self::Disk(r) => ("disks", r),
@@ -749,14 +754,28 @@ mod tests {
     }
 
     #[test]
-    fn resource_ref_from_id() {
-        let r = ResourceRef::from_id(
-            "/subscriptions/s1/resourceGroups/RG/providers/Microsoft.Compute/disks/d1",
-        )
-        .unwrap();
-        assert_eq!(r, ResourceRef::new("s1", "RG", "d1"));
-        assert!(ResourceRef::from_id("/subscriptions/s1/resourceGroups/RG").is_none());
-        assert!(ResourceRef::from_id("https://acct.blob.core.windows.net/vhds/a.vhd").is_none());
+    fn grant_targets_by_type_never_by_substring() {
+        let id = |s: &str| s.parse::<ResourceId>().unwrap();
+        let disk =
+            id("/subscriptions/s1/resourceGroups/snapshots/providers/Microsoft.Compute/disks/d1");
+        assert_eq!(
+            AccessTarget::of(&disk),
+            Some(AccessTarget::Disk(ResourceRef::new(
+                "s1",
+                "snapshots",
+                "d1"
+            )))
+        );
+        let snap =
+            id("/subscriptions/s1/resourceGroups/disks/providers/Microsoft.Compute/snapshots/s");
+        assert_eq!(
+            AccessTarget::of(&snap),
+            Some(AccessTarget::Snapshot(ResourceRef::new("s1", "disks", "s")))
+        );
+        let vm = id(
+            "/subscriptions/s1/resourceGroups/RG/providers/Microsoft.Compute/virtualMachines/snapshots",
+        );
+        assert_eq!(AccessTarget::of(&vm), None);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::arm::client::ResourceRef;
 use super::arm::models::{
     Disk, OsType, PowerState, VirtualMachine, VmSize, name_of, resource_group_of,
 };
-use super::arm::{ArmClient, ArmError};
+use super::arm::{ArmClient, ArmError, ResourceId, ResourceType};
 pub use selection::{Selection, SelectionError, SelectionInput};
 
 /// Concurrent list calls (scopes, resource groups, locations): enough to overlap latency,
@@ -429,7 +429,7 @@ async fn fetch_disks(
             })
             .collect();
         let results: Vec<Result<Disk, ArmError>> =
-            futures::stream::iter(ids.into_iter().filter_map(|id| ResourceRef::from_id(&id)))
+            futures::stream::iter(ids.into_iter().filter_map(|id| disk_ref(&id)))
                 .map(|r| async move { arm.get_disk(&r).await })
                 .buffer_unordered(CONCURRENCY)
                 .collect()
@@ -469,6 +469,24 @@ async fn fetch_disks(
 }
 
 /// VM sizes by lower-case name, one list per location of a selected VM.
+/// The disk a VM model's managed-disk id names; None (and a warning) for anything else.
+fn disk_ref(id: &str) -> Option<ResourceRef> {
+    match id.parse::<ResourceId>() {
+        Ok(r) if r.is(&ResourceType::Disk) => Some(ResourceRef::from(&r)),
+        Ok(r) => {
+            tracing::warn!(
+                "managed disk id {r} names a {}, not a disk",
+                r.resource_type()
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!("{e}");
+            None
+        }
+    }
+}
+
 async fn fetch_sizes(
     arm: &ArmClient,
     sel: &Selection,
