@@ -171,7 +171,7 @@ pub async fn export_disk(
     let mut last_kept: Option<PathBuf> = None;
     let mut early_refusals = 0;
     for grant in 1..=MAX_GRANTS {
-        let sas = grant_read_access(ctx, &target, &resource_id)
+        let sas = grant_read_access(ctx, &target, resource_id)
             .await
             .map_err(|e| match e {
                 None => DiskError::Interrupted {
