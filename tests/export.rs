@@ -12,6 +12,7 @@ use azure2kvm::azure::arm::ResourceId;
 use azure2kvm::azure::arm::client::{AccessTarget, ResourceRef};
 use support::fake_arm::{FakeVm, Leftovers, SNAPSHOT_CONTAINER, SUBSCRIPTION, blob_name};
 use support::fake_azure::FakeAzure;
+use support::fault_proxy::Fault;
 use support::image::{assert_file_holds, assert_qcow2_matches};
 use support::{download, seed, stderr, wait_for};
 
@@ -1072,7 +1073,13 @@ fn sigint_stops_an_export_whose_unmanaged_disk_is_unreachable_within_2_s() {
     world.proxy.set_delay(Duration::from_millis(400));
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let mut child = spawn_export(&world, &out, &["--concurrency", "8"]);
+    // The black hole stands for this custom cloud's storage account (its suffix is the
+    // address), so a token may be sent there and the disk's read really starts.
+    let mut child = spawn_export(
+        &world,
+        &out,
+        &["--concurrency", "8", "--storage-suffix", "127.0.0.1"],
+    );
     wait_for("both disks in progress", Duration::from_secs(30), || {
         hole.accepted() >= 1 && world.with_state(|s| !s.grants.is_empty())
     });
@@ -1137,6 +1144,13 @@ fn a_direct_disk_export_killed_midway_resumes_in_the_next_run() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let args = ["--name", "db-01", "--concurrency", "1", "--format", "raw"];
+    // The footer and two chunks arrive, then every body stalls: the kill below always
+    // lands mid-download, however slow this machine is, and the idle checkpoint has made
+    // the chunks that arrived durable.
+    world.proxy.faults_after(3);
+    for _ in 0..8 {
+        world.proxy.push(Fault::Stall(Duration::from_secs(60)));
+    }
     let mut child = spawn_export(&world, &out, &args);
     // Wait until at least one chunk is durable in the journal, then kill.
     wait_for("a journal with progress", Duration::from_secs(30), || {
@@ -1156,6 +1170,7 @@ fn a_direct_disk_export_killed_midway_resumes_in_the_next_run() {
     assert_eq!(world.leftovers(), Leftovers::default());
 
     world.proxy.set_delay(Duration::ZERO);
+    world.proxy.clear_faults();
     let r = export(&world, &out, &args);
     assert_eq!(r.code, 0, "{}", r.stderr);
     // "resuming … N of M chunks (…) already done": N must not be 0.

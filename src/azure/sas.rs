@@ -29,6 +29,9 @@ const SECRET_PARAMS: &[&str] = &[
 
 const REDACTED: &str = "REDACTED";
 
+/// Shortest secret value that [`SasUrl::scrub`] removes wherever it appears in a text.
+const MIN_FREE_STANDING_SECRET: usize = 8;
+
 /// Why a URL was refused. Never quotes the query string.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SasUrlError {
@@ -128,10 +131,17 @@ impl SasUrl {
     }
 
     /// Removes this URL's secrets, and any `sig=` value, from `text`.
+    ///
+    /// A secret is looked for anywhere in the text (an error may quote it decoded, out of
+    /// its query) only when it is long enough to be one: a real signature is 43+ base64
+    /// characters, while a toy value such as `sig=x` would otherwise blank out every `x`
+    /// of the message. Short values are still removed where they stand after `sig=`.
     pub fn scrub(&self, text: &str) -> String {
         let mut s = text.to_string();
         for secret in self.secrets() {
-            s = s.replace(&secret, REDACTED);
+            if secret.len() >= MIN_FREE_STANDING_SECRET {
+                s = s.replace(&secret, REDACTED);
+            }
         }
         scrub(&s)
     }
@@ -271,6 +281,16 @@ mod tests {
         assert_eq!(
             scrub("GET /c/b?sv=1&sig=secret%3D&sp=r and ?Signature=x)"),
             "GET /c/b?sv=1&sig=REDACTED&sp=r and ?Signature=REDACTED)"
+        );
+    }
+
+    #[test]
+    fn a_toy_signature_does_not_blank_out_the_message() {
+        let u = SasUrl::parse("https://acct.blob.core.windows.net/c/d.vhd?sv=2020&sig=x").unwrap();
+        let raw = format!("failed to execute GET {}", u.expose());
+        assert_eq!(
+            u.scrub(&raw),
+            "failed to execute GET https://acct.blob.core.windows.net/c/d.vhd?sv=2020&sig=REDACTED"
         );
     }
 

@@ -113,6 +113,11 @@ impl FaultProxy {
         st.start_after = st.data_gets + n;
     }
 
+    /// Drops the faults still queued (a later run should see a healthy service).
+    pub fn clear_faults(&self) {
+        self.state.lock().unwrap().faults.clear();
+    }
+
     pub fn data_gets(&self) -> u64 {
         self.state.lock().unwrap().data_gets
     }
