@@ -37,6 +37,8 @@ pub struct DiskContext {
     pub credential: Arc<dyn TokenCredential>,
     /// The session's transport and options (`--ca-bundle` roots) for blob reads too.
     pub client_options: azure_core::http::ClientOptions,
+    /// `x-ms-version` for managed-disk export hosts (`--md-service-version`).
+    pub md_service_version: crate::azure::blob::ServiceVersion,
     pub ledger: Arc<Ledger>,
     pub output_dir: PathBuf,
     pub format: ImageFormat,
@@ -331,6 +333,7 @@ fn request(
 ) -> DownloadRequest {
     let mut req = DownloadRequest::new(url, output.to_path_buf(), ctx.format);
     req.client_options = Some(ctx.client_options.clone());
+    req.md_service_version = ctx.md_service_version.clone();
     req.overwrite = Overwrite::Refuse;
     req.engine = EngineConfig {
         concurrency: ctx.connections,
