@@ -1241,7 +1241,14 @@ fn grant_sas(
         .unwrap_or(3600);
     let blob = blob_name(rg, name);
     let sas = super::seed::blob_sas(container, &blob, Duration::from_secs(secs), false);
-    let url = super::seed::blob_url(storage.sas_port, container, &blob, &sas);
+    // A managed-disk export host name, as Azure grants (md-impexp-….blob.storage.azure.net):
+    // the tool treats it by its rules, and the proxy answers like one. Under localhost. it
+    // reaches the loopback proxy without DNS.
+    let url = format!(
+        "http://md-impexp-{container}.localhost:{}/{}/{container}/{blob}?{sas}",
+        storage.sas_port,
+        super::seed::ACCOUNT
+    );
     if let Some(sig) = sas.split('&').find_map(|kv| kv.strip_prefix("sig=")) {
         s.issued_signatures.push(sig.to_string());
     }
