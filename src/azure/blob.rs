@@ -66,26 +66,46 @@ pub const MANAGED_DISK_SERVICE_VERSION: &str = "2025-07-05";
 /// came with 2020-10-02 (older versions would silently return a first page only).
 pub const OLDEST_SERVICE_VERSION: &str = "2020-10-02";
 
-/// A blob service version (`x-ms-version`): `YYYY-MM-DD`, not older than
-/// [`OLDEST_SERVICE_VERSION`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceVersion(String);
+/// A blob service version (`x-ms-version`): a date, `YYYY-MM-DD` in text, not older than
+/// [`OLDEST_SERVICE_VERSION`]. Kept as numbers: it rides in every command's arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServiceVersion {
+    year: u16,
+    month: u8,
+    day: u8,
+}
 
 impl ServiceVersion {
-    pub fn as_str(&self) -> &str {
-        &self.0
+    /// `YYYY-MM-DD` with a plausible month and day, or None.
+    fn date(v: &str) -> Option<Self> {
+        let b = v.as_bytes();
+        let shaped = b.len() == 10
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && b.iter()
+                .enumerate()
+                .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+        if !shaped {
+            return None;
+        }
+        let me = Self {
+            year: v[..4].parse().ok()?,
+            month: v[5..7].parse().ok()?,
+            day: v[8..].parse().ok()?,
+        };
+        ((1..=12).contains(&me.month) && (1..=31).contains(&me.day)).then_some(me)
     }
 }
 
 impl Default for ServiceVersion {
     fn default() -> Self {
-        Self(MANAGED_DISK_SERVICE_VERSION.to_string())
+        Self::date(MANAGED_DISK_SERVICE_VERSION).expect("a valid constant")
     }
 }
 
 impl std::fmt::Display for ServiceVersion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        write!(f, "{:04}-{:02}-{:02}", self.year, self.month, self.day)
     }
 }
 
@@ -94,28 +114,15 @@ impl std::str::FromStr for ServiceVersion {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let v = s.trim();
-        let b = v.as_bytes();
-        let shaped = b.len() == 10
-            && b[4] == b'-'
-            && b[7] == b'-'
-            && b.iter()
-                .enumerate()
-                .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
-        let month_day = shaped
-            && matches!(v[5..7].parse::<u8>(), Ok(1..=12))
-            && matches!(v[8..10].parse::<u8>(), Ok(1..=31));
-        if !month_day {
-            return Err(format!(
-                "blob service version {v:?} is not a date like {MANAGED_DISK_SERVICE_VERSION}"
-            ));
-        }
-        // Same fixed-width shape: text order is date order.
-        if v < OLDEST_SERVICE_VERSION {
+        let me = Self::date(v).ok_or_else(|| {
+            format!("blob service version {v:?} is not a date like {MANAGED_DISK_SERVICE_VERSION}")
+        })?;
+        if me < Self::date(OLDEST_SERVICE_VERSION).expect("a valid constant") {
             return Err(format!(
                 "blob service version {v} is older than {OLDEST_SERVICE_VERSION}, the first with paged Get Page Ranges"
             ));
         }
-        Ok(Self(v.to_string()))
+        Ok(me)
     }
 }
 
@@ -217,7 +224,7 @@ impl BlobReader {
                 "{}: managed-disk export host: x-ms-version {md_version}, no access conditions",
                 url.identity()
             );
-            options.version = md_version.as_str().to_string();
+            options.version = md_version.to_string();
         }
         let credential = if url.has_sas() { None } else { credential };
         let client = BlobClient::new(url.expose().clone(), credential, Some(options))
@@ -719,11 +726,14 @@ mod tests {
     #[test]
     fn service_versions_are_checked() {
         assert_eq!(
-            ServiceVersion::default().as_str(),
+            ServiceVersion::default().to_string(),
             MANAGED_DISK_SERVICE_VERSION
         );
         assert_eq!(
-            " 2021-08-06 ".parse::<ServiceVersion>().unwrap().as_str(),
+            " 2021-08-06 "
+                .parse::<ServiceVersion>()
+                .unwrap()
+                .to_string(),
             "2021-08-06"
         );
         for bad in [

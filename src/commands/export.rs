@@ -198,7 +198,7 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
         arm: session.arm.clone(),
         credential: session.credential.clone() as Arc<dyn TokenCredential>,
         client_options: session.client_options(),
-        md_service_version: args.azure.md_service_version.clone(),
+        md_service_version: args.azure.md_service_version,
         ledger: ledger.clone(),
         output_dir: output_dir.clone(),
         format: args.format,

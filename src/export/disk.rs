@@ -333,7 +333,7 @@ fn request(
 ) -> DownloadRequest {
     let mut req = DownloadRequest::new(url, output.to_path_buf(), ctx.format);
     req.client_options = Some(ctx.client_options.clone());
-    req.md_service_version = ctx.md_service_version.clone();
+    req.md_service_version = ctx.md_service_version;
     req.overwrite = Overwrite::Refuse;
     req.engine = EngineConfig {
         concurrency: ctx.connections,
