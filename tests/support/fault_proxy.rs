@@ -225,13 +225,54 @@ fn to_managed_disk_host(head: &str) -> bool {
         .is_some_and(|label| label.len() > 3 && label[..3].eq_ignore_ascii_case("md-"))
 }
 
+/// A storage service error answer: status, `x-ms-error-code` and an XML error body.
+struct Refusal {
+    status: u16,
+    reason: &'static str,
+    code: &'static str,
+    message: String,
+    retry_after_secs: Option<u64>,
+}
+
+impl Refusal {
+    fn new(status: u16, reason: &'static str, code: &'static str, message: String) -> Self {
+        Self {
+            status,
+            reason,
+            code,
+            message,
+            retry_after_secs: None,
+        }
+    }
+}
+
+async fn refuse(client: &mut TcpStream, r: Refusal) {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>{}</Code><Message>{}</Message></Error>",
+        r.code, r.message
+    );
+    let retry = r
+        .retry_after_secs
+        .map(|s| format!("Retry-After: {s}\r\n"))
+        .unwrap_or_default();
+    let rsp = format!(
+        "HTTP/1.1 {} {}\r\n{retry}x-ms-error-code: {}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        r.status,
+        r.reason,
+        r.code,
+        body.len()
+    );
+    let _ = client.write_all(rsp.as_bytes()).await;
+    let _ = client.shutdown().await;
+}
+
 /// What a managed-disk export host answers a request it refuses, or None.
-fn md_refusal(head: &str) -> Option<(u16, &'static str, &'static str, String)> {
+fn md_refusal(head: &str) -> Option<Refusal> {
     if !to_managed_disk_host(head) {
         return None;
     }
     if let Some(h) = CONDITION_HEADERS.iter().find(|h| header(head, h).is_some()) {
-        return Some((
+        return Some(Refusal::new(
             400,
             "Condition headers are not supported.",
             "ConditionHeadersNotSupported",
@@ -240,7 +281,7 @@ fn md_refusal(head: &str) -> Option<(u16, &'static str, &'static str, String)> {
     }
     let version = header(head, "x-ms-version").unwrap_or("");
     if !MD_SERVICE_VERSIONS.contains(&version) {
-        return Some((
+        return Some(Refusal::new(
             400,
             "The value for one of the HTTP headers is not in the correct format.",
             "InvalidHeaderValue",
@@ -250,6 +291,43 @@ fn md_refusal(head: &str) -> Option<(u16, &'static str, &'static str, String)> {
         ));
     }
     None
+}
+
+/// Whether the request is answered here instead of by Azurite: a revoked grant (403), an
+/// export host's rule, an injected status.
+fn refusal(state: &Mutex<State>, head: &str, fault: Option<&Fault>) -> Option<Refusal> {
+    let gate = state.lock().unwrap().gate.clone();
+    if let Some(Gate(allow)) = gate {
+        let first = head.lines().next().unwrap_or_default();
+        let target = first.split_whitespace().nth(1).unwrap_or("/");
+        if !allow(target.split('?').next().unwrap_or("/")) {
+            return Some(Refusal::new(
+                403,
+                "Server failed to authenticate the request.",
+                "AuthenticationFailed",
+                "access was revoked".into(),
+            ));
+        }
+    }
+    if let Some(r) = md_refusal(head) {
+        return Some(r);
+    }
+    let Some(Fault::Status {
+        code,
+        retry_after_secs,
+    }) = fault
+    else {
+        return None;
+    };
+    let reason = if *code == 429 {
+        "Too Many Requests"
+    } else {
+        "Server Busy"
+    };
+    Some(Refusal {
+        retry_after_secs: Some(*retry_after_secs),
+        ..Refusal::new(*code, reason, "ServerBusy", "injected".into())
+    })
 }
 
 /// The request head as sent to Azurite: its own address as Host, one request per
@@ -314,51 +392,8 @@ async fn handle(mut client: TcpStream, upstream: u16, state: Arc<Mutex<State>>) 
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let gate = state.lock().unwrap().gate.clone();
-    if let Some(Gate(allow)) = gate {
-        let target = first.split_whitespace().nth(1).unwrap_or("/");
-        let path = target.split('?').next().unwrap_or("/");
-        if !allow(path) {
-            let body = "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>AuthenticationFailed</Code><Message>access was revoked</Message></Error>";
-            let rsp = format!(
-                "HTTP/1.1 403 Server failed to authenticate the request.\r\nx-ms-error-code: AuthenticationFailed\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = client.write_all(rsp.as_bytes()).await;
-            let _ = client.shutdown().await;
-            return;
-        }
-    }
-    if let Some((code, reason, error_code, message)) = md_refusal(&head) {
-        let body = format!(
-            "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>{error_code}</Code><Message>{message}</Message></Error>"
-        );
-        let rsp = format!(
-            "HTTP/1.1 {code} {reason}\r\nx-ms-error-code: {error_code}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = client.write_all(rsp.as_bytes()).await;
-        let _ = client.shutdown().await;
-        return;
-    }
-    if let Some(Fault::Status {
-        code,
-        retry_after_secs,
-    }) = fault
-    {
-        let reason = if code == 429 {
-            "Too Many Requests"
-        } else {
-            "Server Busy"
-        };
-        let body = "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>ServerBusy</Code><Message>injected</Message></Error>";
-        let rsp = format!(
-            "HTTP/1.1 {code} {reason}\r\nRetry-After: {retry_after_secs}\r\nx-ms-error-code: ServerBusy\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = client.write_all(rsp.as_bytes()).await;
-        let _ = client.shutdown().await;
-        return;
+    if let Some(r) = refusal(&state, &head, fault.as_ref()) {
+        return refuse(&mut client, r).await;
     }
     let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)).await else {
         return;
