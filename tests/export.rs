@@ -872,7 +872,10 @@ fn the_service_version_for_export_hosts_is_configurable() {
     assert_eq!(r.code, 1, "{}", r.stderr);
     let rep = report(&out);
     let why = rep["disks"][0]["error"].as_str().unwrap();
-    assert!(why.contains("InvalidHeaderValue"), "{why}");
+    assert!(
+        why.contains("InvalidHeaderValue") && why.contains("--md-service-version"),
+        "{why}"
+    );
     assert_eq!(world.leftovers(), Leftovers::default());
 
     let out = dir.path().join("env");

@@ -179,6 +179,8 @@ pub struct BlobReader {
     url: SasUrl,
     /// A managed-disk export URL: no access conditions, pinned service version.
     managed_disk: bool,
+    /// The `x-ms-version` sent there (for the message when it is refused).
+    md_version: ServiceVersion,
 }
 
 impl std::fmt::Debug for BlobReader {
@@ -233,6 +235,7 @@ impl BlobReader {
             client: Arc::new(client),
             url: url.clone(),
             managed_disk,
+            md_version: *md_version,
         })
     }
 
@@ -385,6 +388,18 @@ impl BlobReader {
             raw_response,
         } = e.kind()
         {
+            if self.managed_disk
+                && u16::from(*status) == 400
+                && error_code.as_deref() == Some("InvalidHeaderValue")
+            {
+                return BlobError::BadResponse {
+                    op,
+                    what: format!(
+                        "HTTP 400 (InvalidHeaderValue): the export host does not accept x-ms-version {}; choose one it does with --md-service-version (default {MANAGED_DISK_SERVICE_VERSION})",
+                        self.md_version
+                    ),
+                };
+            }
             let retry_after = raw_response
                 .as_deref()
                 .and_then(|r| retry_after(r.headers()));
@@ -721,6 +736,31 @@ mod tests {
             assert!(head.contains("if-match: \"0x8\"\r\n"), "{head}");
             assert!(!head.contains(MANAGED_DISK_SERVICE_VERSION), "{head}");
         }
+    }
+
+    /// A refused version says which one and how to choose another.
+    #[test]
+    fn a_refused_version_names_itself_and_the_setting() {
+        fn refuse(_: &str) -> String {
+            let body = "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>InvalidHeaderValue</Code><Message>x</Message></Error>";
+            format!(
+                "HTTP/1.1 400 Bad\r\nx-ms-error-code: InvalidHeaderValue\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        }
+        let (port, server) = serve(1, refuse);
+        let url = SasUrl::parse(&format!(
+            "http://md-impexp-t0.localhost:{port}/xyz/abcd?sig=SECRET"
+        ))
+        .unwrap();
+        let version: ServiceVersion = "2024-11-04".parse().unwrap();
+        let reader = BlobReader::new(&url, None, None, &version).unwrap();
+        let e = block_on(reader.properties()).unwrap_err().to_string();
+        server.join().unwrap();
+        assert!(
+            e.contains("x-ms-version 2024-11-04") && e.contains("--md-service-version"),
+            "{e}"
+        );
     }
 
     #[test]
