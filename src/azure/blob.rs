@@ -199,9 +199,18 @@ impl BlobReader {
     /// with `--ca-bundle` roots); its retry setting is replaced: retries live in
     /// `transfer::fetch`. A custom transport should not decompress bodies (the storage
     /// SDK's default transport does not), or ranged lengths stop matching.
-    /// `md_version` is the `x-ms-version` for a managed-disk export URL; other hosts get
-    /// the SDK's own.
+    /// A managed-disk export URL gets the default [`ServiceVersion`].
     pub fn new(
+        url: &SasUrl,
+        credential: Option<Arc<dyn TokenCredential>>,
+        client_options: Option<ClientOptions>,
+    ) -> Result<Self, BlobError> {
+        Self::with_md_version(url, credential, client_options, &ServiceVersion::default())
+    }
+
+    /// [`BlobReader::new`], with `md_version` as the `x-ms-version` for a managed-disk
+    /// export URL (other hosts get the SDK's own).
+    pub fn with_md_version(
         url: &SasUrl,
         credential: Option<Arc<dyn TokenCredential>>,
         client_options: Option<ClientOptions>,
@@ -615,7 +624,7 @@ mod tests {
             "http://127.0.0.1:{port}/devstoreaccount1/c/b?sv=1&sig=SECRET"
         ))
         .unwrap();
-        let reader = BlobReader::new(&url, None, None, &ServiceVersion::default()).unwrap();
+        let reader = BlobReader::new(&url, None, None).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -694,7 +703,7 @@ mod tests {
         ))
         .unwrap();
         let version: ServiceVersion = "2024-08-04".parse().unwrap();
-        let reader = BlobReader::new(&url, None, None, &version).unwrap();
+        let reader = BlobReader::with_md_version(&url, None, None, &version).unwrap();
         block_on(async {
             let props = reader.properties().await.unwrap();
             assert_eq!((props.length, props.etag.as_str()), (1024, ""));
@@ -724,7 +733,7 @@ mod tests {
             "http://127.0.0.1:{port}/devstoreaccount1/c/b?sv=1&sig=SECRET"
         ))
         .unwrap();
-        let reader = BlobReader::new(&url, None, None, &ServiceVersion::default()).unwrap();
+        let reader = BlobReader::new(&url, None, None).unwrap();
         block_on(async {
             let e = reader.properties().await.unwrap_err();
             assert!(e.to_string().contains("no ETag"), "{e}");
@@ -754,7 +763,7 @@ mod tests {
         ))
         .unwrap();
         let version: ServiceVersion = "2024-11-04".parse().unwrap();
-        let reader = BlobReader::new(&url, None, None, &version).unwrap();
+        let reader = BlobReader::with_md_version(&url, None, None, &version).unwrap();
         let e = block_on(reader.properties()).unwrap_err().to_string();
         server.join().unwrap();
         assert!(

@@ -459,7 +459,7 @@ mod tests {
     fn ctx(policy: RetryPolicy, jitter_calls: Arc<AtomicU64>) -> FetchContext {
         let url = crate::azure::sas::SasUrl::parse("http://127.0.0.1:9/a/c/b?sig=S").unwrap();
         FetchContext {
-            blob: BlobReader::new(&url, None, None, &Default::default()).unwrap(),
+            blob: BlobReader::new(&url, None, None).unwrap(),
             etag: "e".into(),
             verify_md5: false,
             policy,

@@ -195,7 +195,7 @@ pub async fn download(
         );
     }
 
-    let blob = BlobReader::new(
+    let blob = BlobReader::with_md_version(
         &req.url,
         req.credential.clone(),
         req.client_options.clone(),
