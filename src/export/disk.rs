@@ -37,12 +37,12 @@ pub struct DiskContext {
     pub credential: Arc<dyn TokenCredential>,
     /// The session's transport and options (`--ca-bundle` roots) for blob reads too.
     pub client_options: azure_core::http::ClientOptions,
-    /// `x-ms-version` for managed-disk export hosts (`--md-service-version`).
-    pub md_service_version: crate::azure::blob::ServiceVersion,
     pub ledger: Arc<Ledger>,
     pub output_dir: PathBuf,
     pub format: ImageFormat,
     pub sas_duration: u32,
+    /// `x-ms-version` for managed-disk export hosts (`--md-service-version`).
+    pub md_service_version: crate::azure::blob::ServiceVersion,
     /// Connections: the run's whole budget (`--concurrency`) when given to `run::run`,
     /// which hands each disk a context with its share.
     pub connections: usize,

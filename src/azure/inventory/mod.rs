@@ -468,17 +468,18 @@ async fn fetch_disks(
     out
 }
 
-/// VM sizes by lower-case name: one Resource SKU listing (all its pages) per location of
-/// a selected VM. A size missing from it, or a listing that fails, leaves vCPU and memory
-/// empty (the domain then gets the defaults), as before with the deprecated
-/// `locations/{loc}/vmSizes` — which is not asked as a fallback: it lists no more sizes
-/// (it omits those the subscription may not deploy, which Resource SKUs list with their
-/// restrictions) and would cost a second request per location.
+/// VM sizes by lower-case name, one list per location of a selected VM.
 async fn fetch_sizes(
     arm: &ArmClient,
     sel: &Selection,
     vms: &[(VirtualMachine, PowerState)],
 ) -> HashMap<String, VmSize> {
+    // One Resource SKU listing (all its pages) per location. A size missing from every
+    // listing, or a listing that fails, leaves vCPU and memory empty (the domain then gets
+    // the defaults), as before with the deprecated `locations/{loc}/vmSizes` — which is not
+    // asked as a fallback: it lists no more sizes (it omits those the subscription may not
+    // deploy, which Resource SKUs list with their restrictions) and would cost a second
+    // request per location.
     let mut locations: Vec<String> = Vec::new();
     for (vm, _) in vms {
         let l = selection::normalize_location(&vm.location);
