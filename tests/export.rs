@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use azure2kvm::azure::arm::ResourceId;
 use azure2kvm::azure::arm::client::{AccessTarget, ResourceRef};
+use azure2kvm::azure::sas::SasUrl;
 use support::fake_arm::{FakeVm, Leftovers, SNAPSHOT_CONTAINER, SUBSCRIPTION, blob_name};
 use support::fake_azure::FakeAzure;
 use support::fault_proxy::Fault;
@@ -114,12 +115,69 @@ fn fake_world_grants_real_sas_and_snapshots_copy_blobs() {
         let o = download(sas.expose().as_str(), &out, &[]);
         assert!(o.status.success(), "{}", stderr(&o));
         assert_file_holds(&out, &world.disk("db-01-os").image());
+        assert_export_host_rules(&sas);
         tokio::time::sleep(Duration::from_millis(3100)).await;
         let o = download(sas.expose().as_str(), &dir.path().join("late.raw"), &[]);
         assert!(!o.status.success(), "an expired SAS must be refused");
         arm.revoke_access(&db_os).await.unwrap();
     });
     assert_eq!(world.leftovers(), Leftovers::default());
+}
+
+/// One request through the gate addressed to the grant's own host name, as a client of
+/// an export host sends it: (status, x-ms-error-code).
+fn export_host_get(sas: &SasUrl, headers: &[(&str, &str)]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let url = sas.expose();
+    let port = url.port().unwrap();
+    let mut head = format!(
+        "GET {}?{} HTTP/1.1\r\nHost: {}:{port}\r\nConnection: close\r\n",
+        url.path(),
+        url.query().unwrap_or_default(),
+        url.host_str().unwrap()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let rsp = support::http::parse_response(&raw).expect("an HTTP response");
+    let code = rsp
+        .header("x-ms-error-code")
+        .unwrap_or_default()
+        .to_string();
+    (rsp.status, code)
+}
+
+/// The fake export host behaves like Azure's: no conditional header of any kind, only
+/// service versions it knows (the storage SDK's newest is not among them).
+fn assert_export_host_rules(sas: &SasUrl) {
+    assert!(sas.is_managed_disk_export(), "{sas}");
+    let v = ("x-ms-version", "2025-07-05");
+    let range = ("x-ms-range", "bytes=0-511");
+    assert_eq!(export_host_get(sas, &[v, range]).0, 206);
+    for cond in [
+        ("If-Match", "\"0x1\""),
+        ("If-None-Match", "*"),
+        ("If-Modified-Since", "Tue, 01 Jan 2019 00:00:00 GMT"),
+        ("If-Unmodified-Since", "Tue, 01 Jan 2019 00:00:00 GMT"),
+    ] {
+        assert_eq!(
+            export_host_get(sas, &[v, range, cond]),
+            (400, "ConditionHeadersNotSupported".to_string()),
+            "{cond:?}"
+        );
+    }
+    for version in ["2026-04-06", "", "2025-07-06"] {
+        assert_eq!(
+            export_host_get(sas, &[("x-ms-version", version), range]),
+            (400, "InvalidHeaderValue".to_string()),
+            "{version:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- export end to end
@@ -817,6 +875,40 @@ fn a_failing_disk_fails_alone_and_deallocate_is_reported() {
     assert_eq!(world.leftovers(), Leftovers::default());
 }
 
+/// What reaches an export host as `x-ms-version` is the configured one: a version the
+/// host does not know fails the disk with the host's own error, one it knows works, from
+/// the flag or the environment. (Before, every export sent the SDK's newest version and
+/// the fake refused it.)
+#[test]
+fn the_service_version_for_export_hosts_is_configurable() {
+    let world = FakeAzure::start(vec![
+        FakeVm::linux("db-01", "rg-db").power(Some("deallocated")),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("too-new");
+    let r = export(
+        &world,
+        &out,
+        &["--name", "db-01", "--md-service-version", "2026-04-06"],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let rep = report(&out);
+    let why = rep["disks"][0]["error"].as_str().unwrap();
+    assert!(
+        why.contains("InvalidHeaderValue") && why.contains("--md-service-version"),
+        "{why}"
+    );
+    assert_eq!(world.leftovers(), Leftovers::default());
+
+    let out = dir.path().join("env");
+    let mut c = azure_cmd(&world, "export", &["--output-dir", out.to_str().unwrap()]);
+    c.env("AZURE2KVM_MD_SERVICE_VERSION", "2024-08-04");
+    let r = run(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_image_equals(&world, &out.join("db-01/db-01-os.qcow2"), "db-01-os");
+    assert_eq!(world.leftovers(), Leftovers::default());
+}
+
 #[test]
 fn a_second_ctrl_c_exits_at_once_and_the_report_names_what_is_left() {
     let world = slow_world();
@@ -1216,11 +1308,33 @@ fn access_refused_right_after_each_grant_fails_the_disk_with_the_reason() {
 
 #[test]
 fn export_usage_errors_exit_2_before_any_request() {
-    let cases: [&[&str]; 4] = [
+    let cases: [&[&str]; 7] = [
         &["export", "--subscription", SUBSCRIPTION],
         &["export", "--output-dir", "x", "--shard", "3/3"],
         &["export", "--output-dir", "x", "--sas-duration", "0"],
         &["export", "--output-dir", "x", "--concurrency", "0"],
+        &[
+            "export",
+            "--output-dir",
+            "x",
+            "--md-service-version",
+            "latest",
+        ],
+        &[
+            "export",
+            "--output-dir",
+            "x",
+            "--md-service-version",
+            "2025-13-01",
+        ],
+        // Older than paged Get Page Ranges.
+        &[
+            "export",
+            "--output-dir",
+            "x",
+            "--md-service-version",
+            "2019-12-12",
+        ],
     ];
     for args in cases {
         let mut c = support::bin();

@@ -109,7 +109,13 @@ fn json_output_has_contract_fields_and_unknown_power_state() {
         counts["list_disks"], 2,
         "one per resource group with disks: {counts:?}"
     );
-    assert_eq!(counts["list_sizes"], 2, "one per location: {counts:?}");
+    assert_eq!(counts["list_skus"], 2, "one per location: {counts:?}");
+    assert_eq!(counts["list_skus_page"], 2, "{counts:?}");
+    assert_eq!(
+        counts.get("list_sizes"),
+        None,
+        "the deprecated vmSizes: {counts:?}"
+    );
     assert!(!r.stderr.contains(IDENTITY_HEADER));
 }
 
@@ -171,11 +177,61 @@ fn pages_are_followed_with_skip_tokens_intact() {
     let vms = json_list(&r);
     assert_eq!(vms.len(), 23);
     assert!(vms.iter().all(|v| v["power_state"] == "running"));
+    // Standard_D2s_v5 is on the second page of the location's SKUs.
+    assert!(
+        vms.iter()
+            .all(|v| v["vcpus"] == 2 && v["memory_mib"] == 8192),
+        "{vms:?}"
+    );
     let c = fake.counts();
     assert_eq!((c["list_vms"], c["list_vm_status"]), (5, 5), "{c:?}");
+    // 13 SKUs in westeurope: one listing of 3 pages.
+    assert_eq!((c["list_skus"], c["list_skus_page"]), (1, 3), "{c:?}");
     // 12 + 11 disks in two groups: 3 pages each.
     assert_eq!(c["list_disks"], 6, "{c:?}");
     assert_eq!(c.get("get_vm"), None);
+}
+
+/// vCPUs and memory come from each location's Resource SKUs: a constrained-core size gives
+/// the guest's vCPUs, fractional GiB become MiB, a size missing from every listing or a
+/// listing the identity may not read leaves both empty and the listing goes on.
+#[test]
+fn sizes_come_from_the_resource_skus_of_each_location() {
+    let mut s = ArmState::new();
+    let mut add = |name: &str, size: &str, loc: &str| {
+        let mut vm = FakeVm::linux(name, "rg-s").location(loc);
+        vm.vm_size = size.into();
+        s.add_vm(vm);
+    };
+    add("a-constrained", "Standard_E4-2s_v5", "westeurope");
+    add("b-tiny", "standard_b1ls", "EastUS");
+    add("c-retired", "Standard_A0", "eastus");
+    add("d-elsewhere", "Standard_D2s_v5", "brazilsouth");
+    let fake = FakeArm::start(s);
+    let r = run(list_cmd(&fake, &["--output", "json", "--no-progress"]));
+    let vms = json_list(&r);
+    let size = |i: usize| (vms[i]["vcpus"].clone(), vms[i]["memory_mib"].clone());
+    assert_eq!(size(0), (Value::from(2), Value::from(32768)));
+    assert_eq!(size(1), (Value::from(1), Value::from(512)));
+    assert_eq!(size(2), (Value::Null, Value::Null));
+    // No SKUs listed in brazilsouth here; a size means the same in every region.
+    assert_eq!(size(3), (Value::from(2), Value::from(8192)));
+    assert_eq!(fake.counts()["list_skus"], 3, "one per location");
+
+    fake.with_state(|s| s.config.skus_forbidden = true);
+    let r = run(list_cmd(&fake, &["--output", "json", "--no-progress"]));
+    let vms = json_list(&r);
+    assert!(
+        vms.iter()
+            .all(|v| v["vcpus"].is_null() && v["memory_mib"].is_null())
+    );
+    assert!(r.stderr.contains("list resource SKUs"), "{}", r.stderr);
+    assert!(r.stderr.contains("AuthorizationFailed"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("vCPU and memory left empty"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

@@ -2,8 +2,25 @@
 //!
 //! It offers what the transfer engine needs and no more: the blob's properties (length,
 //! ETag, type), its written page ranges in a window (following `NextMarker`), and one
-//! ranged GET pinned to an ETag whose `Content-Range` has been checked, returned as a
-//! stream so a body that breaks can be resumed by the caller from the missing byte.
+//! ranged GET whose `Content-Range` has been checked, returned as a stream so a body that
+//! breaks can be resumed by the caller from the missing byte.
+//!
+//! Two kinds of host, two sets of rules ([`SasUrl::is_managed_disk_export`]):
+//! - Storage-account blobs (unmanaged disks, `download` of any blob URL): every ranged GET
+//!   and Get Page Ranges call is pinned to the ETag read first (`If-Match`), so a blob
+//!   that changes mid-download fails with 412 instead of mixing versions.
+//! - Managed-disk export URLs (`md-impexp-…`, `md-…`): no access condition at all, and a
+//!   missing ETag is not an error. Those hosts do not support conditional headers; AzCopy
+//!   says so where it downloads (ste/downloader-blob.go, `GenerateDownloadFunc`: "no access
+//!   conditions … are supported on managed disk import/export (md-impexp)", also not on the
+//!   old `md-` URLs of large disks) and sends none, not even on Get Page Ranges
+//!   (ste/pageRangeOptimizer.go). Nothing is lost: the content cannot change while the
+//!   grant lives. A disk with an active SAS cannot be attached to a VM (Azure refuses until
+//!   access is revoked), so nothing writes to it; a snapshot is immutable. The ETag, when
+//!   the host sends one, still guards a resume across runs (see `transfer::journal`).
+//!   These hosts also get a pinned `x-ms-version` ([`ServiceVersion`], default
+//!   [`MANAGED_DISK_SERVICE_VERSION`], the one AzCopy sends) instead of the SDK's newest,
+//!   which an export host may not accept yet (400 InvalidHeaderValue).
 //!
 //! Guarantees:
 //! - The SDK pipeline does **not** retry (`RetryOptions::none()`): the transfer layer owns
@@ -40,11 +57,81 @@ pub enum BlobKind {
     Append,
 }
 
+/// The `x-ms-version` sent to managed-disk export hosts unless configured otherwise:
+/// AzCopy's default service version (common/environment.go,
+/// `AZCOPY_DEFAULT_SERVICE_API_VERSION`, at AzCopy commit 595529d of August 2026).
+pub const MANAGED_DISK_SERVICE_VERSION: &str = "2025-07-05";
+
+/// The oldest version this module can work with: `NextMarker` paging of Get Page Ranges
+/// came with 2020-10-02 (older versions would silently return a first page only).
+pub const OLDEST_SERVICE_VERSION: &str = "2020-10-02";
+
+/// A blob service version (`x-ms-version`): a date, `YYYY-MM-DD` in text, not older than
+/// [`OLDEST_SERVICE_VERSION`]. Kept as numbers: it rides in every command's arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServiceVersion {
+    year: u16,
+    month: u8,
+    day: u8,
+}
+
+impl ServiceVersion {
+    /// `YYYY-MM-DD` with a plausible month and day, or None.
+    fn date(v: &str) -> Option<Self> {
+        let b = v.as_bytes();
+        let shaped = b.len() == 10
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && b.iter()
+                .enumerate()
+                .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+        if !shaped {
+            return None;
+        }
+        let me = Self {
+            year: v[..4].parse().ok()?,
+            month: v[5..7].parse().ok()?,
+            day: v[8..].parse().ok()?,
+        };
+        ((1..=12).contains(&me.month) && (1..=31).contains(&me.day)).then_some(me)
+    }
+}
+
+impl Default for ServiceVersion {
+    fn default() -> Self {
+        Self::date(MANAGED_DISK_SERVICE_VERSION).expect("a valid constant")
+    }
+}
+
+impl std::fmt::Display for ServiceVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04}-{:02}-{:02}", self.year, self.month, self.day)
+    }
+}
+
+impl std::str::FromStr for ServiceVersion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let v = s.trim();
+        let me = Self::date(v).ok_or_else(|| {
+            format!("blob service version {v:?} is not a date like {MANAGED_DISK_SERVICE_VERSION}")
+        })?;
+        if me < Self::date(OLDEST_SERVICE_VERSION).expect("a valid constant") {
+            return Err(format!(
+                "blob service version {v} is older than {OLDEST_SERVICE_VERSION}, the first with paged Get Page Ranges"
+            ));
+        }
+        Ok(me)
+    }
+}
+
 /// The properties a download is planned from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobProperties {
     pub length: u64,
-    /// The version every ranged read is pinned to (If-Match).
+    /// The version reads are pinned to (If-Match) on storage-account blobs, and what a
+    /// resume compares. Empty when a managed-disk export host sent none.
     pub etag: String,
     pub kind: BlobKind,
 }
@@ -98,12 +185,17 @@ pub struct RangeBody {
 pub struct BlobReader {
     client: Arc<BlobClient>,
     url: SasUrl,
+    /// A managed-disk export URL: no access conditions, pinned service version.
+    managed_disk: bool,
+    /// The `x-ms-version` sent there (for the message when it is refused).
+    md_version: ServiceVersion,
 }
 
 impl std::fmt::Debug for BlobReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlobReader")
             .field("url", &self.url)
+            .field("managed_disk", &self.managed_disk)
             .finish()
     }
 }
@@ -115,29 +207,63 @@ impl BlobReader {
     /// with `--ca-bundle` roots); its retry setting is replaced: retries live in
     /// `transfer::fetch`. A custom transport should not decompress bodies (the storage
     /// SDK's default transport does not), or ranged lengths stop matching.
+    /// A managed-disk export URL gets the default [`ServiceVersion`].
     pub fn new(
         url: &SasUrl,
         credential: Option<Arc<dyn TokenCredential>>,
         client_options: Option<ClientOptions>,
     ) -> Result<Self, BlobError> {
-        let options = BlobClientOptions {
+        Self::with_md_version(url, credential, client_options, &ServiceVersion::default())
+    }
+
+    /// [`BlobReader::new`], with `md_version` as the `x-ms-version` for a managed-disk
+    /// export URL (other hosts get the SDK's own).
+    pub fn with_md_version(
+        url: &SasUrl,
+        credential: Option<Arc<dyn TokenCredential>>,
+        client_options: Option<ClientOptions>,
+        md_version: &ServiceVersion,
+    ) -> Result<Self, BlobError> {
+        let managed_disk = url.is_managed_disk_export();
+        // Without options, still our transport: `*.localhost` must resolve to loopback, as
+        // `SasUrl` assumes when it allows plain http there.
+        let base = client_options.unwrap_or_else(|| ClientOptions {
+            transport: super::http::transport(None).ok(),
+            ..ClientOptions::default()
+        });
+        let mut options = BlobClientOptions {
             client_options: ClientOptions {
                 retry: RetryOptions::none(),
-                ..client_options.unwrap_or_default()
+                ..base
             },
             ..Default::default()
         };
+        if managed_disk {
+            tracing::debug!(
+                "{}: managed-disk export host: x-ms-version {md_version}, no access conditions",
+                url.identity()
+            );
+            options.version = md_version.to_string();
+        }
         let credential = if url.has_sas() { None } else { credential };
         let client = BlobClient::new(url.expose().clone(), credential, Some(options))
             .map_err(|e| BlobError::Client(url.scrub(&e.to_string())))?;
         Ok(Self {
             client: Arc::new(client),
             url: url.clone(),
+            managed_disk,
+            md_version: *md_version,
         })
     }
 
     pub fn url(&self) -> &SasUrl {
         &self.url
+    }
+
+    /// `If-Match: etag` for storage-account blobs; nothing for managed-disk export hosts,
+    /// which refuse conditions (see the module note).
+    fn if_match(&self, etag: &str) -> Option<Etag> {
+        (!self.managed_disk).then(|| Etag::from(etag))
     }
 
     /// HEAD: length, ETag and blob type.
@@ -156,11 +282,12 @@ impl BlobReader {
             .content_length()
             .map_err(|_| bad("unreadable Content-Length"))?
             .ok_or_else(|| bad("no Content-Length"))?;
-        let etag = rsp
-            .etag()
-            .map_err(|_| bad("unreadable ETag"))?
-            .ok_or_else(|| bad("no ETag"))?
-            .to_string();
+        let etag = match rsp.etag().map_err(|_| bad("unreadable ETag"))? {
+            Some(e) => e.to_string(),
+            // Nothing to pin reads to, and nothing needs pinning (see the module note).
+            None if self.managed_disk => String::new(),
+            None => return Err(bad("no ETag")),
+        };
         let kind = match rsp
             .blob_type()
             .map_err(|_| bad("unreadable x-ms-blob-type"))?
@@ -184,7 +311,7 @@ impl BlobReader {
         const OP: &str = "get page ranges";
         let options = PageBlobClientListPageRangesOptions {
             range: Some(window.clone().into()),
-            if_match: Some(Etag::from(etag)),
+            if_match: self.if_match(etag),
             ..Default::default()
         };
         let mut pages = self
@@ -226,7 +353,7 @@ impl BlobReader {
         Ok(out)
     }
 
-    /// Starts a GET of `range` pinned to `etag`, asking for the range's MD5 when `md5`.
+    /// Starts a GET of `range` (pinned to `etag` where the host allows it), asking for the range's MD5 when `md5`.
     /// Checks status, `Content-Range` and `Content-Length` before handing the body over.
     pub async fn get_range(
         &self,
@@ -238,7 +365,7 @@ impl BlobReader {
         let len = range.end - range.start;
         let options = BlobClientDownloadOptions {
             range: Some(range.clone().into()),
-            if_match: Some(Etag::from(etag)),
+            if_match: self.if_match(etag),
             range_get_content_md5: md5.then_some(true),
             // One request per range: the engine does its own partitioning and parallelism.
             parallel: std::num::NonZero::new(1),
@@ -278,6 +405,18 @@ impl BlobReader {
             raw_response,
         } = e.kind()
         {
+            if self.managed_disk
+                && u16::from(*status) == 400
+                && error_code.as_deref() == Some("InvalidHeaderValue")
+            {
+                return BlobError::BadResponse {
+                    op,
+                    what: format!(
+                        "HTTP 400 (InvalidHeaderValue): the export host does not accept x-ms-version {}; choose one it does with --md-service-version (default {MANAGED_DISK_SERVICE_VERSION})",
+                        self.md_version
+                    ),
+                };
+            }
             let retry_after = raw_response
                 .as_deref()
                 .and_then(|r| retry_after(r.headers()));
@@ -541,6 +680,171 @@ mod tests {
         let seen = server.join().unwrap();
         assert!(!seen[0].contains("marker="), "{}", seen[0]);
         assert!(seen[1].contains("marker=m1"), "{}", seen[1]);
+    }
+
+    /// Answers `n` requests on loopback (one connection each) with `respond(request line)`
+    /// and returns every request head, lower-cased.
+    fn serve(n: usize, respond: fn(&str) -> String) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let mut heads = Vec::new();
+            while heads.len() < n {
+                let (conn, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap() <= 2 {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                let rsp = respond(head.lines().next().unwrap_or_default());
+                conn.write_all(rsp.as_bytes()).unwrap();
+                heads.push(head.to_ascii_lowercase());
+            }
+            heads
+        });
+        (port, server)
+    }
+
+    /// HEAD without an ETag, one page-range list, one ranged GET of bytes 0-3.
+    fn blob_without_etag(line: &str) -> String {
+        let close = "Connection: close\r\n";
+        if line.starts_with("HEAD") {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: 1024\r\nx-ms-blob-type: PageBlob\r\n{close}\r\n"
+            )
+        } else if line.contains("comp=pagelist") {
+            let body = "<?xml version=\"1.0\" encoding=\"utf-8\"?><PageList><PageRange><Start>0</Start><End>511</End></PageRange></PageList>";
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n{close}\r\n{body}",
+                body.len()
+            )
+        } else {
+            format!(
+                "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-3/1024\r\nContent-Length: 4\r\n{close}\r\nabcd"
+            )
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// An export host gets no condition on any call, the pinned version, and may omit
+    /// the ETag; before, the missing ETag was fatal and every call carried If-Match.
+    #[test]
+    fn managed_disk_hosts_get_no_conditions_and_the_pinned_version() {
+        let (port, server) = serve(3, blob_without_etag);
+        let url = SasUrl::parse(&format!(
+            "http://md-impexp-t0.localhost:{port}/xyz/abcd?sv=2018-03-28&sr=b&sig=SECRET"
+        ))
+        .unwrap();
+        let version: ServiceVersion = "2024-08-04".parse().unwrap();
+        let reader = BlobReader::with_md_version(&url, None, None, &version).unwrap();
+        block_on(async {
+            let props = reader.properties().await.unwrap();
+            assert_eq!((props.length, props.etag.as_str()), (1024, ""));
+            let ranges = reader.page_ranges(0..1024, &props.etag).await.unwrap();
+            assert_eq!(ranges, vec![0..512]);
+            reader.get_range(0..4, &props.etag, false).await.unwrap();
+        });
+        for head in server.join().unwrap() {
+            assert!(head.contains("x-ms-version: 2024-08-04\r\n"), "{head}");
+            for h in [
+                "if-match",
+                "if-none-match",
+                "if-modified-since",
+                "if-unmodified-since",
+            ] {
+                assert!(!head.contains(&format!("\n{h}:")), "{head}");
+            }
+        }
+    }
+
+    /// A storage-account blob keeps If-Match and the SDK's version, and an answer without
+    /// an ETag is refused there.
+    #[test]
+    fn storage_account_blobs_keep_if_match() {
+        let (port, server) = serve(3, blob_without_etag);
+        let url = SasUrl::parse(&format!(
+            "http://127.0.0.1:{port}/devstoreaccount1/c/b?sv=1&sig=SECRET"
+        ))
+        .unwrap();
+        let reader = BlobReader::new(&url, None, None).unwrap();
+        block_on(async {
+            let e = reader.properties().await.unwrap_err();
+            assert!(e.to_string().contains("no ETag"), "{e}");
+            reader.page_ranges(0..1024, "\"0x8\"").await.unwrap();
+            reader.get_range(0..4, "\"0x8\"", false).await.unwrap();
+        });
+        let heads = server.join().unwrap();
+        for head in &heads[1..] {
+            assert!(head.contains("if-match: \"0x8\"\r\n"), "{head}");
+            assert!(!head.contains(MANAGED_DISK_SERVICE_VERSION), "{head}");
+        }
+    }
+
+    /// A refused version says which one and how to choose another.
+    #[test]
+    fn a_refused_version_names_itself_and_the_setting() {
+        fn refuse(_: &str) -> String {
+            let body = "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>InvalidHeaderValue</Code><Message>x</Message></Error>";
+            format!(
+                "HTTP/1.1 400 Bad\r\nx-ms-error-code: InvalidHeaderValue\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        }
+        let (port, server) = serve(1, refuse);
+        let url = SasUrl::parse(&format!(
+            "http://md-impexp-t0.localhost:{port}/xyz/abcd?sig=SECRET"
+        ))
+        .unwrap();
+        let version: ServiceVersion = "2024-11-04".parse().unwrap();
+        let reader = BlobReader::with_md_version(&url, None, None, &version).unwrap();
+        let e = block_on(reader.properties()).unwrap_err().to_string();
+        server.join().unwrap();
+        assert!(
+            e.contains("x-ms-version 2024-11-04") && e.contains("--md-service-version"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn service_versions_are_checked() {
+        assert_eq!(
+            ServiceVersion::default().to_string(),
+            MANAGED_DISK_SERVICE_VERSION
+        );
+        assert_eq!(
+            " 2021-08-06 "
+                .parse::<ServiceVersion>()
+                .unwrap()
+                .to_string(),
+            "2021-08-06"
+        );
+        for bad in [
+            "",
+            "latest",
+            "2025-7-05",
+            "2025-13-01",
+            "2025-07-32",
+            "2025/07/05",
+        ] {
+            let e = bad.parse::<ServiceVersion>().unwrap_err();
+            assert!(e.contains("not a date"), "{bad}: {e}");
+        }
+        let e = "2019-12-12".parse::<ServiceVersion>().unwrap_err();
+        assert!(e.contains(OLDEST_SERVICE_VERSION), "{e}");
+        assert!(OLDEST_SERVICE_VERSION.parse::<ServiceVersion>().is_ok());
     }
 
     #[test]

@@ -8,7 +8,13 @@
 //! (transport errors quote the URL they failed on).
 //!
 //! Plain `http` is allowed only for loopback hosts (Azurite, test proxies): over a network
-//! it would send the SAS in clear text.
+//! it would send the SAS in clear text. Names under `localhost.` count as loopback (RFC 6761
+//! §6.3): the shared transport resolves them to 127.0.0.1 itself (`azure::http`), never
+//! through DNS.
+//!
+//! [`SasUrl::is_managed_disk_export`] tells a managed-disk export URL (what Grant Access
+//! returns) from a storage-account blob: the two accept different requests (see
+//! `azure::blob`).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -93,6 +99,22 @@ impl SasUrl {
             .any(|(k, _)| k.eq_ignore_ascii_case("sig"))
     }
 
+    /// Whether this is a managed-disk import/export URL (`md-impexp-….blob.storage.azure.net`,
+    /// the older `md-….blob.storage.azure.net`, or either under another cloud's suffix).
+    /// Decided on the parsed host's first label, as AzCopy does (ste/sender-pageBlob.go,
+    /// `isInManagedDiskImportExportAccount`: prefix `md-` of the URL's host). No storage
+    /// account can look like one: account names are 3–24 lower-case letters and digits, so
+    /// an `md-` label is never an account's blob host.
+    pub fn is_managed_disk_export(&self) -> bool {
+        match self.url.host() {
+            Some(url::Host::Domain(d)) => d
+                .split('.')
+                .next()
+                .is_some_and(|label| label.len() > 3 && label[..3].eq_ignore_ascii_case("md-")),
+            _ => false,
+        }
+    }
+
     /// `scheme://host[:port]/path`: names the blob without any query (journal, messages).
     pub fn identity(&self) -> String {
         let mut u = self.url.clone();
@@ -153,11 +175,19 @@ fn is_secret_param(key: &str) -> bool {
 
 fn is_loopback(url: &Url) -> bool {
     match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Domain(d)) => is_localhost_name(d),
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
         None => false,
     }
+}
+
+/// `localhost` and any name under it (RFC 6761 §6.3), with or without the final dot.
+pub fn is_localhost_name(host: &str) -> bool {
+    let h = host.strip_suffix('.').unwrap_or(host);
+    h.eq_ignore_ascii_case("localhost")
+        || h.len() > ".localhost".len()
+            && h[h.len() - ".localhost".len()..].eq_ignore_ascii_case(".localhost")
 }
 
 /// Replaces the value of every secret query parameter found anywhere in `text` (e.g. a URL
@@ -306,6 +336,54 @@ mod tests {
             SasUrl::parse("ftp://127.0.0.1/c/b"),
             Err(SasUrlError::Scheme(_))
         ));
+    }
+
+    #[test]
+    fn localhost_names_are_loopback_and_nothing_else_is() {
+        assert!(SasUrl::parse("http://md-impexp-t1.localhost:10000/a/c/b?sig=x").is_ok());
+        assert!(SasUrl::parse("http://LOCALHOST.:10000/a/c/b").is_ok());
+        for host in [
+            "localhost.example.com",
+            "notlocalhost",
+            "md-x.localhost.evil.net",
+            "xlocalhost",
+        ] {
+            assert!(
+                matches!(
+                    SasUrl::parse(&format!("http://{host}/a/c/b?sig=x")),
+                    Err(SasUrlError::InsecureHost { .. })
+                ),
+                "{host}"
+            );
+        }
+    }
+
+    #[test]
+    fn managed_disk_hosts_are_told_by_the_first_label() {
+        let md = |u: &str| SasUrl::parse(u).unwrap().is_managed_disk_export();
+        assert!(md(
+            "https://md-impexp-x4230cnts5d5.z18.blob.storage.azure.net/b0/abcd?sig=s"
+        ));
+        assert!(md(
+            "https://md-hdd-t0rdsfgs.z7.blob.storage.azure.net/w2/abcd?sig=s"
+        ));
+        assert!(md(
+            "https://MD-IMPEXP-T0RD.blob.core.windows.net/w2/abcd?sig=s"
+        ));
+        assert!(md(
+            "http://md-impexp-fake.localhost:8080/devstoreaccount1/c/b?sig=s"
+        ));
+        // Storage accounts, a look-alike further down the name, IP addresses, a bare "md-".
+        assert!(!md("https://mystorage.blob.core.windows.net/vhds/a.vhd"));
+        assert!(!md(
+            "https://acct.blob.core.windows.net/md-impexp-x/abcd?sig=s"
+        ));
+        assert!(!md(
+            "https://evil.md-impexp.blob.storage.azure.net.example/c/b"
+        ));
+        assert!(!md("https://mdimpexp.blob.core.windows.net/c/b"));
+        assert!(!md("https://md-/c/b"));
+        assert!(!md("http://127.0.0.1:10000/devstoreaccount1/c/b?sig=s"));
     }
 
     #[test]

@@ -192,6 +192,11 @@ pub struct AzureArgs {
     /// Extra trusted root certificates (PEM), added to the system roots.
     #[arg(long, value_name = "PEM", env = "AZURE2KVM_CA_BUNDLE")]
     pub ca_bundle: Option<PathBuf>,
+    /// Blob service version (x-ms-version) sent to managed-disk export hosts
+    /// (md-impexp-…); other blob hosts get the storage SDK's own.
+    #[arg(long, value_name = "YYYY-MM-DD", env = "AZURE2KVM_MD_SERVICE_VERSION",
+          default_value = crate::azure::blob::MANAGED_DISK_SERVICE_VERSION)]
+    pub md_service_version: crate::azure::blob::ServiceVersion,
 }
 
 /// Which VMs: every flag narrows; repeated values of one flag widen (tags: all must match).

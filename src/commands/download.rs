@@ -30,6 +30,7 @@ pub fn run(args: &DownloadArgs, global: &GlobalArgs, interrupt: &Interrupt) -> R
     }
     let mut req = DownloadRequest::new(url, args.output.clone(), format);
     req.client_options = Some(session.client_options());
+    req.md_service_version = args.azure.md_service_version;
     if needs_token {
         tracing::info!(
             "the URL has no SAS: reading the blob with an Entra ID token ({:?} sign-in)",

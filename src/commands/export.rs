@@ -221,6 +221,7 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
         output_dir: output_dir.clone(),
         format: args.format,
         sas_duration: args.sas_duration,
+        md_service_version: args.azure.md_service_version,
         connections: args.concurrency,
         queue_depth: crate::transfer::engine::DEFAULT_QUEUE_DEPTH,
         io_timeout,

@@ -45,6 +45,8 @@ pub struct DiskContext {
     pub output_dir: PathBuf,
     pub format: ImageFormat,
     pub sas_duration: u32,
+    /// `x-ms-version` for managed-disk export hosts (`--md-service-version`).
+    pub md_service_version: crate::azure::blob::ServiceVersion,
     /// Connections: the run's whole budget (`--concurrency`) when given to `run::run`,
     /// which hands each disk a context with its share.
     pub connections: usize,
@@ -335,6 +337,7 @@ fn request(
 ) -> DownloadRequest {
     let mut req = DownloadRequest::new(url, output.to_path_buf(), ctx.format);
     req.client_options = Some(ctx.client_options.clone());
+    req.md_service_version = ctx.md_service_version;
     req.overwrite = Overwrite::Refuse;
     req.engine = EngineConfig {
         concurrency: ctx.connections,

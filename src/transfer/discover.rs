@@ -2,7 +2,8 @@
 //! ETag, type), then the last 512 bytes — a bad footer stops the run with exit 4 before
 //! anything else is fetched — then either the written page ranges (fixed VHD in a page
 //! blob), or the dynamic header and BAT (dynamic VHD, any blob type), or nothing (fixed VHD
-//! in a block blob: everything is data). Every read is pinned to the ETag.
+//! in a block blob: everything is data). Every read is pinned to the ETag where the host
+//! allows it (see `azure::blob`).
 
 use futures::{StreamExt, TryStreamExt};
 

@@ -6,7 +6,9 @@
 //! (see `azure::blob`), so attempts never multiply.
 //!
 //! Guarantees:
-//! - Every GET is pinned to the ETag planned from; a changed blob (412) is fatal at once.
+//! - Every GET of a storage-account blob is pinned to the ETag planned from; a changed blob
+//!   (412) is fatal at once. Managed-disk export hosts take no conditions, and their content
+//!   cannot change under a grant (see `azure::blob`).
 //! - A body that breaks mid-way is resumed from the first missing byte, not refetched —
 //!   except with `--verify md5`, where the service's MD5 covers one response's range, so a
 //!   broken response's bytes cannot be checked and its range is asked again whole.

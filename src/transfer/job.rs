@@ -21,7 +21,7 @@ use super::engine::{self, EngineConfig, EngineError, ProgressFn, TransferStats};
 use super::fetch::{FetchContext, FetchCounters, FetchError, RetryPolicy, default_jitter};
 use super::journal::{self, Journal, JournalHeader};
 use super::plan;
-use crate::azure::blob::BlobReader;
+use crate::azure::blob::{BlobReader, ServiceVersion};
 use crate::azure::sas::SasUrl;
 use crate::error::{Error, ErrorKind};
 use crate::image::sink::{ImageFormat, create_sink, resume_sink};
@@ -65,6 +65,8 @@ pub struct DownloadRequest {
     /// when a re-granted SAS may point at another host or path for the same data (e.g.
     /// managed-disk exports: use the snapshot's resource id).
     pub resume_key: Option<String>,
+    /// `x-ms-version` for managed-disk export hosts (see `azure::blob`).
+    pub md_service_version: ServiceVersion,
 }
 
 impl std::fmt::Debug for DownloadRequest {
@@ -97,6 +99,7 @@ impl DownloadRequest {
             retry: RetryPolicy::default(),
             io_timeout: DEFAULT_IO_TIMEOUT,
             resume_key: None,
+            md_service_version: ServiceVersion::default(),
         }
     }
 }
@@ -192,8 +195,13 @@ pub async fn download(
         );
     }
 
-    let blob = BlobReader::new(&req.url, req.credential.clone(), req.client_options.clone())
-        .map_err(|e| DownloadError::Usage(scrub(e.to_string())))?;
+    let blob = BlobReader::with_md_version(
+        &req.url,
+        req.credential.clone(),
+        req.client_options.clone(),
+        &req.md_service_version,
+    )
+    .map_err(|e| DownloadError::Usage(scrub(e.to_string())))?;
     let ctx = FetchContext {
         blob,
         etag: String::new(),
@@ -317,7 +325,7 @@ fn stage(
     };
     let loaded = journal::Journal::load(journal_path).map_err(|e| failed(&e))?;
     if let Some(old) = loaded {
-        match old.header.mismatch(header) {
+        match resume_blocker(&old.header, header) {
             None => {
                 let (staged, had) = StagedOutput::open_for_resume(&req.output, req.overwrite)
                     .map_err(staging_err)?;
@@ -376,6 +384,17 @@ fn stage(
     })?;
     let journal = Journal::create(journal_path, header).map_err(|e| failed(&e))?;
     Ok((staged, sink, journal, Default::default()))
+}
+
+/// Why an earlier partial download cannot be continued, if it cannot. Without an ETag (a
+/// managed-disk export host may send none) nothing shows that the disk was not written
+/// between the two runs — a disk can be attached and detached again between grants — so
+/// only a fresh start is safe.
+fn resume_blocker(old: &JournalHeader, current: &JournalHeader) -> Option<String> {
+    if current.etag.is_empty() {
+        return Some("the blob has no ETag to show it is the same version".into());
+    }
+    old.mismatch(current)
 }
 
 /// Best effort: remove a temp output no other process is writing (bad input found).
@@ -445,5 +464,30 @@ fn engine_error(
             message: format!("{}; {where_}", scrub(other.to_string())),
             kept: Some(temp),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(etag: &str) -> JournalHeader {
+        JournalHeader::new(
+            "disk-id".into(),
+            etag.into(),
+            1024,
+            512,
+            512,
+            "raw".into(),
+            &[],
+        )
+    }
+
+    #[test]
+    fn no_etag_never_resumes() {
+        assert_eq!(resume_blocker(&header("\"0x1\""), &header("\"0x1\"")), None);
+        assert!(resume_blocker(&header("\"0x1\""), &header("\"0x2\"")).is_some());
+        let why = resume_blocker(&header(""), &header("")).unwrap();
+        assert!(why.contains("no ETag"), "{why}");
     }
 }

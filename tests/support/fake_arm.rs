@@ -6,7 +6,8 @@
 //! containing `+ / =`, status-only pages whose ids differ in case, long-running operations
 //! that stay InProgress for a few polls (Azure-AsyncOperation and/or Location, with
 //! Retry-After), ARM error bodies with `x-ms-request-id`, 429 with Retry-After on demand,
-//! per-request latency, and a request count per route. State (VMs, disks, sizes, snapshots,
+//! per-request latency, and a request count per route. State (VMs, disks, VM sizes listed as
+//! Resource SKUs, snapshots,
 //! grants) is in memory, seeded by the test, so export tests can assert that no snapshot and
 //! no granted access is left. `serve` runs it on given listeners, so a script can start it
 //! as a standalone process later.
@@ -26,6 +27,7 @@ use tokio::net::TcpListener;
 pub const SUBSCRIPTION: &str = "00000000-0000-0000-0000-0000000000aa";
 pub const VM_API: &str = "2024-07-01";
 pub const DISK_API: &str = "2024-03-02";
+pub const SKU_API: &str = "2021-07-01";
 pub const IDENTITY_HEADER: &str = "fake-identity-header-value-7d1c";
 pub const ARM_TOKEN: &str = "fake-arm-access-token-3b9f";
 /// The client secret the fake Entra endpoint accepts (service principal tests).
@@ -137,6 +139,31 @@ impl FakeVm {
     }
 }
 
+/// A VM size, listed as a Resource SKU of its location.
+#[derive(Debug, Clone)]
+pub struct FakeSize {
+    pub name: String,
+    pub vcpus: u32,
+    /// What the guest sees of a constrained-core size (`vCPUsAvailable`), if less.
+    pub vcpus_available: Option<u32>,
+    /// Listed as `MemoryGB`, fractional where it is not whole GiB.
+    pub memory_mib: u64,
+    /// Not offered to new VMs of this subscription there (a Location restriction).
+    pub restricted: bool,
+}
+
+impl FakeSize {
+    pub fn new(name: &str, vcpus: u32, memory_mib: u64) -> Self {
+        Self {
+            name: name.into(),
+            vcpus,
+            vcpus_available: None,
+            memory_mib,
+            restricted: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct FakeDisk {
     pub name: String,
@@ -201,6 +228,9 @@ pub struct FakeConfig {
     /// Accepted by the Entra token endpoint (`POST /{tenant}/oauth2/v2.0/token`).
     pub client_secret: String,
     pub federated_token: String,
+    /// Resource SKUs answer 403, as for an identity whose role lacks
+    /// `Microsoft.Compute/skus/read`.
+    pub skus_forbidden: bool,
 }
 
 impl Default for FakeConfig {
@@ -223,6 +253,7 @@ impl Default for FakeConfig {
             storage_token: None,
             client_secret: CLIENT_SECRET.into(),
             federated_token: FEDERATED_TOKEN.into(),
+            skus_forbidden: false,
         }
     }
 }
@@ -272,8 +303,8 @@ pub struct ArmState {
     pub config: FakeConfig,
     pub vms: Vec<FakeVm>,
     pub disks: Vec<FakeDisk>,
-    /// Sizes per lower-case location: (name, cores, memory MiB).
-    pub sizes: BTreeMap<String, Vec<(String, u32, u64)>>,
+    /// VM sizes per lower-case location.
+    pub sizes: BTreeMap<String, Vec<FakeSize>>,
     /// By lower-case id.
     pub snapshots: BTreeMap<String, FakeSnapshot>,
     /// Lower-case ids of disks and snapshots with an active SAS.
@@ -310,10 +341,19 @@ impl ArmState {
     pub fn new() -> Self {
         let mut sizes = BTreeMap::new();
         let table = vec![
-            ("Standard_B2ms".to_string(), 2, 8192),
-            ("Standard_D2s_v5".to_string(), 2, 8192),
-            ("Standard_D4s_v5".to_string(), 4, 16384),
-            ("Standard_E4s_v5".to_string(), 4, 32768),
+            FakeSize::new("Standard_B1ls", 1, 512),
+            FakeSize::new("Standard_B2ms", 2, 8192),
+            FakeSize::new("Standard_D2s_v5", 2, 8192),
+            FakeSize::new("Standard_D4s_v5", 4, 16384),
+            FakeSize {
+                vcpus_available: Some(2),
+                ..FakeSize::new("Standard_E4-2s_v5", 4, 32768)
+            },
+            // Windows VMs use it: their domains must still get 4 vCPUs and 32 GiB.
+            FakeSize {
+                restricted: true,
+                ..FakeSize::new("Standard_E4s_v5", 4, 32768)
+            },
         ];
         for loc in ["westeurope", "northeurope", "eastus"] {
             sizes.insert(loc.to_string(), table.clone());
@@ -908,26 +948,11 @@ fn route(s: &mut ArmState, req: &HttpRequest, base: &str) -> HttpResponse {
             }
             list_vms(s, req, base, None)
         }
-        (
-            "GET",
-            [
-                "providers",
-                "microsoft.compute",
-                "locations",
-                loc,
-                "vmsizes",
-            ],
-        ) => {
-            if let Some(e) = need(VM_API) {
+        ("GET", ["providers", "microsoft.compute", "skus"]) => {
+            if let Some(e) = need(SKU_API) {
                 return e;
             }
-            bump(s, "list_sizes");
-            let sizes = s.sizes.get(*loc).cloned().unwrap_or_default();
-            let value: Vec<Value> = sizes
-                .iter()
-                .map(|(n, c, mem)| json!({"name": n, "numberOfCores": c, "memoryInMB": mem, "osDiskSizeInMB": 1047552, "resourceDiskSizeInMB": 0, "maxDataDiskCount": 8}))
-                .collect();
-            HttpResponse::json(200, json!({"value": value}))
+            list_skus(s, req, base)
         }
         ("GET", ["providers", "microsoft.compute", "snapshots"]) => {
             if let Some(e) = need(DISK_API) {
@@ -1119,6 +1144,144 @@ fn list_vms(s: &mut ArmState, req: &HttpRequest, base: &str, rg: Option<&str>) -
     page(req, base, items, s.config.page_size)
 }
 
+/// `Resource Skus - List`: every location's SKUs, or one location's with `$filter=location
+/// eq '…'` (the only filter the API takes), paged with `nextLink` like every list here.
+/// VM sizes come mixed with availability-set, disk, snapshot and dedicated-host SKUs,
+/// capabilities as strings, and restrictions, as Azure answers. Only first pages count as
+/// `list_skus` (one listing); every page also counts as `list_skus_page`.
+fn list_skus(s: &mut ArmState, req: &HttpRequest, base: &str) -> HttpResponse {
+    let location = match req.param("$filter") {
+        None => None,
+        // A form-encoded query may carry its spaces as '+'.
+        Some(f) => match parse_location_filter(&f.replace('+', " ")) {
+            Some(loc) => Some(loc),
+            None => {
+                return arm_error(
+                    400,
+                    "InvalidParameter",
+                    &format!(
+                        "The filter '{f}' is not supported: only location filter is supported currently."
+                    ),
+                );
+            }
+        },
+    };
+    if req.param("$skiptoken").is_none() {
+        bump(s, "list_skus");
+    }
+    if s.config.skus_forbidden {
+        return arm_error(
+            403,
+            "AuthorizationFailed",
+            "The client does not have authorization to perform action 'Microsoft.Compute/skus/read'.",
+        );
+    }
+    bump(s, "list_skus_page");
+    let items: Vec<Value> = s
+        .sizes
+        .iter()
+        .filter(|(loc, _)| {
+            location
+                .as_deref()
+                .is_none_or(|l| l.eq_ignore_ascii_case(loc))
+        })
+        .flat_map(|(loc, sizes)| location_skus(loc, sizes))
+        .collect();
+    page(req, base, items, s.config.page_size)
+}
+
+/// `location eq 'westeurope'` → `westeurope` (keyword and operator in any case).
+fn parse_location_filter(f: &str) -> Option<String> {
+    let words: Vec<&str> = f.split_whitespace().collect();
+    let [field, op, value] = words.as_slice() else {
+        return None;
+    };
+    let value = value.strip_prefix('\'')?.strip_suffix('\'')?;
+    (field.eq_ignore_ascii_case("location") && op.eq_ignore_ascii_case("eq") && !value.is_empty())
+        .then(|| value.to_string())
+}
+
+fn capabilities(pairs: &[(&str, String)]) -> Value {
+    Value::Array(
+        pairs
+            .iter()
+            .map(|(n, v)| json!({"name": n, "value": v}))
+            .collect(),
+    )
+}
+
+/// One location's SKUs: the VM sizes with other resource types between them.
+fn location_skus(loc: &str, sizes: &[FakeSize]) -> Vec<Value> {
+    let other = |kind: &str, name: &str, caps: &[(&str, String)]| {
+        json!({"resourceType": kind, "name": name, "locations": [loc],
+               "locationInfo": [{"location": loc, "zones": ["1", "2", "3"], "zoneDetails": []}],
+               "capabilities": capabilities(caps), "restrictions": []})
+    };
+    let mut out = vec![
+        other(
+            "availabilitySets",
+            "Classic",
+            &[("MaximumPlatformFaultDomainCount", "3".into())],
+        ),
+        other(
+            "availabilitySets",
+            "Aligned",
+            &[("MaximumPlatformFaultDomainCount", "3".into())],
+        ),
+    ];
+    for (i, size) in sizes.iter().enumerate() {
+        out.push(vm_sku(loc, size));
+        if i % 2 == 0 {
+            // A disk SKU between VM sizes: only resourceType tells them apart.
+            let tier = ["Premium_LRS", "StandardSSD_LRS", "Standard_LRS"][i / 2 % 3];
+            out.push(other(
+                "disks",
+                tier,
+                &[
+                    ("MaxSizeGiB", "32767".into()),
+                    ("MinSizeGiB", "0".into()),
+                    ("MaxIOps", "20000".into()),
+                ],
+            ));
+        }
+    }
+    out.push(other("snapshots", "Standard_ZRS", &[]));
+    out.push(other("hostGroups/hosts", "DSv3-Type1", &[]));
+    out
+}
+
+fn vm_sku(loc: &str, size: &FakeSize) -> Value {
+    let gib = size.memory_mib as f64 / 1024.0;
+    let mut caps = vec![
+        ("MaxResourceVolumeMB", "0".to_string()),
+        ("OSVhdSizeMB", "1047552".into()),
+        ("vCPUs", size.vcpus.to_string()),
+        ("MemoryPreservingMaintenanceSupported", "True".into()),
+        ("HyperVGenerations", "V1,V2".into()),
+        ("MemoryGB", format!("{gib}")),
+        ("MaxDataDiskCount", "8".into()),
+        ("CpuArchitectureType", "x64".into()),
+        ("LowPriorityCapable", "True".into()),
+        ("PremiumIO", "True".into()),
+    ];
+    if let Some(n) = size.vcpus_available {
+        caps.push(("vCPUsAvailable", n.to_string()));
+    }
+    caps.push(("vCPUsPerCore", "2".into()));
+    caps.push(("EphemeralOSDiskSupported", "False".into()));
+    let restrictions = if size.restricted {
+        json!([{"type": "Location", "values": [loc], "restrictionInfo": {"locations": [loc]},
+                "reasonCode": "NotAvailableForSubscription"}])
+    } else {
+        json!([])
+    };
+    let family = size.name.trim_start_matches("Standard_");
+    json!({"resourceType": "virtualMachines", "name": size.name, "tier": "Standard",
+           "size": family, "family": format!("standard{family}Family"), "locations": [loc],
+           "locationInfo": [{"location": loc, "zones": ["1", "2", "3"], "zoneDetails": []}],
+           "capabilities": capabilities(&caps), "restrictions": restrictions})
+}
+
 fn find_vm(s: &ArmState, rg: &str, name: &str) -> Option<usize> {
     s.vms.iter().position(|v| {
         v.resource_group.eq_ignore_ascii_case(rg) && v.name.eq_ignore_ascii_case(name)
@@ -1247,7 +1410,14 @@ fn grant_sas(
         .unwrap_or(3600);
     let blob = blob_name(rg, name);
     let sas = super::seed::blob_sas(container, &blob, Duration::from_secs(secs), false);
-    let url = super::seed::blob_url(storage.sas_port, container, &blob, &sas);
+    // A managed-disk export host name, as Azure grants (md-impexp-….blob.storage.azure.net):
+    // the tool treats it by its rules, and the proxy answers like one. Under localhost. it
+    // reaches the loopback proxy without DNS.
+    let url = format!(
+        "http://md-impexp-{container}.localhost:{}/{}/{container}/{blob}?{sas}",
+        storage.sas_port,
+        super::seed::ACCOUNT
+    );
     if let Some(sig) = sas.split('&').find_map(|kv| kv.strip_prefix("sig=")) {
         s.issued_signatures.push(sig.to_string());
     }

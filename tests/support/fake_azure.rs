@@ -146,8 +146,9 @@ impl FakeAzure {
         self.with_state(|s| s.leftovers())
     }
 
-    /// Points granted SAS URLs at `port` instead of the gate proxy (e.g. another proxy in
-    /// front of Azurite; revocation is then not enforced).
+    /// Points granted SAS URLs at `port` instead of the gate proxy (e.g. another
+    /// `FaultProxy` in front of Azurite; revocation is then not enforced). The URLs keep
+    /// their managed-disk host name, so whatever listens there must set Azurite's Host.
     pub fn set_sas_port(&self, port: u16) {
         self.with_state(|s| {
             if let Some(st) = s.storage.as_mut() {

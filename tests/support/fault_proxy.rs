@@ -4,6 +4,16 @@
 //! optional delay; everything else passes through. Each connection carries one request
 //! (`Connection: close` both ways), which keeps the proxy simple and the faults exact.
 //! SAS signatures do not cover host:port, so URLs can point at the proxy unchanged.
+//!
+//! Requests addressed to a managed-disk export host name (first label `md-…`, e.g. the
+//! `md-impexp-….localhost` names the fake ARM grants) get that endpoint's rules, as Azure
+//! applies them: any conditional header is refused with 400 ConditionHeadersNotSupported,
+//! and an `x-ms-version` the endpoint does not know with 400 InvalidHeaderValue. The
+//! endpoint here knows the published versions up to [`MD_NEWEST_SERVICE_VERSION`], so a
+//! client that sends its SDK's newest version fails as it would against an export host
+//! that has not rolled that version out. Azurite (run with `--skipApiVersionCheck`) checks
+//! neither. The Host header is rewritten to Azurite's address on the way, or Azurite would
+//! take the host's first label for the account name.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -162,6 +172,184 @@ async fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
     }
 }
 
+/// The newest blob service version the fake managed-disk export host accepts: the one AzCopy
+/// sends today (see `azure::blob::MANAGED_DISK_SERVICE_VERSION`).
+pub const MD_NEWEST_SERVICE_VERSION: &str = "2025-07-05";
+
+/// Published blob service versions from 2019-02-02 to [`MD_NEWEST_SERVICE_VERSION`].
+const MD_SERVICE_VERSIONS: &[&str] = &[
+    "2019-02-02",
+    "2019-07-07",
+    "2019-10-10",
+    "2019-12-12",
+    "2020-02-10",
+    "2020-04-08",
+    "2020-06-12",
+    "2020-08-04",
+    "2020-10-02",
+    "2020-12-06",
+    "2021-02-12",
+    "2021-04-10",
+    "2021-06-08",
+    "2021-08-06",
+    "2021-10-04",
+    "2021-12-02",
+    "2022-11-02",
+    "2023-01-03",
+    "2023-05-03",
+    "2023-08-03",
+    "2023-11-03",
+    "2024-02-04",
+    "2024-05-04",
+    "2024-08-04",
+    "2024-11-04",
+    "2025-01-05",
+    "2025-05-05",
+    MD_NEWEST_SERVICE_VERSION,
+];
+
+const CONDITION_HEADERS: &[&str] = &[
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+];
+
+/// The value of header `name` (lower case) in a request head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.split("\r\n").skip(1).find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Whether the request is addressed to a managed-disk export host name.
+fn to_managed_disk_host(head: &str) -> bool {
+    header(head, "host")
+        .and_then(|h| h.split(['.', ':']).next())
+        .is_some_and(|label| label.len() > 3 && label[..3].eq_ignore_ascii_case("md-"))
+}
+
+/// A storage service error answer: status, `x-ms-error-code` and an XML error body.
+struct Refusal {
+    status: u16,
+    reason: &'static str,
+    code: &'static str,
+    message: String,
+    retry_after_secs: Option<u64>,
+}
+
+impl Refusal {
+    fn new(status: u16, reason: &'static str, code: &'static str, message: String) -> Self {
+        Self {
+            status,
+            reason,
+            code,
+            message,
+            retry_after_secs: None,
+        }
+    }
+}
+
+async fn refuse(client: &mut TcpStream, r: Refusal) {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>{}</Code><Message>{}</Message></Error>",
+        r.code, r.message
+    );
+    let retry = r
+        .retry_after_secs
+        .map(|s| format!("Retry-After: {s}\r\n"))
+        .unwrap_or_default();
+    let rsp = format!(
+        "HTTP/1.1 {} {}\r\n{retry}x-ms-error-code: {}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        r.status,
+        r.reason,
+        r.code,
+        body.len()
+    );
+    let _ = client.write_all(rsp.as_bytes()).await;
+    let _ = client.shutdown().await;
+}
+
+/// What a managed-disk export host answers a request it refuses, or None.
+fn md_refusal(head: &str) -> Option<Refusal> {
+    if !to_managed_disk_host(head) {
+        return None;
+    }
+    if let Some(h) = CONDITION_HEADERS.iter().find(|h| header(head, h).is_some()) {
+        return Some(Refusal::new(
+            400,
+            "Condition headers are not supported.",
+            "ConditionHeadersNotSupported",
+            format!("Condition headers are not supported ({h})."),
+        ));
+    }
+    let version = header(head, "x-ms-version").unwrap_or("");
+    if !MD_SERVICE_VERSIONS.contains(&version) {
+        return Some(Refusal::new(
+            400,
+            "The value for one of the HTTP headers is not in the correct format.",
+            "InvalidHeaderValue",
+            format!(
+                "The value for one of the HTTP headers is not in the correct format. HeaderName: x-ms-version, HeaderValue: {version}"
+            ),
+        ));
+    }
+    None
+}
+
+/// Whether the request is answered here instead of by Azurite: a revoked grant (403), an
+/// export host's rule, an injected status.
+fn refusal(state: &Mutex<State>, head: &str, fault: Option<&Fault>) -> Option<Refusal> {
+    let gate = state.lock().unwrap().gate.clone();
+    if let Some(Gate(allow)) = gate {
+        let first = head.lines().next().unwrap_or_default();
+        let target = first.split_whitespace().nth(1).unwrap_or("/");
+        if !allow(target.split('?').next().unwrap_or("/")) {
+            return Some(Refusal::new(
+                403,
+                "Server failed to authenticate the request.",
+                "AuthenticationFailed",
+                "access was revoked".into(),
+            ));
+        }
+    }
+    if let Some(r) = md_refusal(head) {
+        return Some(r);
+    }
+    let Some(Fault::Status {
+        code,
+        retry_after_secs,
+    }) = fault
+    else {
+        return None;
+    };
+    let reason = if *code == 429 {
+        "Too Many Requests"
+    } else {
+        "Server Busy"
+    };
+    Some(Refusal {
+        retry_after_secs: Some(*retry_after_secs),
+        ..Refusal::new(*code, reason, "ServerBusy", "injected".into())
+    })
+}
+
+/// The request head as sent to Azurite: its own address as Host, one request per
+/// connection.
+fn upstream_head(head: &str, upstream: u16) -> String {
+    let rewritten: Vec<String> = head
+        .split("\r\n")
+        .map(|line| match line.split_once(':') {
+            Some((k, _)) if k.trim().eq_ignore_ascii_case("host") => {
+                format!("Host: 127.0.0.1:{upstream}")
+            }
+            _ => line.to_string(),
+        })
+        .collect();
+    close_head(&rewritten.join("\r\n"))
+}
+
 /// Replaces any Connection/Keep-Alive header by `Connection: close`.
 fn close_head(head: &str) -> String {
     let mut out = String::new();
@@ -209,44 +397,17 @@ async fn handle(mut client: TcpStream, upstream: u16, state: Arc<Mutex<State>>) 
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let gate = state.lock().unwrap().gate.clone();
-    if let Some(Gate(allow)) = gate {
-        let target = first.split_whitespace().nth(1).unwrap_or("/");
-        let path = target.split('?').next().unwrap_or("/");
-        if !allow(path) {
-            let body = "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>AuthenticationFailed</Code><Message>access was revoked</Message></Error>";
-            let rsp = format!(
-                "HTTP/1.1 403 Server failed to authenticate the request.\r\nx-ms-error-code: AuthenticationFailed\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = client.write_all(rsp.as_bytes()).await;
-            let _ = client.shutdown().await;
-            return;
-        }
-    }
-    if let Some(Fault::Status {
-        code,
-        retry_after_secs,
-    }) = fault
-    {
-        let reason = if code == 429 {
-            "Too Many Requests"
-        } else {
-            "Server Busy"
-        };
-        let body = "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>ServerBusy</Code><Message>injected</Message></Error>";
-        let rsp = format!(
-            "HTTP/1.1 {code} {reason}\r\nRetry-After: {retry_after_secs}\r\nx-ms-error-code: ServerBusy\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = client.write_all(rsp.as_bytes()).await;
-        let _ = client.shutdown().await;
-        return;
+    if let Some(r) = refusal(&state, &head, fault.as_ref()) {
+        return refuse(&mut client, r).await;
     }
     let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)).await else {
         return;
     };
-    if up.write_all(close_head(&head).as_bytes()).await.is_err() {
+    if up
+        .write_all(upstream_head(&head, upstream).as_bytes())
+        .await
+        .is_err()
+    {
         return;
     }
     // Any request body bytes already read, then the rest (non-GET requests).

@@ -2,8 +2,9 @@
 //! goes through one `send`, which counts it per operation, maps failures to [`ArmError`]
 //! with the operation and resource, and never lets a non-success status through.
 //!
-//! API versions: 2024-07-01 for virtual machines and sizes, 2024-03-02 for disks and
-//! snapshots (see shared/reference/azure.md).
+//! API versions: 2024-07-01 for virtual machines, 2024-03-02 for disks and snapshots (see
+//! shared/reference/azure.md), 2021-07-01 for Resource SKUs (the VM sizes: `Virtual Machine
+//! Sizes - List` is deprecated in their favour).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,12 +25,13 @@ use serde_json::json;
 use super::error::{ArmError, parse_service_error};
 use super::id::{ResourceId, ResourceType};
 use super::lro::{self, FinalState, LroResponse, LroSettings};
-use super::models::{AccessUri, Disk, Page, Snapshot, VirtualMachine, VmSize};
+use super::models::{AccessUri, Disk, Page, ResourceSku, Snapshot, VirtualMachine};
 use super::pager;
 use crate::azure::sas::SasUrl;
 
 pub const VM_API_VERSION: &str = "2024-07-01";
 pub const DISK_API_VERSION: &str = "2024-03-02";
+pub const SKU_API_VERSION: &str = "2021-07-01";
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-request-id");
 const ASYNC_OPERATION: HeaderName = HeaderName::from_static("azure-asyncoperation");
@@ -522,27 +524,30 @@ impl ArmClient {
         .map(drop)
     }
 
-    /// VM sizes offered in a location (cores, memory).
-    pub async fn list_vm_sizes(
+    /// The Compute Resource SKUs of one location (`$filter=location eq '…'`, the only filter
+    /// the API takes), all pages: VM sizes with their vCPUs and memory, mixed with the SKUs
+    /// of other resource types. `location` must be a region name (letters and digits), as
+    /// it is quoted into the filter.
+    pub async fn list_resource_skus(
         &self,
         subscription: &str,
         location: &str,
-    ) -> Result<Vec<VmSize>, ArmError> {
+    ) -> Result<Vec<ResourceSku>, ArmError> {
+        debug_assert!(location.chars().all(|c| c.is_ascii_alphanumeric()));
+        let filter = format!("location eq '{location}'");
         let url = self.url(
             &[
                 "subscriptions",
                 subscription,
                 "providers",
                 "Microsoft.Compute",
-                "locations",
-                location,
-                "vmSizes",
+                "skus",
             ],
-            VM_API_VERSION,
-            &[],
+            SKU_API_VERSION,
+            &[("$filter", filter.as_str())],
         );
         self.list(
-            "list VM sizes",
+            "list resource SKUs",
             &format!("location {location}"),
             url,
             |_| {},

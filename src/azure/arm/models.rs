@@ -253,14 +253,91 @@ pub struct DiskProperties {
     pub provisioning_state: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// What a VM size gives the guest, as read from its Resource SKU.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSize {
     pub name: String,
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+}
+
+/// One entry of `Resource Skus - List` (`Microsoft.Compute/skus`): sizes of VMs and the
+/// SKUs of disks, snapshots, availability sets, dedicated hosts… in one list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceSku {
     #[serde(default)]
-    pub number_of_cores: Option<u32>,
-    #[serde(default, rename = "memoryInMB")]
-    pub memory_in_mb: Option<u64>,
+    pub resource_type: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub locations: Vec<String>,
+    #[serde(default)]
+    pub capabilities: Vec<SkuCapability>,
+    /// Why the SKU cannot be used for *new* resources here (quota, not offered to the
+    /// subscription, a zone). Not read: a VM that already has the size still has its
+    /// vCPUs and memory.
+    #[serde(default)]
+    pub restrictions: Vec<serde_json::Value>,
+}
+
+/// A capability: name and value, both strings (`"vCPUs": "4"`, `"MemoryGB": "0.75"`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SkuCapability {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+/// The largest memory a SKU may claim (1 PiB): a bigger number is a bad answer.
+const MAX_MEMORY_GB: f64 = 1024.0 * 1024.0;
+
+impl ResourceSku {
+    fn capability(&self, name: &str) -> Option<&str> {
+        self.capabilities
+            .iter()
+            .find(|c| c.name.eq_ignore_ascii_case(name))
+            .map(|c| c.value.trim())
+    }
+
+    /// The VM size this SKU describes, if it is one (`resourceType` `virtualMachines`).
+    /// vCPUs: `vCPUsAvailable` where given — a constrained-core size (`Standard_E4-2s_v5`)
+    /// shows the guest fewer than its `vCPUs` — else `vCPUs`. Memory: `MemoryGB` (GiB,
+    /// may be fractional: `0.75`) in MiB. A value that does not parse or is out of range
+    /// is left empty rather than trusted.
+    pub fn vm_size(&self) -> Option<VmSize> {
+        if !self.resource_type.eq_ignore_ascii_case("virtualMachines") || self.name.is_empty() {
+            return None;
+        }
+        let count = |name| {
+            self.capability(name)
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|&n| n > 0)
+        };
+        let memory_mib = self
+            .capability("MemoryGB")
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|gb| gb.is_finite() && *gb > 0.0 && *gb <= MAX_MEMORY_GB)
+            // In range, so the cast is exact up to rounding to a whole MiB.
+            .map(|gb| (gb * 1024.0).round() as u64)
+            .filter(|&mib| mib > 0);
+        Some(VmSize {
+            name: self.name.clone(),
+            vcpus: count("vCPUsAvailable").or_else(|| count("vCPUs")),
+            memory_mib,
+        })
+    }
+
+    /// Whether the SKU is listed for `location` (an entry without locations is taken as
+    /// the filtered location's).
+    pub fn offered_in(&self, location: &str) -> bool {
+        self.locations.is_empty()
+            || self
+                .locations
+                .iter()
+                .any(|l| l.eq_ignore_ascii_case(location))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -413,13 +490,66 @@ mod tests {
                 .as_deref(),
             Some("V2")
         );
-        let sizes: Page<VmSize> = serde_json::from_str(&fixture("vm_sizes.json")).unwrap();
-        let d2 = sizes
-            .value
-            .iter()
-            .find(|s| s.name == "Standard_D2s_v5")
+    }
+
+    /// The shape Azure answers (fixture after Microsoft's REST example): VM sizes mixed
+    /// with other resource types, string capabilities, fractional GiB, a constrained-core
+    /// size and a restricted one.
+    #[test]
+    fn resource_skus_give_vm_sizes_only() {
+        let page: Page<ResourceSku> = serde_json::from_str(&fixture("resource_skus.json")).unwrap();
+        let sizes: Vec<VmSize> = page.value.iter().filter_map(ResourceSku::vm_size).collect();
+        let find = |n: &str| sizes.iter().find(|s| s.name == n).cloned();
+        let size = |n: &str| find(n).map(|s| (s.vcpus, s.memory_mib));
+        assert_eq!(size("Standard_A0"), Some((Some(1), Some(768))));
+        assert_eq!(size("Standard_D2s_v5"), Some((Some(2), Some(8192))));
+        // Constrained cores: the guest sees vCPUsAvailable.
+        assert_eq!(size("Standard_E4-2s_v5"), Some((Some(2), Some(32768))));
+        // Restricted for new VMs in this subscription; an existing VM still has the size.
+        assert_eq!(size("Standard_E4s_v5"), Some((Some(4), Some(32768))));
+        // Disk and availability-set SKUs are not VM sizes, whatever their names.
+        assert!(find("Premium_LRS").is_none() && find("Aligned").is_none());
+        assert_eq!(sizes.len(), 4, "{sizes:?}");
+        assert!(page.next_link.is_some());
+        assert!(page.value[0].offered_in("WestEurope"));
+        assert!(!page.value[0].offered_in("eastus"));
+    }
+
+    #[test]
+    fn bad_sku_numbers_are_left_empty() {
+        let sku = |caps: &[(&str, &str)]| ResourceSku {
+            resource_type: "virtualMachines".into(),
+            name: "Standard_X".into(),
+            locations: vec![],
+            capabilities: caps
+                .iter()
+                .map(|(n, v)| SkuCapability {
+                    name: n.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            restrictions: vec![],
+        };
+        for (cores, mem) in [
+            ("-1", "-2"),
+            ("0", "0"),
+            ("four", "NaN"),
+            ("99999999999", "inf"),
+            ("", "1e300"),
+        ] {
+            let s = sku(&[("vCPUs", cores), ("MemoryGB", mem)])
+                .vm_size()
+                .unwrap();
+            assert_eq!((s.vcpus, s.memory_mib), (None, None), "{cores} {mem}");
+        }
+        let s = sku(&[("vcpus", "8"), ("memorygb", "3.5")])
+            .vm_size()
             .unwrap();
-        assert_eq!((d2.number_of_cores, d2.memory_in_mb), (Some(2), Some(8192)));
+        assert_eq!((s.vcpus, s.memory_mib), (Some(8), Some(3584)));
+        assert!(sku(&[]).offered_in("anywhere"));
+        let mut disk = sku(&[("vCPUs", "2")]);
+        disk.resource_type = "disks".into();
+        assert!(disk.vm_size().is_none());
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! the full-model VM pages and the `statusOnly=true` pages run concurrently and are merged
 //! by resource id, compared case-insensitively (ARM is not consistent about the case of
 //! resource group names). A VM absent from the status pages gets `unknown`. Then disks are
-//! listed once per resource group that holds a selected VM's disk, and sizes once per
-//! location. Per-VM strategy: when the selection names a few VMs exactly and gives their
+//! listed once per resource group that holds a selected VM's disk, and sizes (Resource
+//! SKUs) once per subscription and location. Per-VM strategy: when the selection names a few VMs exactly and gives their
 //! resource groups, a GET with `$expand=instanceView` per candidate is cheaper than
 //! listing a large subscription; the choice is logged at debug level.
 
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::arm::client::ResourceRef;
 use super::arm::models::{
-    Disk, OsType, PowerState, VirtualMachine, VmSize, name_of, resource_group_of,
+    Disk, OsType, PowerState, ResourceSku, VirtualMachine, VmSize, name_of, resource_group_of,
 };
 use super::arm::{ArmClient, ArmError, ResourceId, ResourceType};
 pub use selection::{Selection, SelectionError, SelectionInput};
@@ -214,8 +214,8 @@ pub fn build_vm_info(
         location: vm.location.clone(),
         power_state,
         vm_size: vm.vm_size().map(str::to_string),
-        vcpus: size.and_then(|s| s.number_of_cores),
-        memory_mib: size.and_then(|s| s.memory_in_mb),
+        vcpus: size.and_then(|s| s.vcpus),
+        memory_mib: size.and_then(|s| s.memory_mib),
         os_type,
         hyperv_generation: generation,
         tags: vm.tags(),
@@ -492,26 +492,53 @@ async fn fetch_sizes(
     sel: &Selection,
     vms: &[(VirtualMachine, PowerState)],
 ) -> HashMap<String, VmSize> {
+    // One Resource SKU listing (all its pages) per location. A size missing from every
+    // listing, or a listing that fails, leaves vCPU and memory empty (the domain then gets
+    // the defaults), as before with the deprecated `locations/{loc}/vmSizes` — which is not
+    // asked as a fallback: it lists no more sizes (it omits those the subscription may not
+    // deploy, which Resource SKUs list with their restrictions) and would cost a second
+    // request per location.
     let mut locations: Vec<String> = Vec::new();
     for (vm, _) in vms {
         let l = selection::normalize_location(&vm.location);
-        if !l.is_empty() && !locations.contains(&l) {
+        if l.is_empty() || locations.contains(&l) {
+            continue;
+        }
+        if l.chars().all(|c| c.is_ascii_alphanumeric()) {
             locations.push(l);
+        } else {
+            tracing::warn!(
+                "VM {}: location {l:?} is not a region name; vCPU and memory left empty",
+                vm.name
+            );
         }
     }
-    let results: Vec<Result<Vec<VmSize>, ArmError>> = futures::stream::iter(locations)
-        .map(|loc| async move { arm.list_vm_sizes(&sel.subscription, &loc).await })
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
+    let results: Vec<(String, Result<Vec<ResourceSku>, ArmError>)> =
+        futures::stream::iter(locations)
+            .map(|loc| async move {
+                let r = arm.list_resource_skus(&sel.subscription, &loc).await;
+                (loc, r)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
     let mut out = HashMap::new();
-    for r in results {
+    for (loc, r) in results {
         match r {
-            Ok(sizes) => out.extend(sizes.into_iter().map(|s| (s.name.to_ascii_lowercase(), s))),
+            Ok(skus) => out.extend(vm_sizes_in(&skus, &loc)),
             Err(e) => tracing::warn!("{e}; vCPU and memory left empty"),
         }
     }
     out
+}
+
+/// The VM sizes among `skus` listed for `location`, by lower-case name.
+fn vm_sizes_in(skus: &[ResourceSku], location: &str) -> HashMap<String, VmSize> {
+    skus.iter()
+        .filter(|s| s.offered_in(location))
+        .filter_map(ResourceSku::vm_size)
+        .map(|s| (s.name.to_ascii_lowercase(), s))
+        .collect()
 }
 
 #[cfg(test)]
@@ -555,11 +582,10 @@ mod tests {
             .into_iter()
             .map(|d| (d.id.to_ascii_lowercase(), d))
             .collect();
-        let sizes: HashMap<String, VmSize> = fixture::<Page<VmSize>>("vm_sizes.json")
-            .value
-            .into_iter()
-            .map(|s| (s.name.to_ascii_lowercase(), s))
-            .collect();
+        let skus = fixture::<Page<ResourceSku>>("resource_skus.json").value;
+        let sizes = vm_sizes_in(&skus, "westeurope");
+        // Listed for another region only: not taken.
+        assert!(vm_sizes_in(&skus, "northeurope").is_empty());
         let all = vms();
         let web = build_vm_info(&all[0], PowerState::Running, &disks, &sizes);
         assert_eq!(web.resource_group, "RG-WEB");
@@ -577,6 +603,8 @@ mod tests {
         assert_eq!(web.total_disk_gb(), 30 + 128 + 256);
 
         let sql = build_vm_info(&all[1], PowerState::Deallocated, &disks, &sizes);
+        // Its size is restricted for new VMs in the subscription: still known.
+        assert_eq!((sql.vcpus, sql.memory_mib), (Some(4), Some(32768)));
         assert_eq!(sql.os_type.as_deref(), Some("windows"));
         assert_eq!(sql.hyperv_generation.as_deref(), Some("V2"));
 
@@ -588,6 +616,8 @@ mod tests {
         );
         assert_eq!(classic.disks[1].lun, Some(3));
         assert_eq!(classic.os_type, None);
+        // Standard_A2_v2 is in no listing: unknown, as before.
+        assert_eq!((classic.vcpus, classic.memory_mib), (None, None));
     }
 
     #[test]
