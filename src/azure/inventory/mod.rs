@@ -468,7 +468,6 @@ async fn fetch_disks(
     out
 }
 
-/// VM sizes by lower-case name, one list per location of a selected VM.
 /// The disk a VM model's managed-disk id names; None (and a warning) for anything else.
 fn disk_ref(id: &str) -> Option<ResourceRef> {
     match id.parse::<ResourceId>() {
@@ -487,6 +486,7 @@ fn disk_ref(id: &str) -> Option<ResourceRef> {
     }
 }
 
+/// VM sizes by lower-case name, one list per location of a selected VM.
 async fn fetch_sizes(
     arm: &ArmClient,
     sel: &Selection,
