@@ -4,7 +4,9 @@ mod support;
 
 use std::process::Command;
 
-use azure2kvm::export::domain::{DomainDisk, DomainSpec, Firmware, GuestOs, domain_xml};
+use azure2kvm::export::domain::{
+    DomainDisk, DomainSpec, Firmware, GuestOs, domain_xml, libvirt_name,
+};
 use azure2kvm::image::sink::ImageFormat;
 
 fn ensure_validator() {
@@ -74,6 +76,101 @@ fn domains_pass_virt_xml_validate() {
                 .collect(),
         };
         validate(&domain_xml(&spec), name);
+    }
+}
+
+/// Names with one of every class of odd character: C0 controls (NUL, BEL, ESC), the three
+/// whitespace controls, DEL and C1, markup characters, non-ASCII (two- to four-byte
+/// UTF-8), slashes, Unicode non-characters XML cannot carry, spaces, dot names.
+const ODD_NAMES: &[&str] = &[
+    "nul\0here",
+    "bell\u{7}esc\u{1b}del\u{7f}",
+    "tab\tnewline\ncr\r",
+    "c1\u{85}\u{9f}",
+    "markup<b>&amp;'\"",
+    "non-ascii-ünïcødé-名前-🖥",
+    "slash/and\\backslash",
+    "nonchar\u{fffe}\u{ffff}",
+    " spaces  inside ",
+    "",
+    ".",
+    "..",
+];
+
+fn odd_spec(odd: &str) -> DomainSpec {
+    DomainSpec {
+        name: odd.to_string(),
+        azure_id: format!(
+            "/subscriptions/0000/resourceGroups/RG/providers/Microsoft.Compute/virtualMachines/{odd}"
+        ),
+        vm_size: format!("size-{odd}"),
+        vcpus: 1,
+        memory_mib: 512,
+        firmware: Firmware::Uefi,
+        os: GuestOs::Linux,
+        disks: vec![DomainDisk {
+            path: format!("/var/lib/azure2kvm/{odd}/os.qcow2").into(),
+            format: ImageFormat::Qcow2,
+        }],
+    }
+}
+
+/// What libxml2 reads at `xpath` in `file`.
+fn xpath(file: &std::path::Path, xpath: &str) -> String {
+    let out = Command::new("xmllint")
+        .args(["--xpath", xpath])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "xmllint {xpath}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut s = String::from_utf8(out.stdout).unwrap();
+    // xmllint ends what it prints with one newline of its own.
+    assert_eq!(s.pop(), Some('\n'));
+    s
+}
+
+#[test]
+fn odd_names_give_valid_domains_that_libxml2_reads_back() {
+    ensure_validator();
+    let dir = tempfile::tempdir().unwrap();
+    for (i, odd) in ODD_NAMES.iter().enumerate() {
+        let xml = domain_xml(&odd_spec(odd));
+        validate(&xml, &format!("odd-{i}"));
+        let file = dir.path().join(format!("odd-{i}.xml"));
+        std::fs::write(&file, &xml).unwrap();
+        assert_eq!(
+            xpath(&file, "string(/domain/name)"),
+            libvirt_name(odd),
+            "{odd:?}"
+        );
+        // Ids keep tabs and newlines exactly (character references survive normalisation).
+        assert_eq!(
+            xpath(&file, "string(/domain/metadata/*/@size)"),
+            format!("size-{odd}").replace(
+                |c: char| c < ' ' && !"\t\n\r".contains(c) || c == '\u{fffe}' || c == '\u{ffff}',
+                "\u{fffd}"
+            ),
+            "{odd:?}"
+        );
+        // Paths keep every character XML 1.0 and libvirt's path pattern can carry.
+        let kept: String = odd
+            .chars()
+            .map(|c| match c {
+                '\0'..='\u{8}' | '\n'..='\r' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}' => {
+                    '\u{fffd}'
+                }
+                c => c,
+            })
+            .collect();
+        assert_eq!(
+            xpath(&file, "string(/domain/devices/disk/source/@file)"),
+            format!("/var/lib/azure2kvm/{kept}/os.qcow2"),
+            "{odd:?}"
+        );
     }
 }
 
