@@ -67,6 +67,7 @@ fn domains_pass_virt_xml_validate() {
             vcpus: 4,
             memory_mib: 32768,
             firmware,
+            secure_boot: false,
             os,
             disks: (0..disks)
                 .map(|i| DomainDisk {
@@ -107,6 +108,7 @@ fn odd_spec(odd: &str) -> DomainSpec {
         vcpus: 1,
         memory_mib: 512,
         firmware: Firmware::Uefi,
+        secure_boot: false,
         os: GuestOs::Linux,
         disks: vec![DomainDisk {
             path: format!("/var/lib/azure2kvm/{odd}/os.qcow2").into(),
@@ -208,4 +210,79 @@ fn validator_rejects_a_broken_domain() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+fn qemu_argv(name: &str) -> String {
+    let out = support::libvirt::virsh(&["domxml-to-native", "qemu-argv", "--domain", name]);
+    assert!(
+        out.status.success(),
+        "domxml-to-native {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// libvirt's own checks go beyond the schema: a domain with both `<os><boot dev>` and a
+/// per-device boot order validates and is refused by `virsh define`. Every kind of
+/// domain we write is defined in a real libvirt, and UEFI ones get the firmware asked for.
+#[test]
+fn libvirt_defines_our_domains_with_the_firmware_asked_for() {
+    let _daemon = support::libvirt::Libvirtd::start();
+    let dir = tempfile::tempdir().unwrap();
+    // (name suffix, firmware, secure boot, the OVMF code file libvirt must pick)
+    let cases = [
+        ("gen1", Firmware::Bios, false, None),
+        (
+            "gen2",
+            Firmware::Uefi,
+            false,
+            Some("/usr/share/OVMF/OVMF_CODE_4M.fd"),
+        ),
+        (
+            "gen2-tl",
+            Firmware::Uefi,
+            true,
+            Some("/usr/share/OVMF/OVMF_CODE_4M.ms.fd"),
+        ),
+    ];
+    for (suffix, firmware, secure_boot, ovmf) in cases {
+        let name = format!("azure2kvm-test-{suffix}-{}", std::process::id());
+        let spec = DomainSpec {
+            name: name.clone(),
+            firmware,
+            secure_boot,
+            ..odd_spec("x")
+        };
+        let file = dir.path().join(format!("{suffix}.xml"));
+        std::fs::write(&file, domain_xml(&spec)).unwrap();
+        let _defined = support::libvirt::Defined::define(&file, &name)
+            .unwrap_or_else(|e| panic!("libvirt refuses {suffix}: {e}"));
+        let argv = qemu_argv(&name);
+        assert!(argv.contains("\"bootindex\":1"), "{argv}");
+        match ovmf {
+            Some(code) => assert!(
+                argv.contains(&format!("\"filename\":\"{code}\"")),
+                "{suffix}: {argv}"
+            ),
+            None => assert!(!argv.contains("OVMF"), "{argv}"),
+        }
+    }
+    // Odd names: libvirt takes each as we write it and gives it back unchanged.
+    for (i, odd) in ODD_NAMES.iter().enumerate() {
+        let name = format!("{}-{i}-{}", libvirt_name(odd), std::process::id());
+        let spec = DomainSpec {
+            name: name.clone(),
+            ..odd_spec(odd)
+        };
+        let file = dir.path().join(format!("odd-{i}.xml"));
+        std::fs::write(&file, domain_xml(&spec)).unwrap();
+        let _defined = support::libvirt::Defined::define(&file, &name)
+            .unwrap_or_else(|e| panic!("libvirt refuses {odd:?}: {e}"));
+        let out = support::libvirt::virsh(&["dumpxml", &name]);
+        let xml = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && xml.contains("<name>"),
+            "{odd:?}: {xml}"
+        );
+    }
 }

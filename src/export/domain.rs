@@ -6,6 +6,13 @@
 //! interface on libvirt's `default` network as a placeholder to edit, and a serial
 //! console (Azure images log to ttyS0). Paths in the XML are absolute, as libvirt needs.
 //!
+//! Boot order is said once, per device (`<boot order='1'/>` on the OS disk): libvirt
+//! refuses a domain that also has `<os><boot dev=.../>` ("per-device boot elements cannot
+//! be used together with os/boot elements"), though the schema allows both. UEFI domains
+//! name the secure-boot feature explicitly: left to auto-selection, libvirt on Debian picks
+//! OVMF with Microsoft's keys enrolled, which stops an unsigned boot chain with "Security
+//! Violation".
+//!
 //! The document is written with quick-xml, and every string from Azure or the file system
 //! goes through [`escape_xml`]: XML 1.0 cannot carry most control characters at all, not
 //! even as character references, so those become U+FFFD; tab, newline and carriage return
@@ -69,6 +76,10 @@ pub struct DomainSpec {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub firmware: Firmware,
+    /// UEFI only: the VM ran with secure boot in Azure (Trusted Launch), so it gets OVMF
+    /// with secure boot on and Microsoft's keys enrolled. Off, the firmware has secure boot
+    /// off, which any boot chain passes.
+    pub secure_boot: bool,
     pub os: GuestOs,
     pub disks: Vec<DomainDisk>,
 }
@@ -225,6 +236,8 @@ fn write_domain(w: &mut Xml, spec: &DomainSpec) -> io::Result<()> {
         .map(drop)
 }
 
+/// `<os>`: machine type and firmware. No `<boot dev=.../>`: the OS disk carries the boot
+/// order (libvirt refuses both together).
 fn write_os(w: &mut Xml, spec: &DomainSpec) -> io::Result<()> {
     let mut os = w.create_element("os");
     if spec.firmware == Firmware::Uefi {
@@ -235,12 +248,33 @@ fn write_os(w: &mut Xml, spec: &DomainSpec) -> io::Result<()> {
             .with_attribute(("arch", "x86_64"))
             .with_attribute(("machine", "q35"))
             .write_text_content(BytesText::new("hvm"))?;
-        w.create_element("boot")
-            .with_attribute(("dev", "hd"))
-            .write_empty()
-            .map(drop)
+        if spec.firmware == Firmware::Uefi {
+            write_firmware_features(w, spec.secure_boot)?;
+        }
+        Ok(())
     })
     .map(drop)
+}
+
+/// The firmware features libvirt's auto-selection must match: secure boot exactly as it
+/// was on Azure, Microsoft's keys enrolled only with it (Trusted Launch).
+fn write_firmware_features(w: &mut Xml, secure_boot: bool) -> io::Result<()> {
+    let on = if secure_boot { "yes" } else { "no" };
+    w.create_element("firmware")
+        .write_inner_content(|w| {
+            w.create_element("feature")
+                .with_attribute(("enabled", on))
+                .with_attribute(("name", "secure-boot"))
+                .write_empty()?;
+            if secure_boot {
+                w.create_element("feature")
+                    .with_attribute(("enabled", "yes"))
+                    .with_attribute(("name", "enrolled-keys"))
+                    .write_empty()?;
+            }
+            Ok(())
+        })
+        .map(drop)
 }
 
 fn write_features(w: &mut Xml, os: GuestOs) -> io::Result<()> {
@@ -352,6 +386,7 @@ mod tests {
             vcpus: 2,
             memory_mib: 8192,
             firmware,
+            secure_boot: false,
             os,
             disks: (0..disks)
                 .map(|i| DomainDisk { path: format!("/srv/vms/web-01/d{i}.qcow2").into(), format: ImageFormat::Qcow2 })
@@ -439,6 +474,38 @@ mod tests {
         assert!(a < b && b < c);
         assert_eq!(xml.matches(r#"<boot order="1"/>"#).count(), 1, "{xml}");
         assert!(xml.contains(r#"<target dev="vdc" bus="virtio"/>"#), "{xml}");
+    }
+
+    #[test]
+    fn boot_order_is_per_device_only() {
+        for fw in [Firmware::Bios, Firmware::Uefi] {
+            let xml = domain_xml(&spec(fw, GuestOs::Linux, 2));
+            assert!(!xml.contains("<boot dev"), "{xml}");
+            assert_eq!(xml.matches("<boot ").count(), 1, "{xml}");
+        }
+    }
+
+    #[test]
+    fn uefi_says_whether_secure_boot_is_on() {
+        let mut s = spec(Firmware::Uefi, GuestOs::Linux, 1);
+        let off = domain_xml(&s);
+        assert!(
+            off.contains(r#"<feature enabled="no" name="secure-boot"/>"#),
+            "{off}"
+        );
+        assert!(!off.contains("enrolled-keys"), "{off}");
+        s.secure_boot = true;
+        let on = domain_xml(&s);
+        assert!(
+            on.contains(r#"<feature enabled="yes" name="secure-boot"/>"#),
+            "{on}"
+        );
+        assert!(
+            on.contains(r#"<feature enabled="yes" name="enrolled-keys"/>"#),
+            "{on}"
+        );
+        let bios = domain_xml(&spec(Firmware::Bios, GuestOs::Linux, 1));
+        assert!(!bios.contains("<firmware>"), "{bios}");
     }
 
     #[test]
