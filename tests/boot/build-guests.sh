@@ -31,6 +31,10 @@ cp "kernel/boot/vmlinuz-$kver" vmlinuz
 
 # The initramfs: static busybox, the virtio modules and /init.
 mkdir -p root/bin root/dev root/proc root/sys "root/lib/modules/$kver"
+if ldd /bin/busybox >/dev/null 2>&1; then
+  echo "/bin/busybox is dynamically linked: the guest needs busybox-static" >&2
+  exit 1
+fi
 cp /bin/busybox root/bin/busybox
 for m in virtio virtio_ring virtio_pci virtio_pci_modern_dev virtio_pci_legacy_dev virtio_blk; do
   cp "$(find "kernel/lib/modules/$kver" -name "$m.ko")" "root/lib/modules/$kver/"
