@@ -359,7 +359,7 @@ fn export_of_a_mixed_fleet_gives_identical_images_manifests_and_domains() {
             .map(|(_, f)| xml.find(f).unwrap_or_else(|| panic!("{f} not in domain")))
             .collect();
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "{xml}");
-        assert_eq!(vm == "win-01", xml.contains("firmware='efi'"), "{xml}");
+        assert_eq!(vm == "win-01", xml.contains(r#"firmware="efi""#), "{xml}");
         // vCPUs and memory from the VM size (E4s_v5: 4 and 32 GiB; D2s_v5: 2 and 8 GiB).
         let (vcpus, mib) = if vm == "win-01" {
             (4, 32768)

@@ -107,6 +107,8 @@ pub fn domain(
         vcpus: vm.vm.vcpus.unwrap_or(DEFAULT_VCPUS),
         memory_mib: vm.vm.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
         firmware: Firmware::from_hyperv_generation(vm.vm.hyperv_generation.as_deref()),
+        // Trusted Launch (secure boot on in Azure) is not read from the VM yet.
+        secure_boot: false,
         os: match os_type.as_str() {
             "linux" => GuestOs::Linux,
             "windows" => GuestOs::Windows,

@@ -12,6 +12,7 @@ pub mod fake_azure;
 pub mod fault_proxy;
 pub mod http;
 pub mod image;
+pub mod libvirt;
 pub mod seed;
 pub mod tls;
 pub mod tools;
