@@ -20,7 +20,7 @@ use std::process::Command;
 use sha2::Digest as _;
 use std::time::{Duration, Instant};
 
-use support::fake_arm::{ArmState, FakeVm, FakeVmDisk};
+use support::fake_arm::{ArmState, FakeSize, FakeVm, FakeVmDisk};
 use support::fake_azure::FakeAzure;
 use support::libvirt::{Defined, Libvirtd, virsh};
 use support::tools::ensure_debian_tool;
@@ -221,7 +221,7 @@ fn exported_gen1_and_gen2_vms_boot_with_their_disks_in_lun_order() {
         .sizes
         .get_mut("westeurope")
         .unwrap()
-        .push(("Standard_B1s".into(), 1, 1024));
+        .push(FakeSize::new("Standard_B1s", 1, 1024));
     let vms = vec![vm("boot-gen1", "V1"), vm("boot-gen2", "V2")];
     let content = |d: &FakeVmDisk| match (d.name.as_str(), d.lun) {
         ("boot-gen1-os", None) => disk_from_image(&guests.join("bios.img")),
