@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use super::domain::{DomainDisk, DomainSpec, Firmware, GuestOs, domain_xml};
+use super::domain::{DomainDisk, DomainSpec, GuestOs, domain_xml};
 use super::ledger::write_atomic;
 use super::plan::{PlannedDisk, PlannedVm};
 use super::run::{DiskResult, DiskStatus, bytes_downloaded};
@@ -38,6 +38,8 @@ pub fn manifest(
     let mut v = serde_json::to_value(&vm.vm).expect("VmInfo serialises");
     v["run_id"] = json!(run_id);
     v["consistency"] = json!(vm.consistency);
+    v["guest"] = json!(vm.guest);
+    v["warnings"] = json!(vm.warnings);
     let disks = vm
         .vm
         .disks
@@ -106,9 +108,11 @@ pub fn domain(
         vm_size: vm.vm.vm_size.clone().unwrap_or_default(),
         vcpus: vm.vm.vcpus.unwrap_or(DEFAULT_VCPUS),
         memory_mib: vm.vm.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
-        firmware: Firmware::from_hyperv_generation(vm.vm.hyperv_generation.as_deref()),
-        // Trusted Launch (secure boot on in Azure) is not read from the VM yet.
-        secure_boot: false,
+        // From the plan's guest, so the domain is what --dry-run and the manifest said.
+        firmware: vm.guest.domain_firmware,
+        secure_boot: vm.guest.secure_boot,
+        arch: vm.guest.domain_arch,
+        tpm: vm.guest.tpm,
         os: match os_type.as_str() {
             "linux" => GuestOs::Linux,
             "windows" => GuestOs::Windows,
