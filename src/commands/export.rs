@@ -12,7 +12,7 @@ use std::time::Duration;
 use azure_core::credentials::TokenCredential;
 use serde_json::json;
 
-use crate::azure::arm::ResourceId;
+use crate::azure::arm::{ResourceId, ResourceType};
 use crate::azure::arm::client::ResourceRef;
 use crate::azure::inventory::{self, DiscoveryProgress, Selection, VmInfo};
 use crate::cli::{ExportArgs, GlobalArgs, SelectionArgs};
@@ -258,11 +258,13 @@ async fn refresh_power_states(
                 .id
                 .parse()
                 .map_err(|e| Error::usage(format!("plan: VM {}: id: {e}", vm.name)))?;
-            let r = ResourceRef::from(&id);
-            let current = arm
-                .get_vm(&r, true)
-                .await
-                .map_err(|e| Error::from(e).context(format!("plan: VM {}", vm.name)))?;
+            // A Uniform scale-set instance is read under its scale set.
+            let current = if id.is(&ResourceType::ScaleSetVm) {
+                arm.get_scale_set_vm(&id).await
+            } else {
+                arm.get_vm(&ResourceRef::from(&id), true).await
+            }
+            .map_err(|e| Error::from(e).context(format!("plan: VM {}", vm.name)))?;
             Ok(current.power_state())
         })
         .buffered(inventory::CONCURRENCY)
