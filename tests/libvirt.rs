@@ -294,6 +294,27 @@ fn libvirt_defines_our_domains_with_the_firmware_asked_for() {
             None => assert!(!argv.contains("OVMF"), "{argv}"),
         }
     }
+    // Trusted Launch with a vTPM: libvirt takes the emulated TPM 2.0 (swtpm is needed only
+    // to start the domain) and keeps it as written.
+    let name = format!("azure2kvm-test-gen2-tl-tpm-{}", std::process::id());
+    let spec = DomainSpec {
+        name: name.clone(),
+        firmware: Firmware::Uefi,
+        secure_boot: true,
+        tpm: true,
+        ..odd_spec("x")
+    };
+    let file = dir.path().join("gen2-tl-tpm.xml");
+    std::fs::write(&file, domain_xml(&spec)).unwrap();
+    let _defined = support::libvirt::Defined::define(&file, &name)
+        .unwrap_or_else(|e| panic!("libvirt refuses a vTPM domain: {e}"));
+    let out = support::libvirt::virsh(&["dumpxml", &name]);
+    let xml = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && xml.contains("<tpm model='tpm-crb'>"),
+        "{xml}"
+    );
+    assert!(xml.contains("<backend type='emulator' version='2.0'"), "{xml}");
     // Odd names: libvirt takes each as we write it and gives it back unchanged.
     for (i, odd) in ODD_NAMES.iter().enumerate() {
         let name = format!("{}-{i}-{}", libvirt_name(odd), std::process::id());
