@@ -133,6 +133,29 @@ fn list_shows_architecture_trusted_launch_and_uniform_instances() {
     assert_eq!(v, serde_json::json!([]));
 }
 
+#[test]
+fn scale_sets_the_role_may_not_read_leave_the_vms_listed_with_a_warning() {
+    let mut state = ArmState::new();
+    for vm in kinds() {
+        state.add_vm(vm);
+    }
+    state.config.scale_sets_forbidden = true;
+    let fake = FakeArm::start(state);
+    let r = run(list_cmd(&fake, &["--output", "json", "--no-progress"]));
+    let v = json(&r);
+    assert_eq!(v.as_array().unwrap().len(), 4, "{v}");
+    assert!(
+        r.stderr.contains("virtualMachineScaleSets/read")
+            && r.stderr.contains("instances of Uniform scale sets are not listed"),
+        "{}",
+        r.stderr
+    );
+    // Allowed again: the instance is back.
+    fake.with_state(|s| s.config.scale_sets_forbidden = false);
+    let ok = run(list_cmd(&fake, &["--output", "json", "--no-progress"]));
+    assert_eq!(json(&ok).as_array().unwrap().len(), 5);
+}
+
 fn export(world: &FakeAzure, out: &Path, args: &[&str]) -> Run {
     let mut all = vec!["--output-dir", out.to_str().unwrap()];
     all.extend_from_slice(args);

@@ -292,6 +292,9 @@ pub struct FakeConfig {
     /// Resource SKUs answer 403, as for an identity whose role lacks
     /// `Microsoft.Compute/skus/read`.
     pub skus_forbidden: bool,
+    /// Scale-set lists answer 403, as for a custom role without
+    /// `Microsoft.Compute/virtualMachineScaleSets/read`.
+    pub scale_sets_forbidden: bool,
 }
 
 impl Default for FakeConfig {
@@ -315,6 +318,7 @@ impl Default for FakeConfig {
             client_secret: CLIENT_SECRET.into(),
             federated_token: FEDERATED_TOKEN.into(),
             skus_forbidden: false,
+            scale_sets_forbidden: false,
         }
     }
 }
@@ -1411,6 +1415,13 @@ fn scale_set_json(s: &ArmState, ss: &FakeScaleSet) -> Value {
 /// `Virtual Machine Scale Sets - List All` (subscription) or `- List` (resource group).
 fn list_scale_sets(s: &mut ArmState, req: &HttpRequest, base: &str, rg: Option<&str>) -> HttpResponse {
     bump(s, "list_scale_sets");
+    if s.config.scale_sets_forbidden {
+        return arm_error(
+            403,
+            "AuthorizationFailed",
+            "The client does not have authorization to perform action 'Microsoft.Compute/virtualMachineScaleSets/read'.",
+        );
+    }
     let items: Vec<Value> = s
         .scale_sets
         .iter()

@@ -463,12 +463,16 @@ async fn uniform_instances(
     sel: &Selection,
     scope: Option<&str>,
 ) -> Result<Vec<(VirtualMachine, PowerState)>, ArmError> {
-    let scale_sets: Vec<ScaleSet> = arm
-        .list_scale_sets(&sel.subscription, scope)
-        .await?
-        .into_iter()
-        .filter(ScaleSet::is_uniform)
-        .collect();
+    // A role may read VMs but not scale sets (a custom role): the VMs are still listed,
+    // and the warning says what is missing. Any other failure fails the list.
+    let scale_sets: Vec<ScaleSet> = match arm.list_scale_sets(&sel.subscription, scope).await {
+        Ok(all) => all.into_iter().filter(ScaleSet::is_uniform).collect(),
+        Err(e) if e.status() == Some(403) => {
+            tracing::warn!("{e}; instances of Uniform scale sets are not listed");
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(e),
+    };
     let refs: Vec<ResourceRef> = scale_sets
         .iter()
         .filter_map(|ss| match ss.id.parse::<ResourceId>() {
