@@ -88,9 +88,21 @@ fn domains_pass_virt_xml_validate() {
 fn arm64_and_trusted_launch_domains_pass_virt_xml_validate() {
     for (name, arch, secure_boot, tpm, os) in [
         ("arm64-linux", Arch::Aarch64, false, false, GuestOs::Linux),
-        ("arm64-windows-tpm", Arch::Aarch64, true, true, GuestOs::Windows),
+        (
+            "arm64-windows-tpm",
+            Arch::Aarch64,
+            true,
+            true,
+            GuestOs::Windows,
+        ),
         ("tl-linux", Arch::X86_64, true, true, GuestOs::Linux),
-        ("tl-windows-no-tpm", Arch::X86_64, true, false, GuestOs::Windows),
+        (
+            "tl-windows-no-tpm",
+            Arch::X86_64,
+            true,
+            false,
+            GuestOs::Windows,
+        ),
     ] {
         let spec = DomainSpec {
             arch,
@@ -314,7 +326,10 @@ fn libvirt_defines_our_domains_with_the_firmware_asked_for() {
         out.status.success() && xml.contains("<tpm model='tpm-crb'>"),
         "{xml}"
     );
-    assert!(xml.contains("<backend type='emulator' version='2.0'"), "{xml}");
+    assert!(
+        xml.contains("<backend type='emulator' version='2.0'"),
+        "{xml}"
+    );
     // Odd names: libvirt takes each as we write it and gives it back unchanged.
     for (i, odd) in ODD_NAMES.iter().enumerate() {
         let name = format!("{}-{i}-{}", libvirt_name(odd), std::process::id());

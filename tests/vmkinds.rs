@@ -60,35 +60,51 @@ fn list_shows_architecture_trusted_launch_and_uniform_instances() {
         state.add_vm(vm);
     }
     let fake = FakeArm::start(state);
-    let v = json(&run(list_cmd(&fake, &["--output", "json", "--no-progress"])));
+    let v = json(&run(list_cmd(
+        &fake,
+        &["--output", "json", "--no-progress"],
+    )));
     let vms = v.as_array().unwrap();
     assert_eq!(vms.len(), 5, "{v}");
 
     let arm = by_name(vms, "arm-01");
     assert_eq!(arm["architecture"], "arm64");
     assert_eq!(arm["vm_size"], "Standard_D4ps_v5");
-    assert_eq!((arm["vcpus"].as_u64(), arm["memory_mib"].as_u64()), (Some(4), Some(16384)));
+    assert_eq!(
+        (arm["vcpus"].as_u64(), arm["memory_mib"].as_u64()),
+        (Some(4), Some(16384))
+    );
     let plain = by_name(vms, "plain-01");
     assert_eq!(plain["architecture"], "x64");
     assert!(plain["security_type"].is_null() && plain["scale_set"].is_null());
 
     let tl = by_name(vms, "tl-01");
     assert_eq!(tl["security_type"], "TrustedLaunch");
-    assert_eq!((tl["secure_boot"].as_bool(), tl["vtpm"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(
+        (tl["secure_boot"].as_bool(), tl["vtpm"].as_bool()),
+        (Some(true), Some(true))
+    );
     assert_eq!(tl["power_state"], "deallocated");
     let tl2 = by_name(vms, "tl-02");
-    assert_eq!((tl2["secure_boot"].as_bool(), tl2["vtpm"].as_bool()), (Some(false), Some(false)));
+    assert_eq!(
+        (tl2["secure_boot"].as_bool(), tl2["vtpm"].as_bool()),
+        (Some(false), Some(false))
+    );
 
     // The Uniform instance: listed with its scale set, power state from its instance view,
     // size from its sku, disks from its storage profile.
     let inst = by_name(vms, "web-ss_3");
     assert_eq!(
         inst["id"],
-        format!("/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-k/providers/Microsoft.Compute/virtualMachineScaleSets/{SCALE_SET}/virtualMachines/3")
+        format!(
+            "/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-k/providers/Microsoft.Compute/virtualMachineScaleSets/{SCALE_SET}/virtualMachines/3"
+        )
     );
     assert_eq!(
         inst["scale_set"],
-        format!("/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-k/providers/Microsoft.Compute/virtualMachineScaleSets/{SCALE_SET}")
+        format!(
+            "/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-k/providers/Microsoft.Compute/virtualMachineScaleSets/{SCALE_SET}"
+        )
     );
     assert_eq!(inst["power_state"], "running");
     assert_eq!(inst["vm_size"], "Standard_D2s_v5");
@@ -120,7 +136,15 @@ fn list_shows_architecture_trusted_launch_and_uniform_instances() {
     // Named exactly with its group, an instance is found under its scale set.
     let v = json(&run(list_cmd(
         &fake,
-        &["--output", "json", "--no-progress", "--name", "web-ss_3", "--resource-group", "rg-k"],
+        &[
+            "--output",
+            "json",
+            "--no-progress",
+            "--name",
+            "web-ss_3",
+            "--resource-group",
+            "rg-k",
+        ],
     )));
     assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
     assert_eq!(v[0]["scale_set"], inst["scale_set"]);
@@ -128,7 +152,15 @@ fn list_shows_architecture_trusted_launch_and_uniform_instances() {
     // A name shaped like an instance but matching none stays not found.
     let v = json(&run(list_cmd(
         &fake,
-        &["--output", "json", "--no-progress", "--name", "web-ss_9", "--resource-group", "rg-k"],
+        &[
+            "--output",
+            "json",
+            "--no-progress",
+            "--name",
+            "web-ss_9",
+            "--resource-group",
+            "rg-k",
+        ],
     )));
     assert_eq!(v, serde_json::json!([]));
 }
@@ -146,7 +178,8 @@ fn scale_sets_the_role_may_not_read_leave_the_vms_listed_with_a_warning() {
     assert_eq!(v.as_array().unwrap().len(), 4, "{v}");
     assert!(
         r.stderr.contains("virtualMachineScaleSets/read")
-            && r.stderr.contains("instances of Uniform scale sets are not listed"),
+            && r.stderr
+                .contains("instances of Uniform scale sets are not listed"),
         "{}",
         r.stderr
     );
@@ -214,7 +247,11 @@ fn dry_run_says_what_each_kind_becomes_and_refuses_deallocating_an_instance() {
         guest("tl-01"),
         serde_json::json!({"arch": "x86_64", "machine": "q35", "firmware": "uefi", "secure_boot": true, "tpm": true})
     );
-    assert!(warnings("tl-01").contains("recovery key"), "{}", warnings("tl-01"));
+    assert!(
+        warnings("tl-01").contains("recovery key"),
+        "{}",
+        warnings("tl-01")
+    );
     assert_eq!(guest("tl-02")["secure_boot"], false);
     assert!(warnings("tl-02").contains("guest state"));
     assert_eq!(guest("plain-01")["firmware"], "bios");
@@ -227,14 +264,23 @@ fn dry_run_says_what_each_kind_becomes_and_refuses_deallocating_an_instance() {
     let p = json_file(&plan);
     let planned = p.as_array().unwrap();
     assert_eq!(by_name(planned, "arm-01")["architecture"], "arm64");
-    assert_eq!(by_name(planned, "web-ss_3")["scale_set"], by_name(planned, "web-ss_3")["scale_set"]);
+    assert_eq!(
+        by_name(planned, "web-ss_3")["scale_set"],
+        by_name(planned, "web-ss_3")["scale_set"]
+    );
     assert!(by_name(planned, "web-ss_3")["scale_set"].is_string());
 
     // Deallocating one instance of a Uniform scale set is refused, by name, before any write.
     let r = run(azure_cmd(
         &world,
         "export",
-        &["--dry-run", "--consistency", "deallocate", "--name", "web-ss_*"],
+        &[
+            "--dry-run",
+            "--consistency",
+            "deallocate",
+            "--name",
+            "web-ss_*",
+        ],
     ));
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
@@ -253,7 +299,11 @@ fn export_of_each_kind_gives_images_manifests_and_domains_that_say_what_it_is() 
     let world = FakeAzure::start(kinds());
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let r = export(&world, &out, &["--name", "arm-01", "--name", "tl-*", "--name", "web-ss_3"]);
+    let r = export(
+        &world,
+        &out,
+        &["--name", "arm-01", "--name", "tl-*", "--name", "web-ss_3"],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(world.leftovers(), Leftovers::default());
 
@@ -274,7 +324,14 @@ fn export_of_each_kind_gives_images_manifests_and_domains_that_say_what_it_is() 
             assert_image_equals(&world, &vm_dir.join(file), disk);
         }
         let m = json_file(&vm_dir.join("manifest.json"));
-        assert!(m["disks"].as_array().unwrap().iter().all(|d| d["status"] == "done"), "{m}");
+        assert!(
+            m["disks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["status"] == "done"),
+            "{m}"
+        );
         validate_domain(&vm_dir.join("domain.xml"));
     }
     let manifest = |vm: &str| json_file(&out.join(vm).join("manifest.json"));
@@ -284,32 +341,68 @@ fn export_of_each_kind_gives_images_manifests_and_domains_that_say_what_it_is() 
     assert_eq!(m["architecture"], "arm64");
     assert_eq!(m["guest"]["arch"], "aarch64");
     let xml = domain("arm-01");
-    assert!(xml.contains(r#"<type arch="aarch64" machine="virt">hvm</type>"#), "{xml}");
-    assert!(xml.contains(r#"<os firmware="efi">"#) && !xml.contains("q35"), "{xml}");
-    assert!(xml.contains(">4</vcpu>") && xml.contains(">16384</memory>"), "{xml}");
+    assert!(
+        xml.contains(r#"<type arch="aarch64" machine="virt">hvm</type>"#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<os firmware="efi">"#) && !xml.contains("q35"),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(">4</vcpu>") && xml.contains(">16384</memory>"),
+        "{xml}"
+    );
 
     let m = manifest("tl-01");
     assert_eq!(m["security_type"], "TrustedLaunch");
     assert_eq!(m["guest"]["tpm"], true);
-    assert!(m["warnings"].to_string().contains("BitLocker or LUKS"), "{m}");
+    assert!(
+        m["warnings"].to_string().contains("BitLocker or LUKS"),
+        "{m}"
+    );
     let xml = domain("tl-01");
-    assert!(xml.contains(r#"<feature enabled="yes" name="secure-boot"/>"#), "{xml}");
-    assert!(xml.contains(r#"<feature enabled="yes" name="enrolled-keys"/>"#), "{xml}");
+    assert!(
+        xml.contains(r#"<feature enabled="yes" name="secure-boot"/>"#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<feature enabled="yes" name="enrolled-keys"/>"#),
+        "{xml}"
+    );
     assert!(xml.contains(r#"<tpm model="tpm-crb">"#), "{xml}");
-    assert!(xml.contains(r#"<backend type="emulator" version="2.0"/>"#), "{xml}");
+    assert!(
+        xml.contains(r#"<backend type="emulator" version="2.0"/>"#),
+        "{xml}"
+    );
 
     // Trusted Launch with secure boot and vTPM off: neither in the domain.
     let xml = domain("tl-02");
-    assert!(xml.contains(r#"<feature enabled="no" name="secure-boot"/>"#), "{xml}");
+    assert!(
+        xml.contains(r#"<feature enabled="no" name="secure-boot"/>"#),
+        "{xml}"
+    );
     assert!(!xml.contains("<tpm"), "{xml}");
-    assert!(manifest("tl-02")["warnings"].to_string().contains("guest state"));
+    assert!(
+        manifest("tl-02")["warnings"]
+            .to_string()
+            .contains("guest state")
+    );
 
     // The scale-set instance: read from snapshots of its disks, recorded with its scale set.
     let m = manifest("web-ss_3");
-    assert!(m["scale_set"].as_str().unwrap().ends_with("/virtualMachineScaleSets/web-ss"));
+    assert!(
+        m["scale_set"]
+            .as_str()
+            .unwrap()
+            .ends_with("/virtualMachineScaleSets/web-ss")
+    );
     assert_eq!(m["consistency"], "snapshot");
     let xml = domain("web-ss_3");
-    assert!(xml.contains("virtualMachineScaleSets/web-ss/virtualMachines/3"), "{xml}");
+    assert!(
+        xml.contains("virtualMachineScaleSets/web-ss/virtualMachines/3"),
+        "{xml}"
+    );
     let counts = world.arm.counts();
     // tl-01 is deallocated (read directly); the other 4 disks were snapshotted.
     assert_eq!(counts.get("snapshot_create"), Some(&4), "{counts:?}");

@@ -12,8 +12,8 @@ use std::time::Duration;
 use azure_core::credentials::TokenCredential;
 use serde_json::json;
 
-use crate::azure::arm::{ResourceId, ResourceType};
 use crate::azure::arm::client::ResourceRef;
+use crate::azure::arm::{ResourceId, ResourceType};
 use crate::azure::inventory::{self, DiscoveryProgress, Selection, VmInfo};
 use crate::cli::{ExportArgs, GlobalArgs, SelectionArgs};
 use crate::error::{Error, ErrorKind};

@@ -142,7 +142,10 @@ mod tests {
         assert_eq!(g.firmware, "uefi");
         assert!(g.secure_boot && g.tpm);
         let w = warnings(&vm("V2", tl.clone())).join("\n");
-        assert!(w.contains("guest state") && w.contains("recovery key"), "{w}");
+        assert!(
+            w.contains("guest state") && w.contains("recovery key"),
+            "{w}"
+        );
         assert!(w.contains("empty emulated TPM 2.0"), "{w}");
         assert!(w.contains("secure boot on"), "{w}");
         // Secure boot off, vTPM off: neither, but guest state still not exported.
@@ -154,7 +157,9 @@ mod tests {
         let g = guest_of(&vm("V2", plain.clone()));
         assert!(!g.secure_boot && !g.tpm);
         let w = warnings(&vm("V2", plain)).join("\n");
-        assert!(w.contains("guest state") && !w.contains("TPM 2.0") && !w.contains("secure boot on"));
+        assert!(
+            w.contains("guest state") && !w.contains("TPM 2.0") && !w.contains("secure boot on")
+        );
         // A generation 1 record cannot have them (BIOS has neither).
         let g = guest_of(&vm("V1", tl));
         assert!(!g.secure_boot && !g.tpm);
@@ -180,6 +185,9 @@ mod tests {
             ..Default::default()
         };
         let w = warnings(&vm("V1", k)).join("");
-        assert!(w.contains("Uniform scale set") && w.contains("virtualMachineScaleSets/ss"), "{w}");
+        assert!(
+            w.contains("Uniform scale set") && w.contains("virtualMachineScaleSets/ss"),
+            "{w}"
+        );
     }
 }

@@ -463,12 +463,18 @@ mod tests {
         let p = plan(std::slice::from_ref(&inst), &opts(None, DiskSet::All)).unwrap();
         assert_eq!(p[0].id.parent(), Some("ss"));
         assert!(matches!(p[0].disks[0].source, Source::Snapshot { .. }));
-        assert!(p[0].warnings.iter().any(|w| w.contains("Uniform scale set")));
+        assert!(
+            p[0].warnings
+                .iter()
+                .any(|w| w.contains("Uniform scale set"))
+        );
         let e = plan(&[inst], &opts(Some(Consistency::Deallocate), DiskSet::All))
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("ss_4") && e.contains("virtualMachineScaleSets/ss") && e.contains("deallocate"),
+            e.contains("ss_4")
+                && e.contains("virtualMachineScaleSets/ss")
+                && e.contains("deallocate"),
             "{e}"
         );
         // Deallocated already: nothing to deallocate, so its disks are read directly.
@@ -481,7 +487,9 @@ mod tests {
         // A disk id in the VM's place is still refused.
         let mut wrong = vm("x", PowerState::Running);
         wrong.id = wrong.disks[0].id.clone().unwrap();
-        let e = plan(&[wrong], &opts(None, DiskSet::All)).unwrap_err().to_string();
+        let e = plan(&[wrong], &opts(None, DiskSet::All))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("not a Microsoft.Compute/virtualMachines (nor a scale-set instance)"),
             "{e}"

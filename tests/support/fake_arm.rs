@@ -468,7 +468,8 @@ impl ArmState {
         }
         if let Some((ss, _)) = &vm.scale_set
             && !self.scale_sets.iter().any(|s| {
-                s.name.eq_ignore_ascii_case(ss) && s.resource_group.eq_ignore_ascii_case(&vm.resource_group)
+                s.name.eq_ignore_ascii_case(ss)
+                    && s.resource_group.eq_ignore_ascii_case(&vm.resource_group)
             })
         {
             self.scale_sets.push(FakeScaleSet {
@@ -1413,7 +1414,12 @@ fn scale_set_json(s: &ArmState, ss: &FakeScaleSet) -> Value {
 }
 
 /// `Virtual Machine Scale Sets - List All` (subscription) or `- List` (resource group).
-fn list_scale_sets(s: &mut ArmState, req: &HttpRequest, base: &str, rg: Option<&str>) -> HttpResponse {
+fn list_scale_sets(
+    s: &mut ArmState,
+    req: &HttpRequest,
+    base: &str,
+    rg: Option<&str>,
+) -> HttpResponse {
     bump(s, "list_scale_sets");
     if s.config.scale_sets_forbidden {
         return arm_error(
@@ -1447,12 +1453,14 @@ fn scale_set_routes(
         .is_some_and(|e| e.eq_ignore_ascii_case("instanceView"));
     let member = |v: &FakeVm, ss: &str| {
         v.resource_group.eq_ignore_ascii_case(rg)
-            && v.scale_set.as_ref().is_some_and(|(n, _)| n.eq_ignore_ascii_case(ss))
+            && v.scale_set
+                .as_ref()
+                .is_some_and(|(n, _)| n.eq_ignore_ascii_case(ss))
     };
     let exists = |s: &ArmState, ss: &str| {
-        s.scale_sets.iter().any(|x| {
-            x.resource_group.eq_ignore_ascii_case(rg) && x.name.eq_ignore_ascii_case(ss)
-        })
+        s.scale_sets
+            .iter()
+            .any(|x| x.resource_group.eq_ignore_ascii_case(rg) && x.name.eq_ignore_ascii_case(ss))
     };
     match (req.method.as_str(), rest) {
         ("GET", []) => list_scale_sets(s, req, base, Some(rg)),
@@ -1472,8 +1480,7 @@ fn scale_set_routes(
         ("GET", [_, "virtualmachines", _]) => {
             bump(s, "get_scale_set_vm");
             let found = s.vms.iter().find(|v| {
-                member(v, &orig[0])
-                    && v.scale_set.as_ref().is_some_and(|(_, i)| *i == orig[2])
+                member(v, &orig[0]) && v.scale_set.as_ref().is_some_and(|(_, i)| *i == orig[2])
             });
             match found {
                 Some(v) => HttpResponse::json(200, vm_json(s, v, iv)),

@@ -25,9 +25,7 @@ use serde_json::json;
 use super::error::{ArmError, parse_service_error};
 use super::id::{ResourceId, ResourceType};
 use super::lro::{self, FinalState, LroResponse, LroSettings};
-use super::models::{
-    AccessUri, Disk, Page, ResourceSku, ScaleSet, Snapshot, VirtualMachine,
-};
+use super::models::{AccessUri, Disk, Page, ResourceSku, ScaleSet, Snapshot, VirtualMachine};
 use super::pager;
 use crate::azure::sas::SasUrl;
 

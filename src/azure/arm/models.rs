@@ -658,7 +658,10 @@ mod tests {
         let sp = vm.security_profile().unwrap();
         assert_eq!(sp.security_type.as_deref(), Some("TrustedLaunch"));
         let uefi = sp.uefi_settings.as_ref().unwrap();
-        assert_eq!((uefi.secure_boot_enabled, uefi.v_tpm_enabled), (Some(true), Some(false)));
+        assert_eq!(
+            (uefi.secure_boot_enabled, uefi.v_tpm_enabled),
+            (Some(true), Some(false))
+        );
 
         let inst: VirtualMachine = serde_json::from_value(serde_json::json!({
             "id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/ss/virtualMachines/3",

@@ -844,7 +844,9 @@ mod tests {
         assert!(info.kind.secure_boot && info.kind.vtpm);
         assert_eq!(
             info.kind.scale_set.as_deref(),
-            Some("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/ss")
+            Some(
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/ss"
+            )
         );
         let v = serde_json::to_value(&info).unwrap();
         assert_eq!(v["architecture"], "arm64");
@@ -861,12 +863,28 @@ mod tests {
         assert_eq!(info.kind.architecture, Architecture::X64);
         // An ordinary VM: defaults, and older JSON without the fields still loads.
         // web-01 of the fixture page (after Microsoft's example) is Trusted Launch.
-        let web = build_vm_info(&vms()[0], PowerState::Running, &HashMap::new(), &HashMap::new());
+        let web = build_vm_info(
+            &vms()[0],
+            PowerState::Running,
+            &HashMap::new(),
+            &HashMap::new(),
+        );
         assert!(web.kind.secure_boot && web.kind.vtpm && web.kind.scale_set.is_none());
-        let plain = build_vm_info(&vms()[2], PowerState::Running, &HashMap::new(), &HashMap::new());
+        let plain = build_vm_info(
+            &vms()[2],
+            PowerState::Running,
+            &HashMap::new(),
+            &HashMap::new(),
+        );
         assert_eq!(plain.kind, VmKind::default());
         let mut old = serde_json::to_value(&plain).unwrap();
-        for k in ["architecture", "security_type", "secure_boot", "vtpm", "scale_set"] {
+        for k in [
+            "architecture",
+            "security_type",
+            "secure_boot",
+            "vtpm",
+            "scale_set",
+        ] {
             old.as_object_mut().unwrap().remove(k);
         }
         assert_eq!(serde_json::from_value::<VmInfo>(old).unwrap(), plain);
