@@ -258,7 +258,7 @@ async fn one_disk(ctx: &DiskContext, vm: &str, d: &PlannedDisk) -> DiskResult {
                 "{vm}: {} exported to {} ({} fetched)",
                 d.name,
                 d.image.display(),
-                crate::output::units::human_bytes(report.stats.bytes_fetched)
+                crate::units::human_bytes(report.stats.bytes_fetched)
             );
             DiskResult {
                 status: DiskStatus::Done,
