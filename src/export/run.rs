@@ -10,15 +10,15 @@
 use std::collections::BTreeMap;
 
 use futures::StreamExt;
-use serde::Serialize;
 
 use super::cleanup::{only_this_runs_snapshots, sweep};
 use super::disk::{DiskContext, DiskError, export_disk};
-use super::ledger::{DiskOutcome, Ledger, ResourceKind, ResourceState};
+use super::ledger::{DiskOutcome, DiskStatus, Ledger, ResourceKind, ResourceState};
 use super::naming::{TAG_HASH_HEX, id_hash};
 use super::plan::{DiskKey, PlannedDisk, PlannedVm, Source};
 use crate::azure::arm::ResourceId;
 use crate::azure::arm::client::ResourceRef;
+use crate::azure::inventory::DiskRole;
 use crate::transfer::engine::{CHUNK_MEMORY_BUDGET, DEFAULT_QUEUE_DEPTH};
 use crate::transfer::job::DownloadReport;
 use crate::transfer::plan::DEFAULT_CHUNK_SIZE;
@@ -50,27 +50,10 @@ pub const PREPARE_CONCURRENCY: usize = 4;
 /// per blob the gain is small, and more disks in flight use the link better.
 pub const CONNECTIONS_PER_DISK: usize = 4;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DiskStatus {
-    Done,
-    Failed,
-    Interrupted,
-}
-
-impl DiskStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Done => "done",
-            Self::Failed => "failed",
-            Self::Interrupted => "interrupted",
-        }
-    }
-}
-
 /// What became of one planned disk.
 #[derive(Debug, Clone)]
 pub struct DiskResult {
+    /// Done, failed or interrupted (never pending).
     pub status: DiskStatus,
     pub report: Option<DownloadReport>,
     pub error: Option<String>,
@@ -149,13 +132,10 @@ pub fn pending_outcomes(plan: &[PlannedVm]) -> Vec<DiskOutcome> {
                     }
                     Source::Blob { .. } => None,
                 },
-                role: match d.role {
-                    crate::azure::inventory::DiskRole::Os => "os".into(),
-                    crate::azure::inventory::DiskRole::Data => "data".into(),
-                },
+                role: d.role,
                 lun: d.lun,
                 image: Some(d.image.display().to_string()),
-                status: "pending".into(),
+                status: DiskStatus::Pending,
                 bytes_downloaded: 0,
                 error: None,
             })
@@ -165,13 +145,13 @@ pub fn pending_outcomes(plan: &[PlannedVm]) -> Vec<DiskOutcome> {
 
 /// True if `row` is the outcome row of the disk `key` names.
 fn is_row_of(row: &DiskOutcome, key: &DiskKey) -> bool {
-    row.vm_id == key.vm && (row.role == "data").then_some(row.lun).flatten() == key.lun
+    row.vm_id == key.vm && (row.role == DiskRole::Data).then_some(row.lun).flatten() == key.lun
 }
 
 fn record(ledger: &Ledger, key: &DiskKey, result: &DiskResult) {
     let r = ledger.update(|rep| {
         if let Some(o) = rep.disks.iter_mut().find(|o| is_row_of(o, key)) {
-            o.status = result.status.as_str().into();
+            o.status = result.status;
             o.bytes_downloaded = result.report.as_ref().map(bytes_downloaded).unwrap_or(0);
             o.error = result.error.clone();
         }
@@ -450,15 +430,15 @@ mod tests {
                 .parse()
                 .unwrap()
         };
-        let row = |rg: &str, role: &str, lun: Option<u32>| DiskOutcome {
+        let row = |rg: &str, role: DiskRole, lun: Option<u32>| DiskOutcome {
             vm: "web-01".into(),
             vm_id: vm(rg),
             disk: "web-01-osdisk".into(),
             disk_id: None,
-            role: role.into(),
+            role,
             lun,
             image: None,
-            status: "pending".into(),
+            status: DiskStatus::Pending,
             bytes_downloaded: 0,
             error: None,
         };
@@ -466,14 +446,14 @@ mod tests {
             vm: vm("RG-TEST"),
             lun: None,
         };
-        assert!(is_row_of(&row("rg-test", "os", None), &key));
-        assert!(!is_row_of(&row("rg-prod", "os", None), &key));
-        assert!(!is_row_of(&row("rg-test", "data", Some(0)), &key));
+        assert!(is_row_of(&row("rg-test", DiskRole::Os, None), &key));
+        assert!(!is_row_of(&row("rg-prod", DiskRole::Os, None), &key));
+        assert!(!is_row_of(&row("rg-test", DiskRole::Data, Some(0)), &key));
         let data0 = DiskKey {
             vm: vm("rg-test"),
             lun: Some(0),
         };
-        assert!(is_row_of(&row("rg-test", "data", Some(0)), &data0));
+        assert!(is_row_of(&row("rg-test", DiskRole::Data, Some(0)), &data0));
     }
 
     #[test]
