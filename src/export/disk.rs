@@ -120,11 +120,7 @@ pub async fn export_disk(
     vm: &str,
     disk: &PlannedDisk,
 ) -> Result<DownloadReport, DiskError> {
-    let fail = |message: String| DiskError::Failed {
-        vm: vm.to_string(),
-        disk: disk.name.clone(),
-        message,
-    };
+    let fail = |message: String| failed(vm, disk, message);
     let output = ctx.output_dir.join(&disk.image);
     if let Some(parent) = output.parent() {
         std::fs::create_dir_all(parent)
@@ -141,17 +137,16 @@ pub async fn export_disk(
             resource_id.resource_type()
         ))
     })?;
-    let from_snapshot = matches!(target, AccessTarget::Snapshot(_));
-    let mut last_kept: Option<PathBuf> = None;
-    let mut early_refusals = 0;
+    let mut grants = Grants {
+        from_snapshot: matches!(target, AccessTarget::Snapshot(_)),
+        last_kept: None,
+        early_refusals: 0,
+    };
     for grant in 1..=MAX_GRANTS {
         let sas = grant_read_access(ctx, &target, resource_id)
             .await
             .map_err(|e| match e {
-                None => DiskError::Interrupted {
-                    vm: vm.into(),
-                    disk: disk.name.clone(),
-                },
+                None => interrupted(vm, disk),
                 Some(message) => fail(message),
             })?;
         let granted_at = std::time::Instant::now();
@@ -168,21 +163,72 @@ pub async fn export_disk(
         )
         .await;
         revoke(ctx, &target, resource_id).await;
-        match result {
-            Ok(report) => return Ok(report),
-            Err(DownloadError::AccessDenied { message, kept }) => {
-                last_kept = kept;
+        if let Some(end) = grants.settle(ctx, vm, disk, result, granted_at) {
+            return end;
+        }
+    }
+    grants.discard();
+    Err(fail(format!(
+        "read access expired {MAX_GRANTS} times; raise --sas-duration"
+    )))
+}
+
+fn failed(vm: &str, disk: &PlannedDisk, message: String) -> DiskError {
+    DiskError::Failed {
+        vm: vm.to_string(),
+        disk: disk.name.clone(),
+        message,
+    }
+}
+
+fn interrupted(vm: &str, disk: &PlannedDisk) -> DiskError {
+    DiskError::Interrupted {
+        vm: vm.to_string(),
+        disk: disk.name.clone(),
+    }
+}
+
+/// The grants of one disk so far: what a failed download kept, and how many grants were
+/// refused early.
+struct Grants {
+    /// A snapshot is deleted when its disk ends, so nothing kept from it can resume.
+    from_snapshot: bool,
+    last_kept: Option<PathBuf>,
+    early_refusals: u32,
+}
+
+impl Grants {
+    /// What one grant's download means for the disk: `Some` ends it, `None` asks for
+    /// another grant (the download resumes from its journal).
+    fn settle(
+        &mut self,
+        ctx: &DiskContext,
+        vm: &str,
+        disk: &PlannedDisk,
+        result: Result<DownloadReport, DownloadError>,
+        granted_at: std::time::Instant,
+    ) -> Option<Result<DownloadReport, DiskError>> {
+        let e = match result {
+            Ok(report) => return Some(Ok(report)),
+            Err(e) => e,
+        };
+        match e {
+            DownloadError::AccessDenied { message, kept } => {
+                self.last_kept = kept;
                 // An expiry comes after about --sas-duration; a refusal well before that
                 // is something a new grant will not fix (storage firewall, network rules,
                 // a concurrent revoke). One more try, then give up with that reason.
                 if granted_at.elapsed() < Duration::from_secs(u64::from(ctx.sas_duration)) / 2 {
-                    early_refusals += 1;
-                    if early_refusals >= MAX_EARLY_REFUSALS {
-                        if from_snapshot {
-                            discard_partial(last_kept.as_deref());
-                        }
-                        return Err(fail(format!(
-                            "read access was refused right after it was granted, {early_refusals} times ({message}); is storage access restricted by a firewall or network rules?"
+                    self.early_refusals += 1;
+                    if self.early_refusals >= MAX_EARLY_REFUSALS {
+                        self.discard();
+                        return Some(Err(failed(
+                            vm,
+                            disk,
+                            format!(
+                                "read access was refused right after it was granted, {} times ({message}); is storage access restricted by a firewall or network rules?",
+                                self.early_refusals
+                            ),
                         )));
                     }
                 }
@@ -190,37 +236,39 @@ pub async fn export_disk(
                     "{vm}: {}: read access ended mid-download ({message}); granting again and resuming",
                     disk.name
                 );
+                None
             }
-            Err(DownloadError::Interrupted { kept, .. }) => {
-                if from_snapshot {
-                    discard_partial(kept.as_deref());
-                }
-                return Err(DiskError::Interrupted {
-                    vm: vm.into(),
-                    disk: disk.name.clone(),
-                });
+            DownloadError::Interrupted { kept, .. } => {
+                self.last_kept = kept;
+                self.discard();
+                Some(Err(interrupted(vm, disk)))
             }
-            Err(e) => {
+            e => {
                 let kept = match &e {
                     DownloadError::Failed { kept, .. } => kept.clone(),
                     _ => None,
                 };
-                if from_snapshot && kept.is_some() {
+                if self.from_snapshot && kept.is_some() {
                     discard_partial(kept.as_deref());
-                    return Err(fail(format!(
-                        "{e} [discarded: its snapshot is deleted now, so it could not resume]"
+                    return Some(Err(failed(
+                        vm,
+                        disk,
+                        format!(
+                            "{e} [discarded: its snapshot is deleted now, so it could not resume]"
+                        ),
                     )));
                 }
-                return Err(fail(e.to_string()));
+                Some(Err(failed(vm, disk, e.to_string())))
             }
         }
     }
-    if from_snapshot {
-        discard_partial(last_kept.as_deref());
+
+    /// Removes what the last download kept, when it came from a snapshot.
+    fn discard(&self) {
+        if self.from_snapshot {
+            discard_partial(self.last_kept.as_deref());
+        }
     }
-    Err(fail(format!(
-        "read access expired {MAX_GRANTS} times; raise --sas-duration"
-    )))
 }
 
 /// Records the grant in the ledger, then asks for it. `Err(None)`: interrupted before or

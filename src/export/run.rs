@@ -279,129 +279,148 @@ pub async fn delete_snapshot(ctx: &DiskContext, id: &ResourceId) {
 /// Deallocates (if planned) and snapshots every disk of `vm` that needs one. Returns the
 /// disks that cannot go on.
 async fn prepare_vm(ctx: &DiskContext, vm: &PlannedVm, run_id: &str) -> Vec<(DiskKey, DiskResult)> {
-    let fail_all = |status: DiskStatus, message: String| {
-        vm.disks
-            .iter()
-            .map(|d| {
-                (
-                    d.key.clone(),
-                    DiskResult {
-                        status,
-                        report: None,
-                        error: Some(message.clone()),
-                    },
-                )
-            })
-            .collect::<Vec<_>>()
-    };
     if ctx.interrupt.is_set() {
         return fail_all(
+            vm,
             DiskStatus::Interrupted,
             "interrupted before it started".into(),
         );
     }
-    if vm.deallocate {
-        let r = ResourceRef::from(&vm.id);
-        if let Err(e) = ctx
-            .ledger
-            .creating(ResourceKind::Deallocation, &vm.id, None)
-        {
-            return fail_all(DiskStatus::Failed, e.to_string());
-        }
-        tracing::warn!(
-            "{}: deallocating the VM (--consistency deallocate); it stays deallocated after the export",
-            vm.name
-        );
-        // Deallocation can take minutes: Ctrl-C stops waiting for it (it goes on in Azure
-        // either way, and the report says it was asked for).
-        let outcome = tokio::select! {
-            r = ctx.arm.deallocate(&r) => r,
-            () = ctx.interrupt.cancelled() => {
-                return fail_all(
-                    DiskStatus::Interrupted,
-                    format!("VM {}: interrupted while it was being deallocated (that goes on in Azure)", vm.name),
-                );
-            }
-        };
-        if let Err(e) = outcome {
-            let _ = ctx.ledger.set_state(
-                ResourceKind::Deallocation,
-                &vm.id,
-                ResourceState::RemoveFailed,
-                Some(e.to_string()),
-            );
-            return fail_all(
-                DiskStatus::Failed,
-                format!("VM {}: deallocate: {e}", vm.name),
-            );
-        }
-        let _ = ctx.ledger.set_state(
-            ResourceKind::Deallocation,
-            &vm.id,
-            ResourceState::Exists,
-            None,
-        );
+    if vm.deallocate
+        && let Err((status, message)) = deallocate(ctx, vm).await
+    {
+        return fail_all(vm, status, message);
     }
     let snapshots = vm.disks.iter().filter_map(|d| match &d.source {
         Source::Snapshot { snapshot, disk_id } => Some((d, snapshot, disk_id)),
         _ => None,
     });
-    let created = futures::future::join_all(snapshots.map(|(d, snapshot, disk_id)| async move {
-        let fail = |message: String| {
-            Some((
-                d.key.clone(),
-                DiskResult {
-                    status: DiskStatus::Failed,
-                    report: None,
-                    error: Some(format!("VM {}, disk {}: {message}", vm.name, d.name)),
-                },
-            ))
-        };
-        if ctx.interrupt.is_set() {
-            return Some((
-                d.key.clone(),
-                DiskResult {
-                    status: DiskStatus::Interrupted,
-                    report: None,
-                    error: Some("interrupted before its snapshot".into()),
-                },
-            ));
-        }
-        if let Err(e) = ctx
-            .ledger
-            .creating(ResourceKind::Snapshot, snapshot, Some(disk_id))
-        {
-            return fail(e.to_string());
-        }
-        let reference = ResourceRef::from(snapshot);
-        let source = disk_id.to_string();
-        match ctx
-            .arm
-            .create_snapshot(
-                &reference,
-                &vm.vm.location,
-                &source,
-                false,
-                &snapshot_tags(run_id, disk_id),
-            )
-            .await
-        {
-            Ok(_) => {
-                let _ = ctx.ledger.set_state(
-                    ResourceKind::Snapshot,
-                    snapshot,
-                    ResourceState::Exists,
-                    None,
-                );
-                tracing::info!("{}: snapshot {reference} created", vm.name);
-                None
-            }
-            // Left as "creating": the sweep deletes it if it exists after all.
-            Err(e) => fail(format!("snapshot: {e}")),
-        }
-    }))
+    let created = futures::future::join_all(
+        snapshots
+            .map(|(d, snapshot, disk_id)| snapshot_disk(ctx, vm, d, snapshot, disk_id, run_id)),
+    )
     .await;
     created.into_iter().flatten().collect()
+}
+
+/// The same result for every disk of `vm`: none of them can go on.
+fn fail_all(vm: &PlannedVm, status: DiskStatus, message: String) -> Vec<(DiskKey, DiskResult)> {
+    vm.disks
+        .iter()
+        .map(|d| {
+            (
+                d.key.clone(),
+                DiskResult {
+                    status,
+                    report: None,
+                    error: Some(message.clone()),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Deallocates `vm`, recorded in the ledger before it is asked for. `Err`: how its disks
+/// end and why.
+async fn deallocate(ctx: &DiskContext, vm: &PlannedVm) -> Result<(), (DiskStatus, String)> {
+    let r = ResourceRef::from(&vm.id);
+    ctx.ledger
+        .creating(ResourceKind::Deallocation, &vm.id, None)
+        .map_err(|e| (DiskStatus::Failed, e.to_string()))?;
+    tracing::warn!(
+        "{}: deallocating the VM (--consistency deallocate); it stays deallocated after the export",
+        vm.name
+    );
+    // Deallocation can take minutes: Ctrl-C stops waiting for it (it goes on in Azure
+    // either way, and the report says it was asked for).
+    let outcome = tokio::select! {
+        r = ctx.arm.deallocate(&r) => r,
+        () = ctx.interrupt.cancelled() => {
+            return Err((
+                DiskStatus::Interrupted,
+                format!("VM {}: interrupted while it was being deallocated (that goes on in Azure)", vm.name),
+            ));
+        }
+    };
+    let (state, error) = match &outcome {
+        Ok(()) => (ResourceState::Exists, None),
+        Err(e) => (ResourceState::RemoveFailed, Some(e.to_string())),
+    };
+    let _ = ctx
+        .ledger
+        .set_state(ResourceKind::Deallocation, &vm.id, state, error);
+    outcome.map_err(|e| {
+        (
+            DiskStatus::Failed,
+            format!("VM {}: deallocate: {e}", vm.name),
+        )
+    })
+}
+
+/// Snapshots one disk, recorded in the ledger before it is asked for. Returns the disk's
+/// result only if it cannot go on.
+async fn snapshot_disk(
+    ctx: &DiskContext,
+    vm: &PlannedVm,
+    d: &PlannedDisk,
+    snapshot: &ResourceId,
+    disk_id: &ResourceId,
+    run_id: &str,
+) -> Option<(DiskKey, DiskResult)> {
+    let end = |status, error: String| {
+        Some((
+            d.key.clone(),
+            DiskResult {
+                status,
+                report: None,
+                error: Some(error),
+            },
+        ))
+    };
+    let fail = |message: String| {
+        end(
+            DiskStatus::Failed,
+            format!("VM {}, disk {}: {message}", vm.name, d.name),
+        )
+    };
+    if ctx.interrupt.is_set() {
+        return end(
+            DiskStatus::Interrupted,
+            "interrupted before its snapshot".into(),
+        );
+    }
+    if let Err(e) = ctx
+        .ledger
+        .creating(ResourceKind::Snapshot, snapshot, Some(disk_id))
+    {
+        return fail(e.to_string());
+    }
+    let reference = ResourceRef::from(snapshot);
+    let source = disk_id.to_string();
+    let created = ctx
+        .arm
+        .create_snapshot(
+            &reference,
+            &vm.vm.location,
+            &source,
+            false,
+            &snapshot_tags(run_id, disk_id),
+        )
+        .await;
+    match created {
+        Ok(_) => {
+            let _ = ctx.ledger.set_state(
+                ResourceKind::Snapshot,
+                snapshot,
+                ResourceState::Exists,
+                None,
+            );
+            tracing::info!("{}: snapshot {reference} created", vm.name);
+            None
+        }
+        // Left as "creating": the sweep deletes it if it exists after all.
+        Err(e) => fail(format!("snapshot: {e}")),
+    }
 }
 
 #[cfg(test)]
