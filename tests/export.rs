@@ -338,6 +338,7 @@ fn export_of_a_mixed_fleet_gives_identical_images_manifests_and_domains() {
             assert_image_equals(&world, &vm_dir.join(file), disk);
         }
         let m = json_file(&vm_dir.join("manifest.json"));
+        assert_eq!(m["manifest_version"], 1);
         assert_eq!(m["name"], vm);
         assert!(m["power_state"].is_string() && m["vm_size"].is_string());
         let md = m["disks"].as_array().unwrap();

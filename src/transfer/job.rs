@@ -23,14 +23,13 @@ use super::journal::{self, Journal, JournalHeader};
 use super::plan;
 use crate::azure::blob::{BlobReader, ServiceVersion};
 use crate::azure::sas::SasUrl;
-use crate::error::{Error, ErrorKind};
 use crate::image::sink::{ImageFormat, create_sink, resume_sink};
 use crate::image::staging::{Overwrite, StagedOutput, check_output_free, temp_path_for};
 use crate::interrupt::Interrupt;
-use crate::output::units::human_bytes;
+use crate::units::human_bytes;
 
 /// Whether to check each range against the service's transactional MD5.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verify {
     #[default]
@@ -153,20 +152,6 @@ pub enum DownloadError {
         message: String,
         kept: Option<PathBuf>,
     },
-}
-
-impl From<DownloadError> for Error {
-    fn from(e: DownloadError) -> Self {
-        let kind = match &e {
-            DownloadError::Usage(_) => ErrorKind::Usage,
-            DownloadError::BadImage(_) => ErrorKind::BadImage,
-            DownloadError::Interrupted { .. } => ErrorKind::Interrupted,
-            DownloadError::AccessDenied { .. }
-            | DownloadError::BlobChanged(_)
-            | DownloadError::Failed { .. } => ErrorKind::Failed,
-        };
-        Error::new(kind, e)
-    }
 }
 
 /// Downloads the VHD in `req.url` into `req.output` (see the module note).
@@ -316,8 +301,7 @@ fn stage(
         kept: None,
     };
     let staging_err = |e: crate::image::staging::StagingError| {
-        let e = Error::from(e);
-        if e.kind() == ErrorKind::Usage {
+        if e.is_usage() {
             DownloadError::Usage(e.to_string())
         } else {
             failed(&e)
@@ -375,8 +359,7 @@ fn stage(
     let staged = StagedOutput::create(&req.output, req.overwrite).map_err(staging_err)?;
     let file = staged.file().map_err(staging_err)?;
     let sink = create_sink(req.format, file, plan.virtual_size()).map_err(|e| {
-        let e = Error::from(e);
-        if e.kind() == ErrorKind::BadImage {
+        if e.is_bad_image() {
             DownloadError::BadImage(e.to_string())
         } else {
             failed(&e)
