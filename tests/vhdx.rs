@@ -137,6 +137,15 @@ fn qemu_made_vhdx_files_convert_identically() {
     }
 }
 
+/// The same VHDX with 4096-byte logical and physical sectors (see the 4096 test).
+fn with_4k_sectors(e: &mut Edit) {
+    for first in [0x1d, 0xc7] {
+        // logical (8141BF1D) and physical (CDA348C7) sector size
+        let at = e.item(first);
+        e.0[at..at + 4].copy_from_slice(&4096u32.to_le_bytes());
+    }
+}
+
 /// A VHDX file held in memory, edited by the spec and re-checksummed.
 struct Edit(Vec<u8>);
 
@@ -206,11 +215,7 @@ fn a_4096_byte_sector_vhdx_converts_and_reports_its_sector_size() {
     let base = d.join("base.vhdx");
     vhdx_of(&src, &base, "subformat=dynamic,block_size=1M");
     let mut e = Edit::load(&base);
-    for first in [0x1d, 0xc7] {
-        // logical (8141BF1D) and physical (CDA348C7) sector size
-        let at = e.item(first);
-        e.0[at..at + 4].copy_from_slice(&4096u32.to_le_bytes());
-    }
+    with_4k_sectors(&mut e);
     let fourk = d.join("fourk.vhdx");
     e.save(&fourk);
     // qemu-img 10 refuses 4096-byte logical sectors ("Operation not supported"), so the
@@ -366,8 +371,13 @@ const C: &str = "vhdx";
 /// Writes `file` into a new page blob, only its 4 KiB pages that hold a non-zero byte, so
 /// present blocks keep never-written pages for Get Page Ranges to find.
 fn seed_page_blob(az: &Azurite, name: &str, file: &[u8]) -> String {
-    seed::create_container_once(az.port, C);
-    seed::create_page_blob(az.port, C, name, file.len() as u64);
+    seed_pages(az.port, C, name, file);
+    seed::blob_sas(C, name, Duration::from_secs(3600), false)
+}
+
+fn seed_pages(port: u16, container: &str, name: &str, file: &[u8]) {
+    seed::create_container_once(port, container);
+    seed::create_page_blob(port, container, name, file.len() as u64);
     let page = 4 * KIB;
     let mut at = 0;
     while at < file.len() {
@@ -380,9 +390,8 @@ fn seed_page_blob(az: &Azurite, name: &str, file: &[u8]) -> String {
         {
             at += page;
         }
-        seed::put_pages(az.port, C, name, start as u64, &file[start..at]);
+        seed::put_pages(port, container, name, start as u64, &file[start..at]);
     }
-    seed::blob_sas(C, name, Duration::from_secs(3600), false)
 }
 
 #[test]
@@ -475,4 +484,35 @@ fn download_of_a_vhdx_page_blob_through_faults_is_identical() {
     let o = support::download(&seed::blob_url(az.port, C, "block.vhdx", &sas), &out, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_same_bytes(&out, &src);
+}
+
+#[test]
+fn export_of_a_4k_sector_disk_served_as_vhdx_records_its_sector_size() {
+    use support::fake_arm::{DISK_CONTAINER, FakeVm, blob_name};
+    let world = support::fake_azure::FakeAzure::start(vec![FakeVm::linux("fourk-01", "rg-4k")]);
+    // Azure serves a 4 KiB-sector disk's snapshot as VHDX: replace the seeded VHD.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let image = world.disk("fourk-01-os").image();
+    let src = d.join("src.raw");
+    fs::write(&src, &image).unwrap();
+    let vhdx = d.join("os.vhdx");
+    vhdx_of(&src, &vhdx, "subformat=dynamic,block_size=1M");
+    let mut e = Edit::load(&vhdx);
+    with_4k_sectors(&mut e);
+    seed_pages(
+        world.azurite.port,
+        DISK_CONTAINER,
+        &blob_name("rg-4k", "fourk-01-os"),
+        &e.0,
+    );
+    let out = d.join("out");
+    let all = ["--output-dir", out.to_str().unwrap(), "--format", "raw"];
+    let r = support::run(support::azure_cmd(&world, "export", &all));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_same_bytes(&out.join("fourk-01/fourk-01-os.raw"), &src);
+    let m: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.join("fourk-01/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["disks"][0]["logical_sector_size"], 4096, "{m}");
 }

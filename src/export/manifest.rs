@@ -58,6 +58,12 @@ pub fn manifest(
                             .and_then(|r| r.report.as_ref())
                             .map(|r| r.virtual_size)
                     );
+                    // 4096 for a 4 KiB-sector disk (exported as VHDX): the guest's geometry.
+                    dv["logical_sector_size"] = json!(
+                        r.as_ref()
+                            .and_then(|r| r.report.as_ref())
+                            .map(|r| r.logical_sector_size)
+                    );
                     dv["bytes_downloaded"] = json!(
                         r.as_ref()
                             .and_then(|r| r.report.as_ref())
