@@ -100,7 +100,7 @@ pub fn extent_map(
         let j = j as u64;
         let entry_offset = bat_offset + j * ENTRY_SIZE;
         let (state, offset) = split(le_u64(raw, 0));
-        if (j + 1) % (ratio + 1) == 0 {
+        if (j + 1).is_multiple_of(ratio + 1) {
             count_bitmap(&mut summary, state, j, entry_offset)?;
             continue;
         }

@@ -106,14 +106,16 @@ pub fn parse_header(raw: &[u8; HEADER_SIZE], at: u64) -> Result<Header, VhdxErro
             "only log version 0 exists",
         ));
     }
-    if u64::from(h.log_length) % ALIGNMENT != 0 {
+    if !u64::from(h.log_length).is_multiple_of(ALIGNMENT) {
         return Err(field(
             "log length",
             h.log_length.into(),
             "must be a multiple of 1 MiB",
         ));
     }
-    if h.log_offset % ALIGNMENT != 0 || (h.log_length > 0 && h.log_offset < HEADER_SECTION_SIZE) {
+    if !h.log_offset.is_multiple_of(ALIGNMENT)
+        || (h.log_length > 0 && h.log_offset < HEADER_SECTION_SIZE)
+    {
         return Err(field(
             "log offset",
             h.log_offset,
@@ -238,14 +240,15 @@ fn check_region_entry(r: Region, entry_at: u64) -> Result<(), VhdxError> {
     };
     // The 2^52 cap keeps every sum of offsets and lengths far from overflow; no real file
     // comes near it (the format's own maximum is 64 TiB of data).
-    if r.offset % ALIGNMENT != 0 || r.offset < HEADER_SECTION_SIZE || r.offset >= 1 << 52 {
+    if !r.offset.is_multiple_of(ALIGNMENT) || r.offset < HEADER_SECTION_SIZE || r.offset >= 1 << 52
+    {
         return Err(field(
             "file offset",
             r.offset,
             "must be a multiple of 1 MiB past the header section",
         ));
     }
-    if r.length == 0 || r.length % ALIGNMENT != 0 {
+    if r.length == 0 || !r.length.is_multiple_of(ALIGNMENT) {
         return Err(field(
             "length",
             r.length,

@@ -304,7 +304,7 @@ pub fn parse_items(
     let virtual_size = le_u64(vs, 0);
     if virtual_size == 0
         || virtual_size > MAX_VIRTUAL_SIZE
-        || virtual_size % u64::from(logical_sector_size) != 0
+        || !virtual_size.is_multiple_of(u64::from(logical_sector_size))
     {
         return Err(field(
             vs_at,
