@@ -52,14 +52,19 @@ pub fn run(args: &ConvertArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Re
         img.virtual_size(),
         global.progress_enabled() && data >= PROGRESS_MIN_BYTES,
     );
-    let result = copy_extents(&src, img.extents(), sink.as_mut(), &mut |done| {
-        progress.set(done);
-        if interrupt.is_set() {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        }
-    });
+    let result = copy_extents(
+        &img.reader(&src),
+        img.extents(),
+        sink.as_mut(),
+        &mut |done| {
+            progress.set(done);
+            if interrupt.is_set() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        },
+    );
     progress.finish();
     // Returning drops `staged`, which removes the temporary file: nothing is renamed.
     if interrupt.is_set() {

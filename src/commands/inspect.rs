@@ -211,8 +211,10 @@ struct VhdxReport<'a> {
     /// 1 or 2: the valid header with the higher sequence number.
     current_header: u8,
     header: &'a Header,
-    /// Always "empty": a VHDX whose log needs replaying is refused before this point.
+    /// "empty", or "replayed" when the log held updates, which every value here includes
+    /// (the file itself is never written).
     log_state: &'static str,
+    log_replay: Option<&'a vhdx::log::ReplaySummary>,
     regions: &'a Regions,
     metadata: &'a Metadata,
     logical_sector_size: u32,
@@ -235,7 +237,12 @@ fn vhdx_report(img: &VhdxImage, file: String) -> VhdxReport<'_> {
         creator: &img.section.creator,
         current_header: img.section.header_index,
         header: &img.section.header,
-        log_state: "empty",
+        log_state: if img.log.is_some() {
+            "replayed"
+        } else {
+            "empty"
+        },
+        log_replay: img.log.as_ref().map(|l| &l.summary),
         regions: &img.section.regions,
         metadata: &img.metadata,
         logical_sector_size: img.metadata.logical_sector_size,
@@ -272,6 +279,13 @@ fn vhdx_text(r: &VhdxReport<'_>) -> String {
         "log:             {} ({} bytes at offset {})",
         r.log_state, h.log_length, h.log_offset
     );
+    if let Some(l) = r.log_replay {
+        let _ = writeln!(
+            s,
+            "                 {} entries, sequence {}-{}: {} data and {} zero writes applied in memory",
+            l.entries, l.first_sequence, l.last_sequence, l.data_writes, l.zero_writes
+        );
+    }
     let _ = writeln!(
         s,
         "block size:      {} ({} bytes)",

@@ -11,6 +11,7 @@ use std::os::unix::fs::FileExt;
 
 use crate::image::extent::ExtentMap;
 use crate::image::vhd::{self, VhdError, VhdImage};
+use crate::image::vhdx::log::Replayed;
 use crate::image::vhdx::{self, VhdxError, VhdxImage};
 
 /// A source of bytes at absolute offsets.
@@ -156,6 +157,52 @@ impl DiskImage {
         match self {
             Self::Vhd(_) => 512,
             Self::Vhdx(i) => i.metadata.logical_sector_size,
+        }
+    }
+}
+
+/// What the data of an image is read through: the source itself, or the source with a
+/// VHDX's replayed log laid over it.
+#[derive(Debug)]
+pub enum ImageReader<'a, R: ?Sized> {
+    Plain(&'a R),
+    Replayed(Replayed<'a, R>),
+}
+
+impl<R: ReadAt + ?Sized> ReadAt for ImageReader<'_, R> {
+    fn len(&self) -> u64 {
+        match self {
+            Self::Plain(r) => r.len(),
+            Self::Replayed(r) => r.len(),
+        }
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match self {
+            Self::Plain(r) => r.read_exact_at(buf, offset),
+            Self::Replayed(r) => r.read_exact_at(buf, offset),
+        }
+    }
+
+    fn next_data(&self, offset: u64, limit: u64) -> io::Result<Option<(u64, u64)>> {
+        match self {
+            Self::Plain(r) => r.next_data(offset, limit),
+            // Logged writes may land in the file's holes: read all of it.
+            Self::Replayed(r) => r.next_data(offset, limit),
+        }
+    }
+}
+
+impl DiskImage {
+    /// What to read this image's data extents through, given the source it was opened
+    /// from: the source, or for a VHDX whose log was replayed, the source under the log.
+    pub fn reader<'a, R: ReadAt + ?Sized>(&'a self, src: &'a R) -> ImageReader<'a, R> {
+        match self {
+            Self::Vhdx(VhdxImage { log: Some(l), .. }) => ImageReader::Replayed(Replayed {
+                inner: src,
+                overlay: &l.overlay,
+            }),
+            _ => ImageReader::Plain(src),
         }
     }
 }

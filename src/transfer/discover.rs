@@ -188,6 +188,9 @@ async fn vhdx_plan(
 ) -> Result<DownloadPlan, DiscoverError> {
     let len = properties.length;
     let section = vhdx::parse_header_section(&head, len)?;
+    if section.log_needs_replay() {
+        return Err(section.log_not_empty().into());
+    }
     let region = section.regions.metadata;
     let table_len = vhdx::metadata::TABLE_SIZE as u64;
     let raw = read_span(ctx, region.offset, table_len, chunk_size).await?;

@@ -41,13 +41,23 @@ pub enum VhdxError {
     #[error("no valid region table: region table 1: {first}; region table 2: {second}")]
     NoValidRegionTable { first: String, second: String },
     #[error(
-        "the log is not empty (log GUID {log_guid}, {length} bytes at offset {offset}): the host that wrote this VHDX stopped before the log was applied; this tool does not replay VHDX logs. Open the disk once in Hyper-V (or run `qemu-img check -r all` on a copy) to replay it, then try again"
+        "the log is not empty (log GUID {log_guid}, {length} bytes at offset {offset}): the host that wrote this VHDX stopped before the log was applied, and `download` does not replay logs. Download the blob as it is and `convert` it (which replays the log), or open the disk once in Hyper-V first"
     )]
     LogNotEmpty {
         log_guid: String,
         offset: u64,
         length: u64,
     },
+    #[error(
+        "log at offset {offset}: {length} bytes is more than the {limit} bytes this tool replays; open the disk once in Hyper-V (or run `qemu-img check -r all` on a copy) to replay it, then try again"
+    )]
+    LogTooLarge {
+        offset: u64,
+        length: u64,
+        limit: u64,
+    },
+    #[error("log at offset {offset} cannot be replayed: {problem}")]
+    LogCorrupt { offset: u64, problem: &'static str },
     #[error("region table has no {region} region")]
     MissingRegion { region: &'static str },
     #[error(

@@ -5,13 +5,15 @@
 //! them: [`parse_header_section`] (identifier, current header, region table, layout), then
 //! the metadata table and items ([`metadata`]), then the BAT ([`bat`]). [`open`] drives
 //! them through [`ReadAt`] for local files; `download` drives the same functions with
-//! ranged reads. A VHDX whose log is not empty is refused (it must be replayed first and
-//! this tool does not replay logs); a differencing VHDX is refused naming its parent.
+//! ranged reads. A VHDX whose log is not empty is read with its log replayed over it
+//! ([`log`]; the input is never written) by [`open`], and refused by `download`; a
+//! differencing VHDX is refused naming its parent.
 
 pub mod bat;
 pub mod crc32c;
 pub mod error;
 pub mod header;
+pub mod log;
 pub mod metadata;
 
 use std::fmt;
@@ -107,7 +109,8 @@ pub struct HeaderSection {
 }
 
 /// Checks the first [`HEAD_LEN`] bytes of a file of `file_len` bytes: the identifier, the
-/// current header (refusing a non-empty log), the first valid region table and the layout.
+/// current header, the first valid region table and the layout. Whether the log must be
+/// replayed is the caller's business ([`HeaderSection::log_needs_replay`]).
 pub fn parse_header_section(head: &[u8], file_len: u64) -> Result<HeaderSection, VhdxError> {
     if head.len() < FILE_SIGNATURE.len() || &head[..FILE_SIGNATURE.len()] != FILE_SIGNATURE {
         return Err(VhdxError::Signature {
@@ -136,13 +139,6 @@ pub fn parse_header_section(head: &[u8], file_len: u64) -> Result<HeaderSection,
         header::parse_header(raw, at)
     };
     let (header, header_index) = header::current_header(header_at(0), header_at(1))?;
-    if !header.log_guid.is_zero() {
-        return Err(VhdxError::LogNotEmpty {
-            log_guid: header.log_guid.to_string(),
-            offset: header.log_offset,
-            length: header.log_length.into(),
-        });
-    }
     let table_at = |i: usize| {
         let at = header::REGION_TABLE_OFFSETS[i];
         header::parse_region_table(
@@ -172,14 +168,41 @@ pub fn parse_header_section(head: &[u8], file_len: u64) -> Result<HeaderSection,
     })
 }
 
+impl HeaderSection {
+    /// 2.3: a non-zero log GUID means the log holds updates not yet applied.
+    pub fn log_needs_replay(&self) -> bool {
+        !self.header.log_guid.is_zero()
+    }
+
+    /// The refusal for readers that do not replay logs.
+    pub fn log_not_empty(&self) -> VhdxError {
+        VhdxError::LogNotEmpty {
+            log_guid: self.header.log_guid.to_string(),
+            offset: self.header.log_offset,
+            length: self.header.log_length.into(),
+        }
+    }
+}
+
+/// A replayed log: what it did, and the writes every read of the file must go through.
+#[derive(Debug, Clone)]
+pub struct LogReplay {
+    pub summary: log::ReplaySummary,
+    pub overlay: log::Overlay,
+}
+
 /// A VHDX that passed every check, with the extent map of its data.
 #[derive(Debug, Clone)]
 pub struct VhdxImage {
+    /// With a replayed log: the file's length after replay.
     pub file_len: u64,
     pub section: HeaderSection,
     pub metadata: Metadata,
     pub bat: BatSummary,
     pub extents: ExtentMap,
+    /// Set when the log was replayed: data must then be read through
+    /// [`log::Replayed`] (see `DiskImage::reader`).
+    pub log: Option<LogReplay>,
 }
 
 impl VhdxImage {
@@ -240,12 +263,48 @@ fn read<R: ReadAt + ?Sized>(
     Ok(buf)
 }
 
-/// Reads and checks the header section, metadata and BAT, and builds the extent map.
-/// Reads O(BAT) bytes; never reads block data.
+/// Reads and checks the header section, replays a non-empty log over the file (in
+/// memory), then checks metadata and BAT and builds the extent map. Reads O(BAT + log)
+/// bytes; never reads block data.
 pub fn open<R: ReadAt + ?Sized>(src: &R) -> Result<VhdxImage, VhdxError> {
     let file_len = src.len();
     let head = read(src, 0, HEAD_LEN.min(file_len), "header section")?;
     let section = parse_header_section(&head, file_len)?;
+    if !section.log_needs_replay() {
+        return open_rest(src, section);
+    }
+    let h = &section.header;
+    let length = u64::from(h.log_length);
+    if length > log::MAX_LOG_LENGTH {
+        return Err(VhdxError::LogTooLarge {
+            offset: h.log_offset,
+            length,
+            limit: log::MAX_LOG_LENGTH,
+        });
+    }
+    if length == 0 {
+        return Err(VhdxError::LogCorrupt {
+            offset: h.log_offset,
+            problem: "the header names a log GUID but a log of 0 bytes",
+        });
+    }
+    // `check_layout` put the log inside the file.
+    let raw_log = read(src, h.log_offset, length, "log")?;
+    let (overlay, summary) = log::replay(&raw_log, h.log_offset, h.log_guid, file_len)?;
+    let replayed = log::Replayed {
+        inner: src,
+        overlay: &overlay,
+    };
+    let head = read(&replayed, 0, HEAD_LEN, "header section")?;
+    let section = parse_header_section(&head, replayed.len())?;
+    let mut img = open_rest(&replayed, section)?;
+    img.log = Some(LogReplay { summary, overlay });
+    Ok(img)
+}
+
+/// Everything after the header section: metadata, then the BAT.
+fn open_rest<R: ReadAt + ?Sized>(src: &R, section: HeaderSection) -> Result<VhdxImage, VhdxError> {
+    let file_len = src.len();
     let region = section.regions.metadata;
     let raw = read(
         src,
@@ -271,6 +330,7 @@ pub fn open<R: ReadAt + ?Sized>(src: &R) -> Result<VhdxImage, VhdxError> {
         metadata,
         bat,
         extents,
+        log: None,
     })
 }
 

@@ -6,6 +6,7 @@ use super::crc32c::crc32c_with_zeroed_field;
 use super::header::MIB;
 use super::*;
 use crate::image::extent::Content;
+use crate::image::source::ReadAt;
 
 const KIB: usize = 1024;
 const BAT_AT: usize = 2 * MIB as usize;
@@ -328,19 +329,223 @@ fn a_damaged_header_or_region_table_falls_back_to_the_other_copy() {
     assert!(e.to_string().contains("CRC-32C"), "{e}");
 }
 
+/// One log entry (MS-VHDX 2.3.1): header, descriptors padded to 4 KiB, one data sector per
+/// data descriptor; CRC-32C over all of it.
+pub(super) struct LogEntry<'a> {
+    pub sequence: u64,
+    pub tail: u32,
+    pub guid: [u8; 16],
+    pub zeros: &'a [(u64, u64)],
+    pub data: &'a [(u64, Vec<u8>)],
+    pub flushed: u64,
+    pub last: u64,
+}
+
+pub(super) fn log_entry(l: &LogEntry) -> Vec<u8> {
+    let count = l.zeros.len() + l.data.len();
+    let desc_sectors = (64 + 32 * count).div_ceil(4096);
+    let len = (desc_sectors + l.data.len()) * 4096;
+    let mut e = vec![0u8; len];
+    e[0..4].copy_from_slice(b"loge");
+    put32(&mut e, 8, len as u32);
+    put32(&mut e, 12, l.tail);
+    put64(&mut e, 16, l.sequence);
+    put32(&mut e, 24, count as u32);
+    e[32..48].copy_from_slice(&l.guid);
+    put64(&mut e, 48, l.flushed);
+    put64(&mut e, 56, l.last);
+    let mut d = 64;
+    for &(offset, length) in l.zeros {
+        e[d..d + 4].copy_from_slice(b"zero");
+        put64(&mut e, d + 8, length);
+        put64(&mut e, d + 16, offset);
+        put64(&mut e, d + 24, l.sequence);
+        d += 32;
+    }
+    for (i, (offset, sector)) in l.data.iter().enumerate() {
+        e[d..d + 4].copy_from_slice(b"desc");
+        e[d + 4..d + 8].copy_from_slice(&sector[4092..]);
+        e[d + 8..d + 16].copy_from_slice(&sector[..8]);
+        put64(&mut e, d + 16, *offset);
+        put64(&mut e, d + 24, l.sequence);
+        d += 32;
+        let at = (desc_sectors + i) * 4096;
+        e[at..at + 4].copy_from_slice(b"data");
+        put32(&mut e, at + 4, (l.sequence >> 32) as u32);
+        e[at + 8..at + 4092].copy_from_slice(&sector[8..4092]);
+        put32(&mut e, at + 4092, l.sequence as u32);
+    }
+    let crc = crc32c_with_zeroed_field(&e, 4);
+    put32(&mut e, 4, crc);
+    e
+}
+
+const LOG_GUID: [u8; 16] = [0x42; 16];
+
+/// The default spec with a log of two entries (sequence 10 then 11, both with tail 0)
+/// and a stale entry (sequence 5, a sequence of its own) after them. Entry 10 rewrites the BAT's first sector so
+/// block 5 is FULLY_PRESENT at a new MiB past the end of the file; entry 11 writes the
+/// first 4 KiB of that block and zeros 8 KiB of block 0. Returns the file and the disk
+/// that replay must give.
+fn logged_file() -> (Vec<u8>, Vec<u8>) {
+    let s = Spec::default();
+    let mut f = build(&s);
+    let mut disk = expected_disk(&s);
+    let old_len = f.len() as u64;
+    let new_block = old_len.div_ceil(MIB) * MIB;
+    let mut bat_sector = f[BAT_AT..BAT_AT + 4096].to_vec();
+    put64(
+        &mut bat_sector,
+        5 * 8,
+        new_block | u64::from(PAYLOAD_BLOCK_FULLY_PRESENT),
+    );
+    let grown = new_block + MIB;
+    let first = log_entry(&LogEntry {
+        sequence: 10,
+        tail: 0,
+        guid: LOG_GUID,
+        zeros: &[],
+        data: &[(BAT_AT as u64, bat_sector)],
+        flushed: old_len,
+        last: grown,
+    });
+    let payload = pattern(99, 4096);
+    let second = log_entry(&LogEntry {
+        sequence: 11,
+        tail: 0,
+        guid: LOG_GUID,
+        zeros: &[(4 * MIB + 4096, 8192)],
+        data: &[(new_block, payload.clone())],
+        flushed: old_len,
+        last: grown,
+    });
+    let stale = log_entry(&LogEntry {
+        sequence: 5,
+        tail: 64 * KIB as u32,
+        guid: LOG_GUID,
+        zeros: &[(4 * MIB, MIB)],
+        data: &[],
+        flushed: old_len,
+        last: old_len,
+    });
+    let mut at = LOG_AT;
+    for e in [&first, &second] {
+        f[at..at + e.len()].copy_from_slice(e);
+        at += e.len();
+    }
+    f[LOG_AT + 64 * KIB..][..stale.len()].copy_from_slice(&stale);
+    for i in 0..2 {
+        let h = header::HEADER_OFFSETS[i] as usize;
+        f[h + 48..h + 64].copy_from_slice(&LOG_GUID);
+        fix_header_crc(&mut f, i);
+    }
+    disk[4096..4096 + 8192].fill(0);
+    disk[5 * MIB as usize..][..4096].copy_from_slice(&payload);
+    (f, disk)
+}
+
 #[test]
-fn a_non_empty_log_in_the_current_header_is_refused() {
+fn a_non_empty_log_is_replayed_in_memory_before_reading() {
+    let (f, disk) = logged_file();
+    let img = open_ok(&f);
+    let l = img.log.as_ref().expect("replayed");
+    assert_eq!(
+        (
+            l.summary.entries,
+            l.summary.first_sequence,
+            l.summary.last_sequence
+        ),
+        (2, 10, 11)
+    );
+    assert_eq!((l.summary.data_writes, l.summary.zero_writes), (2, 1));
+    assert_eq!(img.bat.fully_present, 2);
+    // Data is read through the overlay, as `convert` does.
+    let replayed = log::Replayed {
+        inner: &f[..],
+        overlay: &l.overlay,
+    };
+    let mut out = vec![0u8; img.virtual_size() as usize];
+    for e in img.extents.data_extents() {
+        let v = e.virtual_start as usize;
+        replayed
+            .read_exact_at(
+                &mut out[v..v + e.length as usize],
+                e.source_offset().unwrap(),
+            )
+            .unwrap();
+    }
+    assert_eq!(out, disk);
+}
+
+#[test]
+fn only_whole_sequences_of_valid_entries_are_replayed() {
+    // Entry 11 torn (bad CRC): entry 10 alone is the active sequence; block 5 is present
+    // but holds zeros (the file grew, its data never arrived) and block 0 is untouched.
+    let (mut f, _) = logged_file();
+    let second = LOG_AT + 8192;
+    f[second + 100] ^= 1;
+    let img = open_ok(&f);
+    assert_eq!(img.log.as_ref().unwrap().summary.last_sequence, 10);
+    assert_eq!(img.bat.fully_present, 2);
+    // Entry 10 torn too: 11's tail leads nowhere, 5 is whole on its own and is replayed.
+    f[LOG_AT + 100] ^= 1;
+    let img = open_ok(&f);
+    assert_eq!(img.log.as_ref().unwrap().summary.last_sequence, 5);
+    assert_eq!(img.bat.fully_present, 1);
+}
+
+#[test]
+fn a_log_that_cannot_be_replayed_is_refused() {
+    // A log GUID and nothing in the log.
     let mut f = build(&Spec::default());
-    let h2 = header::HEADER_OFFSETS[1] as usize;
-    f[h2 + 48] = 1; // log GUID
-    fix_header_crc(&mut f, 1);
+    for i in 0..2 {
+        let h = header::HEADER_OFFSETS[i] as usize;
+        f[h + 48..h + 64].copy_from_slice(&LOG_GUID);
+        fix_header_crc(&mut f, i);
+    }
     let e = open_err(&f);
-    assert!(matches!(e, VhdxError::LogNotEmpty { .. }), "{e}");
+    assert!(matches!(e, VhdxError::LogCorrupt { .. }), "{e}");
     assert!(e.is_bad_image());
-    // The same log GUID in the older header does not matter.
-    put64(&mut f, h2 + 8, 1);
+    // Entries of another log GUID.
+    let (mut f, _) = logged_file();
+    for i in 0..2 {
+        let h = header::HEADER_OFFSETS[i] as usize;
+        f[h + 48] = 0x43;
+        fix_header_crc(&mut f, i);
+    }
+    assert!(matches!(open_err(&f), VhdxError::LogCorrupt { .. }));
+    // The file is shorter than the head entry's flushed file offset.
+    let (f, _) = logged_file();
+    let e = open_err(&f[..f.len() - 4096]);
+    assert!(e.to_string().contains("flushed file offset"), "{e}");
+    // The log GUID only in the older header: nothing to replay.
+    let (mut f, _) = logged_file();
+    let h2 = header::HEADER_OFFSETS[1] as usize;
+    f[h2 + 48..h2 + 64].fill(0);
     fix_header_crc(&mut f, 1);
-    assert_eq!(open_ok(&f).section.header_index, 1);
+    assert!(open_ok(&f).log.is_none());
+}
+
+#[test]
+fn overlay_later_writes_win_and_pieces_are_cut_right() {
+    let (f, _) = logged_file();
+    let img = open_ok(&f);
+    let o = &img.log.as_ref().unwrap().overlay;
+    let r = log::Replayed {
+        inner: &f[..],
+        overlay: o,
+    };
+    // Across the zeroed range's edges, byte by byte against a plain copy with the writes.
+    let mut want = f[4 * MIB as usize..4 * MIB as usize + 16384].to_vec();
+    want[4096..12288].fill(0);
+    let mut got = vec![0u8; 16384];
+    r.read_exact_at(&mut got, 4 * MIB).unwrap();
+    assert_eq!(got, want);
+    let mut tail = vec![0u8; 10];
+    r.read_exact_at(&mut tail, 4 * MIB + 4090).unwrap();
+    assert_eq!(&tail[..6], &want[4090..4096]);
+    assert_eq!(&tail[6..], &[0; 4]);
+    assert!(r.read_exact_at(&mut tail, r.len() - 5).is_err());
 }
 
 #[test]
