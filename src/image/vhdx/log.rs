@@ -139,26 +139,31 @@ fn parse_entry(log: &[u8], pos: u64, guid: Guid) -> Option<Entry> {
 /// The active sequence, tail first (see the module note), or None.
 fn active_sequence(log: &[u8], guid: Guid) -> Option<Vec<Entry>> {
     let size = log.len() as u64;
-    let entries: HashMap<u64, Entry> = (0..size / SECTOR)
+    let mut entries: HashMap<u64, Entry> = (0..size / SECTOR)
         .filter_map(|i| parse_entry(log, i * SECTOR, guid))
         .map(|e| (e.position, e))
         .collect();
-    let mut heads: Vec<&Entry> = entries.values().collect();
-    heads.sort_by_key(|e| std::cmp::Reverse(e.sequence));
-    heads.into_iter().find_map(|head| {
-        let mut chain = vec![entries.get(&head.tail)?.clone()];
-        let mut walked = chain[0].length;
-        while chain.last()?.position != head.position {
-            let last = chain.last()?;
-            let next = entries.get(&((last.position + last.length) % size))?;
+    let mut heads: Vec<(u64, u64)> = entries.values().map(|e| (e.sequence, e.position)).collect();
+    heads.sort_unstable_by_key(|&(sequence, _)| std::cmp::Reverse(sequence));
+    // Positions only while searching: each walk is bounded by the log's size, and only
+    // the winning chain's entries (with their data sectors) are taken out of the map.
+    let chain = heads.into_iter().find_map(|(_, head_at)| {
+        let head = entries.get(&head_at)?;
+        let mut at = entries.get(&head.tail)?;
+        let mut chain = vec![at.position];
+        let mut walked = at.length;
+        while at.position != head_at {
+            let next = entries.get(&((at.position + at.length) % size))?;
             walked += next.length;
-            if next.sequence != last.sequence.checked_add(1)? || walked > size {
+            if next.sequence != at.sequence.checked_add(1)? || walked > size {
                 return None;
             }
-            chain.push(next.clone());
+            chain.push(next.position);
+            at = next;
         }
         Some(chain)
-    })
+    })?;
+    chain.iter().map(|p| entries.remove(p)).collect()
 }
 
 /// Finds and checks the active sequence of `log` (the log region's bytes, read at
