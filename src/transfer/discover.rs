@@ -2,7 +2,8 @@
 //! ETag, type), then the last 512 bytes — a bad footer stops the run with exit 4 before
 //! anything else is fetched — then either the written page ranges (fixed VHD in a page
 //! blob), or the dynamic header and BAT (dynamic VHD, any blob type), or nothing (fixed VHD
-//! in a block blob: everything is data). Every read is pinned to the ETag.
+//! in a block blob: everything is data). Every read is pinned to the ETag where the host
+//! allows it (see `azure::blob`).
 //!
 //! A blob whose last 512 bytes are no VHD footer is looked at from the front: one that
 //! starts with the VHDX identifier is read as a VHDX — header section, metadata and BAT by
