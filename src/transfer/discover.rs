@@ -4,12 +4,6 @@
 //! blob), or the dynamic header and BAT (dynamic VHD, any blob type), or nothing (fixed VHD
 //! in a block blob: everything is data). Every read is pinned to the ETag where the host
 //! allows it (see `azure::blob`).
-//!
-//! A blob whose last 512 bytes are no VHD footer is looked at from the front: one that
-//! starts with the VHDX identifier is read as a VHDX — header section, metadata and BAT by
-//! ranged reads through the same pure parsers `convert` uses — and only FULLY_PRESENT
-//! blocks are fetched; in a page blob, Get Page Ranges then drops the never-written pages
-//! inside them. VHD downloads make exactly the requests they made before.
 
 use futures::{StreamExt, TryStreamExt};
 
@@ -179,7 +173,13 @@ async fn read_span(
 
 /// The plan of a VHDX whose header section (`head`, the first [`vhdx::HEAD_LEN`] bytes)
 /// was read: metadata table, then the items, then the BAT, each checked before the next
-/// read is sized from it.
+/// read is sized from it, through the same pure parsers `convert` uses.
+///
+/// A blob is looked at from the front only when its last 512 bytes are no VHD footer, so
+/// VHD downloads make exactly the requests they made before. Only FULLY_PRESENT blocks are
+/// fetched; in a page blob, Get Page Ranges then drops the never-written pages inside
+/// them. A non-empty log is refused: replaying it would need the whole log and an overlay
+/// on every chunk (`convert` replays).
 async fn vhdx_plan(
     ctx: &FetchContext,
     properties: BlobProperties,
