@@ -10,8 +10,10 @@ use crate::azure::inventory::SelectionError;
 use crate::azure::session::SignInError;
 use crate::image::copy::CopyError;
 use crate::image::sink::SinkError;
+use crate::image::source::OpenError;
 use crate::image::staging::StagingError;
 use crate::image::vhd::VhdError;
+use crate::image::vhdx::VhdxError;
 use crate::transfer::job::DownloadError;
 
 /// What went wrong, as far as the exit code is concerned (see DESIGN.md, "exit").
@@ -97,6 +99,26 @@ impl From<VhdError> for Error {
             ErrorKind::Failed
         };
         Self::new(kind, e)
+    }
+}
+
+impl From<VhdxError> for Error {
+    fn from(e: VhdxError) -> Self {
+        let kind = if e.is_bad_image() {
+            ErrorKind::BadImage
+        } else {
+            ErrorKind::Failed
+        };
+        Self::new(kind, e)
+    }
+}
+
+impl From<OpenError> for Error {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Vhd(e) => e.into(),
+            OpenError::Vhdx(e) => e.into(),
+        }
     }
 }
 

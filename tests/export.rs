@@ -348,6 +348,7 @@ fn export_of_a_mixed_fleet_gives_identical_images_manifests_and_domains() {
             assert_eq!(d["image"], *file);
             assert_eq!(d["format"], "qcow2");
             assert_eq!(d["virtual_size"], 4 << 20);
+            assert_eq!(d["logical_sector_size"], 512);
             assert!(d["bytes_downloaded"].as_u64().unwrap() > 0);
             assert!(d["error"].is_null());
         }

@@ -78,6 +78,9 @@ pub struct ManifestImage {
     pub format: ImageFormat,
     /// The disk's size in bytes; null when the download did not get that far.
     pub virtual_size: Option<u64>,
+    /// 4096 for a 4 KiB-sector disk (exported as VHDX): the geometry the guest was
+    /// formatted with; null when the download did not get that far.
+    pub logical_sector_size: Option<u32>,
     pub bytes_downloaded: u64,
     pub error: Option<String>,
 }
@@ -175,6 +178,7 @@ fn manifest_disk(
             image: planned.image_in_vm_dir(),
             format,
             virtual_size: report.map(|r| r.virtual_size),
+            logical_sector_size: report.map(|r| r.logical_sector_size),
             bytes_downloaded: report.map(bytes_downloaded).unwrap_or(0),
             error: r.as_ref().and_then(|r| r.error.clone()),
         }),

@@ -110,6 +110,8 @@ pub struct DownloadReport {
     pub format: ImageFormat,
     pub virtual_size: u64,
     pub map_source: MapSource,
+    /// The guest's sector size: 512, or 4096 for a VHDX of 4 KiB logical sectors.
+    pub logical_sector_size: u32,
     /// Bytes of written pages (or allocated blocks) in the blob.
     pub data_bytes: u64,
     /// Bytes the plan fetches (data plus coalesced gaps), all chunks.
@@ -199,12 +201,16 @@ pub async fn download(
     };
     let plan = match discover(&ctx, chunk_size, config.concurrency).await {
         Ok(p) => p,
-        Err(DiscoverError::Image(e)) => {
+        Err(e @ (DiscoverError::Image(_) | DiscoverError::Vhdx(_))) => {
             // Whatever an earlier run left for this output cannot be resumed from now.
             journal::remove(&journal_path);
             remove_temp_if_unlocked(&req.output, req.overwrite);
+            let why = match e {
+                DiscoverError::Image(vhd) => vhd.to_string(),
+                other => other.to_string(),
+            };
             return Err(DownloadError::BadImage(format!(
-                "{}: {e}",
+                "{}: {why}",
                 req.url.identity()
             )));
         }
@@ -215,9 +221,9 @@ pub async fn download(
         ..ctx
     };
     tracing::info!(
-        "{}: {:?} VHD, virtual size {}, {} to fetch in {} chunks of up to {} ({} written, from {:?})",
+        "{}: {}, virtual size {}, {} to fetch in {} chunks of up to {} ({} written, from {:?})",
         req.url.identity(),
-        plan.footer.disk_type,
+        plan.description,
         human_bytes(plan.virtual_size()),
         human_bytes(plan.fetch_bytes()),
         plan.chunks.len(),
@@ -273,6 +279,7 @@ pub async fn download(
         format: req.format,
         virtual_size: plan.virtual_size(),
         map_source: plan.map_source,
+        logical_sector_size: plan.logical_sector_size,
         data_bytes: plan.map.data_bytes(),
         planned_bytes: plan.fetch_bytes(),
         chunks: plan.chunks.len() as u64,
