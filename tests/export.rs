@@ -355,6 +355,8 @@ fn export_of_a_mixed_fleet_gives_identical_images_manifests_and_domains() {
         let xml_path = vm_dir.join("domain.xml");
         validate_domain(&xml_path);
         let xml = std::fs::read_to_string(&xml_path).unwrap();
+        // 512-byte sectors are the default: no <blockio> for them.
+        assert!(!xml.contains("blockio"), "{xml}");
         // OS disk first, then LUN order.
         let positions: Vec<usize> = disks
             .iter()

@@ -515,6 +515,12 @@ fn export_of_a_4k_sector_disk_served_as_vhdx_records_its_sector_size() {
         serde_json::from_str(&fs::read_to_string(out.join("fourk-01/manifest.json")).unwrap())
             .unwrap();
     assert_eq!(m["disks"][0]["logical_sector_size"], 4096, "{m}");
+    // The guest sees the geometry it was formatted with.
+    let domain = fs::read_to_string(out.join("fourk-01/domain.xml")).unwrap();
+    assert!(
+        domain.contains(r#"<blockio logical_block_size="4096" physical_block_size="4096"/>"#),
+        "{domain}"
+    );
 }
 
 /// One log entry as MS-VHDX 2.3.1 lays it out: a 64-byte header, 32-byte zero ("zero")

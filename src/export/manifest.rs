@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::domain::{DomainDisk, DomainSpec, Firmware, GuestOs, domain_xml};
+use super::domain::{DEFAULT_SECTOR_SIZE, DomainDisk, DomainSpec, Firmware, GuestOs, domain_xml};
 use super::ledger::DiskStatus;
 use super::ledger::write_atomic;
 use super::plan::{Consistency, PlannedDisk, PlannedVm};
@@ -192,20 +192,20 @@ pub fn domain(
     vm: &PlannedVm,
     vm_dir: &Path,
     format: ImageFormat,
-    done: &dyn Fn(&PlannedDisk) -> bool,
+    exported: &dyn Fn(&PlannedDisk) -> Option<u32>,
 ) -> Option<String> {
     let os = vm.disks.iter().find(|d| d.role == DiskRole::Os)?;
-    if !done(os) {
-        return None;
-    }
+    exported(os)?;
     // The plan already orders OS first, then LUNs.
     let disks = vm
         .disks
         .iter()
-        .filter(|d| done(d))
-        .map(|d| DomainDisk {
-            path: vm_dir.join(d.image_in_vm_dir()),
-            format,
+        .filter_map(|d| {
+            Some(DomainDisk {
+                path: vm_dir.join(d.image_in_vm_dir()),
+                format,
+                logical_sector_size: exported(d)?,
+            })
         })
         .collect();
     let os_type = vm.vm.os_type.as_deref().unwrap_or("").to_ascii_lowercase();
@@ -250,8 +250,15 @@ pub fn write_vm_outputs(
     let mut bytes = serde_json::to_vec_pretty(&m).expect("the manifest serialises");
     bytes.push(b'\n');
     write_atomic(&path, &bytes).map_err(|e| err(&path, e))?;
-    let done = |d: &PlannedDisk| result(d).is_some_and(|r| r.status == DiskStatus::Done);
-    if let Some(xml) = domain(vm, &vm_dir, format, &done) {
+    // An exported disk's sector size (from its image), or None when it was not exported.
+    let exported = |d: &PlannedDisk| {
+        let r = result(d).filter(|r| r.status == DiskStatus::Done)?;
+        Some(
+            r.report
+                .map_or(DEFAULT_SECTOR_SIZE, |report| report.logical_sector_size),
+        )
+    };
+    if let Some(xml) = domain(vm, &vm_dir, format, &exported) {
         let path = vm_dir.join("domain.xml");
         write_atomic(&path, xml.as_bytes()).map_err(|e| err(&path, e))?;
     }
