@@ -338,6 +338,7 @@ mod tests {
                 "id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/os",
                 "name": "os", "role": "os", "lun": null, "size_gb": 1, "managed": true,
                 "image": "web-os.raw", "format": "raw", "virtual_size": null,
+                "logical_sector_size": null,
                 "bytes_downloaded": 0, "error": "VM web, disk os: grant refused",
                 "status": "failed",
             })
