@@ -10,28 +10,44 @@
 //! its recovery key. A Uniform scale-set instance is exported like a VM from snapshots of
 //! its managed disks; the scale set's model (extensions, autoscale) does not move.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::domain::{Arch, Firmware};
 use crate::azure::inventory::{Architecture, VmInfo};
 
 /// The guest a VM becomes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Guest {
     /// libvirt's `arch`: `x86_64` or `aarch64`.
-    pub arch: &'static str,
+    pub arch: String,
     /// libvirt's `machine`: `q35` or `virt`.
-    pub machine: &'static str,
+    pub machine: String,
     /// `bios` or `uefi`.
-    pub firmware: &'static str,
+    pub firmware: String,
     /// UEFI with secure boot on and Microsoft's keys enrolled (as Azure had it).
     pub secure_boot: bool,
     /// An emulated TPM 2.0, empty: Azure's vTPM contents are not exported.
     pub tpm: bool,
-    #[serde(skip)]
-    pub domain_arch: Arch,
-    #[serde(skip)]
-    pub domain_firmware: Firmware,
+}
+
+impl Guest {
+    /// The architecture, typed for the domain writer.
+    pub fn domain_arch(&self) -> Arch {
+        if self.arch == Arch::Aarch64.type_attributes().0 {
+            Arch::Aarch64
+        } else {
+            Arch::X86_64
+        }
+    }
+
+    /// The firmware, typed for the domain writer.
+    pub fn domain_firmware(&self) -> Firmware {
+        if self.firmware == "uefi" {
+            Firmware::Uefi
+        } else {
+            Firmware::Bios
+        }
+    }
 }
 
 /// The guest of `vm`.
@@ -48,14 +64,12 @@ pub fn guest_of(vm: &VmInfo) -> Guest {
     let uefi = domain_firmware == Firmware::Uefi;
     let (arch, machine) = domain_arch.type_attributes();
     Guest {
-        arch,
-        machine,
-        firmware: if uefi { "uefi" } else { "bios" },
+        arch: arch.into(),
+        machine: machine.into(),
+        firmware: if uefi { "uefi" } else { "bios" }.into(),
         // Secure boot and a vTPM exist only with UEFI (Azure: generation 2 only).
         secure_boot: uefi && vm.kind.secure_boot,
         tpm: uefi && vm.kind.vtpm,
-        domain_arch,
-        domain_firmware,
     }
 }
 
@@ -125,7 +139,7 @@ mod tests {
     #[test]
     fn ordinary_vms_have_no_warnings() {
         let g = guest_of(&vm("V1", VmKind::default()));
-        assert_eq!((g.arch, g.machine, g.firmware), ("x86_64", "q35", "bios"));
+        assert_eq!((&*g.arch, &*g.machine, &*g.firmware), ("x86_64", "q35", "bios"));
         assert!(!g.secure_boot && !g.tpm);
         assert!(warnings(&vm("V2", VmKind::default())).is_empty());
     }
@@ -173,7 +187,8 @@ mod tests {
         };
         for generation in ["V1", "V2", ""] {
             let g = guest_of(&vm(generation, arm.clone()));
-            assert_eq!((g.arch, g.machine, g.firmware), ("aarch64", "virt", "uefi"));
+            assert_eq!((&*g.arch, &*g.machine, &*g.firmware), ("aarch64", "virt", "uefi"));
+            assert_eq!((g.domain_arch(), g.domain_firmware()), (Arch::Aarch64, Firmware::Uefi));
         }
         assert!(warnings(&vm("V2", arm)).join("").contains("aarch64"));
     }
