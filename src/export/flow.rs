@@ -288,9 +288,9 @@ async fn refresh_power_states(arm: &ArmClient, vms: &mut [VmInfo]) -> Result<(),
                 arm.get_vm(&ResourceRef::from(&id), true).await
             }
             .map_err(|source| ExportError::Refresh {
-                    vm: vm.name.clone(),
-                    source: Box::new(source),
-                })?;
+                vm: vm.name.clone(),
+                source: Box::new(source),
+            })?;
             Ok(current.power_state())
         })
         .buffered(inventory::CONCURRENCY)

@@ -139,7 +139,10 @@ mod tests {
     #[test]
     fn ordinary_vms_have_no_warnings() {
         let g = guest_of(&vm("V1", VmKind::default()));
-        assert_eq!((&*g.arch, &*g.machine, &*g.firmware), ("x86_64", "q35", "bios"));
+        assert_eq!(
+            (&*g.arch, &*g.machine, &*g.firmware),
+            ("x86_64", "q35", "bios")
+        );
         assert!(!g.secure_boot && !g.tpm);
         assert!(warnings(&vm("V2", VmKind::default())).is_empty());
     }
@@ -187,8 +190,14 @@ mod tests {
         };
         for generation in ["V1", "V2", ""] {
             let g = guest_of(&vm(generation, arm.clone()));
-            assert_eq!((&*g.arch, &*g.machine, &*g.firmware), ("aarch64", "virt", "uefi"));
-            assert_eq!((g.domain_arch(), g.domain_firmware()), (Arch::Aarch64, Firmware::Uefi));
+            assert_eq!(
+                (&*g.arch, &*g.machine, &*g.firmware),
+                ("aarch64", "virt", "uefi")
+            );
+            assert_eq!(
+                (g.domain_arch(), g.domain_firmware()),
+                (Arch::Aarch64, Firmware::Uefi)
+            );
         }
         assert!(warnings(&vm("V2", arm)).join("").contains("aarch64"));
     }
