@@ -48,6 +48,8 @@ fn selection_json(args: &ExportArgs) -> serde_json::Value {
         "disks": args.disks,
         "consistency": args.consistency,
         "format": args.format,
+        "snapshot_type": args.snapshot_type,
+        "private_network": args.private_network,
     })
 }
 
@@ -165,6 +167,8 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
             disks: args.disks,
             consistency: args.consistency,
             format: args.format,
+            snapshot_type: args.snapshot_type,
+            private_network: args.private_network,
         },
     )
     .map_err(Error::usage)?;
@@ -221,6 +225,7 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
         output_dir: output_dir.clone(),
         format: args.format,
         sas_duration: args.sas_duration,
+        private_network: args.private_network,
         md_service_version: args.azure.md_service_version,
         connections: args.concurrency,
         queue_depth: crate::transfer::engine::DEFAULT_QUEUE_DEPTH,
@@ -316,11 +321,21 @@ fn finish(
         || results
             .values()
             .any(|r| r.status == DiskStatus::Interrupted);
+    let refused = results
+        .values()
+        .filter(|r| r.status == DiskStatus::Refused)
+        .count();
+    let failed = results
+        .values()
+        .filter(|r| r.status == DiskStatus::Failed)
+        .count();
     let status = if interrupted {
         RunStatus::Interrupted
     } else if done == total && manifest_errors.is_empty() {
         RunStatus::Done
-    } else if done > 0 {
+    } else if done > 0 || (refused > 0 && failed == 0) {
+        // A disk refused by kind is a disk this run could not do, not a failure of the
+        // run: exit 3 as when some disks failed, also when it was the only disk.
         RunStatus::Partial
     } else {
         RunStatus::Failed
@@ -351,7 +366,7 @@ fn finish(
     print_summary(run_id, status, ledger)?;
     let failures: Vec<String> = results
         .values()
-        .filter(|r| r.status == DiskStatus::Failed)
+        .filter(|r| matches!(r.status, DiskStatus::Failed | DiskStatus::Refused))
         .filter_map(|r| r.error.clone())
         .chain(manifest_errors)
         .collect();

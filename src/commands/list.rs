@@ -154,6 +154,7 @@ mod tests {
                 size_gb: Some(30),
                 managed: false,
                 vhd_uri: Some("https://a/b.vhd".into()),
+                storage: Default::default(),
             }],
         };
         let t = render_table(&[vm]);

@@ -12,7 +12,9 @@ use azure_core::credentials::TokenCredential;
 
 use super::ledger::{Ledger, ResourceKind, ResourceState};
 use super::plan::{PlannedDisk, Source};
-use crate::azure::arm::client::AccessTarget;
+use super::disk_kind::{self, Refusal};
+use crate::azure::arm::client::{AccessTarget, ResourceRef};
+use crate::azure::inventory::DiskStorage;
 use crate::azure::arm::{ArmClient, ResourceId};
 use crate::azure::cloud::Cloud;
 use crate::azure::sas::SasUrl;
@@ -45,6 +47,8 @@ pub struct DiskContext {
     pub output_dir: PathBuf,
     pub format: ImageFormat,
     pub sas_duration: u32,
+    /// `--private-network`: AllowPrivate disks are reachable from this host.
+    pub private_network: bool,
     /// `x-ms-version` for managed-disk export hosts (`--md-service-version`).
     pub md_service_version: crate::azure::blob::ServiceVersion,
     /// Connections: the run's whole budget (`--concurrency`) when given to `run::run`,
@@ -138,6 +142,12 @@ pub enum DiskError {
     },
     #[error("VM {vm}, disk {disk}: interrupted")]
     Interrupted { vm: String, disk: String },
+    #[error("VM {vm}, disk {disk}: refused: {why}")]
+    Refused {
+        vm: String,
+        disk: String,
+        why: Refusal,
+    },
 }
 
 /// Exports one disk whose source is ready (its snapshot exists, or its VM is
@@ -170,6 +180,14 @@ pub async fn export_disk(
         ))
     })?;
     let from_snapshot = matches!(target, AccessTarget::Snapshot(_));
+    let refused = |why| DiskError::Refused {
+        vm: vm.to_string(),
+        disk: disk.name.clone(),
+        why,
+    };
+    if let Some(why) = current_refusal(ctx, &disk.source).await {
+        return Err(refused(why));
+    }
     let mut last_kept: Option<PathBuf> = None;
     let mut early_refusals = 0;
     for grant in 1..=MAX_GRANTS {
@@ -200,6 +218,14 @@ pub async fn export_disk(
             Ok(report) => return Ok(report),
             Err(DownloadError::AccessDenied { message, kept }) => {
                 last_kept = kept;
+                // Granted, but the URL refuses this host: a policy set since the plan was
+                // made. The grant is revoked above; say why instead of asking again.
+                if let Some(why) = current_refusal(ctx, &disk.source).await {
+                    if from_snapshot {
+                        discard_partial(last_kept.as_deref());
+                    }
+                    return Err(refused(why));
+                }
                 // An expiry comes after about --sas-duration; a refusal well before that
                 // is something a new grant will not fix (storage firewall, network rules,
                 // a concurrent revoke). One more try, then give up with that reason.
@@ -249,6 +275,28 @@ pub async fn export_disk(
     Err(fail(format!(
         "read access expired {MAX_GRANTS} times; raise --sas-duration"
     )))
+}
+
+/// The managed disk behind `source` as Azure has it now, refused or not by its network
+/// policy: a plan may be older than a policy change, and a disk's policy is the owner's
+/// word on whether its data leaves. A disk that cannot be read is not refused here (the
+/// grant will say what is wrong).
+async fn current_refusal(ctx: &DiskContext, source: &Source) -> Option<Refusal> {
+    let disk_id = match source {
+        Source::Snapshot { disk_id, .. } | Source::Disk { disk_id } => disk_id,
+        Source::Blob { .. } => return None,
+    };
+    let read = ctx
+        .interrupt
+        .unless_cancelled(ctx.arm.get_disk(&ResourceRef::from(disk_id)))
+        .await?;
+    match read {
+        Ok(d) => disk_kind::refusal(&DiskStorage::of(&d), ctx.private_network),
+        Err(e) => {
+            tracing::warn!("reading disk {disk_id} before its grant: {e}");
+            None
+        }
+    }
 }
 
 /// Records the grant in the ledger, then asks for it. `Err(None)`: interrupted before or

@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use futures::StreamExt;
 use serde::Serialize;
 
+use super::background_copy;
 use super::cleanup::{only_this_runs_snapshots, sweep};
+use super::disk_kind::MAX_BACKGROUND_COPIES;
 use super::disk::{DiskContext, DiskError, export_disk};
 use super::ledger::{DiskOutcome, Ledger, ResourceKind, ResourceState};
 use super::naming::{TAG_HASH_HEX, id_hash};
@@ -56,6 +58,9 @@ pub enum DiskStatus {
     Done,
     Failed,
     Interrupted,
+    /// Not exported because of its kind (network policy, sector size): nothing was created
+    /// for it; the run exits 3 as for a partly done run.
+    Refused,
 }
 
 impl DiskStatus {
@@ -64,6 +69,7 @@ impl DiskStatus {
             Self::Done => "done",
             Self::Failed => "failed",
             Self::Interrupted => "interrupted",
+            Self::Refused => "refused",
         }
     }
 }
@@ -163,6 +169,24 @@ pub fn pending_outcomes(plan: &[PlannedVm]) -> Vec<DiskOutcome> {
         .collect()
 }
 
+/// The results of the disks refused by kind in the plan: nothing is created for them.
+fn refused_results(plan: &[PlannedVm]) -> BTreeMap<DiskKey, DiskResult> {
+    plan.iter()
+        .flat_map(|vm| vm.disks.iter().map(move |d| (vm, d)))
+        .filter_map(|(vm, d)| {
+            let why = d.refused.as_ref()?;
+            Some((
+                d.key.clone(),
+                DiskResult {
+                    status: DiskStatus::Refused,
+                    report: None,
+                    error: Some(format!("VM {}, disk {}: refused: {why}", vm.name, d.name)),
+                },
+            ))
+        })
+        .collect()
+}
+
 /// True if `row` is the outcome row of the disk `key` names.
 fn is_row_of(row: &DiskOutcome, key: &DiskKey) -> bool {
     row.vm_id == key.vm && (row.role == "data").then_some(row.lun).flatten() == key.lun
@@ -187,11 +211,16 @@ pub async fn run(
     ctx: &DiskContext,
     run_id: &str,
 ) -> BTreeMap<DiskKey, DiskResult> {
-    let mut results: BTreeMap<DiskKey, DiskResult> = BTreeMap::new();
+    let mut results: BTreeMap<DiskKey, DiskResult> = refused_results(plan);
+    for (key, result) in &results {
+        tracing::error!("{}", result.error.as_deref().unwrap_or_default());
+        record(&ctx.ledger, key, result);
+    }
+    let copies = tokio::sync::Semaphore::new(MAX_BACKGROUND_COPIES);
 
     // Phase 1: prepare every VM (deallocate, snapshots) before any download starts.
     let prepared: Vec<Vec<(DiskKey, DiskResult)>> = futures::stream::iter(plan)
-        .map(|vm| prepare_vm(ctx, vm, run_id))
+        .map(|vm| prepare_vm(ctx, vm, run_id, &copies))
         .buffer_unordered(PREPARE_CONCURRENCY)
         .collect()
         .await;
@@ -271,6 +300,14 @@ async fn one_disk(ctx: &DiskContext, vm: &str, d: &PlannedDisk) -> DiskResult {
             report: None,
             error: Some(e.to_string()),
         },
+        Err(e @ DiskError::Refused { .. }) => {
+            tracing::error!("{e}");
+            DiskResult {
+                status: DiskStatus::Refused,
+                report: None,
+                error: Some(e.to_string()),
+            }
+        }
         Err(e) => {
             tracing::error!("{e}");
             DiskResult {
@@ -298,10 +335,16 @@ pub async fn delete_snapshot(ctx: &DiskContext, id: &ResourceId) {
 
 /// Deallocates (if planned) and snapshots every disk of `vm` that needs one. Returns the
 /// disks that cannot go on.
-async fn prepare_vm(ctx: &DiskContext, vm: &PlannedVm, run_id: &str) -> Vec<(DiskKey, DiskResult)> {
+async fn prepare_vm(
+    ctx: &DiskContext,
+    vm: &PlannedVm,
+    run_id: &str,
+    copies: &tokio::sync::Semaphore,
+) -> Vec<(DiskKey, DiskResult)> {
     let fail_all = |status: DiskStatus, message: String| {
         vm.disks
             .iter()
+            .filter(|d| d.refused.is_none())
             .map(|d| {
                 (
                     d.key.clone(),
@@ -362,11 +405,17 @@ async fn prepare_vm(ctx: &DiskContext, vm: &PlannedVm, run_id: &str) -> Vec<(Dis
             None,
         );
     }
-    let snapshots = vm.disks.iter().filter_map(|d| match &d.source {
-        Source::Snapshot { snapshot, disk_id } => Some((d, snapshot, disk_id)),
-        _ => None,
-    });
-    let created = futures::future::join_all(snapshots.map(|(d, snapshot, disk_id)| async move {
+    let snapshots = vm.disks.iter().filter(|d| d.refused.is_none());
+    let created = futures::future::join_all(snapshots.map(|d| async move {
+        let Source::Snapshot {
+            snapshot,
+            disk_id,
+            incremental,
+            background_copy,
+        } = &d.source
+        else {
+            return None;
+        };
         let fail = |message: String| {
             Some((
                 d.key.clone(),
@@ -387,6 +436,25 @@ async fn prepare_vm(ctx: &DiskContext, vm: &PlannedVm, run_id: &str) -> Vec<(Dis
                 },
             ));
         }
+        // Held from the snapshot's creation until its background copy is done: Azure
+        // allows 50 active copies per subscription; more wait here (Ctrl-C ends the wait).
+        let _permit = if *background_copy {
+            match ctx.interrupt.unless_cancelled(copies.acquire()).await {
+                Some(Ok(p)) => Some(p),
+                _ => {
+                    return Some((
+                        d.key.clone(),
+                        DiskResult {
+                            status: DiskStatus::Interrupted,
+                            report: None,
+                            error: Some("interrupted while waiting for a background copy slot".into()),
+                        },
+                    ));
+                }
+            }
+        } else {
+            None
+        };
         if let Err(e) = ctx
             .ledger
             .creating(ResourceKind::Snapshot, snapshot, Some(disk_id))
@@ -401,7 +469,7 @@ async fn prepare_vm(ctx: &DiskContext, vm: &PlannedVm, run_id: &str) -> Vec<(Dis
                 &reference,
                 &vm.vm.location,
                 &source,
-                false,
+                *incremental,
                 &snapshot_tags(run_id, disk_id),
             )
             .await
@@ -413,8 +481,26 @@ async fn prepare_vm(ctx: &DiskContext, vm: &PlannedVm, run_id: &str) -> Vec<(Dis
                     ResourceState::Exists,
                     None,
                 );
-                tracing::info!("{}: snapshot {reference} created", vm.name);
-                None
+                tracing::info!(
+                    "{}: {} snapshot {reference} created",
+                    vm.name,
+                    if *incremental { "incremental" } else { "full" }
+                );
+                if !*background_copy {
+                    return None;
+                }
+                match background_copy::wait(ctx, snapshot, &vm.name, &d.name).await {
+                    Ok(()) => None,
+                    Err(e @ background_copy::CopyWaitError::Interrupted) => Some((
+                        d.key.clone(),
+                        DiskResult {
+                            status: DiskStatus::Interrupted,
+                            report: None,
+                            error: Some(format!("VM {}, disk {}: {e}", vm.name, d.name)),
+                        },
+                    )),
+                    Err(e) => fail(e.to_string()),
+                }
             }
             // Left as "creating": the sweep deletes it if it exists after all.
             Err(e) => fail(format!("snapshot: {e}")),
