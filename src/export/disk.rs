@@ -185,7 +185,10 @@ pub async fn export_disk(
         disk: disk.name.clone(),
         why,
     };
-    if let Some(why) = current_refusal(ctx, &disk.source).await {
+    if let Some(why) = current_storage(ctx, &disk.source)
+        .await
+        .and_then(|k| disk_kind::refusal(&k, ctx.private_network))
+    {
         return Err(refused(why));
     }
     let mut last_kept: Option<PathBuf> = None;
@@ -220,7 +223,10 @@ pub async fn export_disk(
                 last_kept = kept;
                 // Granted, but the URL refuses this host: a policy set since the plan was
                 // made. The grant is revoked above; say why instead of asking again.
-                if let Some(why) = current_refusal(ctx, &disk.source).await {
+                if let Some(why) = current_storage(ctx, &disk.source)
+                    .await
+                    .and_then(|k| disk_kind::refusal_after_denied_read(&k, ctx.private_network))
+                {
                     if from_snapshot {
                         discard_partial(last_kept.as_deref());
                     }
@@ -277,11 +283,11 @@ pub async fn export_disk(
     )))
 }
 
-/// The managed disk behind `source` as Azure has it now, refused or not by its network
-/// policy: a plan may be older than a policy change, and a disk's policy is the owner's
-/// word on whether its data leaves. A disk that cannot be read is not refused here (the
-/// grant will say what is wrong).
-async fn current_refusal(ctx: &DiskContext, source: &Source) -> Option<Refusal> {
+/// The kind of the managed disk behind `source` as Azure has it now: a plan may be older
+/// than a network policy change, and a disk's policy is the owner's word on whether its
+/// data leaves. None for a blob, or a disk that cannot be read (the grant will say what
+/// is wrong).
+async fn current_storage(ctx: &DiskContext, source: &Source) -> Option<DiskStorage> {
     let disk_id = match source {
         Source::Snapshot { disk_id, .. } | Source::Disk { disk_id } => disk_id,
         Source::Blob { .. } => return None,
@@ -291,7 +297,7 @@ async fn current_refusal(ctx: &DiskContext, source: &Source) -> Option<Refusal> 
         .unless_cancelled(ctx.arm.get_disk(&ResourceRef::from(disk_id)))
         .await?;
     match read {
-        Ok(d) => disk_kind::refusal(&DiskStorage::of(&d), ctx.private_network),
+        Ok(d) => Some(DiskStorage::of(&d)),
         Err(e) => {
             tracing::warn!("reading disk {disk_id} before its grant: {e}");
             None

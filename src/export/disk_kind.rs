@@ -55,6 +55,11 @@ pub enum Refusal {
     )]
     AllowPrivate { disk_access_id: Option<String> },
     #[error(
+        "network access policy AllowPrivate (disk access {}): the export URL was refused from this host although --private-network was given; this host does not reach that disk access's private endpoint (check the private DNS zone privatelink.blob.core.windows.net), so the grant was revoked",
+        disk_access_id.as_deref().unwrap_or("not named")
+    )]
+    PrivateEndpointUnreachable { disk_access_id: Option<String> },
+    #[error(
         "{sku} disk with 4096-byte logical sectors: Azure exports it only as VHDX, which this version does not read yet"
     )]
     Vhdx { sku: String },
@@ -83,6 +88,26 @@ pub fn refusal(storage: &DiskStorage, private_network: bool) -> Option<Refusal> 
     None
 }
 
+/// Why a granted export URL was refused (403) from this host, if the disk's network
+/// policy explains it: a policy set since the plan, or a private endpoint this host does
+/// not reach although `--private-network` says it does.
+pub fn refusal_after_denied_read(storage: &DiskStorage, private_network: bool) -> Option<Refusal> {
+    match refusal(storage, private_network) {
+        Some(r) => Some(r),
+        None if private_network
+            && storage
+                .network_access_policy
+                .as_deref()
+                .is_some_and(|p| p.eq_ignore_ascii_case("AllowPrivate")) =>
+        {
+            Some(Refusal::PrivateEndpointUnreachable {
+                disk_access_id: storage.disk_access_id.clone(),
+            })
+        }
+        None => None,
+    }
+}
+
 /// A short note on a disk's kind for `list`'s table: None for an ordinary disk.
 pub fn note(storage: &DiskStorage) -> Option<String> {
     let mut parts = Vec::new();
@@ -105,7 +130,9 @@ pub fn note(storage: &DiskStorage) -> Option<String> {
     }
     let verdict = match refusal(storage, false) {
         Some(Refusal::DenyAll | Refusal::Vhdx { .. }) => "refused",
-        Some(Refusal::AllowPrivate { .. }) => "refused unless --private-network",
+        Some(Refusal::AllowPrivate { .. } | Refusal::PrivateEndpointUnreachable { .. }) => {
+            "refused unless --private-network"
+        }
         None => "incremental snapshot, waits for its background copy",
     };
     Some(format!("{}: {verdict}", parts.join(", ")))
@@ -153,6 +180,12 @@ mod tests {
             let r = refusal(&kind("UltraSSD_LRS", sectors, None), false).unwrap();
             assert!(r.to_string().contains("UltraSSD_LRS") && r.to_string().contains("VHDX"));
         }
+        let allow_private = kind("Premium_LRS", None, Some("AllowPrivate"));
+        assert!(matches!(
+            refusal_after_denied_read(&allow_private, true),
+            Some(Refusal::PrivateEndpointUnreachable { .. })
+        ));
+        assert_eq!(refusal_after_denied_read(&kind("Premium_LRS", None, None), true), None);
         // A 4096 sector size on another type is not a VHDX snapshot.
         assert_eq!(refusal(&kind("Premium_LRS", Some(4096), None), false), None);
     }
