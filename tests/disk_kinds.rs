@@ -61,7 +61,11 @@ fn premium_v2_snapshots_are_incremental_and_granted_only_after_their_background_
         "{}",
         r.stderr
     );
-    assert_image_equals(&world, &out.join("pv2-01/pv2-01-data-lun0.qcow2"), "pv2-01-data0");
+    assert_image_equals(
+        &world,
+        &out.join("pv2-01/pv2-01-data-lun0.qcow2"),
+        "pv2-01-data0",
+    );
     assert_image_equals(&world, &out.join("pv2-01/pv2-01-os.qcow2"), "pv2-01-os");
     assert_eq!(world.leftovers(), Leftovers::default());
 
@@ -142,7 +146,13 @@ fn refused_disks_exit_3_named_with_their_reason_and_nothing_is_created_for_them(
     let out = dir.path().join("out");
     let r = export(&world, &out, &[]);
     assert_eq!(r.code, 3, "{}", r.stderr);
-    for said in ["DenyAll", "AllowPrivate", DISK_ACCESS, "VHDX", "--private-network"] {
+    for said in [
+        "DenyAll",
+        "AllowPrivate",
+        DISK_ACCESS,
+        "VHDX",
+        "--private-network",
+    ] {
         assert!(r.stderr.contains(said), "{said}: {}", r.stderr);
     }
     // Only the OS disk was snapshotted and granted.
@@ -162,7 +172,11 @@ fn refused_disks_exit_3_named_with_their_reason_and_nothing_is_created_for_them(
     assert!(out.join("net-01/domain.xml").exists(), "the OS disk boots");
 
     // A lone refused disk is still "partly done", not a failed run.
-    let r = export(&world, &dir.path().join("lone"), &["--disks", "data", "--name", "net-01"]);
+    let r = export(
+        &world,
+        &dir.path().join("lone"),
+        &["--disks", "data", "--name", "net-01"],
+    );
     assert_eq!(r.code, 3, "{}", r.stderr);
 }
 
@@ -180,7 +194,11 @@ fn a_policy_set_after_the_plan_is_refused_before_the_grant() {
     world.with_state(|s| {
         s.disks[0].kind = FakeDiskKind::network("DenyAll", None);
     });
-    let r = export(&world, &dir.path().join("out"), &["--plan", plan.to_str().unwrap()]);
+    let r = export(
+        &world,
+        &dir.path().join("out"),
+        &["--plan", plan.to_str().unwrap()],
+    );
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(r.stderr.contains("DenyAll"), "{}", r.stderr);
     assert_eq!(world.with_state(|s| s.count("grant_access")), 0);
@@ -193,17 +211,68 @@ fn a_private_endpoint_this_host_does_not_reach_leaves_no_grant_behind() {
     // URL refuses every read. The grant is revoked and the reason named, without a retry.
     let vm = FakeVm::linux("priv-01", "rg-priv")
         .power(Some("deallocated"))
-        .disk_kind(None, FakeDiskKind::network("AllowPrivate", Some(DISK_ACCESS)));
+        .disk_kind(
+            None,
+            FakeDiskKind::network("AllowPrivate", Some(DISK_ACCESS)),
+        );
     let world = FakeAzure::start(vec![vm]);
     let dir = tempfile::tempdir().unwrap();
     let r = export(&world, &dir.path().join("out"), &["--private-network"]);
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(
-        r.stderr.contains("does not reach that disk access's private endpoint"),
+        r.stderr
+            .contains("does not reach that disk access's private endpoint"),
         "{}",
         r.stderr
     );
     assert_eq!(world.with_state(|s| s.count("grant_access")), 1);
     assert_eq!(world.with_state(|s| s.count("revoke_access")), 1);
+    assert_eq!(world.leftovers(), Leftovers::default());
+}
+
+#[test]
+fn sigint_while_a_background_copy_runs_stops_within_2_s_and_leaves_nothing() {
+    let world = FakeAzure::start(vec![premium_v2_vm()]);
+    // The copy never finishes.
+    world.with_state(|s| s.config.copy_step = 0);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut all = vec!["--output-dir", out.to_str().unwrap()];
+    all.extend_from_slice(&["--disks", "data"]);
+    let mut child = support::ChildGuard::spawn(azure_cmd(&world, "export", &all));
+    // Created (its LRO ends with a GET), then polled 6 times: the wait after that poll is
+    // 8 s, so only a wait that listens for Ctrl-C ends within 2 s.
+    support::wait_for(
+        "the background copy to be polled",
+        std::time::Duration::from_secs(30),
+        || world.with_state(|s| s.count("snapshot_get")) >= 7,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let t = std::time::Instant::now();
+    let pid = child.pid().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let proc = child.0.as_mut().unwrap();
+    let code = loop {
+        if let Some(s) = proc.try_wait().unwrap() {
+            break s.code().unwrap_or(-1);
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(60), "no exit");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let elapsed = t.elapsed();
+    let mut e = String::new();
+    let _ = std::io::Read::read_to_string(child.0.take().unwrap().stderr.as_mut().unwrap(), &mut e);
+    assert_eq!(code, 130, "{e}");
+    assert!(
+        elapsed < std::time::Duration::from_secs(2),
+        "{elapsed:?}\n{e}"
+    );
+    assert_eq!(world.with_state(|s| s.count("grant_access")), 0);
     assert_eq!(world.leftovers(), Leftovers::default());
 }

@@ -72,9 +72,11 @@ fn print(vms: &[VmInfo], output: ListOutput) -> Result<(), Error> {
         ListOutput::Json => serde_json::to_writer_pretty(&mut out, vms)
             .map_err(std::io::Error::from)
             .and_then(|_| writeln!(out)),
-        ListOutput::Table => out
-            .write_all(render_table(vms).as_bytes())
-            .and_then(|_| disk_notes(vms).iter().try_for_each(|n| writeln!(out, "{n}"))),
+        ListOutput::Table => out.write_all(render_table(vms).as_bytes()).and_then(|_| {
+            disk_notes(vms)
+                .iter()
+                .try_for_each(|n| writeln!(out, "{n}"))
+        }),
     };
     written.map_err(|e| Error::failed(format!("writing to stdout: {e}")))
 }

@@ -129,7 +129,10 @@ mod tests {
             copy_state(&snap(Some("Succeeded"), Some(33.0))),
             CopyState::Copying(33.0)
         );
-        assert_eq!(copy_state(&snap(Some("Succeeded"), Some(100.0))), CopyState::Done);
+        assert_eq!(
+            copy_state(&snap(Some("Succeeded"), Some(100.0))),
+            CopyState::Done
+        );
         assert_eq!(copy_state(&snap(Some("Succeeded"), None)), CopyState::Done);
         assert_eq!(copy_state(&snap(None, Some(-3.0))), CopyState::Copying(0.0));
         assert!(matches!(

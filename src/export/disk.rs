@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use azure_core::credentials::TokenCredential;
 
+use super::disk_kind::{self, Refusal};
 use super::ledger::{Ledger, ResourceKind, ResourceState};
 use super::plan::{PlannedDisk, Source};
-use super::disk_kind::{self, Refusal};
 use crate::azure::arm::client::{AccessTarget, ResourceRef};
-use crate::azure::inventory::DiskStorage;
 use crate::azure::arm::{ArmClient, ResourceId};
 use crate::azure::cloud::Cloud;
+use crate::azure::inventory::DiskStorage;
 use crate::azure::sas::SasUrl;
 use crate::image::sink::ImageFormat;
 use crate::image::staging::Overwrite;

@@ -147,9 +147,10 @@ mod tests {
             sku: Some(sku.into()),
             logical_sector_size: sectors,
             network_access_policy: policy.map(str::to_string),
-            disk_access_id: policy
-                .filter(|p| *p == "AllowPrivate")
-                .map(|_| "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/diskAccesses/da".into()),
+            disk_access_id: policy.filter(|p| *p == "AllowPrivate").map(|_| {
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/diskAccesses/da"
+                    .into()
+            }),
         }
     }
 
@@ -158,23 +159,41 @@ mod tests {
         for sku in ["PremiumV2_LRS", "ultrassd_lrs"] {
             assert!(incremental(SnapshotType::Full, &kind(sku, Some(512), None)));
         }
-        assert!(!incremental(SnapshotType::Full, &kind("Premium_LRS", None, None)));
-        assert!(incremental(SnapshotType::Incremental, &kind("Premium_LRS", None, None)));
+        assert!(!incremental(
+            SnapshotType::Full,
+            &kind("Premium_LRS", None, None)
+        ));
+        assert!(incremental(
+            SnapshotType::Incremental,
+            &kind("Premium_LRS", None, None)
+        ));
         assert!(!has_background_copy(None));
     }
 
     #[test]
     fn refusals_name_the_policy_and_the_sector_size() {
-        assert_eq!(refusal(&kind("Premium_LRS", None, Some("AllowAll")), false), None);
-        assert_eq!(refusal(&kind("PremiumV2_LRS", Some(512), None), false), None);
+        assert_eq!(
+            refusal(&kind("Premium_LRS", None, Some("AllowAll")), false),
+            None
+        );
+        assert_eq!(
+            refusal(&kind("PremiumV2_LRS", Some(512), None), false),
+            None
+        );
         assert_eq!(refusal(&DiskStorage::default(), false), None);
         let deny = refusal(&kind("Premium_LRS", None, Some("DenyAll")), true).unwrap();
         assert!(deny.to_string().contains("DenyAll"), "{deny}");
         let private = refusal(&kind("Premium_LRS", None, Some("AllowPrivate")), false).unwrap();
         let text = private.to_string();
-        assert!(text.contains("AllowPrivate") && text.contains("diskAccesses/da"), "{text}");
+        assert!(
+            text.contains("AllowPrivate") && text.contains("diskAccesses/da"),
+            "{text}"
+        );
         assert!(text.contains("--private-network"), "{text}");
-        assert_eq!(refusal(&kind("Premium_LRS", None, Some("AllowPrivate")), true), None);
+        assert_eq!(
+            refusal(&kind("Premium_LRS", None, Some("AllowPrivate")), true),
+            None
+        );
         // 4096 given, or Azure's default for these types when the field is missing.
         for sectors in [Some(4096), None] {
             let r = refusal(&kind("UltraSSD_LRS", sectors, None), false).unwrap();
@@ -185,7 +204,10 @@ mod tests {
             refusal_after_denied_read(&allow_private, true),
             Some(Refusal::PrivateEndpointUnreachable { .. })
         ));
-        assert_eq!(refusal_after_denied_read(&kind("Premium_LRS", None, None), true), None);
+        assert_eq!(
+            refusal_after_denied_read(&kind("Premium_LRS", None, None), true),
+            None
+        );
         // A 4096 sector size on another type is not a VHDX snapshot.
         assert_eq!(refusal(&kind("Premium_LRS", Some(4096), None), false), None);
     }
@@ -195,7 +217,9 @@ mod tests {
         assert_eq!(note(&kind("Premium_LRS", None, Some("AllowAll"))), None);
         assert_eq!(
             note(&kind("PremiumV2_LRS", Some(512), None)).as_deref(),
-            Some("PremiumV2_LRS, 512-byte sectors: incremental snapshot, waits for its background copy")
+            Some(
+                "PremiumV2_LRS, 512-byte sectors: incremental snapshot, waits for its background copy"
+            )
         );
         assert_eq!(
             note(&kind("UltraSSD_LRS", None, None)).as_deref(),

@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use super::background_copy;
 use super::cleanup::{only_this_runs_snapshots, sweep};
-use super::disk_kind::MAX_BACKGROUND_COPIES;
 use super::disk::{DiskContext, DiskError, export_disk};
+use super::disk_kind::MAX_BACKGROUND_COPIES;
 use super::ledger::{DiskOutcome, Ledger, ResourceKind, ResourceState};
 use super::naming::{TAG_HASH_HEX, id_hash};
 use super::plan::{DiskKey, PlannedDisk, PlannedVm, Source};
@@ -447,7 +447,9 @@ async fn prepare_vm(
                         DiskResult {
                             status: DiskStatus::Interrupted,
                             report: None,
-                            error: Some("interrupted while waiting for a background copy slot".into()),
+                            error: Some(
+                                "interrupted while waiting for a background copy slot".into(),
+                            ),
                         },
                     ));
                 }

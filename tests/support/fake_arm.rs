@@ -1646,7 +1646,10 @@ fn snapshot_json(s: &ArmState, snap: &FakeSnapshot) -> Value {
                           "provisioningState": if snap.succeeded { "Succeeded" } else { "Creating" },
                           "diskState": if granted { "ActiveSAS" } else { "Unattached" }, "incremental": snap.incremental,
                           "completionPercent": snap.completion_percent.unwrap_or(100)}});
-    let props = v["properties"].as_object_mut().map(std::mem::take).unwrap_or_default();
+    let props = v["properties"]
+        .as_object_mut()
+        .map(std::mem::take)
+        .unwrap_or_default();
     let mut props = Value::Object(props);
     kind_properties(&mut props, &snap.kind);
     v["properties"] = props;
@@ -1656,11 +1659,8 @@ fn snapshot_json(s: &ArmState, snap: &FakeSnapshot) -> Value {
 /// A disk's or snapshot's kind as Azure shows it: the network policy always (AllowAll by
 /// default), the disk access when set, the sector size inside creationData when known.
 fn kind_properties(props: &mut Value, kind: &FakeDiskKind) {
-    props["networkAccessPolicy"] = json!(
-        kind.network_access_policy
-            .as_deref()
-            .unwrap_or("AllowAll")
-    );
+    props["networkAccessPolicy"] =
+        json!(kind.network_access_policy.as_deref().unwrap_or("AllowAll"));
     if let Some(id) = &kind.disk_access_id {
         props["diskAccessId"] = json!(id);
     }
@@ -1854,9 +1854,7 @@ fn snapshot_routes(
                     "The snapshot is still being created.",
                 ),
                 Some(snap) => {
-                    if let Some(refusal) =
-                        grant_refusal(req, &snap.kind, snap.completion_percent)
-                    {
+                    if let Some(refusal) = grant_refusal(req, &snap.kind, snap.completion_percent) {
                         if snap.completion_percent.is_some_and(|p| p < 100) {
                             s.early_grants += 1;
                         }
