@@ -276,3 +276,52 @@ fn sigint_while_a_background_copy_runs_stops_within_2_s_and_leaves_nothing() {
     assert_eq!(world.with_state(|s| s.count("grant_access")), 0);
     assert_eq!(world.leftovers(), Leftovers::default());
 }
+
+#[test]
+fn background_copies_queue_within_the_subscriptions_limit() {
+    let vm = FakeVm::linux("many-01", "rg-many")
+        .data_disk(0, 8)
+        .data_disk(1, 8)
+        .data_disk(2, 8)
+        .disk_kind(Some(0), FakeDiskKind::sku("PremiumV2_LRS", 512))
+        .disk_kind(Some(1), FakeDiskKind::sku("UltraSSD_LRS", 512))
+        .disk_kind(Some(2), FakeDiskKind::sku("PremiumV2_LRS", 512));
+    let world = FakeAzure::start(vec![vm]);
+    // A subscription where one copy may run at a time (other runs hold the rest).
+    world.with_state(|s| s.config.max_background_copies = 1);
+    let dir = tempfile::tempdir().unwrap();
+    let data = ["--disks", "data"];
+
+    // A limit Azure's: the run would start three copies at once; Azure refuses two.
+    let r = export(&world, &dir.path().join("unbounded"), &data);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("limit of 1 active background copies"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(world.leftovers(), Leftovers::default());
+
+    // The run's limit lowered to the subscription's share: the copies queue, all done.
+    let mut c = azure_cmd(&world, "export", &data);
+    c.args(["--output-dir", dir.path().join("queued").to_str().unwrap()])
+        .env("AZURE2KVM_MAX_BACKGROUND_COPIES", "1");
+    let r = run(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(world.leftovers(), Leftovers::default());
+
+    // A limit outside 1..=50 is a configuration error before any request.
+    world.arm.reset_counts();
+    for bad in ["0", "51", "x"] {
+        let mut c = azure_cmd(&world, "export", &["--dry-run"]);
+        c.env("AZURE2KVM_MAX_BACKGROUND_COPIES", bad);
+        let r = run(c);
+        assert_eq!(r.code, 2, "{bad}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("AZURE2KVM_MAX_BACKGROUND_COPIES"),
+            "{}",
+            r.stderr
+        );
+    }
+    assert_eq!(world.with_state(|s| s.arm_total()), 0);
+}

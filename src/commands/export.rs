@@ -73,6 +73,12 @@ fn read_plan(path: &Path) -> Result<Vec<VmInfo>, Error> {
 
 pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Result<(), Error> {
     let io_timeout = io_timeout()?;
+    let background_copies = crate::export::disk_kind::background_copy_limit(
+        std::env::var(crate::export::disk_kind::BACKGROUND_COPIES_ENV)
+            .ok()
+            .as_deref(),
+    )
+    .map_err(Error::usage)?;
     let output_dir = match (&args.output_dir, args.dry_run) {
         (Some(d), _) => Some(d.clone()),
         (None, true) => None,
@@ -226,6 +232,7 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
         format: args.format,
         sas_duration: args.sas_duration,
         private_network: args.private_network,
+        background_copies,
         md_service_version: args.azure.md_service_version,
         connections: args.concurrency,
         queue_depth: crate::transfer::engine::DEFAULT_QUEUE_DEPTH,

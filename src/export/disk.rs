@@ -49,6 +49,8 @@ pub struct DiskContext {
     pub sas_duration: u32,
     /// `--private-network`: AllowPrivate disks are reachable from this host.
     pub private_network: bool,
+    /// Background copies (Premium SSD v2 / Ultra snapshots) the run lets run at once.
+    pub background_copies: usize,
     /// `x-ms-version` for managed-disk export hosts (`--md-service-version`).
     pub md_service_version: crate::azure::blob::ServiceVersion,
     /// Connections: the run's whole budget (`--concurrency`) when given to `run::run`,

@@ -27,8 +27,26 @@ pub const VHDX_SECTOR_SIZE: u32 = 4096;
 
 /// Background copies a run lets run at once: Azure's limit of active background copies
 /// per subscription. A run covers one subscription; shards of one fleet run in parallel
-/// share the limit, so give each a smaller share of the disks (see the README).
+/// share the limit, so each can take a share of it with [`BACKGROUND_COPIES_ENV`].
 pub const MAX_BACKGROUND_COPIES: usize = 50;
+
+/// Environment variable that lowers [`MAX_BACKGROUND_COPIES`] for one run: shards of a
+/// fleet running at once share Azure's limit, so each can take a share of it.
+pub const BACKGROUND_COPIES_ENV: &str = "AZURE2KVM_MAX_BACKGROUND_COPIES";
+
+/// The run's limit of background copies: [`BACKGROUND_COPIES_ENV`] if set (1 to
+/// [`MAX_BACKGROUND_COPIES`]), else the maximum. The error names the variable and value.
+pub fn background_copy_limit(value: Option<&str>) -> Result<usize, String> {
+    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(MAX_BACKGROUND_COPIES);
+    };
+    match v.parse::<usize>() {
+        Ok(n) if (1..=MAX_BACKGROUND_COPIES).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{BACKGROUND_COPIES_ENV} is {v:?}: it must be a whole number from 1 to {MAX_BACKGROUND_COPIES} (Azure's limit per subscription)"
+        )),
+    }
+}
 
 /// True for the disk types whose snapshots are made by a background copy.
 pub fn has_background_copy(sku: Option<&str>) -> bool {
@@ -151,6 +169,17 @@ mod tests {
                 "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/diskAccesses/da"
                     .into()
             }),
+        }
+    }
+
+    #[test]
+    fn the_background_copy_limit_is_azures_or_lower() {
+        assert_eq!(background_copy_limit(None), Ok(MAX_BACKGROUND_COPIES));
+        assert_eq!(background_copy_limit(Some("")), Ok(MAX_BACKGROUND_COPIES));
+        assert_eq!(background_copy_limit(Some(" 8 ")), Ok(8));
+        for bad in ["0", "51", "-1", "many", "2.5"] {
+            let e = background_copy_limit(Some(bad)).unwrap_err();
+            assert!(e.contains(BACKGROUND_COPIES_ENV) && e.contains(bad), "{e}");
         }
     }
 

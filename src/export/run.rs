@@ -216,7 +216,7 @@ pub async fn run(
         tracing::error!("{}", result.error.as_deref().unwrap_or_default());
         record(&ctx.ledger, key, result);
     }
-    let copies = tokio::sync::Semaphore::new(MAX_BACKGROUND_COPIES);
+    let copies = tokio::sync::Semaphore::new(ctx.background_copies.clamp(1, MAX_BACKGROUND_COPIES));
 
     // Phase 1: prepare every VM (deallocate, snapshots) before any download starts.
     let prepared: Vec<Vec<(DiskKey, DiskResult)>> = futures::stream::iter(plan)

@@ -300,6 +300,8 @@ pub struct FakeConfig {
     pub skus_forbidden: bool,
     /// Percent a background copy advances per GET of its snapshot.
     pub copy_step: u32,
+    /// Background copies the subscription may have running (Azure: 50).
+    pub max_background_copies: usize,
 }
 
 impl Default for FakeConfig {
@@ -324,6 +326,7 @@ impl Default for FakeConfig {
             federated_token: FEDERATED_TOKEN.into(),
             skus_forbidden: false,
             copy_step: 34,
+            max_background_copies: 50,
         }
     }
 }
@@ -1927,11 +1930,12 @@ fn snapshot_refusal(
             "A disk can have at most 3 snapshots pending background copy.",
         ));
     }
-    if s.snapshots.values().filter(copying).count() >= 50 {
+    let limit = s.config.max_background_copies;
+    if s.snapshots.values().filter(copying).count() >= limit {
         return Some(arm_error(
             409,
             "OperationNotAllowed",
-            "The subscription has reached its limit of 50 active background copies.",
+            &format!("The subscription has reached its limit of {limit} active background copies."),
         ));
     }
     None
