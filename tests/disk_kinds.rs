@@ -76,7 +76,9 @@ fn premium_v2_snapshots_are_incremental_and_granted_only_after_their_background_
     assert_eq!(data["logical_sector_size"], 512);
     assert_eq!(data["network_access_policy"], "AllowAll");
     assert_eq!(data["status"], "done");
+    assert_eq!(data["snapshot"], "incremental");
     assert_eq!(m["disks"][0]["sku"], "Premium_LRS");
+    assert_eq!(m["disks"][0]["snapshot"], "full");
 
     // The default: incremental for every disk.
     world.with_state(|s| s.snapshot_kinds.clear());
@@ -169,6 +171,8 @@ fn refused_disks_exit_3_named_with_their_reason_and_nothing_is_created_for_them(
         .collect();
     assert_eq!(statuses, ["done", "refused", "refused", "refused"]);
     assert!(m["disks"][1]["error"].as_str().unwrap().contains("DenyAll"));
+    assert!(m["disks"][1]["snapshot"].is_null());
+    assert_eq!(m["disks"][0]["snapshot"], "incremental");
     assert!(out.join("net-01/domain.xml").exists(), "the OS disk boots");
 
     // A lone refused disk is still "partly done", not a failed run.

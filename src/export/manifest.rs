@@ -67,6 +67,7 @@ pub fn manifest(
                     dv["status"] =
                         json!(r.as_ref().map(|r| r.status.as_str()).unwrap_or("pending"));
                     dv["error"] = json!(r.and_then(|r| r.error));
+                    dv["snapshot"] = json!(snapshot_kind(p));
                 }
             }
             dv
@@ -74,6 +75,18 @@ pub fn manifest(
         .collect::<Vec<_>>();
     v["disks"] = json!(disks);
     v
+}
+
+/// The snapshot a disk was read from: `incremental`, `full`, or None when it was read
+/// directly or refused (nothing created for it).
+fn snapshot_kind(p: &PlannedDisk) -> Option<&'static str> {
+    match p.source {
+        _ if p.refused.is_some() => None,
+        super::plan::Source::Snapshot { incremental, .. } => {
+            Some(if incremental { "incremental" } else { "full" })
+        }
+        _ => None,
+    }
 }
 
 /// The domain of one VM from its exported disks, OS disk first then LUN order; None when
