@@ -406,110 +406,95 @@ async fn prepare_vm(
         );
     }
     let snapshots = vm.disks.iter().filter(|d| d.refused.is_none());
-    let created = futures::future::join_all(snapshots.map(|d| async move {
-        let Source::Snapshot {
-            snapshot,
-            disk_id,
-            incremental,
-            background_copy,
-        } = &d.source
-        else {
-            return None;
-        };
-        let fail = |message: String| {
-            Some((
-                d.key.clone(),
-                DiskResult {
-                    status: DiskStatus::Failed,
-                    report: None,
-                    error: Some(format!("VM {}, disk {}: {message}", vm.name, d.name)),
-                },
-            ))
-        };
-        if ctx.interrupt.is_set() {
-            return Some((
-                d.key.clone(),
-                DiskResult {
-                    status: DiskStatus::Interrupted,
-                    report: None,
-                    error: Some("interrupted before its snapshot".into()),
-                },
-            ));
-        }
-        // Held from the snapshot's creation until its background copy is done: Azure
-        // allows 50 active copies per subscription; more wait here (Ctrl-C ends the wait).
-        let _permit = if *background_copy {
-            match ctx.interrupt.unless_cancelled(copies.acquire()).await {
-                Some(Ok(p)) => Some(p),
-                _ => {
-                    return Some((
-                        d.key.clone(),
-                        DiskResult {
-                            status: DiskStatus::Interrupted,
-                            report: None,
-                            error: Some(
-                                "interrupted while waiting for a background copy slot".into(),
-                            ),
-                        },
-                    ));
-                }
-            }
-        } else {
-            None
-        };
-        if let Err(e) = ctx
-            .ledger
-            .creating(ResourceKind::Snapshot, snapshot, Some(disk_id))
-        {
-            return fail(e.to_string());
-        }
-        let reference = ResourceRef::from(snapshot);
-        let source = disk_id.to_string();
-        match ctx
-            .arm
-            .create_snapshot(
-                &reference,
-                &vm.vm.location,
-                &source,
-                *incremental,
-                &snapshot_tags(run_id, disk_id),
-            )
-            .await
-        {
-            Ok(_) => {
-                let _ = ctx.ledger.set_state(
-                    ResourceKind::Snapshot,
-                    snapshot,
-                    ResourceState::Exists,
-                    None,
-                );
-                tracing::info!(
-                    "{}: {} snapshot {reference} created",
-                    vm.name,
-                    if *incremental { "incremental" } else { "full" }
-                );
-                if !*background_copy {
-                    return None;
-                }
-                match background_copy::wait(ctx, snapshot, &vm.name, &d.name).await {
-                    Ok(()) => None,
-                    Err(e @ background_copy::CopyWaitError::Interrupted) => Some((
-                        d.key.clone(),
-                        DiskResult {
-                            status: DiskStatus::Interrupted,
-                            report: None,
-                            error: Some(format!("VM {}, disk {}: {e}", vm.name, d.name)),
-                        },
-                    )),
-                    Err(e) => fail(e.to_string()),
-                }
-            }
-            // Left as "creating": the sweep deletes it if it exists after all.
-            Err(e) => fail(format!("snapshot: {e}")),
-        }
-    }))
-    .await;
+    let created =
+        futures::future::join_all(snapshots.map(|d| snapshot_disk(ctx, vm, d, run_id, copies)))
+            .await;
     created.into_iter().flatten().collect()
+}
+
+fn outcome(key: &DiskKey, status: DiskStatus, error: String) -> Option<(DiskKey, DiskResult)> {
+    Some((
+        key.clone(),
+        DiskResult {
+            status,
+            report: None,
+            error: Some(error),
+        },
+    ))
+}
+
+/// Snapshots disk `d` of `vm` if its plan says so and, for a Premium SSD v2 or Ultra disk,
+/// waits until the snapshot's background copy is done. None when the disk is ready for
+/// its grant; otherwise its result.
+async fn snapshot_disk(
+    ctx: &DiskContext,
+    vm: &PlannedVm,
+    d: &PlannedDisk,
+    run_id: &str,
+    copies: &tokio::sync::Semaphore,
+) -> Option<(DiskKey, DiskResult)> {
+    let Source::Snapshot {
+        snapshot,
+        disk_id,
+        incremental,
+        background_copy,
+    } = &d.source
+    else {
+        return None;
+    };
+    let named = |m: &dyn std::fmt::Display| format!("VM {}, disk {}: {m}", vm.name, d.name);
+    if ctx.interrupt.is_set() {
+        let why = "interrupted before its snapshot".to_string();
+        return outcome(&d.key, DiskStatus::Interrupted, why);
+    }
+    // Held from the snapshot's creation until its background copy is done: Azure allows
+    // 50 active copies per subscription; more wait here (Ctrl-C ends the wait).
+    let _permit = if *background_copy {
+        match ctx.interrupt.unless_cancelled(copies.acquire()).await {
+            Some(Ok(p)) => Some(p),
+            _ => {
+                let why = named(&"interrupted while waiting for a background copy slot");
+                return outcome(&d.key, DiskStatus::Interrupted, why);
+            }
+        }
+    } else {
+        None
+    };
+    if let Err(e) = ctx
+        .ledger
+        .creating(ResourceKind::Snapshot, snapshot, Some(disk_id))
+    {
+        return outcome(&d.key, DiskStatus::Failed, named(&e));
+    }
+    let reference = ResourceRef::from(snapshot);
+    let tags = snapshot_tags(run_id, disk_id);
+    let source = disk_id.to_string();
+    let created = ctx
+        .arm
+        .create_snapshot(&reference, &vm.vm.location, &source, *incremental, &tags)
+        .await;
+    if let Err(e) = created {
+        // Left as "creating": the sweep deletes it if it exists after all.
+        return outcome(&d.key, DiskStatus::Failed, named(&format!("snapshot: {e}")));
+    }
+    let _ = ctx.ledger.set_state(
+        ResourceKind::Snapshot,
+        snapshot,
+        ResourceState::Exists,
+        None,
+    );
+    let kind = if *incremental { "incremental" } else { "full" };
+    tracing::info!("{}: {kind} snapshot {reference} created", vm.name);
+    if !*background_copy {
+        return None;
+    }
+    match background_copy::wait(ctx, snapshot, &vm.name, &d.name).await {
+        Ok(()) => None,
+        Err(e @ background_copy::CopyWaitError::Interrupted) => {
+            outcome(&d.key, DiskStatus::Interrupted, named(&e))
+        }
+        Err(e) => outcome(&d.key, DiskStatus::Failed, named(&e)),
+    }
 }
 
 #[cfg(test)]
