@@ -182,16 +182,8 @@ pub async fn export_disk(
         ))
     })?;
     let from_snapshot = matches!(target, AccessTarget::Snapshot(_));
-    let refused = |why| DiskError::Refused {
-        vm: vm.to_string(),
-        disk: disk.name.clone(),
-        why,
-    };
-    if let Some(why) = current_storage(ctx, &disk.source)
-        .await
-        .and_then(|k| disk_kind::refusal(&k, ctx.private_network))
-    {
-        return Err(refused(why));
+    if let Some(refused) = refused_now(ctx, vm, disk, false).await {
+        return Err(refused);
     }
     let mut last_kept: Option<PathBuf> = None;
     let mut early_refusals = 0;
@@ -225,14 +217,11 @@ pub async fn export_disk(
                 last_kept = kept;
                 // Granted, but the URL refuses this host: a policy set since the plan was
                 // made. The grant is revoked above; say why instead of asking again.
-                if let Some(why) = current_storage(ctx, &disk.source)
-                    .await
-                    .and_then(|k| disk_kind::refusal_after_denied_read(&k, ctx.private_network))
-                {
+                if let Some(refused) = refused_now(ctx, vm, disk, true).await {
                     if from_snapshot {
                         discard_partial(last_kept.as_deref());
                     }
-                    return Err(refused(why));
+                    return Err(refused);
                 }
                 // An expiry comes after about --sas-duration; a refusal well before that
                 // is something a new grant will not fix (storage firewall, network rules,
@@ -283,6 +272,27 @@ pub async fn export_disk(
     Err(fail(format!(
         "read access expired {MAX_GRANTS} times; raise --sas-duration"
     )))
+}
+
+/// The refusal of `disk` by its network policy as Azure has it now, before a grant or,
+/// `after_denied_read`, once a granted URL refused this host.
+async fn refused_now(
+    ctx: &DiskContext,
+    vm: &str,
+    disk: &PlannedDisk,
+    after_denied_read: bool,
+) -> Option<DiskError> {
+    let storage = current_storage(ctx, &disk.source).await?;
+    let why = if after_denied_read {
+        disk_kind::refusal_after_denied_read(&storage, ctx.private_network)
+    } else {
+        disk_kind::refusal(&storage, ctx.private_network)
+    }?;
+    Some(DiskError::Refused {
+        vm: vm.to_string(),
+        disk: disk.name.clone(),
+        why,
+    })
 }
 
 /// The kind of the managed disk behind `source` as Azure has it now: a plan may be older
