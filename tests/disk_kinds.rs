@@ -73,7 +73,8 @@ fn premium_v2_snapshots_are_incremental_and_granted_only_after_their_background_
     let m = json_file(&out.join("pv2-01/manifest.json"));
     let data = &m["disks"][1];
     assert_eq!(data["sku"], "PremiumV2_LRS", "{m}");
-    assert_eq!(data["logical_sector_size"], 512);
+    assert_eq!(data["sector_size"], 512);
+    assert_eq!(data["logical_sector_size"], 512, "from the image");
     assert_eq!(data["network_access_policy"], "AllowAll");
     assert_eq!(data["status"], "done");
     assert_eq!(data["snapshot"], "incremental");
@@ -117,7 +118,7 @@ fn dry_run_and_list_say_what_happens_to_each_kind() {
     let vms: Value = serde_json::from_str(&r.stdout).unwrap();
     let d = &vms[0]["disks"];
     assert_eq!(d[2]["sku"], "UltraSSD_LRS");
-    assert_eq!(d[2]["logical_sector_size"], 4096);
+    assert_eq!(d[2]["sector_size"], 4096);
     assert_eq!(d[3]["network_access_policy"], "AllowPrivate");
     assert_eq!(d[3]["disk_access_id"], DISK_ACCESS);
     let r = run(azure_cmd(&world, "list", &[]));

@@ -18,7 +18,19 @@
 use serde::Serialize;
 
 use crate::azure::inventory::DiskStorage;
-use crate::cli::SnapshotType;
+
+/// Which snapshots `export` takes of the disks it snapshots (`--snapshot-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotType {
+    /// Billed by the data written, not by the disk's size; the kind warm passes diff. The
+    /// only kind Premium SSD v2 and Ultra disks take.
+    #[default]
+    Incremental,
+    /// A full copy: outside the incremental limits (7 per disk per 5 minutes, SAS on at
+    /// most 5 snapshots of a disk at once), for disks whose snapshot family is busy.
+    Full,
+}
 
 pub const PREMIUM_V2: &str = "PremiumV2_LRS";
 pub const ULTRA: &str = "UltraSSD_LRS";
@@ -97,7 +109,7 @@ pub fn refusal(storage: &DiskStorage, private_network: bool) -> Option<Refusal> 
     }
     let sku = storage.sku.as_deref();
     // A Premium SSD v2 or Ultra disk without a sector size gets Azure's default: 4096.
-    let sectors = storage.logical_sector_size.unwrap_or(VHDX_SECTOR_SIZE);
+    let sectors = storage.sector_size.unwrap_or(VHDX_SECTOR_SIZE);
     if has_background_copy(sku) && sectors == VHDX_SECTOR_SIZE {
         return Some(Refusal::Vhdx {
             sku: sku.unwrap_or_default().to_string(),
@@ -130,7 +142,7 @@ pub fn refusal_after_denied_read(storage: &DiskStorage, private_network: bool) -
 pub fn note(storage: &DiskStorage) -> Option<String> {
     let mut parts = Vec::new();
     if has_background_copy(storage.sku.as_deref()) {
-        let sectors = storage.logical_sector_size.unwrap_or(VHDX_SECTOR_SIZE);
+        let sectors = storage.sector_size.unwrap_or(VHDX_SECTOR_SIZE);
         parts.push(format!(
             "{}, {sectors}-byte sectors",
             storage.sku.as_deref().unwrap_or_default()
@@ -163,7 +175,7 @@ mod tests {
     fn kind(sku: &str, sectors: Option<u32>, policy: Option<&str>) -> DiskStorage {
         DiskStorage {
             sku: Some(sku.into()),
-            logical_sector_size: sectors,
+            sector_size: sectors,
             network_access_policy: policy.map(str::to_string),
             disk_access_id: policy.filter(|p| *p == "AllowPrivate").map(|_| {
                 "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/diskAccesses/da"

@@ -6,6 +6,7 @@ pub mod cleanup;
 pub mod disk;
 pub mod disk_kind;
 pub mod domain;
+pub mod flow;
 pub mod ledger;
 pub mod manifest;
 pub mod naming;

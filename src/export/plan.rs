@@ -14,13 +14,35 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::disk_kind::{self, Refusal};
+use super::disk_kind::{self, Refusal, SnapshotType};
 use super::naming::{PathNameError, snapshot_name, validate_path_component};
 use crate::azure::arm::models::PowerState;
 use crate::azure::arm::{ResourceId, ResourceIdError, ResourceType};
 use crate::azure::inventory::{DiskInfo, DiskRole, VmInfo};
-use crate::cli::{Consistency, DiskSet, SnapshotType};
 use crate::image::sink::ImageFormat;
+
+/// Which disks of each VM an export takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskSet {
+    Os,
+    Data,
+    All,
+}
+
+/// How an export gets a consistent, readable copy of a VM's disks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Snapshot every selected disk of the VM before any download (crash-consistent
+    /// across the VM's disks); the VM keeps running.
+    Snapshot,
+    /// Deallocate the VM first (stops it; never restarted by this tool), then export
+    /// the disks directly.
+    Deallocate,
+    /// Export disks directly, no snapshot: only for VMs that are already deallocated.
+    None,
+}
 
 /// How one disk's bytes are read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -86,7 +108,7 @@ pub struct PlannedVm {
     pub resource_group: String,
     pub power_state: PowerState,
     /// The consistency mode actually used for this VM.
-    pub consistency: &'static str,
+    pub consistency: Consistency,
     /// Deallocate before exporting (`--consistency deallocate` on an allocated VM).
     pub deallocate: bool,
     pub disks: Vec<PlannedDisk>,
@@ -318,11 +340,7 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
         folder,
         resource_group: vm.resource_group.clone(),
         power_state: vm.power_state,
-        consistency: match consistency {
-            Consistency::Snapshot => "snapshot",
-            Consistency::Deallocate => "deallocate",
-            Consistency::None => "none",
-        },
+        consistency,
         deallocate,
         disks: planned,
     })
@@ -440,7 +458,7 @@ mod tests {
             &opts(None, DiskSet::All),
         )
         .unwrap();
-        assert_eq!(p[0].consistency, "snapshot");
+        assert_eq!(p[0].consistency, Consistency::Snapshot);
         let names: Vec<_> = p[0]
             .disks
             .iter()
@@ -573,7 +591,7 @@ mod tests {
         let mut v = vm("a", PowerState::Running);
         // d3: Premium SSD v2, 512-byte sectors; os: ordinary; d0: DenyAll.
         v.disks[0].storage.sku = Some("PremiumV2_LRS".into());
-        v.disks[0].storage.logical_sector_size = Some(512);
+        v.disks[0].storage.sector_size = Some(512);
         v.disks[2].storage.network_access_policy = Some("DenyAll".into());
         let full = PlanOptions {
             snapshot_type: SnapshotType::Full,

@@ -63,9 +63,11 @@ pub struct DiskStorage {
     /// `sku.name`: `PremiumV2_LRS`, `UltraSSD_LRS`, `Premium_LRS`, `StandardSSD_LRS`, ….
     #[serde(default)]
     pub sku: Option<String>,
-    /// `creationData.logicalSectorSize`: 512 or 4096 (Premium SSD v2 and Ultra only).
+    /// `creationData.logicalSectorSize` as the disk resource gives it: 512 or 4096
+    /// (Premium SSD v2 and Ultra only). Named apart from the manifest's
+    /// `logical_sector_size`, which is what the exported image reports.
     #[serde(default)]
-    pub logical_sector_size: Option<u32>,
+    pub sector_size: Option<u32>,
     /// `AllowAll`, `AllowPrivate` or `DenyAll`.
     #[serde(default)]
     pub network_access_policy: Option<String>,
@@ -80,7 +82,7 @@ impl DiskStorage {
         let props = disk.properties.as_ref();
         Self {
             sku: disk.sku_name().map(str::to_string),
-            logical_sector_size: props
+            sector_size: props
                 .and_then(|p| p.creation_data.as_ref())
                 .and_then(|c| c.logical_sector_size),
             network_access_policy: props.and_then(|p| p.network_access_policy.clone()),
