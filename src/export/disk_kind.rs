@@ -11,7 +11,8 @@
 //!   background copies active per subscription.
 //! - Their snapshots with 4096-byte logical sectors are stored as VHDX, and Grant Access
 //!   on them needs `fileFormat: VHDX` (400 BadRequest otherwise, azure-cli issue #28320).
-//!   This version reads VHD only: such disks are refused by name until VHDX lands.
+//!   The image core reads VHDX, but grants here do not ask for `fileFormat` yet: such
+//!   disks are refused by name until they do.
 //! - `networkAccessPolicy`: `AllowAll`; `AllowPrivate` (exported only through the private
 //!   endpoints of the DiskAccess `diskAccessId`); `DenyAll` (the disk cannot be exported).
 
@@ -90,7 +91,7 @@ pub enum Refusal {
     )]
     PrivateEndpointUnreachable { disk_access_id: Option<String> },
     #[error(
-        "{sku} disk with 4096-byte logical sectors: Azure exports it only as VHDX, which this version does not read yet"
+        "{sku} disk with 4096-byte logical sectors: Azure exports it only as VHDX, through a grant that asks for fileFormat VHDX, which this version does not ask for yet"
     )]
     Vhdx { sku: String },
 }
