@@ -5,7 +5,7 @@ mod support;
 use std::process::Command;
 
 use azure2kvm::export::domain::{
-    DomainDisk, DomainSpec, Firmware, GuestOs, domain_xml, libvirt_name,
+    Arch, DomainDisk, DomainSpec, Firmware, GuestOs, domain_xml, libvirt_name,
 };
 use azure2kvm::image::sink::ImageFormat;
 
@@ -68,6 +68,8 @@ fn domains_pass_virt_xml_validate() {
             memory_mib: 32768,
             firmware,
             secure_boot: false,
+            arch: Arch::X86_64,
+            tpm: false,
             os,
             disks: (0..disks)
                 .map(|i| DomainDisk {
@@ -79,6 +81,41 @@ fn domains_pass_virt_xml_validate() {
                 .collect(),
         };
         validate(&domain_xml(&spec), name);
+    }
+}
+
+/// Arm64 (aarch64 on `virt`) and Trusted Launch (secure boot, emulated TPM 2.0) domains,
+/// for Linux and Windows: the elements they add or leave out keep the schema satisfied.
+#[test]
+fn arm64_and_trusted_launch_domains_pass_virt_xml_validate() {
+    for (name, arch, secure_boot, tpm, os) in [
+        ("arm64-linux", Arch::Aarch64, false, false, GuestOs::Linux),
+        (
+            "arm64-windows-tpm",
+            Arch::Aarch64,
+            true,
+            true,
+            GuestOs::Windows,
+        ),
+        ("tl-linux", Arch::X86_64, true, true, GuestOs::Linux),
+        (
+            "tl-windows-no-tpm",
+            Arch::X86_64,
+            true,
+            false,
+            GuestOs::Windows,
+        ),
+    ] {
+        let spec = DomainSpec {
+            arch,
+            secure_boot,
+            tpm,
+            os,
+            ..odd_spec(name)
+        };
+        let xml = domain_xml(&spec);
+        assert_eq!(xml.contains("<tpm "), tpm, "{name}: {xml}");
+        validate(&xml, name);
     }
 }
 
@@ -111,6 +148,8 @@ fn odd_spec(odd: &str) -> DomainSpec {
         memory_mib: 512,
         firmware: Firmware::Uefi,
         secure_boot: false,
+        arch: Arch::X86_64,
+        tpm: false,
         os: GuestOs::Linux,
         disks: vec![DomainDisk {
             path: format!("/var/lib/azure2kvm/{odd}/os.qcow2").into(),
@@ -270,6 +309,30 @@ fn libvirt_defines_our_domains_with_the_firmware_asked_for() {
             None => assert!(!argv.contains("OVMF"), "{argv}"),
         }
     }
+    // Trusted Launch with a vTPM: libvirt takes the emulated TPM 2.0 (swtpm is needed only
+    // to start the domain) and keeps it as written.
+    let name = format!("azure2kvm-test-gen2-tl-tpm-{}", std::process::id());
+    let spec = DomainSpec {
+        name: name.clone(),
+        firmware: Firmware::Uefi,
+        secure_boot: true,
+        tpm: true,
+        ..odd_spec("x")
+    };
+    let file = dir.path().join("gen2-tl-tpm.xml");
+    std::fs::write(&file, domain_xml(&spec)).unwrap();
+    let _defined = support::libvirt::Defined::define(&file, &name)
+        .unwrap_or_else(|e| panic!("libvirt refuses a vTPM domain: {e}"));
+    let out = support::libvirt::virsh(&["dumpxml", &name]);
+    let xml = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && xml.contains("<tpm model='tpm-crb'>"),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("<backend type='emulator' version='2.0'"),
+        "{xml}"
+    );
     // Odd names: libvirt takes each as we write it and gives it back unchanged.
     for (i, odd) in ODD_NAMES.iter().enumerate() {
         let name = format!("{}-{i}-{}", libvirt_name(odd), std::process::id());

@@ -6,7 +6,10 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::azure::inventory::{self, DiscoveryProgress, Selection, SelectionInput, VmInfo};
+use crate::azure::arm::models::name_of;
+use crate::azure::inventory::{
+    self, Architecture, DiscoveryProgress, Selection, SelectionInput, VmInfo,
+};
 use crate::cli::{GlobalArgs, ListArgs, ListOutput, SelectionArgs};
 use crate::error::Error;
 use crate::interrupt::Interrupt;
@@ -85,6 +88,31 @@ fn or_dash<T: ToString>(v: Option<T>) -> String {
     v.map(|x| x.to_string()).unwrap_or_else(|| "-".into())
 }
 
+/// The KIND cell: architecture, then the security type with what it has on (`sb` secure
+/// boot, `vtpm`), then the Uniform scale set an instance belongs to.
+fn kind_cell(vm: &VmInfo) -> String {
+    let k = &vm.kind;
+    let mut parts = vec![match k.architecture {
+        Architecture::X64 => "x64".to_string(),
+        Architecture::Arm64 => "arm64".to_string(),
+    }];
+    if let Some(t) = &k.security_type {
+        let on: Vec<&str> = [(k.secure_boot, "sb"), (k.vtpm, "vtpm")]
+            .into_iter()
+            .filter_map(|(b, n)| b.then_some(n))
+            .collect();
+        parts.push(if on.is_empty() {
+            t.clone()
+        } else {
+            format!("{t}({})", on.join(","))
+        });
+    }
+    if let Some(ss) = &k.scale_set {
+        parts.push(format!("vmss:{}", name_of(ss)));
+    }
+    parts.join(" ")
+}
+
 /// One line under the table per disk whose kind changes how it is exported (Premium SSD
 /// v2 / Ultra, network-restricted): what `export` will do with it.
 pub fn disk_notes(vms: &[VmInfo]) -> Vec<String> {
@@ -123,6 +151,7 @@ pub fn render_table(vms: &[VmInfo]) -> String {
                 vm.power_state.to_string(),
                 or_dash(vm.os_type.clone()),
                 or_dash(generation),
+                kind_cell(vm),
                 format!("{} / {} GiB", vm.disks.len(), vm.total_disk_gb()),
             ]
         })
@@ -137,6 +166,7 @@ pub fn render_table(vms: &[VmInfo]) -> String {
             "POWER",
             "OS",
             "GEN",
+            "KIND",
             "DISKS",
         ],
         &rows,
@@ -173,6 +203,7 @@ mod tests {
                 vhd_uri: Some("https://a/b.vhd".into()),
                 storage: Default::default(),
             }],
+            kind: Default::default(),
         };
         assert!(disk_notes(std::slice::from_ref(&vm)).is_empty());
         let mut kinds = vm.clone();
@@ -199,8 +230,38 @@ mod tests {
                 "running",
                 "linux",
                 "2",
+                "x64",
                 "1 / 30 GiB"
             ]
         );
+    }
+
+    #[test]
+    fn kind_cell_names_architecture_security_and_scale_set() {
+        let mut vm = VmInfo {
+            id: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/web-ss/virtualMachines/3".into(),
+            name: "web-ss_3".into(),
+            resource_group: "rg".into(),
+            location: "westeurope".into(),
+            power_state: PowerState::Running,
+            vm_size: None,
+            vcpus: None,
+            memory_mib: None,
+            os_type: None,
+            hyperv_generation: None,
+            tags: Default::default(),
+            disks: vec![],
+            kind: Default::default(),
+        };
+        vm.kind.architecture = Architecture::Arm64;
+        assert_eq!(kind_cell(&vm), "arm64");
+        vm.kind.security_type = Some("TrustedLaunch".into());
+        assert_eq!(kind_cell(&vm), "arm64 TrustedLaunch");
+        vm.kind.secure_boot = true;
+        vm.kind.vtpm = true;
+        vm.kind.scale_set = Some(
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/web-ss".into(),
+        );
+        assert_eq!(kind_cell(&vm), "arm64 TrustedLaunch(sb,vtpm) vmss:web-ss");
     }
 }

@@ -13,6 +13,13 @@
 //! OVMF with Microsoft's keys enrolled, which stops an unsigned boot chain with "Security
 //! Violation".
 //!
+//! Arm64 VMs get an `aarch64` guest on QEMU's `virt` machine with UEFI (AAVMF, picked by
+//! libvirt's firmware auto-selection): Azure runs Arm64 only as generation 2, and `virt`
+//! has neither the x86 APIC nor Hyper-V enlightenments, so those are left out. Trusted
+//! Launch VMs get secure boot as Azure had it and, with `vTpmEnabled`, an emulated TPM 2.0
+//! (swtpm): `tpm-crb` on x86_64, `tpm-tis` on aarch64 (libvirt's model that QEMU's `virt`
+//! machine has). The TPM starts empty: Azure's guest state is not exported.
+//!
 //! The document is written with quick-xml, and every string from Azure or the file system
 //! goes through [`escape_xml`]: XML 1.0 cannot carry most control characters at all, not
 //! even as character references, so those become U+FFFD; tab, newline and carriage return
@@ -46,6 +53,24 @@ impl Firmware {
         match generation {
             Some(g) if g.eq_ignore_ascii_case("v2") => Self::Uefi,
             _ => Self::Bios,
+        }
+    }
+}
+
+/// The guest CPU architecture, as libvirt names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Arch {
+    #[default]
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    /// libvirt's `arch` and `machine` for the architecture.
+    pub fn type_attributes(self) -> (&'static str, &'static str) {
+        match self {
+            Self::X86_64 => ("x86_64", "q35"),
+            Self::Aarch64 => ("aarch64", "virt"),
         }
     }
 }
@@ -87,8 +112,22 @@ pub struct DomainSpec {
     /// with secure boot on and Microsoft's keys enrolled. Off, the firmware has secure boot
     /// off, which any boot chain passes.
     pub secure_boot: bool,
+    /// x86_64 (q35) or aarch64 (virt, always UEFI).
+    pub arch: Arch,
+    /// An emulated TPM 2.0 (the VM had a vTPM in Azure).
+    pub tpm: bool,
     pub os: GuestOs,
     pub disks: Vec<DomainDisk>,
+}
+
+impl DomainSpec {
+    /// The firmware the domain gets: an aarch64 guest boots only with UEFI.
+    pub fn effective_firmware(&self) -> Firmware {
+        match self.arch {
+            Arch::Aarch64 => Firmware::Uefi,
+            Arch::X86_64 => self.firmware,
+        }
+    }
 }
 
 /// Namespace of our metadata element (libvirt requires a URI; it is never fetched).
@@ -217,7 +256,7 @@ fn write_domain(w: &mut Xml, spec: &DomainSpec) -> io::Result<()> {
                 .with_attribute(("placement", "static"))
                 .write_text_content(BytesText::new(&spec.vcpus.to_string()))?;
             write_os(w, spec)?;
-            write_features(w, spec.os)?;
+            write_features(w, spec.os, spec.arch)?;
             w.create_element("cpu")
                 .with_attribute(("mode", "host-passthrough"))
                 .write_empty()?;
@@ -238,7 +277,7 @@ fn write_domain(w: &mut Xml, spec: &DomainSpec) -> io::Result<()> {
                 w.create_element(event)
                     .write_text_content(BytesText::new(action))?;
             }
-            write_devices(w, &spec.disks)
+            write_devices(w, spec)
         })
         .map(drop)
 }
@@ -246,16 +285,18 @@ fn write_domain(w: &mut Xml, spec: &DomainSpec) -> io::Result<()> {
 /// `<os>`: machine type and firmware. No `<boot dev=.../>`: the OS disk carries the boot
 /// order (libvirt refuses both together).
 fn write_os(w: &mut Xml, spec: &DomainSpec) -> io::Result<()> {
+    let uefi = spec.effective_firmware() == Firmware::Uefi;
     let mut os = w.create_element("os");
-    if spec.firmware == Firmware::Uefi {
+    if uefi {
         os = os.with_attribute(("firmware", "efi"));
     }
+    let (arch, machine) = spec.arch.type_attributes();
     os.write_inner_content(|w| {
         w.create_element("type")
-            .with_attribute(("arch", "x86_64"))
-            .with_attribute(("machine", "q35"))
+            .with_attribute(("arch", arch))
+            .with_attribute(("machine", machine))
             .write_text_content(BytesText::new("hvm"))?;
-        if spec.firmware == Firmware::Uefi {
+        if uefi {
             write_firmware_features(w, spec.secure_boot)?;
         }
         Ok(())
@@ -284,10 +325,14 @@ fn write_firmware_features(w: &mut Xml, secure_boot: bool) -> io::Result<()> {
         .map(drop)
 }
 
-fn write_features(w: &mut Xml, os: GuestOs) -> io::Result<()> {
+fn write_features(w: &mut Xml, os: GuestOs, arch: Arch) -> io::Result<()> {
     w.create_element("features")
         .write_inner_content(|w| {
             w.create_element("acpi").write_empty()?;
+            // The APIC and Hyper-V enlightenments are x86 things.
+            if arch == Arch::Aarch64 {
+                return Ok(());
+            }
             w.create_element("apic").write_empty()?;
             if os == GuestOs::Windows {
                 // Windows expects Hyper-V enlightenments for good performance on any hypervisor.
@@ -311,11 +356,14 @@ fn write_features(w: &mut Xml, os: GuestOs) -> io::Result<()> {
         .map(drop)
 }
 
-fn write_devices(w: &mut Xml, disks: &[DomainDisk]) -> io::Result<()> {
+fn write_devices(w: &mut Xml, spec: &DomainSpec) -> io::Result<()> {
     w.create_element("devices")
         .write_inner_content(|w| {
-            for (i, disk) in disks.iter().enumerate() {
+            for (i, disk) in spec.disks.iter().enumerate() {
                 write_disk(w, i, disk)?;
+            }
+            if spec.tpm {
+                write_tpm(w, spec.arch)?;
             }
             w.write_event(Event::Comment(BytesText::from_escaped(
                 " placeholder: attach to your own network or bridge ",
@@ -343,6 +391,24 @@ fn write_devices(w: &mut Xml, disks: &[DomainDisk]) -> io::Result<()> {
                     })?;
             }
             Ok(())
+        })
+        .map(drop)
+}
+
+/// An emulated TPM 2.0 (swtpm), in the model the machine type has.
+fn write_tpm(w: &mut Xml, arch: Arch) -> io::Result<()> {
+    let model = match arch {
+        Arch::X86_64 => "tpm-crb",
+        Arch::Aarch64 => "tpm-tis",
+    };
+    w.create_element("tpm")
+        .with_attribute(("model", model))
+        .write_inner_content(|w| {
+            w.create_element("backend")
+                .with_attribute(("type", "emulator"))
+                .with_attribute(("version", "2.0"))
+                .write_empty()
+                .map(drop)
         })
         .map(drop)
 }
@@ -401,6 +467,8 @@ mod tests {
             memory_mib: 8192,
             firmware,
             secure_boot: false,
+            arch: Arch::X86_64,
+            tpm: false,
             os,
             disks: (0..disks)
                 .map(|i| DomainDisk { path: format!("/srv/vms/web-01/d{i}.qcow2").into(), format: ImageFormat::Qcow2, logical_sector_size: DEFAULT_SECTOR_SIZE })
@@ -520,6 +588,47 @@ mod tests {
         );
         let bios = domain_xml(&spec(Firmware::Bios, GuestOs::Linux, 1));
         assert!(!bios.contains("<firmware>"), "{bios}");
+    }
+
+    #[test]
+    fn arm64_is_aarch64_virt_with_uefi_and_no_x86_features() {
+        let mut s = spec(Firmware::Bios, GuestOs::Windows, 1);
+        s.arch = Arch::Aarch64;
+        let xml = domain_xml(&s);
+        assert!(
+            xml.contains(r#"<type arch="aarch64" machine="virt">hvm</type>"#),
+            "{xml}"
+        );
+        // Even a VM whose generation was not reported boots UEFI (AAVMF) on aarch64.
+        assert!(xml.contains(r#"<os firmware="efi">"#), "{xml}");
+        assert!(
+            xml.contains(r#"<feature enabled="no" name="secure-boot"/>"#),
+            "{xml}"
+        );
+        for x86 in ["q35", "x86_64", "<apic", "<hyperv"] {
+            assert!(!xml.contains(x86), "{x86}: {xml}");
+        }
+        let x86 = domain_xml(&spec(Firmware::Bios, GuestOs::Linux, 1));
+        assert!(
+            x86.contains(r#"<type arch="x86_64" machine="q35">hvm</type>"#),
+            "{x86}"
+        );
+    }
+
+    #[test]
+    fn vtpm_adds_an_emulated_tpm_2_in_the_machine_s_model() {
+        let mut s = spec(Firmware::Uefi, GuestOs::Linux, 1);
+        assert!(!domain_xml(&s).contains("<tpm"));
+        s.tpm = true;
+        let xml = domain_xml(&s);
+        assert!(
+            xml.contains(r#"<tpm model="tpm-crb">"#)
+                && xml.contains(r#"<backend type="emulator" version="2.0"/>"#),
+            "{xml}"
+        );
+        s.arch = Arch::Aarch64;
+        let xml = domain_xml(&s);
+        assert!(xml.contains(r#"<tpm model="tpm-tis">"#), "{xml}");
     }
 
     #[test]

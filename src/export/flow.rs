@@ -29,7 +29,7 @@ use super::plan::{self, Consistency, DiskKey, DiskSet, PlanError, PlanOptions, P
 use super::run::{self, DiskResult};
 use super::shard::{self, Shard};
 use crate::azure::arm::client::ResourceRef;
-use crate::azure::arm::{ArmClient, ArmError, ResourceId, ResourceIdError};
+use crate::azure::arm::{ArmClient, ArmError, ResourceId, ResourceIdError, ResourceType};
 use crate::azure::blob::ServiceVersion;
 use crate::azure::inventory::{self, DiscoveryProgress, Selection, SelectionInput, VmInfo};
 use crate::azure::session::{AzureSession, SignInError};
@@ -290,13 +290,16 @@ async fn refresh_power_states(arm: &ArmClient, vms: &mut [VmInfo]) -> Result<(),
                 vm: vm.name.clone(),
                 source,
             })?;
-            let current = arm
-                .get_vm(&ResourceRef::from(&id), true)
-                .await
-                .map_err(|source| ExportError::Refresh {
-                    vm: vm.name.clone(),
-                    source: Box::new(source),
-                })?;
+            // A Uniform scale-set instance is read under its scale set.
+            let current = if id.is(&ResourceType::ScaleSetVm) {
+                arm.get_scale_set_vm(&id).await
+            } else {
+                arm.get_vm(&ResourceRef::from(&id), true).await
+            }
+            .map_err(|source| ExportError::Refresh {
+                vm: vm.name.clone(),
+                source: Box::new(source),
+            })?;
             Ok(current.power_state())
         })
         .buffered(inventory::CONCURRENCY)

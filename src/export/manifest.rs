@@ -9,13 +9,14 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::domain::{DEFAULT_SECTOR_SIZE, DomainDisk, DomainSpec, Firmware, GuestOs, domain_xml};
+use super::domain::{DEFAULT_SECTOR_SIZE, DomainDisk, DomainSpec, GuestOs, domain_xml};
+use super::guest::Guest;
 use super::ledger::DiskStatus;
 use super::ledger::write_atomic;
 use super::plan::{Consistency, PlannedDisk, PlannedVm};
 use super::run::{DiskResult, bytes_downloaded};
 use crate::azure::arm::models::PowerState;
-use crate::azure::inventory::{DiskInfo, DiskRole, VmInfo};
+use crate::azure::inventory::{DiskInfo, DiskRole, VmInfo, VmKind};
 use crate::image::sink::ImageFormat;
 
 /// vCPUs and memory when the VM size is unknown (not in the location's size list): a
@@ -54,6 +55,14 @@ pub struct Manifest {
     pub os_type: Option<String>,
     pub hyperv_generation: Option<String>,
     pub tags: BTreeMap<String, String>,
+    /// Architecture, Trusted Launch settings, Uniform scale set (as `list` prints them).
+    #[serde(flatten, default)]
+    pub kind: VmKind,
+    /// What the domain is: architecture, machine, firmware, secure boot, TPM.
+    pub guest: Guest,
+    /// What the user must know before booting it (guest state not exported, ...).
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// Every disk of the VM, selected or not.
     pub disks: Vec<ManifestDisk>,
 }
@@ -135,6 +144,7 @@ pub fn manifest(
         hyperv_generation,
         tags,
         disks,
+        kind,
     } = vm.vm.clone();
     Manifest {
         manifest_version: MANIFEST_VERSION,
@@ -151,6 +161,9 @@ pub fn manifest(
         os_type,
         hyperv_generation,
         tags,
+        kind,
+        guest: vm.guest.clone(),
+        warnings: vm.warnings.clone(),
         disks: disks
             .into_iter()
             .map(|d| manifest_disk(vm, d, format, result))
@@ -235,9 +248,11 @@ pub fn domain(
         vm_size: vm.vm.vm_size.clone().unwrap_or_default(),
         vcpus: vm.vm.vcpus.unwrap_or(DEFAULT_VCPUS),
         memory_mib: vm.vm.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
-        firmware: Firmware::from_hyperv_generation(vm.vm.hyperv_generation.as_deref()),
-        // Trusted Launch (secure boot on in Azure) is not read from the VM yet.
-        secure_boot: false,
+        // From the plan's guest, so the domain is what --dry-run and the manifest said.
+        firmware: vm.guest.domain_firmware(),
+        secure_boot: vm.guest.secure_boot,
+        arch: vm.guest.domain_arch(),
+        tpm: vm.guest.tpm,
         os: match os_type.as_str() {
             "linux" => GuestOs::Linux,
             "windows" => GuestOs::Windows,
@@ -320,6 +335,7 @@ mod tests {
                 disk("os", DiskRole::Os, None),
                 disk("d0", DiskRole::Data, Some(0)),
             ],
+            kind: Default::default(),
         }
     }
 
@@ -354,6 +370,16 @@ mod tests {
         assert_eq!(v["consistency"], "none");
         assert_eq!(v["power_state"], "deallocated");
         assert_eq!(v["tags"]["env"], "prod");
+        // The VM's kind, flat as `list` prints it, and the guest the domain is.
+        assert_eq!(v["architecture"], "x64");
+        assert_eq!(v["secure_boot"], false);
+        assert!(v["scale_set"].is_null());
+        assert_eq!(
+            v["guest"],
+            serde_json::json!({"arch": "x86_64", "machine": "q35", "firmware": "uefi",
+                               "secure_boot": false, "tpm": false})
+        );
+        assert_eq!(v["warnings"], serde_json::json!([]));
         assert_eq!(
             v["disks"][0],
             serde_json::json!({

@@ -7,6 +7,7 @@ pub mod disk;
 pub mod disk_kind;
 pub mod domain;
 pub mod flow;
+pub mod guest;
 pub mod ledger;
 pub mod manifest;
 pub mod naming;

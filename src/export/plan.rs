@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::disk_kind::{self, Refusal, SnapshotType};
+use super::guest::{Guest, guest_of, warnings};
 use super::naming::{PathNameError, snapshot_name, validate_path_component};
 use crate::azure::arm::models::PowerState;
 use crate::azure::arm::{ResourceId, ResourceIdError, ResourceType};
@@ -112,6 +113,10 @@ pub struct PlannedVm {
     /// Deallocate before exporting (`--consistency deallocate` on an allocated VM).
     pub deallocate: bool,
     pub disks: Vec<PlannedDisk>,
+    /// What the libvirt domain will be (architecture, firmware, secure boot, TPM).
+    pub guest: Guest,
+    /// What the user must know before booting it (see [`super::guest`]).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -154,6 +159,10 @@ pub enum PlanError {
         field: String,
         source: ResourceIdError,
     },
+    #[error(
+        "VM {vm} is an instance of the Uniform scale set {scale_set}: --consistency deallocate is refused for it (the scale set's autoscale and automatic repairs act on its instances); use --consistency snapshot"
+    )]
+    ScaleSetDeallocate { vm: String, scale_set: String },
     #[error("VM {vm}: {field}: {detail}")]
     WrongType {
         vm: String,
@@ -177,7 +186,7 @@ fn path_component(vm: &str, field: &str, name: &str) -> Result<(), PlanError> {
 pub fn check_vm_record(vm: &VmInfo) -> Result<(), PlanError> {
     path_component(&vm.name, "name", &vm.name)?;
     path_component(&vm.name, "resource_group", &vm.resource_group)?;
-    typed_id(&vm.name, "id", &vm.id, ResourceType::VirtualMachine)?;
+    vm_id(vm)?;
     for (i, d) in vm.disks.iter().enumerate() {
         if let Some(id) = &d.id {
             typed_id(&vm.name, &format!("disks[{i}].id"), id, ResourceType::Disk)?;
@@ -206,6 +215,29 @@ fn typed_id(
         });
     }
     Ok(parsed)
+}
+
+/// A VM's id: a VM, or an instance of a Uniform scale set (exported the same way, from
+/// its managed disks).
+fn vm_id(vm: &VmInfo) -> Result<ResourceId, PlanError> {
+    let parsed: ResourceId = vm.id.parse().map_err(|source| PlanError::BadId {
+        vm: vm.name.clone(),
+        field: "id".into(),
+        source,
+    })?;
+    if parsed.is(&ResourceType::VirtualMachine) || parsed.is(&ResourceType::ScaleSetVm) {
+        return Ok(parsed);
+    }
+    Err(PlanError::WrongType {
+        vm: vm.name.clone(),
+        field: "id".into(),
+        detail: format!(
+            "{} is a {}, not a {} (nor a scale-set instance)",
+            vm.id,
+            parsed.resource_type(),
+            ResourceType::VirtualMachine
+        ),
+    })
 }
 
 fn wanted(set: DiskSet, role: DiskRole) -> bool {
@@ -301,7 +333,13 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
     });
     let deallocate = consistency == Consistency::Deallocate && !deallocated;
     check_vm_record(vm)?;
-    let id = typed_id(&vm.name, "id", &vm.id, ResourceType::VirtualMachine)?;
+    let id = vm_id(vm)?;
+    if let (true, Some(scale_set)) = (deallocate, &vm.kind.scale_set) {
+        return Err(PlanError::ScaleSetDeallocate {
+            vm: vm.name.clone(),
+            scale_set: scale_set.clone(),
+        });
+    }
     let mut disks: Vec<&DiskInfo> = vm
         .disks
         .iter()
@@ -343,6 +381,8 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
         consistency,
         deallocate,
         disks: planned,
+        guest: guest_of(vm),
+        warnings: warnings(vm),
     })
 }
 
@@ -424,6 +464,7 @@ mod tests {
                 disk("os", DiskRole::Os, None),
                 disk("d0", DiskRole::Data, Some(0)),
             ],
+            kind: Default::default(),
         }
     }
 
@@ -446,6 +487,54 @@ mod tests {
             snapshot_type: SnapshotType::Incremental,
             private_network: false,
         }
+    }
+
+    /// `vm(name, state)` as instance 4 of the Uniform scale set `ss`.
+    fn instance(name: &str, state: PowerState) -> VmInfo {
+        let mut v = vm(name, state);
+        let ss = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/ss";
+        v.id = format!("{ss}/virtualMachines/4");
+        v.kind.scale_set = Some(ss.into());
+        v
+    }
+
+    #[test]
+    fn scale_set_instances_are_planned_from_snapshots_and_never_deallocated() {
+        let inst = instance("ss_4", PowerState::Running);
+        let p = plan(std::slice::from_ref(&inst), &opts(None, DiskSet::All)).unwrap();
+        assert_eq!(p[0].id.parent(), Some("ss"));
+        assert!(matches!(p[0].disks[0].source, Source::Snapshot { .. }));
+        assert!(
+            p[0].warnings
+                .iter()
+                .any(|w| w.contains("Uniform scale set"))
+        );
+        let e = plan(&[inst], &opts(Some(Consistency::Deallocate), DiskSet::All))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ss_4")
+                && e.contains("virtualMachineScaleSets/ss")
+                && e.contains("deallocate"),
+            "{e}"
+        );
+        // Deallocated already: nothing to deallocate, so its disks are read directly.
+        let p = plan(
+            &[instance("ss_4", PowerState::Deallocated)],
+            &opts(Some(Consistency::Deallocate), DiskSet::All),
+        )
+        .unwrap();
+        assert!(matches!(p[0].disks[0].source, Source::Disk { .. }));
+        // A disk id in the VM's place is still refused.
+        let mut wrong = vm("x", PowerState::Running);
+        wrong.id = wrong.disks[0].id.clone().unwrap();
+        let e = plan(&[wrong], &opts(None, DiskSet::All))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not a Microsoft.Compute/virtualMachines (nor a scale-set instance)"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -6,7 +6,12 @@
 //! containing `+ / =`, status-only pages whose ids differ in case, long-running operations
 //! that stay InProgress for a few polls (Azure-AsyncOperation and/or Location, with
 //! Retry-After), ARM error bodies with `x-ms-request-id`, 429 with Retry-After on demand,
-//! per-request latency, and a request count per route. State (VMs, disks, VM sizes listed as
+//! per-request latency, and a request count per route. VM kinds as Azure reports them: Arm64
+//! (the OS disk's `supportedCapabilities.architecture`, the size's `CpuArchitectureType`),
+//! Trusted Launch (`securityProfile`), and instances of Uniform scale sets, which are not in
+//! the VM lists or under `virtualMachines/{name}` but only under
+//! `virtualMachineScaleSets/{vmss}/virtualMachines[/{instanceId}]`, sized by `sku.name`.
+//! State (VMs, disks, VM sizes listed as
 //! Resource SKUs, snapshots,
 //! grants) is in memory, seeded by the test, so export tests can assert that no snapshot and
 //! no granted access is left. `serve` runs it on given listeners, so a script can start it
@@ -108,6 +113,12 @@ pub struct FakeVm {
     pub power_state: Option<String>,
     pub tags: BTreeMap<String, String>,
     pub disks: Vec<FakeVmDisk>,
+    /// `x64` or `Arm64`, as the OS disk's `supportedCapabilities.architecture` says.
+    pub architecture: String,
+    /// `securityProfile`: (securityType, secureBootEnabled, vTpmEnabled).
+    pub security: Option<(String, bool, bool)>,
+    /// (scale set, instance id) of an instance of a Uniform scale set.
+    pub scale_set: Option<(String, String)>,
 }
 
 impl FakeVm {
@@ -129,7 +140,37 @@ impl FakeVm {
                 vhd_uri: None,
                 kind: FakeDiskKind::default(),
             }],
+            architecture: "x64".into(),
+            security: None,
+            scale_set: None,
         }
+    }
+
+    /// An Arm64 VM: generation 2 (the only one Azure runs Arm64 as), an Arm64 size.
+    pub fn arm64(mut self) -> Self {
+        self.architecture = "Arm64".into();
+        self.hyperv_generation = "V2".into();
+        self.vm_size = "Standard_D4ps_v5".into();
+        self
+    }
+
+    /// Trusted Launch (generation 2 only) with secure boot and vTPM as given.
+    pub fn trusted_launch(mut self, secure_boot: bool, vtpm: bool) -> Self {
+        self.hyperv_generation = "V2".into();
+        self.security = Some(("TrustedLaunch".into(), secure_boot, vtpm));
+        self
+    }
+
+    /// Makes this instance `instance` of the Uniform scale set `scale_set`, named as Azure
+    /// names those (`{scale set}_{instance}`), its disks named after it.
+    pub fn in_uniform_scale_set(mut self, scale_set: &str, instance: &str) -> Self {
+        let name = format!("{scale_set}_{instance}");
+        for d in &mut self.disks {
+            d.name = d.name.replacen(&self.name, &name, 1);
+        }
+        self.name = name;
+        self.scale_set = Some((scale_set.into(), instance.into()));
+        self
     }
 
     pub fn windows_gen2(name: &str, resource_group: &str) -> Self {
@@ -192,11 +233,26 @@ impl FakeVm {
     }
 
     pub fn id(&self, sub: &str) -> String {
-        format!(
-            "/subscriptions/{sub}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachines/{}",
-            self.resource_group, self.name
-        )
+        match &self.scale_set {
+            Some((ss, instance)) => format!(
+                "/subscriptions/{sub}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachineScaleSets/{ss}/virtualMachines/{instance}",
+                self.resource_group
+            ),
+            None => format!(
+                "/subscriptions/{sub}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachines/{}",
+                self.resource_group, self.name
+            ),
+        }
     }
+}
+
+/// A scale set; Uniform ones hold the VMs whose `scale_set` names them.
+#[derive(Debug, Clone)]
+pub struct FakeScaleSet {
+    pub name: String,
+    pub resource_group: String,
+    pub location: String,
+    pub uniform: bool,
 }
 
 /// A VM size, listed as a Resource SKU of its location.
@@ -210,6 +266,8 @@ pub struct FakeSize {
     pub memory_mib: u64,
     /// Not offered to new VMs of this subscription there (a Location restriction).
     pub restricted: bool,
+    /// `CpuArchitectureType`: `x64` or `Arm64`.
+    pub architecture: &'static str,
 }
 
 impl FakeSize {
@@ -220,6 +278,7 @@ impl FakeSize {
             vcpus_available: None,
             memory_mib,
             restricted: false,
+            architecture: "x64",
         }
     }
 }
@@ -234,6 +293,8 @@ pub struct FakeDisk {
     pub hyperv_generation: Option<String>,
     /// Lower-case id of the VM it is attached to.
     pub managed_by: Option<String>,
+    /// OS disks: `supportedCapabilities.architecture`.
+    pub architecture: Option<String>,
     pub kind: FakeDiskKind,
 }
 
@@ -298,6 +359,9 @@ pub struct FakeConfig {
     /// Resource SKUs answer 403, as for an identity whose role lacks
     /// `Microsoft.Compute/skus/read`.
     pub skus_forbidden: bool,
+    /// Scale-set lists answer 403, as for a custom role without
+    /// `Microsoft.Compute/virtualMachineScaleSets/read`.
+    pub scale_sets_forbidden: bool,
     /// Percent a background copy advances per GET of its snapshot.
     pub copy_step: u32,
     /// Background copies the subscription may have running (Azure: 50).
@@ -325,6 +389,7 @@ impl Default for FakeConfig {
             client_secret: CLIENT_SECRET.into(),
             federated_token: FEDERATED_TOKEN.into(),
             skus_forbidden: false,
+            scale_sets_forbidden: false,
             copy_step: 34,
             max_background_copies: 50,
         }
@@ -375,6 +440,7 @@ pub struct ArmState {
     pub subscription: String,
     pub config: FakeConfig,
     pub vms: Vec<FakeVm>,
+    pub scale_sets: Vec<FakeScaleSet>,
     pub disks: Vec<FakeDisk>,
     /// VM sizes per lower-case location.
     pub sizes: BTreeMap<String, Vec<FakeSize>>,
@@ -434,6 +500,11 @@ impl ArmState {
                 restricted: true,
                 ..FakeSize::new("Standard_E4s_v5", 4, 32768)
             },
+            // Ampere Altra: Arm64 VMs.
+            FakeSize {
+                architecture: "Arm64",
+                ..FakeSize::new("Standard_D4ps_v5", 4, 16384)
+            },
         ];
         for loc in ["westeurope", "northeurope", "eastus"] {
             sizes.insert(loc.to_string(), table.clone());
@@ -443,6 +514,7 @@ impl ArmState {
             subscription: SUBSCRIPTION.into(),
             config: FakeConfig::default(),
             vms: Vec::new(),
+            scale_sets: Vec::new(),
             disks: Vec::new(),
             sizes,
             snapshots: BTreeMap::new(),
@@ -474,7 +546,21 @@ impl ArmState {
                 os_type: os.then(|| vm.os_type.clone()),
                 hyperv_generation: os.then(|| vm.hyperv_generation.clone()),
                 managed_by: Some(vm_id.clone()),
+                architecture: os.then(|| vm.architecture.clone()),
                 kind: d.kind.clone(),
+            });
+        }
+        if let Some((ss, _)) = &vm.scale_set
+            && !self.scale_sets.iter().any(|s| {
+                s.name.eq_ignore_ascii_case(ss)
+                    && s.resource_group.eq_ignore_ascii_case(&vm.resource_group)
+            })
+        {
+            self.scale_sets.push(FakeScaleSet {
+                name: ss.clone(),
+                resource_group: vm.resource_group.clone(),
+                location: vm.location.clone(),
+                uniform: true,
             });
         }
         self.vms.push(vm);
@@ -1032,6 +1118,12 @@ fn route(s: &mut ArmState, req: &HttpRequest, base: &str) -> HttpResponse {
             }
             list_vms(s, req, base, None)
         }
+        ("GET", ["providers", "microsoft.compute", "virtualmachinescalesets"]) => {
+            if let Some(e) = need(VM_API) {
+                return e;
+            }
+            list_scale_sets(s, req, base, None)
+        }
         ("GET", ["providers", "microsoft.compute", "skus"]) => {
             if let Some(e) = need(SKU_API) {
                 return e;
@@ -1063,6 +1155,12 @@ fn route(s: &mut ArmState, req: &HttpRequest, base: &str) -> HttpResponse {
                         return e;
                     }
                     vm_routes(s, req, base, &rg, rest, &rest_orig)
+                }
+                "virtualmachinescalesets" => {
+                    if let Some(e) = need(VM_API) {
+                        return e;
+                    }
+                    scale_set_routes(s, req, base, &rg, rest, &rest_orig)
                 }
                 "disks" | "snapshots" => {
                     if let Some(e) = need(DISK_API) {
@@ -1167,6 +1265,18 @@ fn vm_json(s: &ArmState, vm: &FakeVm, instance_view: bool) -> Value {
             "aFieldFromTheFuture": {"x": [1, 2]}
         }
     });
+    if let Some((t, sb, tpm)) = &vm.security {
+        v["properties"]["securityProfile"] = json!({"securityType": t,
+            "uefiSettings": {"secureBootEnabled": sb, "vTpmEnabled": tpm}});
+    }
+    if let Some((_, instance)) = &vm.scale_set {
+        // A Uniform instance: sized by its sku, an empty hardware profile, an instance id.
+        v["type"] = json!("Microsoft.Compute/virtualMachineScaleSets/virtualMachines");
+        v["instanceId"] = json!(instance);
+        v["sku"] = json!({"name": vm.vm_size, "tier": "Standard"});
+        v["properties"]["hardwareProfile"] = json!({});
+        v["properties"]["latestModelApplied"] = json!(true);
+    }
     if instance_view {
         v["properties"]["instanceView"] = instance_view_json(vm, true);
     }
@@ -1199,7 +1309,10 @@ fn list_vms(s: &mut ArmState, req: &HttpRequest, base: &str, rg: Option<&str>) -
             "list_vms"
         },
     );
-    let in_scope = |vm: &&FakeVm| rg.is_none_or(|r| vm.resource_group.eq_ignore_ascii_case(r));
+    // Instances of Uniform scale sets are not in the VM lists.
+    let in_scope = |vm: &&FakeVm| {
+        vm.scale_set.is_none() && rg.is_none_or(|r| vm.resource_group.eq_ignore_ascii_case(r))
+    };
     let items: Vec<Value> = if status_only {
         // Reverse order and upper-case resource groups: merging must go by id, not position.
         s.vms
@@ -1344,7 +1457,7 @@ fn vm_sku(loc: &str, size: &FakeSize) -> Value {
         ("HyperVGenerations", "V1,V2".into()),
         ("MemoryGB", format!("{gib}")),
         ("MaxDataDiskCount", "8".into()),
-        ("CpuArchitectureType", "x64".into()),
+        ("CpuArchitectureType", size.architecture.into()),
         ("LowPriorityCapable", "True".into()),
         ("PremiumIO", "True".into()),
     ];
@@ -1366,10 +1479,100 @@ fn vm_sku(loc: &str, size: &FakeSize) -> Value {
            "capabilities": capabilities(&caps), "restrictions": restrictions})
 }
 
+/// A VM (not a scale-set instance: those are not under `virtualMachines/{name}`).
 fn find_vm(s: &ArmState, rg: &str, name: &str) -> Option<usize> {
     s.vms.iter().position(|v| {
-        v.resource_group.eq_ignore_ascii_case(rg) && v.name.eq_ignore_ascii_case(name)
+        v.scale_set.is_none()
+            && v.resource_group.eq_ignore_ascii_case(rg)
+            && v.name.eq_ignore_ascii_case(name)
     })
+}
+
+fn scale_set_json(s: &ArmState, ss: &FakeScaleSet) -> Value {
+    json!({"name": ss.name, "type": "Microsoft.Compute/virtualMachineScaleSets",
+           "id": format!("/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachineScaleSets/{}",
+                         s.subscription, ss.resource_group, ss.name),
+           "location": ss.location, "sku": {"name": "Standard_D2s_v5", "tier": "Standard", "capacity": 2},
+           "properties": {"orchestrationMode": if ss.uniform { "Uniform" } else { "Flexible" },
+                          "upgradePolicy": {"mode": "Manual"}, "provisioningState": "Succeeded"}})
+}
+
+/// `Virtual Machine Scale Sets - List All` (subscription) or `- List` (resource group).
+fn list_scale_sets(
+    s: &mut ArmState,
+    req: &HttpRequest,
+    base: &str,
+    rg: Option<&str>,
+) -> HttpResponse {
+    bump(s, "list_scale_sets");
+    if s.config.scale_sets_forbidden {
+        return arm_error(
+            403,
+            "AuthorizationFailed",
+            "The client does not have authorization to perform action 'Microsoft.Compute/virtualMachineScaleSets/read'.",
+        );
+    }
+    let items: Vec<Value> = s
+        .scale_sets
+        .iter()
+        .filter(|ss| rg.is_none_or(|r| ss.resource_group.eq_ignore_ascii_case(r)))
+        .map(|ss| scale_set_json(s, ss))
+        .collect();
+    page(req, base, items, s.config.page_size)
+}
+
+/// Instances of a Uniform scale set: the list (`$expand=instanceView` allowed, unlike on
+/// the VM lists) and one instance. A Flexible scale set's members are ordinary VMs: its
+/// instance list is empty here.
+fn scale_set_routes(
+    s: &mut ArmState,
+    req: &HttpRequest,
+    base: &str,
+    rg: &str,
+    rest: &[&str],
+    orig: &[String],
+) -> HttpResponse {
+    let iv = req
+        .param("$expand")
+        .is_some_and(|e| e.eq_ignore_ascii_case("instanceView"));
+    let member = |v: &FakeVm, ss: &str| {
+        v.resource_group.eq_ignore_ascii_case(rg)
+            && v.scale_set
+                .as_ref()
+                .is_some_and(|(n, _)| n.eq_ignore_ascii_case(ss))
+    };
+    let exists = |s: &ArmState, ss: &str| {
+        s.scale_sets
+            .iter()
+            .any(|x| x.resource_group.eq_ignore_ascii_case(rg) && x.name.eq_ignore_ascii_case(ss))
+    };
+    match (req.method.as_str(), rest) {
+        ("GET", []) => list_scale_sets(s, req, base, Some(rg)),
+        ("GET", [_, "virtualmachines"]) => {
+            bump(s, "list_scale_set_vms");
+            if !exists(s, &orig[0]) {
+                return not_found("virtualMachineScaleSets", rg, &orig[0]);
+            }
+            let items: Vec<Value> = s
+                .vms
+                .iter()
+                .filter(|v| member(v, &orig[0]))
+                .map(|v| vm_json(s, v, iv))
+                .collect();
+            page(req, base, items, s.config.page_size)
+        }
+        ("GET", [_, "virtualmachines", _]) => {
+            bump(s, "get_scale_set_vm");
+            let found = s.vms.iter().find(|v| {
+                member(v, &orig[0]) && v.scale_set.as_ref().is_some_and(|(_, i)| *i == orig[2])
+            });
+            match found {
+                Some(v) => HttpResponse::json(200, vm_json(s, v, iv)),
+                None => not_found("virtualMachineScaleSets/virtualMachines", rg, &orig[2]),
+            }
+        }
+        _ => arm_error(405, "MethodNotAllowed", "not supported by the fake"),
+    }
 }
 
 fn not_found(kind: &str, rg: &str, name: &str) -> HttpResponse {
@@ -1454,6 +1657,9 @@ fn disk_json(s: &ArmState, d: &FakeDisk) -> Value {
     }
     if let Some(g) = &d.hyperv_generation {
         props["hyperVGeneration"] = json!(g);
+    }
+    if let Some(a) = &d.architecture {
+        props["supportedCapabilities"] = json!({"architecture": a, "acceleratedNetwork": true});
     }
     kind_properties(&mut props, &d.kind);
     let mut v = json!({"name": d.name, "id": s.disk_id(&d.resource_group, &d.name), "type": "Microsoft.Compute/disks",

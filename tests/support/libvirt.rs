@@ -31,6 +31,10 @@ const PACKAGES: &[&str] = &[
     "libvirt-clients",
     "libxml2-utils",
     "tini",
+    // libvirt refuses to define a domain with an emulated TPM 2.0 unless swtpm is there
+    // ("TPM version '2.0' is not supported"): Trusted Launch domains need them.
+    "swtpm",
+    "swtpm-tools",
 ];
 
 static ONE_DAEMON: Mutex<()> = Mutex::new(());
@@ -92,7 +96,7 @@ pub fn major_version(cmd: &str) -> u32 {
         .unwrap_or_else(|| panic!("no version in `{cmd} --version`: {text}"))
 }
 
-/// Installs QEMU, OVMF, libvirt and tini when missing.
+/// Installs QEMU, OVMF, libvirt, swtpm and tini when missing.
 pub fn ensure_installed() {
     ensure_debian_tool("apt-get", "apt");
     let _one_apt = super::tools::INSTALL

@@ -25,7 +25,7 @@ use serde_json::json;
 use super::error::{ArmError, parse_service_error};
 use super::id::{ResourceId, ResourceType};
 use super::lro::{self, FinalState, LroResponse, LroSettings};
-use super::models::{AccessUri, Disk, Page, ResourceSku, Snapshot, VirtualMachine};
+use super::models::{AccessUri, Disk, Page, ResourceSku, ScaleSet, Snapshot, VirtualMachine};
 use super::pager;
 use crate::azure::sas::SasUrl;
 
@@ -492,6 +492,70 @@ impl ArmClient {
         };
         let url = self.rg_url(vm, "virtualMachines", &[], VM_API_VERSION, query);
         self.get_json("get VM", &vm.to_string(), url).await
+    }
+
+    // ---- scale sets (Uniform orchestration: instances are not in the VM lists) ----
+
+    /// Lists scale sets in a subscription or one resource group (both orchestration modes).
+    pub async fn list_scale_sets(
+        &self,
+        subscription: &str,
+        resource_group: Option<&str>,
+    ) -> Result<Vec<ScaleSet>, ArmError> {
+        let mut segs = vec!["subscriptions", subscription];
+        if let Some(rg) = resource_group {
+            segs.extend(["resourceGroups", rg]);
+        }
+        segs.extend(["providers", "Microsoft.Compute", "virtualMachineScaleSets"]);
+        let resource = match resource_group {
+            Some(rg) => format!("resource group {rg}"),
+            None => format!("subscription {subscription}"),
+        };
+        let first = self.url(&segs, VM_API_VERSION, &[]);
+        self.list("list scale sets", &resource, first, |_| {}).await
+    }
+
+    /// The instances of scale set `scale_set` (a Uniform one), with their instance views
+    /// (`$expand=instanceView` is allowed on this list, unlike on the VM lists): power state
+    /// and Hyper-V generation in one pass.
+    pub async fn list_scale_set_vms(
+        &self,
+        scale_set: &ResourceRef,
+    ) -> Result<Vec<VirtualMachine>, ArmError> {
+        let first = self.rg_url(
+            scale_set,
+            "virtualMachineScaleSets",
+            &["virtualMachines"],
+            VM_API_VERSION,
+            &[("$expand", "instanceView")],
+        );
+        self.list(
+            "list scale-set VMs",
+            &format!("scale set {scale_set}"),
+            first,
+            |_| {},
+        )
+        .await
+    }
+
+    /// One scale-set instance with its instance view; `id` must be a
+    /// [`ResourceType::ScaleSetVm`].
+    pub async fn get_scale_set_vm(&self, id: &ResourceId) -> Result<VirtualMachine, ArmError> {
+        debug_assert!(id.is(&ResourceType::ScaleSetVm));
+        let scale_set = ResourceRef::new(
+            id.subscription(),
+            id.resource_group(),
+            id.parent().unwrap_or_default(),
+        );
+        let url = self.rg_url(
+            &scale_set,
+            "virtualMachineScaleSets",
+            &["virtualMachines", id.name()],
+            VM_API_VERSION,
+            &[("$expand", "instanceView")],
+        );
+        self.get_json("get scale-set VM", &id.to_string(), url)
+            .await
     }
 
     /// Power off (the VM stays allocated and billed); waits until done.

@@ -8,8 +8,12 @@
 //! searching for a substring: a resource group named `snapshots` or a disk named
 //! `providers` cannot change what an id is taken to be.
 //!
-//! Accepted shape (a top-level resource, the only kind this tool touches):
-//! `/subscriptions/{sub}/resourceGroups/{rg}/providers/{namespace}/{type}/{name}`.
+//! Accepted shapes: a top-level resource,
+//! `/subscriptions/{sub}/resourceGroups/{rg}/providers/{namespace}/{type}/{name}`, and the
+//! one child resource this tool reads, an instance of a scale set in Uniform orchestration:
+//! `.../providers/Microsoft.Compute/virtualMachineScaleSets/{vmss}/virtualMachines/{instance}`
+//! (its name is the instance id, its parent the scale set). Other child resources are
+//! refused: nothing here knows what to do with them.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -27,16 +31,24 @@ pub enum ResourceType {
     Snapshot,
     /// `Microsoft.Storage/storageAccounts` (where unmanaged disks live)
     StorageAccount,
+    /// `Microsoft.Compute/virtualMachineScaleSets/virtualMachines`: an instance of a
+    /// Uniform scale set, a child of the scale set.
+    ScaleSetVm,
     /// Any other `{namespace}/{type}`, spelled as in the id.
     Other { namespace: String, kind: String },
 }
 
 impl ResourceType {
-    const KNOWN: [(ResourceType, &'static str, &'static str); 4] = [
+    const KNOWN: [(ResourceType, &'static str, &'static str); 5] = [
         (Self::VirtualMachine, "Microsoft.Compute", "virtualMachines"),
         (Self::Disk, "Microsoft.Compute", "disks"),
         (Self::Snapshot, "Microsoft.Compute", "snapshots"),
         (Self::StorageAccount, "Microsoft.Storage", "storageAccounts"),
+        (
+            Self::ScaleSetVm,
+            "Microsoft.Compute",
+            "virtualMachineScaleSets/virtualMachines",
+        ),
     ];
 
     fn from_parts(namespace: &str, kind: &str) -> Self {
@@ -103,6 +115,10 @@ pub enum ResourceIdError {
     EmptySegment { id: String, position: usize },
     #[error("{id:?} is not an ARM resource id: it holds a control character")]
     ControlCharacter { id: String },
+    #[error(
+        "{id:?}: child resources other than scale-set instances (virtualMachineScaleSets/NAME/virtualMachines/ID) are not supported"
+    )]
+    UnsupportedChild { id: String },
 }
 
 /// `/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/{type}/{name}`,
@@ -112,6 +128,8 @@ pub struct ResourceId {
     subscription: String,
     resource_group: String,
     resource_type: ResourceType,
+    /// The parent resource's name, for a child resource (the scale set of an instance).
+    parent: Option<String>,
     name: String,
     /// The canonical id in lower case: the identity behind Eq, Hash and Ord.
     folded: String,
@@ -128,11 +146,35 @@ impl ResourceId {
             subscription: subscription.to_string(),
             resource_group: resource_group.to_string(),
             resource_type,
+            parent: None,
             name: name.to_string(),
             folded: String::new(),
         };
         id.folded = id.to_string().to_ascii_lowercase();
         id
+    }
+
+    /// Instance `instance` of the Uniform scale set `scale_set`.
+    pub fn scale_set_vm(
+        subscription: &str,
+        resource_group: &str,
+        scale_set: &str,
+        instance: &str,
+    ) -> Self {
+        let mut id = Self::new(
+            subscription,
+            resource_group,
+            ResourceType::ScaleSetVm,
+            instance,
+        );
+        id.parent = Some(scale_set.to_string());
+        id.folded = id.to_string().to_ascii_lowercase();
+        id
+    }
+
+    /// The parent's name of a child resource: the scale set of a scale-set instance.
+    pub fn parent(&self) -> Option<&str> {
+        self.parent.as_deref()
     }
 
     pub fn subscription(&self) -> &str {
@@ -182,7 +224,7 @@ impl FromStr for ResourceId {
         if !parts[0].eq_ignore_ascii_case("subscriptions") {
             return Err(ResourceIdError::NotAnId { id: id() });
         }
-        if parts.len() != 8 {
+        if parts.len() != 8 && parts.len() != 10 {
             return Err(ResourceIdError::Shape {
                 id: id(),
                 segments: parts.len(),
@@ -200,6 +242,13 @@ impl FromStr for ResourceId {
                 });
             }
         }
+        if parts.len() == 10 {
+            let child = ResourceType::from_parts(parts[5], &format!("{}/{}", parts[6], parts[8]));
+            if child != ResourceType::ScaleSetVm {
+                return Err(ResourceIdError::UnsupportedChild { id: id() });
+            }
+            return Ok(Self::scale_set_vm(parts[1], parts[3], parts[7], parts[9]));
+        }
         Ok(Self::new(
             parts[1],
             parts[3],
@@ -213,9 +262,16 @@ impl fmt::Display for ResourceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "/subscriptions/{}/resourceGroups/{}/providers/{}/{}",
-            self.subscription, self.resource_group, self.resource_type, self.name
-        )
+            "/subscriptions/{}/resourceGroups/{}/providers/",
+            self.subscription, self.resource_group
+        )?;
+        let (ns, kind) = self.resource_type.parts();
+        match (&self.parent, kind.split_once('/')) {
+            (Some(parent), Some((kind, child))) => {
+                write!(f, "{ns}/{kind}/{parent}/{child}/{}", self.name)
+            }
+            _ => write!(f, "{ns}/{kind}/{}", self.name),
+        }
     }
 }
 
@@ -349,7 +405,23 @@ mod tests {
             ("/subscriptions/s/resourceGroups/rg", "found 4 segments"),
             (
                 "/subscriptions/s/resourceGroups/rg/providers/ns/t/n/extensions/x",
-                "found 10 segments",
+                "child resources other than scale-set instances",
+            ),
+            (
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm/extensions/x",
+                "child resources other than scale-set instances",
+            ),
+            (
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/ss/virtualMachines",
+                "found 9 segments",
+            ),
+            (
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/ss/virtualMachines/0/x/y",
+                "found 12 segments",
+            ),
+            (
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets//virtualMachines/0",
+                "empty segment at 7",
             ),
             (
                 "/subscriptions/s/resourceGroups/rg/providers/ns/t/n/",
@@ -388,6 +460,31 @@ mod tests {
         assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{DISK}\""));
         let e = serde_json::from_str::<ResourceId>("\"/subscriptions/s\"").unwrap_err();
         assert!(e.to_string().contains("not an ARM resource id"), "{e}");
+    }
+
+    #[test]
+    fn scale_set_instances_parse_with_their_scale_set() {
+        let text = "/subscriptions/s1/resourcegroups/RG/providers/microsoft.compute/VIRTUALMACHINESCALESETS/web-ss/virtualmachines/17";
+        let id: ResourceId = text.parse().unwrap();
+        assert!(id.is(&ResourceType::ScaleSetVm));
+        assert!(!id.is(&ResourceType::VirtualMachine));
+        assert_eq!(id.name(), "17");
+        assert_eq!(id.parent(), Some("web-ss"));
+        assert_eq!(id.resource_group(), "RG");
+        assert_eq!(
+            id.to_string(),
+            "/subscriptions/s1/resourceGroups/RG/providers/Microsoft.Compute/virtualMachineScaleSets/web-ss/virtualMachines/17"
+        );
+        assert_eq!(id, ResourceId::scale_set_vm("S1", "rg", "WEB-SS", "17"));
+        // Another scale set's instance 17 is another VM.
+        assert_ne!(id, ResourceId::scale_set_vm("s1", "rg", "api-ss", "17"));
+        // A top-level VM named like the instance is not the instance.
+        assert_ne!(
+            id,
+            ResourceId::new("s1", "rg", ResourceType::VirtualMachine, "17")
+        );
+        // A top-level id never has a parent.
+        assert_eq!(DISK.parse::<ResourceId>().unwrap().parent(), None);
     }
 
     #[test]

@@ -28,6 +28,75 @@ pub struct VirtualMachine {
     pub tags: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub properties: Option<VmProperties>,
+    /// Instances of a Uniform scale set carry their size here (`sku.name`), not in
+    /// `hardwareProfile.vmSize`.
+    #[serde(default)]
+    pub sku: Option<Sku>,
+    /// A scale-set instance's id within its scale set ("0", "17").
+    #[serde(default)]
+    pub instance_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sku {
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `securityProfile` of a VM (api-version 2020-12-01 onwards): `securityType`
+/// `TrustedLaunch` or `ConfidentialVM` enables `uefiSettings`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityProfile {
+    #[serde(default)]
+    pub security_type: Option<String>,
+    #[serde(default)]
+    pub uefi_settings: Option<UefiSettings>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UefiSettings {
+    #[serde(default)]
+    pub secure_boot_enabled: Option<bool>,
+    #[serde(default, rename = "vTpmEnabled")]
+    pub v_tpm_enabled: Option<bool>,
+}
+
+/// A scale set (`Microsoft.Compute/virtualMachineScaleSets`): only what tells Uniform
+/// from Flexible orchestration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleSet {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub location: String,
+    #[serde(default)]
+    pub properties: Option<ScaleSetProperties>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleSetProperties {
+    /// `Uniform` or `Flexible`; absent on scale sets made before the property existed,
+    /// which are Uniform.
+    #[serde(default)]
+    pub orchestration_mode: Option<String>,
+}
+
+impl ScaleSet {
+    /// Uniform orchestration: its instances are not in the VM lists and are read through
+    /// `virtualMachineScaleSets/{name}/virtualMachines`. Flexible instances are ordinary
+    /// VMs.
+    pub fn is_uniform(&self) -> bool {
+        !self
+            .properties
+            .as_ref()
+            .and_then(|p| p.orchestration_mode.as_deref())
+            .is_some_and(|m| m.eq_ignore_ascii_case("Flexible"))
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -43,6 +112,8 @@ pub struct VmProperties {
     pub instance_view: Option<InstanceView>,
     #[serde(default)]
     pub provisioning_state: Option<String>,
+    #[serde(default)]
+    pub security_profile: Option<SecurityProfile>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -194,13 +265,16 @@ impl std::fmt::Display for PowerState {
 }
 
 impl VirtualMachine {
+    /// `hardwareProfile.vmSize`, or a scale-set instance's `sku.name`.
     pub fn vm_size(&self) -> Option<&str> {
         self.properties
-            .as_ref()?
-            .hardware_profile
-            .as_ref()?
-            .vm_size
-            .as_deref()
+            .as_ref()
+            .and_then(|p| p.hardware_profile.as_ref()?.vm_size.as_deref())
+            .or_else(|| self.sku.as_ref()?.name.as_deref())
+    }
+
+    pub fn security_profile(&self) -> Option<&SecurityProfile> {
+        self.properties.as_ref()?.security_profile.as_ref()
     }
 
     pub fn storage(&self) -> Option<&StorageProfile> {
@@ -285,6 +359,16 @@ pub struct DiskProperties {
     pub disk_access_id: Option<String>,
     #[serde(default)]
     pub creation_data: Option<CreationData>,
+    #[serde(default)]
+    pub supported_capabilities: Option<SupportedCapabilities>,
+}
+
+/// What the OS on a disk supports; `architecture` is `x64` or `Arm64`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SupportedCapabilities {
+    #[serde(default)]
+    pub architecture: Option<String>,
 }
 
 /// What a VM size gives the guest, as read from its Resource SKU.
@@ -293,6 +377,8 @@ pub struct VmSize {
     pub name: String,
     pub vcpus: Option<u32>,
     pub memory_mib: Option<u64>,
+    /// `CpuArchitectureType`: `x64` or `Arm64`.
+    pub cpu_architecture: Option<String>,
 }
 
 /// One entry of `Resource Skus - List` (`Microsoft.Compute/skus`): sizes of VMs and the
@@ -360,6 +446,10 @@ impl ResourceSku {
             name: self.name.clone(),
             vcpus: count("vCPUsAvailable").or_else(|| count("vCPUs")),
             memory_mib,
+            cpu_architecture: self
+                .capability("CpuArchitectureType")
+                .filter(|a| !a.is_empty())
+                .map(str::to_string),
         })
     }
 
@@ -587,9 +677,61 @@ mod tests {
             .unwrap();
         assert_eq!((s.vcpus, s.memory_mib), (Some(8), Some(3584)));
         assert!(sku(&[]).offered_in("anywhere"));
+        let arm = sku(&[("CpuArchitectureType", "Arm64")]).vm_size().unwrap();
+        assert_eq!(arm.cpu_architecture.as_deref(), Some("Arm64"));
         let mut disk = sku(&[("vCPUs", "2")]);
         disk.resource_type = "disks".into();
         assert!(disk.vm_size().is_none());
+    }
+
+    /// Shapes after Microsoft's REST examples: a Trusted Launch VM, a Uniform scale-set
+    /// instance (size in `sku`), an Arm64 disk, scale sets of both orchestration modes.
+    #[test]
+    fn security_profile_scale_set_instances_and_architecture_parse() {
+        let vm: VirtualMachine = serde_json::from_value(serde_json::json!({
+            "id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/tl",
+            "name": "tl",
+            "properties": {"securityProfile": {"securityType": "TrustedLaunch",
+                "uefiSettings": {"secureBootEnabled": true, "vTpmEnabled": false}}}
+        }))
+        .unwrap();
+        let sp = vm.security_profile().unwrap();
+        assert_eq!(sp.security_type.as_deref(), Some("TrustedLaunch"));
+        let uefi = sp.uefi_settings.as_ref().unwrap();
+        assert_eq!(
+            (uefi.secure_boot_enabled, uefi.v_tpm_enabled),
+            (Some(true), Some(false))
+        );
+
+        let inst: VirtualMachine = serde_json::from_value(serde_json::json!({
+            "id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/ss/virtualMachines/3",
+            "name": "ss_3", "instanceId": "3",
+            "sku": {"name": "Standard_D2s_v5", "tier": "Standard"},
+            "properties": {"hardwareProfile": {}, "latestModelApplied": true}
+        }))
+        .unwrap();
+        assert_eq!(inst.vm_size(), Some("Standard_D2s_v5"));
+        assert_eq!(inst.instance_id.as_deref(), Some("3"));
+
+        let disk: Disk = serde_json::from_value(serde_json::json!({
+            "id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/d",
+            "name": "d",
+            "properties": {"supportedCapabilities": {"architecture": "Arm64", "acceleratedNetwork": true}}
+        }))
+        .unwrap();
+        let caps = disk.properties.unwrap().supported_capabilities.unwrap();
+        assert_eq!(caps.architecture.as_deref(), Some("Arm64"));
+
+        let ss = |mode: Option<&str>| -> ScaleSet {
+            let mut v = serde_json::json!({"id": "x", "name": "ss", "properties": {}});
+            if let Some(m) = mode {
+                v["properties"]["orchestrationMode"] = serde_json::json!(m);
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        assert!(ss(Some("Uniform")).is_uniform());
+        assert!(ss(None).is_uniform());
+        assert!(!ss(Some("flexible")).is_uniform());
     }
 
     #[test]

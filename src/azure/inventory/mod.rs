@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::arm::client::ResourceRef;
 use super::arm::models::{
-    Disk, OsType, PowerState, ResourceSku, VirtualMachine, VmSize, name_of, resource_group_of,
+    Disk, OsType, PowerState, ResourceSku, ScaleSet, VirtualMachine, VmSize, name_of,
+    resource_group_of,
 };
 use super::arm::{ArmClient, ArmError, ResourceId, ResourceType};
 pub use selection::{Selection, SelectionError, SelectionInput};
@@ -91,6 +92,47 @@ impl DiskStorage {
     }
 }
 
+/// The CPU architecture of a VM: what QEMU must emulate or what KVM host it needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    #[default]
+    X64,
+    Arm64,
+}
+
+impl Architecture {
+    /// Azure's spelling (`x64`, `Arm64`, any case); None for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "x64" => Some(Self::X64),
+            "arm64" => Some(Self::Arm64),
+            _ => None,
+        }
+    }
+}
+
+/// What kind of machine a VM is beyond size and generation (printed flat into the VM's
+/// JSON): the three things that change what its libvirt domain must be or whether and how
+/// it can be read. Defaults are those of an ordinary x64 VM, so older plan files load.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VmKind {
+    /// From the OS disk's `supportedCapabilities.architecture`, else the size's
+    /// `CpuArchitectureType`, else x64.
+    pub architecture: Architecture,
+    /// `securityProfile.securityType`: "TrustedLaunch", "ConfidentialVM", or null
+    /// (a standard VM).
+    pub security_type: Option<String>,
+    /// `uefiSettings.secureBootEnabled`.
+    pub secure_boot: bool,
+    /// `uefiSettings.vTpmEnabled`.
+    pub vtpm: bool,
+    /// The resource id of the Uniform scale set this VM is an instance of; null for
+    /// ordinary VMs (including Flexible scale-set members, which are ordinary VMs).
+    pub scale_set: Option<String>,
+}
+
 /// One VM as `list --output json` prints it and `export` plans with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmInfo {
@@ -108,6 +150,8 @@ pub struct VmInfo {
     pub hyperv_generation: Option<String>,
     pub tags: BTreeMap<String, String>,
     pub disks: Vec<DiskInfo>,
+    #[serde(flatten, default)]
+    pub kind: VmKind,
 }
 
 impl VmInfo {
@@ -246,6 +290,11 @@ pub fn build_vm_info(
     let size = vm
         .vm_size()
         .and_then(|s| sizes.get(&s.to_ascii_lowercase()));
+    let os_record = vm
+        .storage()
+        .and_then(|st| st.os_disk.as_ref())
+        .and_then(|os| lookup(&os.managed_disk.as_ref().and_then(|m| m.id.clone())));
+    let kind = vm_kind(vm, os_record, size);
     VmInfo {
         id: vm.id.clone(),
         name: vm.name.clone(),
@@ -259,6 +308,43 @@ pub fn build_vm_info(
         hyperv_generation: generation,
         tags: vm.tags(),
         disks: out_disks,
+        kind,
+    }
+}
+
+/// The VM's [`VmKind`] from its model, its OS disk's record and its size.
+fn vm_kind(vm: &VirtualMachine, os_disk: Option<&Disk>, size: Option<&VmSize>) -> VmKind {
+    let disk_arch = os_disk
+        .and_then(|d| d.properties.as_ref()?.supported_capabilities.as_ref())
+        .and_then(|c| c.architecture.as_deref());
+    let size_arch = size.and_then(|s| s.cpu_architecture.as_deref());
+    let architecture = disk_arch
+        .and_then(Architecture::parse)
+        .or_else(|| size_arch.and_then(Architecture::parse))
+        .unwrap_or_default();
+    let security = vm.security_profile();
+    let uefi = security.and_then(|p| p.uefi_settings.as_ref());
+    let scale_set = match vm.id.parse::<ResourceId>() {
+        Ok(id) if id.is(&ResourceType::ScaleSetVm) => Some(
+            ResourceId::new(
+                id.subscription(),
+                id.resource_group(),
+                ResourceType::Other {
+                    namespace: "Microsoft.Compute".into(),
+                    kind: "virtualMachineScaleSets".into(),
+                },
+                id.parent().unwrap_or_default(),
+            )
+            .to_string(),
+        ),
+        _ => None,
+    };
+    VmKind {
+        architecture,
+        security_type: security.and_then(|p| p.security_type.clone()),
+        secure_boot: uefi.and_then(|u| u.secure_boot_enabled).unwrap_or(false),
+        vtpm: uefi.and_then(|u| u.v_tpm_enabled).unwrap_or(false),
+        scale_set,
     }
 }
 
@@ -385,7 +471,8 @@ async fn list_all(
                     .statuses
                     .fetch_add(n - st_before.replace(n), Ordering::Relaxed);
             });
-            let (full, status) = futures::try_join!(full, status)?;
+            let instances = uniform_instances(arm, sel, scope);
+            let (full, status, instances) = futures::try_join!(full, status, instances)?;
             let full: Vec<VirtualMachine> = full
                 .into_iter()
                 .filter(|vm| sel.matches_model(vm))
@@ -394,7 +481,9 @@ async fn list_all(
             if missing > 0 {
                 tracing::debug!(missing, "some VMs have no entry in the status pages");
             }
-            Ok::<_, ArmError>(merge_power_states(full, &status))
+            let mut merged = merge_power_states(full, &status);
+            merged.extend(instances);
+            Ok::<_, ArmError>(merged)
         })
         .buffer_unordered(CONCURRENCY)
         .try_collect::<Vec<_>>()
@@ -406,6 +495,69 @@ async fn list_all(
         .collect())
 }
 
+/// The instances of the Uniform scale sets in `scope` that match the selection, with
+/// their power states (their list carries instance views). They are not in the VM lists;
+/// Flexible scale sets' members are, as ordinary VMs, so those scale sets are skipped.
+async fn uniform_instances(
+    arm: &ArmClient,
+    sel: &Selection,
+    scope: Option<&str>,
+) -> Result<Vec<(VirtualMachine, PowerState)>, ArmError> {
+    // A role may read VMs but not scale sets (a custom role): the VMs are still listed,
+    // and the warning says what is missing. Any other failure fails the list.
+    let scale_sets: Vec<ScaleSet> = match arm.list_scale_sets(&sel.subscription, scope).await {
+        Ok(all) => all.into_iter().filter(ScaleSet::is_uniform).collect(),
+        Err(e) if e.status() == Some(403) => {
+            tracing::warn!("{e}; instances of Uniform scale sets are not listed");
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(e),
+    };
+    let refs: Vec<ResourceRef> = scale_sets
+        .iter()
+        .filter_map(|ss| match ss.id.parse::<ResourceId>() {
+            Ok(id) => Some(ResourceRef::from(&id)),
+            Err(e) => {
+                tracing::warn!("scale set {}: {e}; its instances are not listed", ss.name);
+                None
+            }
+        })
+        .collect();
+    let lists = futures::stream::iter(refs)
+        .map(|r| async move { arm.list_scale_set_vms(&r).await })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(lists
+        .into_iter()
+        .flatten()
+        .filter(|vm| sel.matches_model(vm))
+        .map(|vm| {
+            let state = vm.power_state();
+            (vm, state)
+        })
+        .collect())
+}
+
+/// A Uniform scale-set instance named as Azure names them, `{scale set}_{instance id}`:
+/// its id, to read when no VM has that name.
+fn scale_set_instance_id(r: &ResourceRef) -> Option<ResourceId> {
+    let (scale_set, instance) = r.name.rsplit_once('_')?;
+    (!scale_set.is_empty() && !instance.is_empty() && instance.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| ResourceId::scale_set_vm(&r.subscription, &r.resource_group, scale_set, instance))
+}
+
+/// A named VM, or the scale-set instance of that name when there is no such VM.
+async fn get_named(arm: &ArmClient, r: &ResourceRef) -> Result<VirtualMachine, ArmError> {
+    match arm.get_vm(r, true).await {
+        Err(e) if e.status() == Some(404) => match scale_set_instance_id(r) {
+            Some(id) => arm.get_scale_set_vm(&id).await,
+            None => Err(e),
+        },
+        other => other,
+    }
+}
+
 async fn per_vm(
     arm: &ArmClient,
     sel: &Selection,
@@ -414,7 +566,7 @@ async fn per_vm(
 ) -> Result<Vec<(VirtualMachine, PowerState)>, ArmError> {
     let found = futures::stream::iter(candidates)
         .map(|r| async move {
-            match arm.get_vm(&r, true).await {
+            match get_named(arm, &r).await {
                 Ok(vm) => {
                     progress.vms.fetch_add(1, Ordering::Relaxed);
                     progress.statuses.fetch_add(1, Ordering::Relaxed);
@@ -702,6 +854,90 @@ mod tests {
         );
         let v = serde_json::to_value(&info).unwrap();
         assert!(v["disks"][0].get("vhd_uri").is_none());
+    }
+
+    #[test]
+    fn kind_comes_from_security_profile_os_disk_size_and_id() {
+        let vm: VirtualMachine = serde_json::from_value(serde_json::json!({
+            "id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/ss/virtualMachines/7",
+            "name": "ss_7",
+            "sku": {"name": "Standard_D4ps_v5"},
+            "properties": {
+                "securityProfile": {"securityType": "TrustedLaunch",
+                    "uefiSettings": {"secureBootEnabled": true, "vTpmEnabled": true}},
+                "storageProfile": {"osDisk": {"osType": "Linux", "managedDisk": {"id":
+                    "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/os7"}}}
+            }
+        }))
+        .unwrap();
+        let arm_size = VmSize {
+            name: "Standard_D4ps_v5".into(),
+            vcpus: Some(4),
+            memory_mib: Some(16384),
+            cpu_architecture: Some("Arm64".into()),
+        };
+        let sizes = HashMap::from([("standard_d4ps_v5".to_string(), arm_size)]);
+        let info = build_vm_info(&vm, PowerState::Running, &HashMap::new(), &sizes);
+        assert_eq!(info.vm_size.as_deref(), Some("Standard_D4ps_v5"));
+        assert_eq!(info.kind.architecture, Architecture::Arm64);
+        assert_eq!(info.kind.security_type.as_deref(), Some("TrustedLaunch"));
+        assert!(info.kind.secure_boot && info.kind.vtpm);
+        assert_eq!(
+            info.kind.scale_set.as_deref(),
+            Some(
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/ss"
+            )
+        );
+        let v = serde_json::to_value(&info).unwrap();
+        assert_eq!(v["architecture"], "arm64");
+        assert_eq!(v["secure_boot"], true);
+        // The OS disk's own architecture wins over the size's.
+        let disk: Disk = serde_json::from_value(serde_json::json!({
+            "id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/OS7",
+            "name": "os7",
+            "properties": {"supportedCapabilities": {"architecture": "x64"}}
+        }))
+        .unwrap();
+        let disks = HashMap::from([(disk.id.to_ascii_lowercase(), disk)]);
+        let info = build_vm_info(&vm, PowerState::Running, &disks, &sizes);
+        assert_eq!(info.kind.architecture, Architecture::X64);
+        // An ordinary VM: defaults, and older JSON without the fields still loads.
+        // web-01 of the fixture page (after Microsoft's example) is Trusted Launch.
+        let web = build_vm_info(
+            &vms()[0],
+            PowerState::Running,
+            &HashMap::new(),
+            &HashMap::new(),
+        );
+        assert!(web.kind.secure_boot && web.kind.vtpm && web.kind.scale_set.is_none());
+        let plain = build_vm_info(
+            &vms()[2],
+            PowerState::Running,
+            &HashMap::new(),
+            &HashMap::new(),
+        );
+        assert_eq!(plain.kind, VmKind::default());
+        let mut old = serde_json::to_value(&plain).unwrap();
+        for k in [
+            "architecture",
+            "security_type",
+            "secure_boot",
+            "vtpm",
+            "scale_set",
+        ] {
+            old.as_object_mut().unwrap().remove(k);
+        }
+        assert_eq!(serde_json::from_value::<VmInfo>(old).unwrap(), plain);
+    }
+
+    #[test]
+    fn scale_set_instance_names_map_to_their_ids() {
+        let r = |n: &str| ResourceRef::new("s", "rg", n);
+        let id = scale_set_instance_id(&r("web_ss_12")).unwrap();
+        assert_eq!((id.parent(), id.name()), (Some("web_ss"), "12"));
+        for not in ["web", "web_", "_3", "web_3a", "web-3"] {
+            assert!(scale_set_instance_id(&r(not)).is_none(), "{not}");
+        }
     }
 
     #[test]
