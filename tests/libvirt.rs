@@ -73,6 +73,8 @@ fn domains_pass_virt_xml_validate() {
                 .map(|i| DomainDisk {
                     path: format!("/var/lib/azure2kvm/{name}/disk {i}&x.img").into(),
                     format,
+                    // The second disk an Azure shared disk: the schema must take it.
+                    shareable: i == 1,
                 })
                 .collect(),
         };
@@ -113,6 +115,7 @@ fn odd_spec(odd: &str) -> DomainSpec {
         disks: vec![DomainDisk {
             path: format!("/var/lib/azure2kvm/{odd}/os.qcow2").into(),
             format: ImageFormat::Qcow2,
+            shareable: false,
         }],
     }
 }

@@ -29,6 +29,10 @@
 //! - No error message quotes the SAS: transport errors (which quote the URL) are scrubbed.
 //! - A SAS URL works for any host (managed-disk export hosts, storage accounts, Azurite); a
 //!   token credential (Entra ID) is accepted for URLs without SAS and requires https.
+//! - A managed-disk export URL given a credential besides its SAS (a disk with
+//!   `dataAccessAuthMode: AzureActiveDirectory`) carries both: the SAS, and a bearer token
+//!   for [`MANAGED_DISK_SCOPE`] on every request ([`DiskTokenPolicy`]). Such a URL is https,
+//!   or plain http to a loopback name only ([`SasUrl`] refuses anything else).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -45,6 +49,43 @@ use azure_storage_blob::{BlobClient, BlobClientOptions};
 use futures::TryStreamExt;
 
 use super::sas::SasUrl;
+
+/// The Entra ID scope of managed-disk data (export and upload hosts `md-…`): resource
+/// `https://disk.azure.com/` — with its trailing slash, which the service checks, hence the
+/// double slash before `.default`. AzCopy asks for the same (Azure/azure-storage-azcopy:
+/// `ManagedDiskScope = "https://disk.azure.com//.default"`, "the service checks explicitly
+/// for https://disk.azure.com/"; used by ste/mdOAuthWrapper.go), and Az PowerShell's
+/// Add-AzVhd gets its token for `https://disk.azure.com/` when `DataAccessAuthMode` is
+/// `AzureActiveDirectory`. The identity needs the *Data Operator for Managed Disks* role.
+pub const MANAGED_DISK_SCOPE: &str = "https://disk.azure.com//.default";
+
+/// Adds `Authorization: Bearer <token for MANAGED_DISK_SCOPE>` to each request, beside the
+/// SAS in the URL. The token comes from the credential each time (the credential caches
+/// it) and is never logged: `Debug` shows neither the credential's secrets nor a token.
+#[derive(Debug)]
+pub struct DiskTokenPolicy {
+    credential: Arc<dyn TokenCredential>,
+}
+
+#[async_trait::async_trait]
+impl azure_core::http::policies::Policy for DiskTokenPolicy {
+    async fn send(
+        &self,
+        ctx: &azure_core::http::Context,
+        request: &mut azure_core::http::Request,
+        next: &[Arc<dyn azure_core::http::policies::Policy>],
+    ) -> azure_core::http::policies::PolicyResult {
+        let token = self
+            .credential
+            .get_token(&[MANAGED_DISK_SCOPE], None)
+            .await?;
+        request.insert_header(
+            "authorization",
+            format!("Bearer {}", token.token.secret()),
+        );
+        next[0].send(ctx, request, &next[1..]).await
+    }
+}
 
 /// What kind of blob holds the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -245,7 +286,22 @@ impl BlobReader {
             );
             options.version = md_version.to_string();
         }
-        let credential = if url.has_sas() { None } else { credential };
+        // A SAS and a credential on an export host: the disk wants Entra ID too.
+        let credential = match credential {
+            Some(c) if url.has_sas() && managed_disk => {
+                tracing::debug!(
+                    "{}: managed-disk export with an Entra ID token for {MANAGED_DISK_SCOPE}",
+                    url.identity()
+                );
+                options
+                    .client_options
+                    .per_call_policies
+                    .push(Arc::new(DiskTokenPolicy { credential: c }));
+                None
+            }
+            c if url.has_sas() => c.and(None),
+            c => c,
+        };
         let client = BlobClient::new(url.expose().clone(), credential, Some(options))
             .map_err(|e| BlobError::Client(url.scrub(&e.to_string())))?;
         Ok(Self {

@@ -165,9 +165,11 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
             disks: args.disks,
             consistency: args.consistency,
             format: args.format,
+            allow_encrypted: args.allow_encrypted,
         },
     )
     .map_err(Error::usage)?;
+    log_kinds(&planned);
     if planned.is_empty() {
         tracing::warn!(
             "no VM matched the selection{}: nothing to export",
@@ -245,6 +247,29 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
     )
 }
 
+/// What the user must know before the run: disks not exported and why, encrypted
+/// content and where its key is, shared disks read once.
+fn log_kinds(planned: &[PlannedVm]) {
+    for vm in planned {
+        for r in &vm.refused {
+            tracing::warn!("{}: disk {}: {}", vm.name, r.name, r.reason);
+        }
+        for d in &vm.disks {
+            for note in &d.notes {
+                tracing::warn!("{}: disk {}: {note}", vm.name, d.name);
+            }
+            if let Some(with) = &d.exported_with {
+                tracing::info!(
+                    "{}: shared disk {} is exported once, with {with}: {}",
+                    vm.name,
+                    d.name,
+                    d.image.display()
+                );
+            }
+        }
+    }
+}
+
 /// A plan may be hours old: a VM deallocated then may run now, and its disk can no longer
 /// be read directly. One GET per VM (instance view) makes the plan's choices current.
 async fn refresh_power_states(
@@ -316,8 +341,19 @@ fn finish(
         || results
             .values()
             .any(|r| r.status == DiskStatus::Interrupted);
+    let refused: Vec<String> = planned
+        .iter()
+        .flat_map(|vm| {
+            vm.refused
+                .iter()
+                .map(move |r| format!("VM {}, disk {}: {}", vm.name, r.name, r.reason))
+        })
+        .collect();
     let status = if interrupted {
         RunStatus::Interrupted
+    } else if done == total && manifest_errors.is_empty() && !refused.is_empty() {
+        // Every exportable disk is there, but not every selected one: partly done.
+        RunStatus::Partial
     } else if done == total && manifest_errors.is_empty() {
         RunStatus::Done
     } else if done > 0 {
@@ -354,6 +390,7 @@ fn finish(
         .filter(|r| r.status == DiskStatus::Failed)
         .filter_map(|r| r.error.clone())
         .chain(manifest_errors)
+        .chain(refused.iter().cloned())
         .collect();
     match status {
         RunStatus::Done if left.is_empty() => Ok(()),
@@ -379,8 +416,9 @@ fn finish(
         RunStatus::Partial => Err(Error::new(
             ErrorKind::Partial,
             format!(
-                "{} of {total} disks failed: {}",
-                total - done,
+                "{} of {} disks not exported: {}",
+                total - done + refused.len(),
+                total + refused.len(),
                 failures.join("; ")
             ),
         )),

@@ -81,6 +81,33 @@ fn or_dash<T: ToString>(v: Option<T>) -> String {
     v.map(|x| x.to_string()).unwrap_or_else(|| "-".into())
 }
 
+/// The disks that are not ordinary, by place (`os`, `lun1`) and kind: `os:ephemeral
+/// lun1:shared(2),ade`; `-` when every disk is ordinary.
+fn disk_kinds(vm: &VmInfo) -> String {
+    let parts: Vec<String> = vm
+        .disks
+        .iter()
+        .filter_map(|d| {
+            let notes = d.kind_notes();
+            if notes.is_empty() {
+                return None;
+            }
+            let place = match d.lun {
+                Some(lun) if d.role == crate::azure::inventory::DiskRole::Data => {
+                    format!("lun{lun}")
+                }
+                _ => "os".to_string(),
+            };
+            Some(format!("{place}:{}", notes.join(",")))
+        })
+        .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
 pub fn render_table(vms: &[VmInfo]) -> String {
     let rows: Vec<Vec<String>> = vms
         .iter()
@@ -107,6 +134,7 @@ pub fn render_table(vms: &[VmInfo]) -> String {
                 or_dash(vm.os_type.clone()),
                 or_dash(generation),
                 format!("{} / {} GiB", vm.disks.len(), vm.total_disk_gb()),
+                disk_kinds(vm),
             ]
         })
         .collect();
@@ -121,6 +149,7 @@ pub fn render_table(vms: &[VmInfo]) -> String {
             "OS",
             "GEN",
             "DISKS",
+            "DISK KINDS",
         ],
         &rows,
     )
@@ -154,6 +183,10 @@ mod tests {
                 size_gb: Some(30),
                 managed: false,
                 vhd_uri: Some("https://a/b.vhd".into()),
+                ephemeral: false,
+                max_shares: None,
+                data_access_auth_mode: None,
+                encryption: None,
             }],
         };
         let t = render_table(&[vm]);
@@ -174,8 +207,64 @@ mod tests {
                 "running",
                 "linux",
                 "2",
-                "1 / 30 GiB"
+                "1 / 30 GiB",
+                "-"
             ]
+        );
+    }
+
+    #[test]
+    fn disk_kinds_name_each_unusual_disk_by_place() {
+        use crate::azure::inventory::{DiskEncryption, EncryptionKind};
+        let disk = |role, lun| DiskInfo {
+            id: None,
+            name: "d".into(),
+            role,
+            lun,
+            size_gb: None,
+            managed: true,
+            vhd_uri: None,
+            ephemeral: false,
+            max_shares: None,
+            data_access_auth_mode: None,
+            encryption: None,
+        };
+        let mut os = disk(DiskRole::Os, None);
+        os.ephemeral = true;
+        let mut shared = disk(DiskRole::Data, Some(1));
+        shared.max_shares = Some(2);
+        shared.encryption = Some(DiskEncryption {
+            kind: EncryptionKind::AzureDiskEncryption,
+            key_vault_url: None,
+        });
+        let mut one_share = disk(DiskRole::Data, Some(2));
+        one_share.max_shares = Some(1);
+        let mut entra = disk(DiskRole::Data, Some(3));
+        entra.data_access_auth_mode = Some("AzureActiveDirectory".into());
+        let mut cvm = disk(DiskRole::Data, Some(4));
+        cvm.encryption = Some(DiskEncryption {
+            kind: EncryptionKind::ConfidentialVm,
+            key_vault_url: None,
+        });
+        let mut none_mode = disk(DiskRole::Data, Some(5));
+        none_mode.data_access_auth_mode = Some("None".into());
+        let vm = VmInfo {
+            id: String::new(),
+            name: "v".into(),
+            resource_group: "rg".into(),
+            location: String::new(),
+            power_state: crate::azure::arm::models::PowerState::Running,
+            vm_size: None,
+            vcpus: None,
+            memory_mib: None,
+            os_type: None,
+            hyperv_generation: None,
+            tags: Default::default(),
+            disks: vec![os, shared, one_share, entra, cvm, none_mode],
+        };
+        assert_eq!(
+            disk_kinds(&vm),
+            "os:ephemeral lun1:shared(2),ade lun3:entra-export lun4:cvm-encrypted"
         );
     }
 }

@@ -189,8 +189,12 @@ pub async fn export_disk(
             target_name(&target),
             ctx.sas_duration
         );
+        let mut req = request(ctx, sas, &output, resource_id.folded());
+        if disk.entra_id_reads {
+            req.credential = Some(ctx.credential.clone());
+        }
         let result = download(
-            request(ctx, sas, &output, resource_id.folded()),
+            req,
             ctx.progress.for_disk(resource_id.folded()),
             ctx.interrupt.clone(),
         )
@@ -198,6 +202,13 @@ pub async fn export_disk(
         revoke(ctx, &target, resource_id).await;
         match result {
             Ok(report) => return Ok(report),
+            Err(DownloadError::AccessDenied { message, kept }) if disk.entra_id_reads => {
+                // A new grant does not give the identity a role: stop, naming it.
+                if from_snapshot {
+                    discard_partial(kept.as_deref());
+                }
+                return Err(fail(entra_refusal(resource_id, &message)));
+            }
             Err(DownloadError::AccessDenied { message, kept }) => {
                 last_kept = kept;
                 // An expiry comes after about --sas-duration; a refusal well before that
@@ -249,6 +260,15 @@ pub async fn export_disk(
     Err(fail(format!(
         "read access expired {MAX_GRANTS} times; raise --sas-duration"
     )))
+}
+
+/// The error for a disk whose export needs Entra ID (`dataAccessAuthMode:
+/// AzureActiveDirectory`) when the export host refuses the token: the role to grant, and
+/// on what.
+pub fn entra_refusal(resource_id: &ResourceId, message: &str) -> String {
+    format!(
+        "the export host refused the Entra ID token ({message}): this disk requires Entra ID for export (dataAccessAuthMode AzureActiveDirectory), and the identity needs the Data Operator for Managed Disks role on {resource_id} (or its resource group)"
+    )
 }
 
 /// Records the grant in the ledger, then asks for it. `Err(None)`: interrupted before or

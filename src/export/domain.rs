@@ -64,6 +64,10 @@ pub struct DomainDisk {
     /// Absolute path of the image.
     pub path: PathBuf,
     pub format: ImageFormat,
+    /// An Azure shared disk (`maxShares` > 1): `<shareable/>`, so libvirt lets the other
+    /// domains that use the same image run at once, and no host cache (libvirt's advice for
+    /// a disk written by several guests).
+    pub shareable: bool,
 }
 
 /// What the domain is made from.
@@ -350,11 +354,16 @@ fn write_disk(w: &mut Xml, index: usize, disk: &DomainDisk) -> io::Result<()> {
         .with_attribute(("type", "file"))
         .with_attribute(("device", "disk"))
         .write_inner_content(|w| {
-            w.create_element("driver")
+            let driver = w
+                .create_element("driver")
                 .with_attribute(("name", "qemu"))
-                .with_attribute(("type", format))
-                .with_attribute(("discard", "unmap"))
-                .write_empty()?;
+                .with_attribute(("type", format));
+            let driver = if disk.shareable {
+                driver.with_attribute(("cache", "none"))
+            } else {
+                driver
+            };
+            driver.with_attribute(("discard", "unmap")).write_empty()?;
             w.create_element("source")
                 .with_attribute(path_attr("file", &disk.path))
                 .write_empty()?;
@@ -362,6 +371,9 @@ fn write_disk(w: &mut Xml, index: usize, disk: &DomainDisk) -> io::Result<()> {
                 .with_attribute(("dev", virtio_target(index).as_str()))
                 .with_attribute(("bus", "virtio"))
                 .write_empty()?;
+            if disk.shareable {
+                w.create_element("shareable").write_empty()?;
+            }
             if index == 0 {
                 w.create_element("boot")
                     .with_attribute(("order", "1"))
@@ -389,7 +401,7 @@ mod tests {
             secure_boot: false,
             os,
             disks: (0..disks)
-                .map(|i| DomainDisk { path: format!("/srv/vms/web-01/d{i}.qcow2").into(), format: ImageFormat::Qcow2 })
+                .map(|i| DomainDisk { path: format!("/srv/vms/web-01/d{i}.qcow2").into(), format: ImageFormat::Qcow2, shareable: false })
                 .collect(),
         }
     }

@@ -45,13 +45,25 @@ pub fn manifest(
         .map(|d| {
             let mut dv = serde_json::to_value(d).expect("DiskInfo serialises");
             // By place in the VM (OS disk, LUN), which is unique where a name may not be.
+            let refused = vm.refused.iter().find(|r| r.role == d.role && r.lun == d.lun);
             match vm.disks.iter().find(|p| p.role == d.role && p.lun == d.lun) {
+                None if refused.is_some() => {
+                    let r = refused.expect("checked");
+                    dv["status"] = json!(r.status);
+                    dv["error"] = json!(r.reason);
+                }
                 None => {
                     dv["status"] = json!("not_selected");
                 }
                 Some(p) => {
                     let r = result(p);
                     dv["image"] = json!(p.image_in_vm_dir());
+                    if !p.notes.is_empty() {
+                        dv["notes"] = json!(p.notes);
+                    }
+                    if let Some(with) = &p.exported_with {
+                        dv["exported_with"] = json!(with);
+                    }
                     dv["format"] = json!(format);
                     dv["virtual_size"] = json!(
                         r.as_ref()
@@ -94,8 +106,13 @@ pub fn domain(
         .iter()
         .filter(|d| done(d))
         .map(|d| DomainDisk {
-            path: vm_dir.join(d.image_in_vm_dir()),
+            // A shared disk's image is beside the VM folders: name it without `..`.
+            path: match (d.shared, vm_dir.parent()) {
+                (true, Some(out)) => out.join(&d.image),
+                _ => vm_dir.join(d.image_in_vm_dir()),
+            },
             format,
+            shareable: d.shared,
         })
         .collect();
     let os_type = vm.vm.os_type.as_deref().unwrap_or("").to_ascii_lowercase();

@@ -10,14 +10,14 @@
 //! names the same VM the same way even when the two namesakes land in different shards.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use super::naming::{PathNameError, snapshot_name, validate_path_component};
 use crate::azure::arm::models::PowerState;
 use crate::azure::arm::{ResourceId, ResourceIdError, ResourceType};
-use crate::azure::inventory::{DiskInfo, DiskRole, VmInfo};
+use crate::azure::inventory::{DiskInfo, DiskRole, EncryptionKind, VmInfo};
 use crate::cli::{Consistency, DiskSet};
 use crate::image::sink::ImageFormat;
 
@@ -53,17 +53,108 @@ pub struct PlannedDisk {
     pub role: DiskRole,
     pub lun: Option<u32>,
     pub source: Source,
-    /// Image path relative to the output directory: `<vm>/<vm>-os.<ext>`.
+    /// Image path relative to the output directory: `<vm>/<vm>-os.<ext>`, or for a
+    /// shared disk `shared-disks/<disk>.<resource group>.<ext>` (see [`shared_image`]).
     pub image: PathBuf,
+    /// A shared disk already exported by another VM of this run (its key): this VM's
+    /// manifest and domain refer to that image, nothing is read twice.
+    #[serde(skip)]
+    pub owner: Option<DiskKey>,
+    /// The VM (folder) whose entry exports the shared disk, for the dry run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exported_with: Option<String>,
+    /// A shared disk: the domain marks it `<shareable/>`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
+    /// Reads carry an Entra ID token for managed disks besides the SAS
+    /// (`dataAccessAuthMode: AzureActiveDirectory`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub entra_id_reads: bool,
+    /// What a reader of the image must know (encrypted content and where its key is).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl PlannedDisk {
-    /// The image path relative to the VM's folder (as the manifest gives it).
+    /// The image path relative to the VM's folder (as the manifest gives it): the file
+    /// name, or `../shared-disks/…` for a shared disk.
     pub fn image_in_vm_dir(&self) -> String {
+        if self.shared {
+            return Path::new("..").join(&self.image).display().to_string();
+        }
         self.image
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
+    }
+}
+
+/// A selected disk that is not exported, and why (`unsupported: …` or `refused: …`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusedDisk {
+    pub name: String,
+    pub role: DiskRole,
+    pub lun: Option<u32>,
+    /// `unsupported` (nothing Azure can give) or `refused` (a flag would allow it).
+    pub status: &'static str,
+    pub reason: String,
+}
+
+/// Folder of shared disks' images, beside the VM folders: a shared disk belongs to no
+/// one VM, so it lives outside all of them and each VM's manifest and domain refer to it
+/// by a relative path (`../shared-disks/…`); moving or removing one VM's folder leaves the
+/// others whole.
+pub const SHARED_DIR: &str = "shared-disks";
+
+/// The image of shared disk `d`: `shared-disks/<disk>.<resource group>.<ext>` (disk names
+/// are unique per resource group only).
+pub fn shared_image(disk_id: &ResourceId, format: ImageFormat) -> String {
+    format!(
+        "{}.{}.{}",
+        disk_id.name(),
+        disk_id.resource_group().to_ascii_lowercase(),
+        format.extension()
+    )
+}
+
+/// Why disk `d` cannot be exported, if it cannot: an ephemeral OS disk has no managed
+/// disk to snapshot or grant; a confidential VM's disk encrypted with that VM's key is
+/// ciphertext anywhere else, so it is exported only when asked (`--allow-encrypted`).
+pub fn refusal(d: &DiskInfo, allow_encrypted: bool) -> Option<RefusedDisk> {
+    let (status, reason) = if d.ephemeral {
+        ("unsupported", "unsupported: ephemeral OS disk".to_string())
+    } else if !allow_encrypted
+        && d.encryption.as_ref().map(|e| e.kind) == Some(EncryptionKind::ConfidentialVm)
+    {
+        (
+            "refused",
+            "refused: confidential VM disk encrypted with the VM's key (DiskWithVMGuestState) cannot be read outside that VM; --allow-encrypted exports the ciphertext".to_string(),
+        )
+    } else {
+        return None;
+    };
+    Some(RefusedDisk {
+        name: d.name.clone(),
+        role: d.role,
+        lun: d.lun,
+        status,
+        reason,
+    })
+}
+
+/// What the reader of disk `d`'s image must be told (manifest, log, dry run).
+pub fn disk_notes(d: &DiskInfo) -> Vec<String> {
+    match &d.encryption {
+        Some(e) if e.kind == EncryptionKind::AzureDiskEncryption => vec![match &e.key_vault_url {
+            Some(url) => format!(
+                "encrypted by Azure Disk Encryption (BitLocker/dm-crypt): the guest needs its volume key from Key Vault {url}"
+            ),
+            None => "encrypted by Azure Disk Encryption (BitLocker/dm-crypt): the guest needs its volume key from Key Vault".to_string(),
+        }],
+        Some(_) => vec![
+            "confidential VM disk encrypted with the VM's key (exported with --allow-encrypted): unreadable without that VM's key".to_string(),
+        ],
+        None => Vec::new(),
     }
 }
 
@@ -82,6 +173,9 @@ pub struct PlannedVm {
     /// Deallocate before exporting (`--consistency deallocate` on an allocated VM).
     pub deallocate: bool,
     pub disks: Vec<PlannedDisk>,
+    /// Selected disks that are not exported, with the reason.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<RefusedDisk>,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +185,8 @@ pub struct PlanOptions {
     pub disks: DiskSet,
     pub consistency: Option<Consistency>,
     pub format: ImageFormat,
+    /// Export confidential VM disks encrypted with the VM's key (`--allow-encrypted`).
+    pub allow_encrypted: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -254,7 +350,35 @@ pub fn plan(vms: &[VmInfo], opts: &PlanOptions) -> Result<Vec<PlannedVm>, PlanEr
             });
         }
     }
-    vms.iter().map(|vm| plan_vm(vm, opts)).collect()
+    let mut planned = vms
+        .iter()
+        .map(|vm| plan_vm(vm, opts))
+        .collect::<Result<Vec<_>, _>>()?;
+    share_once(&mut planned);
+    Ok(planned)
+}
+
+/// A shared disk is read once per run: its first entry (plan order) exports it, every
+/// later one refers to that entry and its image.
+fn share_once(planned: &mut [PlannedVm]) {
+    let mut owners: HashMap<ResourceId, (DiskKey, String)> = HashMap::new();
+    for vm in planned.iter_mut() {
+        for d in vm.disks.iter_mut().filter(|d| d.shared) {
+            let disk_id = match &d.source {
+                Source::Snapshot { disk_id, .. } | Source::Disk { disk_id } => disk_id.clone(),
+                Source::Blob { .. } => continue,
+            };
+            match owners.get(&disk_id) {
+                Some((key, folder)) => {
+                    d.owner = Some(key.clone());
+                    d.exported_with = Some(folder.clone());
+                }
+                None => {
+                    owners.insert(disk_id, (d.key.clone(), vm.folder.clone()));
+                }
+            }
+        }
+    }
 }
 
 fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
@@ -269,10 +393,13 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
     let deallocate = consistency == Consistency::Deallocate && !deallocated;
     check_vm_record(vm)?;
     let id = typed_id(&vm.name, "id", &vm.id, ResourceType::VirtualMachine)?;
-    let mut disks: Vec<&DiskInfo> = vm
-        .disks
-        .iter()
-        .filter(|d| wanted(opts.disks, d.role))
+    let selected = vm.disks.iter().filter(|d| wanted(opts.disks, d.role));
+    let refused: Vec<RefusedDisk> = selected
+        .clone()
+        .filter_map(|d| refusal(d, opts.allow_encrypted))
+        .collect();
+    let mut disks: Vec<&DiskInfo> = selected
+        .filter(|d| refusal(d, opts.allow_encrypted).is_none())
         .collect();
     // OS disk first, then data disks in LUN order (the domain's boot order).
     disks.sort_by_key(|d| (d.role == DiskRole::Data, d.lun));
@@ -281,7 +408,17 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
     let planned = disks
         .into_iter()
         .map(|d| {
-            let image = image_name(&vm.name, d, opts.format);
+            let source = disk_source(vm, d, consistency, &opts.run_id)?;
+            let shared_id = match &source {
+                Source::Snapshot { disk_id, .. } | Source::Disk { disk_id } if d.shared() => {
+                    Some(disk_id)
+                }
+                _ => None,
+            };
+            let (dir, image) = match shared_id {
+                Some(id) => (SHARED_DIR, shared_image(id, opts.format)),
+                None => (folder.as_str(), image_name(&vm.name, d, opts.format)),
+            };
             path_component(&vm.name, "image file", &image)?;
             Ok(PlannedDisk {
                 key: DiskKey {
@@ -291,8 +428,13 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
                 name: d.name.clone(),
                 role: d.role,
                 lun: d.lun,
-                source: disk_source(vm, d, consistency, &opts.run_id)?,
-                image: PathBuf::from(&folder).join(image),
+                image: PathBuf::from(dir).join(image),
+                owner: None,
+                exported_with: None,
+                shared: shared_id.is_some(),
+                entra_id_reads: d.needs_entra_for_export(),
+                notes: disk_notes(d),
+                source,
             })
         })
         .collect::<Result<Vec<_>, PlanError>>()?;
@@ -310,6 +452,7 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
         },
         deallocate,
         disks: planned,
+        refused,
     })
 }
 
@@ -362,6 +505,10 @@ mod tests {
             size_gb: Some(1),
             managed: true,
             vhd_uri: None,
+            ephemeral: false,
+            max_shares: None,
+            data_access_auth_mode: None,
+            encryption: None,
         }
     }
 
@@ -404,6 +551,7 @@ mod tests {
             disks: d,
             consistency: c,
             format: ImageFormat::Qcow2,
+            allow_encrypted: false,
         }
     }
 

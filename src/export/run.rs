@@ -205,7 +205,7 @@ pub async fn run(
     let ready: Vec<(&PlannedVm, &PlannedDisk)> = plan
         .iter()
         .flat_map(|vm| vm.disks.iter().map(move |d| (vm, d)))
-        .filter(|(_, d)| !results.contains_key(&d.key))
+        .filter(|(_, d)| !results.contains_key(&d.key) && d.owner.is_none())
         .collect();
     let budget = split_budget(ctx.connections, ready.len(), RUN_BUFFERS);
     let per_disk = DiskContext {
@@ -240,10 +240,26 @@ pub async fn run(
         .collect()
         .await;
     results.extend(done);
+    share_results(plan, &ctx.ledger, &mut results);
 
     // Whatever is still recorded as possibly existing goes now.
     sweep(&ctx.arm, &ctx.ledger, &only_this_runs_snapshots(run_id)).await;
     results
+}
+
+/// A shared disk exported through another VM's entry has that entry's outcome (the same
+/// image); recorded for this VM's row too.
+fn share_results(plan: &[PlannedVm], ledger: &Ledger, results: &mut BTreeMap<DiskKey, DiskResult>) {
+    for d in plan.iter().flat_map(|vm| vm.disks.iter()) {
+        let Some(owner) = &d.owner else { continue };
+        let result = results.get(owner).cloned().unwrap_or_else(|| DiskResult {
+            status: DiskStatus::Failed,
+            report: None,
+            error: Some(format!("shared disk {}: its export did not run", d.name)),
+        });
+        record(ledger, &d.key, &result);
+        results.insert(d.key.clone(), result);
+    }
 }
 
 /// Exports one disk, then deletes its snapshot (grants are revoked by `export_disk`).
@@ -362,8 +378,9 @@ async fn prepare_vm(ctx: &DiskContext, vm: &PlannedVm, run_id: &str) -> Vec<(Dis
             None,
         );
     }
+    // A shared disk is snapshotted by the entry that exports it only.
     let snapshots = vm.disks.iter().filter_map(|d| match &d.source {
-        Source::Snapshot { snapshot, disk_id } => Some((d, snapshot, disk_id)),
+        Source::Snapshot { snapshot, disk_id } if d.owner.is_none() => Some((d, snapshot, disk_id)),
         _ => None,
     });
     let created = futures::future::join_all(snapshots.map(|(d, snapshot, disk_id)| async move {
