@@ -79,10 +79,7 @@ impl azure_core::http::policies::Policy for DiskTokenPolicy {
             .credential
             .get_token(&[MANAGED_DISK_SCOPE], None)
             .await?;
-        request.insert_header(
-            "authorization",
-            format!("Bearer {}", token.token.secret()),
-        );
+        request.insert_header("authorization", format!("Bearer {}", token.token.secret()));
         next[0].send(ctx, request, &next[1..]).await
     }
 }

@@ -45,7 +45,10 @@ pub fn manifest(
         .map(|d| {
             let mut dv = serde_json::to_value(d).expect("DiskInfo serialises");
             // By place in the VM (OS disk, LUN), which is unique where a name may not be.
-            let refused = vm.refused.iter().find(|r| r.role == d.role && r.lun == d.lun);
+            let refused = vm
+                .refused
+                .iter()
+                .find(|r| r.role == d.role && r.lun == d.lun);
             match vm.disks.iter().find(|p| p.role == d.role && p.lun == d.lun) {
                 None if refused.is_some() => {
                     let r = refused.expect("checked");

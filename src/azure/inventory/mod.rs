@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::arm::client::ResourceRef;
 use super::arm::models::{
-    ADE_EXTENSION_TYPES, Disk, OsType, PowerState, ResourceSku, VirtualMachine, VmSize, name_of, resource_group_of,
+    ADE_EXTENSION_TYPES, Disk, OsType, PowerState, ResourceSku, VirtualMachine, VmSize, name_of,
+    resource_group_of,
 };
 use super::arm::{ArmClient, ArmError, ResourceId, ResourceType};
 pub use selection::{Selection, SelectionError, SelectionInput};
