@@ -692,4 +692,70 @@ mod tests {
         assert!(matches!(e, PlanError::DuplicateFolder { .. }), "{e}");
         assert!(e.to_string().contains("web.rg"), "{e}");
     }
+    fn shared(mut d: DiskInfo) -> DiskInfo {
+        d.max_shares = Some(2);
+        d
+    }
+
+    #[test]
+    fn an_ephemeral_os_disk_is_unsupported_and_skipped_silently_with_data_only() {
+        let mut v = vm("a", PowerState::Running);
+        v.disks[1].ephemeral = true;
+        let p = plan(std::slice::from_ref(&v), &opts(None, DiskSet::All)).unwrap();
+        assert_eq!(p[0].refused.len(), 1);
+        assert_eq!(p[0].refused[0].status, "unsupported");
+        assert_eq!(p[0].refused[0].reason, "unsupported: ephemeral OS disk");
+        assert!(p[0].disks.iter().all(|d| d.role == DiskRole::Data));
+        let p = plan(&[v], &opts(None, DiskSet::Data)).unwrap();
+        assert!(p[0].refused.is_empty());
+    }
+
+    #[test]
+    fn a_confidential_disk_is_refused_unless_allowed_and_ade_is_noted() {
+        use crate::azure::inventory::DiskEncryption;
+        let mut v = vm("a", PowerState::Running);
+        v.disks[1].encryption = Some(DiskEncryption {
+            kind: EncryptionKind::ConfidentialVm,
+            key_vault_url: None,
+        });
+        v.disks[0].encryption = Some(DiskEncryption {
+            kind: EncryptionKind::AzureDiskEncryption,
+            key_vault_url: Some("https://kv.vault.azure.net/".into()),
+        });
+        let p = plan(std::slice::from_ref(&v), &opts(None, DiskSet::All)).unwrap();
+        assert_eq!(p[0].refused[0].status, "refused");
+        assert!(p[0].refused[0].reason.contains("--allow-encrypted"));
+        let lun3 = p[0].disks.iter().find(|d| d.lun == Some(3)).unwrap();
+        assert!(lun3.notes[0].contains("Key Vault https://kv.vault.azure.net/"));
+        let allowed = PlanOptions {
+            allow_encrypted: true,
+            ..opts(None, DiskSet::All)
+        };
+        let p = plan(&[v], &allowed).unwrap();
+        assert!(p[0].refused.is_empty());
+        assert!(p[0].disks[0].notes[0].contains("--allow-encrypted"));
+    }
+
+    #[test]
+    fn a_shared_disk_is_planned_once_into_the_shared_folder() {
+        let mut a = vm("a", PowerState::Running);
+        let mut b = vm("b", PowerState::Running);
+        a.disks[0] = shared(disk("quorum", DiskRole::Data, Some(3)));
+        b.disks[0] = shared(disk("quorum", DiskRole::Data, Some(5)));
+        b.disks[2] = disk("b-d0", DiskRole::Data, Some(0));
+        // A shared disk with maxShares 1 is an ordinary disk.
+        a.disks[2].max_shares = Some(1);
+        let p = plan(&[a, b], &opts(None, DiskSet::All)).unwrap();
+        let qa = p[0].disks.iter().find(|d| d.lun == Some(3)).unwrap();
+        let qb = p[1].disks.iter().find(|d| d.lun == Some(5)).unwrap();
+        assert_eq!(qa.image, PathBuf::from("shared-disks/quorum.rg.qcow2"));
+        assert_eq!(qa.image, qb.image);
+        assert_eq!(qb.image_in_vm_dir(), "../shared-disks/quorum.rg.qcow2");
+        assert!(qa.shared && qb.shared);
+        assert_eq!(qa.owner, None);
+        assert_eq!(qb.owner.as_ref(), Some(&qa.key));
+        assert_eq!(qb.exported_with.as_deref(), Some("a"));
+        let d0 = p[0].disks.iter().find(|d| d.lun == Some(0)).unwrap();
+        assert!(!d0.shared && d0.image_in_vm_dir() == "a-data-lun0.qcow2");
+    }
 }

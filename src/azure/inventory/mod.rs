@@ -836,4 +836,73 @@ mod tests {
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         assert_eq!(choose_strategy(&sel(&many, &["rg"]), 8), Strategy::List);
     }
+    /// The kinds come from what list and GET already return (VM model, disk list): an
+    /// ephemeral OS disk, ADE by extension and by the disk's settings, a confidential
+    /// disk, a shared disk, Entra ID export; server-side encryption is not reported.
+    #[test]
+    fn disk_kinds_are_read_from_the_vm_model_and_the_disk_list() {
+        let sub = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute";
+        let vm: VirtualMachine = serde_json::from_value(serde_json::json!({
+            "id": format!("{sub}/virtualMachines/v"), "name": "v", "location": "westeurope",
+            "properties": {"storageProfile": {
+                "osDisk": {"osType": "Linux", "name": "v-os",
+                           "diffDiskSettings": {"option": "Local", "placement": "ResourceDisk"},
+                           "managedDisk": {"storageAccountType": "Standard_LRS"}},
+                "dataDisks": [
+                    {"lun": 0, "managedDisk": {"id": format!("{sub}/disks/d0")}},
+                    {"lun": 1, "managedDisk": {"id": format!("{sub}/disks/d1"),
+                        "securityProfile": {"securityEncryptionType": "DiskWithVMGuestState"}}},
+                    {"lun": 2, "managedDisk": {"id": format!("{sub}/disks/d2")}}
+                ]}},
+            "resources": [{"id": format!("{sub}/virtualMachines/v/extensions/AzureDiskEncryptionForLinux"),
+                           "properties": {"publisher": "Microsoft.Azure.Security",
+                                          "type": "AzureDiskEncryptionForLinux"}}]
+        }))
+        .unwrap();
+        let disk = |name: &str, props: serde_json::Value| -> (String, Disk) {
+            let id = format!("{sub}/disks/{name}");
+            let d: Disk = serde_json::from_value(
+                serde_json::json!({"id": id, "name": name, "properties": props}),
+            )
+            .unwrap();
+            (id.to_ascii_lowercase(), d)
+        };
+        let disks: HashMap<String, Disk> = [
+            disk("d0", serde_json::json!({"maxShares": 3, "dataAccessAuthMode": "AzureActiveDirectory",
+                "encryption": {"type": "EncryptionAtRestWithCustomerKey"},
+                "encryptionSettingsCollection": {"enabled": true, "encryptionSettings": [
+                    {"diskEncryptionKey": {"secretUrl": "https://kv1.vault.azure.net/secrets/s/1"}}]}})),
+            disk("d1", serde_json::json!({})),
+            disk("d2", serde_json::json!({"maxShares": 1, "dataAccessAuthMode": "None"})),
+        ]
+        .into_iter()
+        .collect();
+        let info = build_vm_info(&vm, PowerState::Running, &disks, &HashMap::new());
+        let [os, d0, d1, d2] = info.disks.as_slice() else {
+            panic!("{:?}", info.disks)
+        };
+        assert!(os.ephemeral && !d0.ephemeral);
+        // The extension marks every disk; the disk's own settings name the vault.
+        let ade = |url: Option<&str>| {
+            Some(DiskEncryption {
+                kind: EncryptionKind::AzureDiskEncryption,
+                key_vault_url: url.map(str::to_string),
+            })
+        };
+        assert_eq!(os.encryption, ade(None));
+        assert_eq!(d0.encryption, ade(Some("https://kv1.vault.azure.net/")));
+        assert_eq!(
+            d1.encryption.as_ref().map(|e| e.kind),
+            Some(EncryptionKind::ConfidentialVm)
+        );
+        assert!(d0.shared() && !d2.shared() && !d1.shared());
+        assert!(d0.needs_entra_for_export() && !d2.needs_entra_for_export());
+
+        // Without the extension, a disk with only server-side encryption says nothing.
+        let mut plain = vm.clone();
+        plain.resources.clear();
+        let info = build_vm_info(&plain, PowerState::Running, &disks, &HashMap::new());
+        assert_eq!(info.disks[3].encryption, None);
+        assert_eq!(info.disks[0].encryption, None);
+    }
 }
