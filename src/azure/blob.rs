@@ -60,11 +60,47 @@ use super::sas::SasUrl;
 pub const MANAGED_DISK_SCOPE: &str = "https://disk.azure.com//.default";
 
 /// Adds `Authorization: Bearer <token for MANAGED_DISK_SCOPE>` to each request, beside the
-/// SAS in the URL. The token comes from the credential each time (the credential caches
-/// it) and is never logged: `Debug` shows neither the credential's secrets nor a token.
+/// SAS in the URL. The token is kept until [`TOKEN_REFRESH_MARGIN`] before it expires: not
+/// every credential caches (the Azure CLI one runs `az` on every call), and a disk is
+/// thousands of ranged GETs. It is never logged: the credential's and the token's `Debug`
+/// print no secret.
 #[derive(Debug)]
 pub struct DiskTokenPolicy {
     credential: Arc<dyn TokenCredential>,
+    token: std::sync::Mutex<Option<azure_core::credentials::AccessToken>>,
+}
+
+/// A token this close to its expiry is renewed before use.
+pub const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+impl DiskTokenPolicy {
+    pub fn new(credential: Arc<dyn TokenCredential>) -> Self {
+        Self {
+            credential,
+            token: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The kept token if it is good for a while yet, else a new one.
+    async fn token(&self) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        let margin = azure_core::time::Duration::seconds(TOKEN_REFRESH_MARGIN.as_secs() as i64);
+        let now = azure_core::time::OffsetDateTime::now_utc();
+        if let Some(t) = self
+            .token
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|t| t.expires_on - margin > now)
+        {
+            return Ok(t.clone());
+        }
+        let fresh = self
+            .credential
+            .get_token(&[MANAGED_DISK_SCOPE], None)
+            .await?;
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh.clone());
+        Ok(fresh)
+    }
 }
 
 #[async_trait::async_trait]
@@ -75,10 +111,7 @@ impl azure_core::http::policies::Policy for DiskTokenPolicy {
         request: &mut azure_core::http::Request,
         next: &[Arc<dyn azure_core::http::policies::Policy>],
     ) -> azure_core::http::policies::PolicyResult {
-        let token = self
-            .credential
-            .get_token(&[MANAGED_DISK_SCOPE], None)
-            .await?;
+        let token = self.token().await?;
         request.insert_header("authorization", format!("Bearer {}", token.token.secret()));
         next[0].send(ctx, request, &next[1..]).await
     }
@@ -293,7 +326,7 @@ impl BlobReader {
                 options
                     .client_options
                     .per_call_policies
-                    .push(Arc::new(DiskTokenPolicy { credential: c }));
+                    .push(Arc::new(DiskTokenPolicy::new(c)));
                 None
             }
             c if url.has_sas() => c.and(None),
@@ -820,6 +853,89 @@ mod tests {
             ] {
                 assert!(!head.contains(&format!("\n{h}:")), "{head}");
             }
+        }
+    }
+
+    /// Counts token requests and remembers the scopes asked for.
+    #[derive(Debug, Default)]
+    struct CountingCredential {
+        calls: std::sync::atomic::AtomicUsize,
+        scopes: std::sync::Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl TokenCredential for CountingCredential {
+        async fn get_token(
+            &self,
+            scopes: &[&str],
+            _: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+        ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+            self.calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.scopes
+                .lock()
+                .unwrap()
+                .extend(scopes.iter().map(|s| s.to_string()));
+            Ok(azure_core::credentials::AccessToken::new(
+                "disk-tok",
+                azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::hours(1),
+            ))
+        }
+    }
+
+    /// An export host given a credential besides the SAS: every request carries the SAS
+    /// and a token for the managed-disk audience, asked for once.
+    #[test]
+    fn entra_id_export_sends_the_sas_and_one_disk_token_for_every_request() {
+        let (port, server) = serve(3, blob_without_etag);
+        let url = SasUrl::parse(&format!(
+            "http://md-impexp-t0.localhost:{port}/xyz/abcd?sv=2018-03-28&sr=b&sig=SECRET"
+        ))
+        .unwrap();
+        let cred = Arc::new(CountingCredential::default());
+        let reader = BlobReader::with_md_version(
+            &url,
+            Some(cred.clone() as Arc<dyn TokenCredential>),
+            None,
+            &ServiceVersion::default(),
+        )
+        .unwrap();
+        block_on(async {
+            let props = reader.properties().await.unwrap();
+            reader.page_ranges(0..1024, &props.etag).await.unwrap();
+            reader.get_range(0..4, &props.etag, false).await.unwrap();
+        });
+        for head in server.join().unwrap() {
+            assert!(
+                head.contains("authorization: bearer disk-tok\r\n"),
+                "{head}"
+            );
+            assert!(head.contains("sig=secret"), "{head}");
+        }
+        assert_eq!(cred.calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(
+            *cred.scopes.lock().unwrap(),
+            vec!["https://disk.azure.com//.default".to_string()]
+        );
+    }
+
+    /// Without the disk's Entra ID requirement no token goes to an export host.
+    #[test]
+    fn an_export_host_without_a_credential_gets_no_token() {
+        let (port, server) = serve(3, blob_without_etag);
+        let url = SasUrl::parse(&format!(
+            "http://md-impexp-t0.localhost:{port}/xyz/abcd?sv=2018-03-28&sr=b&sig=SECRET"
+        ))
+        .unwrap();
+        let reader =
+            BlobReader::with_md_version(&url, None, None, &ServiceVersion::default()).unwrap();
+        block_on(async {
+            let props = reader.properties().await.unwrap();
+            reader.page_ranges(0..1024, &props.etag).await.unwrap();
+            reader.get_range(0..4, &props.etag, false).await.unwrap();
+        });
+        for head in server.join().unwrap() {
+            assert!(!head.contains("authorization:"), "{head}");
         }
     }
 
