@@ -20,7 +20,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::tools::ensure_debian_tool;
+use super::tools::{APT_WAIT, ensure_debian_tool};
 
 pub const URI: &str = "qemu:///system";
 const BACKPORTS: &str = "/etc/apt/sources.list.d/azure2kvm-bookworm-backports.sources";
@@ -95,6 +95,9 @@ pub fn major_version(cmd: &str) -> u32 {
 /// Installs QEMU, OVMF, libvirt and tini when missing.
 pub fn ensure_installed() {
     ensure_debian_tool("apt-get", "apt");
+    let _one_apt = super::tools::INSTALL
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let missing = |list: &[&str]| {
         list.iter()
             .filter(|p| !installed(p))
@@ -105,15 +108,16 @@ pub fn ensure_installed() {
     let bp = missing(BACKPORTS_PACKAGES);
     if !bp.is_empty() {
         add_backports();
-        let cmd =
-            format!("apt-get install -y -q --no-install-recommends -t bookworm-backports {bp}");
+        let cmd = format!(
+            "apt-get install {APT_WAIT} -y -q --no-install-recommends -t bookworm-backports {bp}"
+        );
         if !sh(&cmd).status.success() {
             ok(&sh(&format!("apt-get update -q && {cmd}")), &cmd);
         }
     }
     let rest = missing(PACKAGES);
     if !rest.is_empty() {
-        let cmd = format!("apt-get install -y -q --no-install-recommends {rest}");
+        let cmd = format!("apt-get install {APT_WAIT} -y -q --no-install-recommends {rest}");
         if !sh(&cmd).status.success() {
             ok(&sh(&format!("apt-get update -q && {cmd}")), &cmd);
         }

@@ -4,7 +4,13 @@
 use std::process::Command;
 use std::sync::Mutex;
 
-static INSTALL: Mutex<()> = Mutex::new(());
+/// One apt/dpkg run at a time in this test binary: dpkg refuses a second one while the
+/// first holds its lock, and tests run in parallel threads.
+/// Another process's apt (a second test binary under nextest, unattended upgrades) is
+/// waited for rather than failed on.
+pub const APT_WAIT: &str = "-o DPkg::Lock::Timeout=600";
+
+pub static INSTALL: Mutex<()> = Mutex::new(());
 
 fn found(tool: &str) -> bool {
     Command::new("sh")
@@ -21,9 +27,11 @@ pub fn ensure_debian_tool(tool: &str, package: &str) {
     }
     let install = |update: bool| {
         let script = if update {
-            format!("apt-get update -q && apt-get install -y -q --no-install-recommends {package}")
+            format!(
+                "apt-get update -q && apt-get install {APT_WAIT} -y -q --no-install-recommends {package}"
+            )
         } else {
-            format!("apt-get install -y -q --no-install-recommends {package}")
+            format!("apt-get install {APT_WAIT} -y -q --no-install-recommends {package}")
         };
         Command::new("sh")
             .args(["-c", &script])
