@@ -341,26 +341,13 @@ fn finish(
         || results
             .values()
             .any(|r| r.status == DiskStatus::Interrupted);
-    let refused: Vec<String> = planned
-        .iter()
-        .flat_map(|vm| {
-            vm.refused
-                .iter()
-                .map(move |r| format!("VM {}, disk {}: {}", vm.name, r.name, r.reason))
-        })
-        .collect();
-    let status = if interrupted {
-        RunStatus::Interrupted
-    } else if done == total && manifest_errors.is_empty() && !refused.is_empty() {
-        // Every exportable disk is there, but not every selected one: partly done.
-        RunStatus::Partial
-    } else if done == total && manifest_errors.is_empty() {
-        RunStatus::Done
-    } else if done > 0 {
-        RunStatus::Partial
-    } else {
-        RunStatus::Failed
-    };
+    let refused = refused_disks(planned);
+    let status = run_status(
+        interrupted,
+        (done, total),
+        manifest_errors.is_empty(),
+        refused.len(),
+    );
     let _ = ledger.update(|r| {
         r.status = status;
         r.finished_at = Some(now_rfc3339());
@@ -429,6 +416,38 @@ fn finish(
     }
 }
 
+/// Selected disks the plan does not export, each with its VM and reason.
+fn refused_disks(planned: &[PlannedVm]) -> Vec<String> {
+    planned
+        .iter()
+        .flat_map(|vm| {
+            vm.refused
+                .iter()
+                .map(move |r| format!("VM {}, disk {}: {}", vm.name, r.name, r.reason))
+        })
+        .collect()
+}
+
+/// How a run went from (exported, exportable) disks, the manifests, and how many
+/// selected disks were refused: every exportable disk there but a refused one is partly
+/// done (exit 3), as a failed disk is.
+fn run_status(
+    interrupted: bool,
+    (done, total): (usize, usize),
+    manifests_ok: bool,
+    refused: usize,
+) -> RunStatus {
+    if interrupted {
+        RunStatus::Interrupted
+    } else if done == total && manifests_ok && refused == 0 {
+        RunStatus::Done
+    } else if done == total && manifests_ok || done > 0 {
+        RunStatus::Partial
+    } else {
+        RunStatus::Failed
+    }
+}
+
 /// The result for scripts, on stdout: one JSON object with the run id, its status, the
 /// report's path and each disk's outcome (the logs on stderr say the same for people).
 fn print_summary(run_id: &str, status: RunStatus, ledger: &Ledger) -> Result<(), Error> {
@@ -459,4 +478,21 @@ fn print_plan(planned: &[PlannedVm], args: &ExportArgs) -> Result<(), Error> {
     let text = serde_json::to_string_pretty(&out).expect("plan serialises");
     println!("{text}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_disk_makes_a_complete_run_partial() {
+        assert_eq!(run_status(false, (2, 2), true, 0), RunStatus::Done);
+        assert_eq!(run_status(false, (2, 2), true, 1), RunStatus::Partial);
+        // Only refused disks selected: nothing failed, nothing exported, partly done.
+        assert_eq!(run_status(false, (0, 0), true, 1), RunStatus::Partial);
+        assert_eq!(run_status(false, (1, 2), true, 1), RunStatus::Partial);
+        assert_eq!(run_status(false, (0, 2), true, 1), RunStatus::Failed);
+        assert_eq!(run_status(false, (2, 2), false, 0), RunStatus::Partial);
+        assert_eq!(run_status(true, (2, 2), true, 0), RunStatus::Interrupted);
+    }
 }

@@ -51,9 +51,11 @@ impl std::fmt::Debug for Gate {
 /// `Some((status, code, message))`. The fake ARM knows which blobs need a token and which
 /// token is valid.
 #[derive(Clone)]
-pub struct TokenGate(
-    pub Arc<dyn Fn(&str, Option<&str>) -> Option<(u16, &'static str, String)> + Send + Sync>,
-);
+pub struct TokenGate(pub Arc<TokenCheck>);
+
+/// `(path, authorization header) -> Some((status, error code, message))` to refuse.
+pub type TokenCheck =
+    dyn Fn(&str, Option<&str>) -> Option<(u16, &'static str, String)> + Send + Sync;
 
 impl std::fmt::Debug for TokenGate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

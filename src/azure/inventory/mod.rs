@@ -256,19 +256,7 @@ pub fn build_vm_info(
                 os.vhd.as_ref().and_then(|v| v.uri.clone()),
                 record,
             );
-            info.ephemeral = os.is_ephemeral();
-            // ADE v0 kept its settings on the OS disk of the VM model.
-            let v0 = os
-                .encryption_settings
-                .as_ref()
-                .filter(|e| e.enabled == Some(true))
-                .map(|e| e.disk_encryption_key.as_ref().and_then(|k| k.vault_url()));
-            info.encryption = encryption(
-                record,
-                os.managed_disk.as_ref(),
-                v0.is_some() || ade_extension,
-                v0.flatten(),
-            );
+            os_disk_kinds(&mut info, os, record, ade_extension);
             out_disks.push(info);
         }
         let mut data: Vec<_> = st.data_disks.iter().collect();
@@ -306,6 +294,28 @@ pub fn build_vm_info(
         tags: vm.tags(),
         disks: out_disks,
     }
+}
+
+/// The OS disk's kinds: ephemeral, and its encryption (ADE v0 kept its settings on the
+/// OS disk of the VM model).
+fn os_disk_kinds(
+    info: &mut DiskInfo,
+    os: &crate::azure::arm::models::OsDisk,
+    record: Option<&Disk>,
+    ade_extension: bool,
+) {
+    info.ephemeral = os.is_ephemeral();
+    let v0 = os
+        .encryption_settings
+        .as_ref()
+        .filter(|e| e.enabled == Some(true))
+        .map(|e| e.disk_encryption_key.as_ref().and_then(|k| k.vault_url()));
+    info.encryption = encryption(
+        record,
+        os.managed_disk.as_ref(),
+        v0.is_some() || ade_extension,
+        v0.flatten(),
+    );
 }
 
 /// Whether the VM model lists an Azure Disk Encryption extension among its child
@@ -904,5 +914,23 @@ mod tests {
         let info = build_vm_info(&plain, PowerState::Running, &disks, &HashMap::new());
         assert_eq!(info.disks[3].encryption, None);
         assert_eq!(info.disks[0].encryption, None);
+
+        // ADE's older settings on the VM model's OS disk name the vault too.
+        let mut v0 = plain.clone();
+        let os = v0
+            .properties
+            .as_mut()
+            .and_then(|p| p.storage_profile.as_mut())
+            .and_then(|s| s.os_disk.as_mut())
+            .unwrap();
+        os.encryption_settings = serde_json::from_value(serde_json::json!({"enabled": true,
+            "diskEncryptionKey": {"secretUrl": "https://kv0.vault.azure.net/secrets/s/2"}}))
+        .unwrap();
+        let info = build_vm_info(&v0, PowerState::Running, &disks, &HashMap::new());
+        assert_eq!(
+            info.disks[0].encryption,
+            ade(Some("https://kv0.vault.azure.net/"))
+        );
+        assert_eq!(info.disks[3].encryption, None);
     }
 }
