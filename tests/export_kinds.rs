@@ -122,6 +122,15 @@ fn an_ephemeral_os_disk_is_unsupported_by_name_and_data_disks_still_export() {
     assert_eq!(m["disks"][0]["error"], "unsupported: ephemeral OS disk");
     assert_eq!(m["disks"][1]["status"], "done");
     assert!(!out.join("eph-01/domain.xml").exists(), "nothing to boot");
+    let report = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("run-"))
+        .unwrap();
+    let rows = json_file(&report)["disks"].as_array().unwrap().clone();
+    let os_row = rows.iter().find(|r| r["role"] == "os").unwrap();
+    assert_eq!(os_row["status"], "unsupported", "{rows:?}");
+    assert_eq!(json_file(&report)["status"], "partial");
     assert_eq!(world.leftovers(), Leftovers::default());
 
     // Only data disks asked for: the ephemeral OS disk is not mentioned at all.

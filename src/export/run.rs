@@ -160,7 +160,32 @@ pub fn pending_outcomes(plan: &[PlannedVm]) -> Vec<DiskOutcome> {
                 error: None,
             })
         })
+        .chain(plan.iter().flat_map(refused_outcomes))
         .collect()
+}
+
+/// The report's rows for the disks a VM's plan refuses: final from the start.
+fn refused_outcomes(vm: &PlannedVm) -> impl Iterator<Item = DiskOutcome> + '_ {
+    vm.refused.iter().map(move |r| DiskOutcome {
+        vm: vm.name.clone(),
+        vm_id: vm.id.clone(),
+        disk: r.name.clone(),
+        disk_id: vm
+            .vm
+            .disks
+            .iter()
+            .find(|d| d.role == r.role && d.lun == r.lun)
+            .and_then(|d| d.id.as_deref()?.parse().ok()),
+        role: match r.role {
+            crate::azure::inventory::DiskRole::Os => "os".into(),
+            crate::azure::inventory::DiskRole::Data => "data".into(),
+        },
+        lun: r.lun,
+        image: None,
+        status: r.status.into(),
+        bytes_downloaded: 0,
+        error: Some(r.reason.clone()),
+    })
 }
 
 /// True if `row` is the outcome row of the disk `key` names.
