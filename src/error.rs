@@ -5,10 +5,16 @@
 
 use std::fmt;
 
+use crate::azure::arm::ArmError;
+use crate::azure::inventory::SelectionError;
+use crate::azure::session::SignInError;
 use crate::image::copy::CopyError;
 use crate::image::sink::SinkError;
+use crate::image::source::OpenError;
 use crate::image::staging::StagingError;
 use crate::image::vhd::VhdError;
+use crate::image::vhdx::VhdxError;
+use crate::transfer::job::DownloadError;
 
 /// What went wrong, as far as the exit code is concerned (see DESIGN.md, "exit").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,15 +102,32 @@ impl From<VhdError> for Error {
     }
 }
 
+impl From<VhdxError> for Error {
+    fn from(e: VhdxError) -> Self {
+        let kind = if e.is_bad_image() {
+            ErrorKind::BadImage
+        } else {
+            ErrorKind::Failed
+        };
+        Self::new(kind, e)
+    }
+}
+
+impl From<OpenError> for Error {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Vhd(e) => e.into(),
+            OpenError::Vhdx(e) => e.into(),
+        }
+    }
+}
+
 impl From<StagingError> for Error {
     fn from(e: StagingError) -> Self {
-        let kind = match e {
-            StagingError::Exists { .. }
-            | StagingError::Locked { .. }
-            | StagingError::NoFileName { .. }
-            | StagingError::IsDirectory { .. }
-            | StagingError::BadDirectory { .. } => ErrorKind::Usage,
-            StagingError::Io { .. } => ErrorKind::Failed,
+        let kind = if e.is_usage() {
+            ErrorKind::Usage
+        } else {
+            ErrorKind::Failed
         };
         Self::new(kind, e)
     }
@@ -112,9 +135,10 @@ impl From<StagingError> for Error {
 
 impl From<SinkError> for Error {
     fn from(e: SinkError) -> Self {
-        let kind = match e {
-            SinkError::TooLarge { .. } => ErrorKind::BadImage,
-            _ => ErrorKind::Failed,
+        let kind = if e.is_bad_image() {
+            ErrorKind::BadImage
+        } else {
+            ErrorKind::Failed
         };
         Self::new(kind, e)
     }
@@ -127,6 +151,43 @@ impl From<CopyError> for Error {
             CopyError::Stopped { .. } => Self::interrupted(),
             read @ CopyError::Read { .. } => Self::failed(read),
         }
+    }
+}
+
+impl From<ArmError> for Error {
+    /// 401/403 and credential failures are configuration (exit 2); the rest failed work.
+    fn from(e: ArmError) -> Self {
+        if e.is_auth() {
+            Self::usage(e)
+        } else {
+            Self::failed(e)
+        }
+    }
+}
+
+impl From<SelectionError> for Error {
+    fn from(e: SelectionError) -> Self {
+        Self::usage(e)
+    }
+}
+
+impl From<SignInError> for Error {
+    fn from(e: SignInError) -> Self {
+        Self::usage(e)
+    }
+}
+
+impl From<DownloadError> for Error {
+    fn from(e: DownloadError) -> Self {
+        let kind = match &e {
+            DownloadError::Usage(_) => ErrorKind::Usage,
+            DownloadError::BadImage(_) => ErrorKind::BadImage,
+            DownloadError::Interrupted { .. } => ErrorKind::Interrupted,
+            DownloadError::AccessDenied { .. }
+            | DownloadError::BlobChanged(_)
+            | DownloadError::Failed { .. } => ErrorKind::Failed,
+        };
+        Self::new(kind, e)
     }
 }
 
@@ -161,5 +222,44 @@ mod tests {
             source: std::io::Error::other("disk gone"),
         };
         assert_eq!(Error::from(io).kind(), ErrorKind::Failed);
+    }
+
+    /// Each layer's own error maps to the contract's exit code here, and only here.
+    #[test]
+    fn layer_errors_map_to_their_exit_codes() {
+        use crate::azure::arm::error::parse_service_error;
+        let service = |status| ArmError::Service {
+            operation: "list VMs",
+            resource: "subscription s".into(),
+            error: parse_service_error(
+                status,
+                None,
+                br#"{"error":{"code":"AuthorizationFailed","message":"no"}}"#,
+            ),
+        };
+        assert_eq!(Error::from(service(403)).kind(), ErrorKind::Usage);
+        assert_eq!(Error::from(service(401)).kind(), ErrorKind::Usage);
+        assert_eq!(Error::from(service(404)).kind(), ErrorKind::Failed);
+        assert_eq!(
+            Error::from(SelectionError::MissingSubscription).kind(),
+            ErrorKind::Usage
+        );
+        let download = |e| Error::from(e).kind();
+        assert_eq!(download(DownloadError::Usage("x".into())), ErrorKind::Usage);
+        assert_eq!(
+            download(DownloadError::BadImage("x".into())),
+            ErrorKind::BadImage
+        );
+        assert_eq!(
+            download(DownloadError::Interrupted {
+                message: "x".into(),
+                kept: None
+            }),
+            ErrorKind::Interrupted
+        );
+        assert_eq!(
+            download(DownloadError::BlobChanged("x".into())),
+            ErrorKind::Failed
+        );
     }
 }

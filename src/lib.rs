@@ -13,6 +13,7 @@ pub mod image;
 pub mod interrupt;
 pub mod output;
 pub mod transfer;
+pub mod units;
 
 // Offsets are u64 and buffers index with usize: on the 64-bit targets this tool supports
 // (x86_64/aarch64 Linux, where KVM runs) every u64 → usize cast of an in-memory length is

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use azure2kvm::cli::{Cli, config};
+use azure2kvm::cli::{Cli, LogFormat, config};
 use azure2kvm::error::{Error, ErrorKind};
 use azure2kvm::interrupt::Interrupt;
-use azure2kvm::output::log::{self, LogFormat};
+use azure2kvm::output::log;
 
 fn main() -> ExitCode {
     let args = match config::apply(std::env::args_os().collect(), &Cli::command()) {
@@ -21,7 +21,11 @@ fn main() -> ExitCode {
     // clap exits with 2 on usage errors, as the contract says.
     let cli = Cli::parse_from(args);
     let format = cli.global.log_format;
-    log::init(format, cli.global.verbose, cli.global.quiet);
+    log::init(
+        format == LogFormat::Json,
+        cli.global.verbose,
+        cli.global.quiet,
+    );
     let result = Interrupt::install()
         .map_err(|e| Error::failed(format!("cannot install signal handlers: {e}")))
         .and_then(|interrupt| azure2kvm::commands::run(cli, interrupt));

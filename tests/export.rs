@@ -338,6 +338,7 @@ fn export_of_a_mixed_fleet_gives_identical_images_manifests_and_domains() {
             assert_image_equals(&world, &vm_dir.join(file), disk);
         }
         let m = json_file(&vm_dir.join("manifest.json"));
+        assert_eq!(m["manifest_version"], 1);
         assert_eq!(m["name"], vm);
         assert!(m["power_state"].is_string() && m["vm_size"].is_string());
         let md = m["disks"].as_array().unwrap();
@@ -347,12 +348,15 @@ fn export_of_a_mixed_fleet_gives_identical_images_manifests_and_domains() {
             assert_eq!(d["image"], *file);
             assert_eq!(d["format"], "qcow2");
             assert_eq!(d["virtual_size"], 4 << 20);
+            assert_eq!(d["logical_sector_size"], 512);
             assert!(d["bytes_downloaded"].as_u64().unwrap() > 0);
             assert!(d["error"].is_null());
         }
         let xml_path = vm_dir.join("domain.xml");
         validate_domain(&xml_path);
         let xml = std::fs::read_to_string(&xml_path).unwrap();
+        // 512-byte sectors are the default: no <blockio> for them.
+        assert!(!xml.contains("blockio"), "{xml}");
         // OS disk first, then LUN order.
         let positions: Vec<usize> = disks
             .iter()

@@ -119,7 +119,7 @@ fn an_ephemeral_os_disk_is_unsupported_by_name_and_data_disks_still_export() {
     );
     let m = json_file(&out.join("eph-01/manifest.json"));
     assert_eq!(m["disks"][0]["status"], "unsupported");
-    assert_eq!(m["disks"][0]["error"], "unsupported: ephemeral OS disk");
+    assert_eq!(m["disks"][0]["reason"], "unsupported: ephemeral OS disk");
     assert_eq!(m["disks"][1]["status"], "done");
     assert!(!out.join("eph-01/domain.xml").exists(), "nothing to boot");
     let report = std::fs::read_dir(&out)
@@ -351,6 +351,12 @@ fn encrypted_content_is_noted_with_its_vault_or_refused_unless_allowed() {
     );
     let m = json_file(&out.join("cvm-01/manifest.json"));
     assert_eq!(m["disks"][0]["status"], "refused");
+    assert!(
+        m["disks"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("DiskWithVMGuestState")
+    );
     assert!(!out.join("cvm-01/cvm-01-os.qcow2").exists());
     let m = json_file(&out.join("sse-01/manifest.json"));
     assert!(m["disks"][0]["notes"].is_null() && m["disks"][0]["encryption"].is_null());

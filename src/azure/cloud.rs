@@ -8,7 +8,7 @@ use std::sync::Arc;
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
 use azure_core::http::Url;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloudName {
     Public,
     China,

@@ -31,7 +31,7 @@ use super::secret::Secret;
 /// How long `auto` waits for IMDS before calling it unavailable.
 pub const IMDS_PROBE_TIMEOUT: Duration = Duration::from_secs(8);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMethod {
     Auto,
     ManagedIdentity,

@@ -17,6 +17,17 @@ use super::http::{self, HttpError};
 /// The Entra ID scope of Azure Storage (blob data plane).
 pub const STORAGE_SCOPE: &str = "https://storage.azure.com/.default";
 
+/// A credential that could not get a token: which service it was for and why (the chain's
+/// message lists what was tried). Always a configuration problem for the caller.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot authenticate to {service}: {source}")]
+pub struct SignInError {
+    /// "Azure" (ARM) or "Azure Storage".
+    pub service: &'static str,
+    #[source]
+    pub source: azure_core::Error,
+}
+
 #[derive(Debug)]
 pub struct AzureSession {
     pub cloud: Cloud,
@@ -56,24 +67,28 @@ impl AzureSession {
 
     /// Gets a storage token once, before a download that needs one (a blob URL without
     /// SAS), so a credential problem is one clear usage error (exit 2).
-    pub async fn check_storage_credential(&self) -> Result<(), crate::error::Error> {
+    pub async fn check_storage_credential(&self) -> Result<(), SignInError> {
         self.credential
             .get_token(&[STORAGE_SCOPE], None)
             .await
             .map(drop)
-            .map_err(|e| {
-                crate::error::Error::usage(format!("cannot authenticate to Azure Storage: {e}"))
+            .map_err(|source| SignInError {
+                service: "Azure Storage",
+                source,
             })
     }
 
     /// Gets an ARM token once, before any listing, so that a credential problem is one
     /// clear usage error (exit 2) listing what was tried, not a failure halfway through.
-    pub async fn check_credential(&self) -> Result<(), crate::error::Error> {
+    pub async fn check_credential(&self) -> Result<(), SignInError> {
         let scope = self.cloud.arm_scope();
         self.credential
             .get_token(&[scope.as_str()], None)
             .await
             .map(drop)
-            .map_err(|e| crate::error::Error::usage(format!("cannot authenticate to Azure: {e}")))
+            .map_err(|source| SignInError {
+                service: "Azure",
+                source,
+            })
     }
 }

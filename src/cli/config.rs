@@ -3,7 +3,8 @@
 //!
 //! Implemented in front of clap, not beside it: file values are turned into extra
 //! `--key value` arguments, added only when the command line does not already give the
-//! flag and the flag's environment variable (if it has one) is unset. clap then parses
+//! flag (as clap itself reads it: its value source, not a guess from the raw arguments)
+//! and the flag's environment variable (if it has one) is unset. clap then parses
 //! and validates everything exactly as if typed, so a file can never bypass a check.
 //!
 //! Layout (TOML): top-level keys apply to every command that has the flag (plus the global
@@ -19,9 +20,10 @@
 //! ```
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::Command;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Command};
 
 /// Environment variable naming a config file when `--config` is not given.
 pub const CONFIG_ENV: &str = "AZURE2KVM_CONFIG";
@@ -82,20 +84,27 @@ fn subcommand_name<'a>(args: &[OsString], cmd: &'a Command) -> Option<&'a Comman
         .find_map(|a| cmd.find_subcommand(a.to_str()?))
 }
 
-/// True if `args` already give the flag `long` (or its short form).
-fn given(args: &[OsString], long: &str, short: Option<char>) -> bool {
-    let long_eq = format!("--{long}=");
-    args.iter()
-        .skip(1)
-        .map(|a| a.to_string_lossy())
-        .take_while(|s| s != "--")
-        .any(|s| {
-            s == format!("--{long}")
-                || s.starts_with(&long_eq)
-                || short.is_some_and(|c| {
-                    s.len() >= 2 && s.starts_with('-') && !s.starts_with("--") && s[1..].contains(c)
-                })
-        })
+/// How clap reads `args` before the file is merged: only to ask which flags the command
+/// line gave ([`ValueSource::CommandLine`]). Errors are ignored here (a required value
+/// may still come from the file); None when clap stops anyway (`--help`, `--version`):
+/// then nothing counts as given and the real parse decides.
+fn command_line_matches(args: &[OsString], cmd: &Command) -> Option<ArgMatches> {
+    cmd.clone()
+        .ignore_errors(true)
+        .try_get_matches_from(args)
+        .ok()
+}
+
+/// True if the command line gives the argument `id`, at the top level or in `sub`.
+fn given(matches: Option<&ArgMatches>, sub: Option<&str>, id: &str) -> bool {
+    let Some(top) = matches else {
+        return false;
+    };
+    let in_sub = sub.and_then(|s| top.subcommand_matches(s));
+    [Some(top), in_sub].into_iter().flatten().any(|m| {
+        // `value_source` insists on a known id; a global flag shows in both.
+        m.ids().any(|i| i.as_str() == id) && m.value_source(id) == Some(ValueSource::CommandLine)
+    })
 }
 
 fn scalar(v: &toml::Value) -> Option<String> {
@@ -113,44 +122,13 @@ pub fn apply(args: Vec<OsString>, cmd: &Command) -> Result<Vec<OsString>, Config
     let Some(path) = config_path(&args)? else {
         return Ok(args);
     };
-    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| ConfigError::Syntax {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+    let table = read_table(&path)?;
     let sub = subcommand_name(&args, cmd);
-    let mut extra: Vec<OsString> = Vec::new();
-
-    // Top-level keys first, then the command's own table, which wins on conflicts.
-    let mut entries: Vec<(String, toml::Value, bool)> = Vec::new();
-    for (key, value) in &table {
-        match value {
-            toml::Value::Table(t) => {
-                if cmd.find_subcommand(key).is_none() {
-                    return Err(ConfigError::UnknownTable {
-                        path,
-                        table: key.clone(),
-                    });
-                }
-                if sub.is_some_and(|s| s.get_name() == key) {
-                    entries.extend(t.iter().map(|(k, v)| (k.clone(), v.clone(), true)));
-                }
-            }
-            _ => entries.push((key.clone(), value.clone(), false)),
-        }
-    }
+    let entries = entries_for(&table, cmd, sub, &path)?;
+    let matches = command_line_matches(&args, cmd);
     let command_name = sub.map_or("azure2kvm", |s| s.get_name()).to_string();
-    let mut seen: Vec<String> = Vec::new();
-    for (key, value, from_table) in entries.iter().rev() {
-        if seen.contains(key) {
-            continue;
-        }
-        seen.push(key.clone());
+    let mut extra: Vec<OsString> = Vec::new();
+    for (key, value, from_table) in &entries {
         let arg = sub
             .and_then(|s| {
                 s.get_arguments()
@@ -175,7 +153,8 @@ pub fn apply(args: Vec<OsString>, cmd: &Command) -> Result<Vec<OsString>, Config
             }
             continue;
         };
-        if key == "config" || given(&args, key, arg.get_short()) {
+        let id = arg.get_id().as_str();
+        if key == "config" || given(matches.as_ref(), sub.map(|s| s.get_name()), id) {
             continue;
         }
         if arg
@@ -185,33 +164,97 @@ pub fn apply(args: Vec<OsString>, cmd: &Command) -> Result<Vec<OsString>, Config
         {
             continue;
         }
-        let values: Vec<&toml::Value> = match value {
-            toml::Value::Array(items) => items.iter().collect(),
-            v => vec![v],
-        };
-        let takes_value = arg.get_action().takes_values();
-        for v in values {
-            let s = scalar(v).ok_or_else(|| ConfigError::BadValue {
-                path: path.clone(),
-                key: key.clone(),
-            })?;
-            if takes_value {
-                extra.push(format!("--{key}").into());
-                extra.push(s.into());
-            } else if s == "true" {
-                extra.push(format!("--{key}").into());
-            } else if s != "false" {
-                return Err(ConfigError::BadValue {
-                    path: path.clone(),
-                    key: key.clone(),
-                });
-            }
-        }
+        extra.extend(flag_values(
+            key,
+            value,
+            arg.get_action().takes_values(),
+            &path,
+        )?);
     }
     let mut out = args;
     // Before a `--` separator, if any, so the values stay flags.
     let at = out.iter().position(|a| a == "--").unwrap_or(out.len());
     out.splice(at..at, extra);
+    Ok(out)
+}
+
+fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.parse()
+        .map_err(|e: toml::de::Error| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+}
+
+/// The file's entries that apply to the command line's subcommand, one per key: the
+/// command's own table wins over a top-level key. `(key, value, from the command's table)`.
+fn entries_for(
+    table: &toml::Table,
+    cmd: &Command,
+    sub: Option<&Command>,
+    path: &Path,
+) -> Result<Vec<(String, toml::Value, bool)>, ConfigError> {
+    // Top-level keys first, then the command's own table, which wins on conflicts.
+    let mut entries: Vec<(String, toml::Value, bool)> = Vec::new();
+    for (key, value) in table {
+        match value {
+            toml::Value::Table(t) => {
+                if cmd.find_subcommand(key).is_none() {
+                    return Err(ConfigError::UnknownTable {
+                        path: path.to_path_buf(),
+                        table: key.clone(),
+                    });
+                }
+                if sub.is_some_and(|s| s.get_name() == key) {
+                    entries.extend(t.iter().map(|(k, v)| (k.clone(), v.clone(), true)));
+                }
+            }
+            _ => entries.push((key.clone(), value.clone(), false)),
+        }
+    }
+    let mut seen: Vec<String> = Vec::new();
+    let mut kept = Vec::new();
+    for entry in entries.into_iter().rev() {
+        if !seen.contains(&entry.0) {
+            seen.push(entry.0.clone());
+            kept.push(entry);
+        }
+    }
+    Ok(kept)
+}
+
+/// `key = value` as arguments: `--key value` per value (a list repeats the flag), or
+/// `--key` for a switch set to true.
+fn flag_values(
+    key: &str,
+    value: &toml::Value,
+    takes_value: bool,
+    path: &Path,
+) -> Result<Vec<OsString>, ConfigError> {
+    let bad = || ConfigError::BadValue {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+    };
+    let values: Vec<&toml::Value> = match value {
+        toml::Value::Array(items) => items.iter().collect(),
+        v => vec![v],
+    };
+    let mut out = Vec::new();
+    for v in values {
+        let s = scalar(v).ok_or_else(bad)?;
+        if takes_value {
+            out.push(format!("--{key}").into());
+            out.push(s.into());
+        } else if s == "true" {
+            out.push(format!("--{key}").into());
+        } else if s != "false" {
+            return Err(bad());
+        }
+    }
     Ok(out)
 }
 
@@ -291,6 +334,30 @@ mod tests {
         assert_eq!(got, ["export", "--output-dir=/x"]);
         let got = run("quiet = true\n", &["-q", "export"]).unwrap();
         assert_eq!(got, ["-q", "export"]);
+    }
+
+    /// What the command line gives is read by clap itself (value_source), also when the
+    /// command line alone does not parse yet: here `cleanup` misses its required
+    /// --run-id, which only the file supplies.
+    #[test]
+    fn given_flags_are_what_clap_parses_even_before_the_file_completes_them() {
+        use clap::CommandFactory;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[cleanup]\nrun-id = \"r1\"\noutput-dir = \"/srv\"\n").unwrap();
+        let args: Vec<OsString> = ["azure2kvm", "--config"]
+            .iter()
+            .map(OsString::from)
+            .chain([path.into_os_string()])
+            .chain(["cleanup", "--output-dir", "/x"].iter().map(OsString::from))
+            .collect();
+        let got: Vec<String> = apply(args, &crate::cli::Cli::command())
+            .unwrap()
+            .into_iter()
+            .skip(3)
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(got, ["cleanup", "--output-dir", "/x", "--run-id", "r1"]);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! Names follow the contract in DESIGN.md: other tools and users depend on them.
 
 pub mod config;
+pub mod values;
 
 use std::path::PathBuf;
 
@@ -9,8 +10,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::azure::cloud::CloudName;
 use crate::azure::credential::AuthMethod;
+use crate::export::plan::{Consistency, DiskSet};
 use crate::image::sink::ImageFormat;
-use crate::output::log::LogFormat;
+pub use values::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -76,29 +78,6 @@ pub enum Command {
     Export(Box<ExportArgs>),
     /// Remove what an interrupted or killed export left in Azure (grants, snapshots).
     Cleanup(Box<CleanupArgs>),
-}
-
-/// Which disks of each VM `export` takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DiskSet {
-    Os,
-    Data,
-    All,
-}
-
-/// How `export` gets a consistent, readable copy of a VM's disks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Consistency {
-    /// Snapshot every selected disk of the VM before any download (crash-consistent
-    /// across the VM's disks); the VM keeps running.
-    Snapshot,
-    /// Deallocate the VM first (stops it; never restarted by this tool), then export
-    /// the disks directly.
-    Deallocate,
-    /// Export disks directly, no snapshot: only for VMs that are already deallocated.
-    None,
 }
 
 #[derive(Debug, Args)]

@@ -65,7 +65,7 @@ pub fn async_runtime(thread_name: &str) -> Result<tokio::runtime::Runtime, Error
         .map_err(|e| Error::failed(format!("cannot start the async runtime: {e}")))
 }
 
-/// Opens a local VHD for reading: a regular file, or a usage error (exit 2) naming it.
+/// Opens a local VHD or VHDX for reading: a regular file, or a usage error (exit 2) naming it.
 pub fn open_vhd_file(path: &Path) -> Result<FileSource, Error> {
     let file = std::fs::File::open(path)
         .map_err(|e| Error::usage(format!("cannot open {}: {e}", path.display())))?;
@@ -74,7 +74,7 @@ pub fn open_vhd_file(path: &Path) -> Result<FileSource, Error> {
         .map_err(|e| Error::usage(format!("cannot stat {}: {e}", path.display())))?;
     if !meta.is_file() {
         return Err(Error::usage(format!(
-            "{} is not a regular file (a VHD file is expected)",
+            "{} is not a regular file (a VHD or VHDX file is expected)",
             path.display()
         )));
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use azure_core::credentials::TokenCredential;
 
 use super::ledger::{Ledger, ResourceKind, ResourceState};
-use super::plan::{PlannedDisk, Source};
+use super::plan::{DiskKey, PlannedDisk, Source};
 use crate::azure::arm::client::AccessTarget;
 use crate::azure::arm::{ArmClient, ResourceId};
 use crate::azure::cloud::Cloud;
@@ -19,8 +19,7 @@ use crate::azure::sas::SasUrl;
 use crate::image::sink::ImageFormat;
 use crate::image::staging::Overwrite;
 use crate::interrupt::Interrupt;
-use crate::output::progress::Progress;
-use crate::transfer::engine::{EngineConfig, ProgressEvent};
+use crate::transfer::engine::{EngineConfig, ProgressEvent, ProgressFn};
 use crate::transfer::job::{DownloadError, DownloadReport, DownloadRequest, download};
 
 /// Grants per disk: the first, and renewals after an expiry. A grant that expires this
@@ -54,67 +53,40 @@ pub struct DiskContext {
     pub queue_depth: usize,
     pub io_timeout: Duration,
     pub interrupt: Interrupt,
-    pub progress: Arc<RunProgress>,
+    pub events: EventFn,
 }
 
-/// (done, total) per disk, and the display once there is something to show.
-type ProgressState = (
-    std::collections::HashMap<String, (u64, u64)>,
-    Option<Progress>,
-);
-
-/// One progress display for the whole run: the bytes every started disk has to fetch
-/// and has done, summed. A disk's total is known once its page ranges are, so until
-/// every disk has started the label says how many of them the total covers.
-#[derive(Debug)]
-pub struct RunProgress {
-    enabled: bool,
-    disks: usize,
-    state: std::sync::Mutex<ProgressState>,
+/// What an export reports while it runs: numbers, typed; the caller decides how they
+/// look (a bar, log lines, nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportEvent {
+    /// The run starts with this many disks (its ledger exists).
+    RunStarted { disks: usize },
+    /// A disk's download advanced: `done` of the `total` bytes it fetches. A disk's total
+    /// is known once its page ranges are, so early events cover only the disks started.
+    DiskAdvanced {
+        disk: DiskKey,
+        done: u64,
+        total: u64,
+    },
+    /// Every download has ended; the sweep and the manifests follow.
+    DownloadsEnded,
 }
 
-impl RunProgress {
-    /// `disks`: how many disks the run exports.
-    pub fn new(enabled: bool, disks: usize) -> Self {
-        Self {
-            enabled,
-            disks,
-            state: Default::default(),
-        }
-    }
+/// Where a run sends its [`ExportEvent`]s.
+pub type EventFn = Arc<dyn Fn(ExportEvent) + Send + Sync>;
 
-    fn label(&self, sized: usize) -> String {
-        if sized < self.disks {
-            format!("exporting ({sized} of {} disks sized so far)", self.disks)
-        } else {
-            format!("exporting {} disks", self.disks)
-        }
-    }
-
-    /// The progress callback for one disk's downloads.
-    pub fn for_disk(self: &Arc<Self>, disk: &str) -> crate::transfer::engine::ProgressFn {
-        let me = Arc::clone(self);
-        let disk = disk.to_string();
-        Arc::new(move |event| match event {
-            ProgressEvent::Advanced { done, total } => {
-                let mut st = me.state.lock().unwrap_or_else(|e| e.into_inner());
-                st.0.insert(disk.clone(), (done, total));
-                let (d, t) = st.0.values().fold((0, 0), |(d, t), (a, b)| (d + a, t + b));
-                let label = me.label(st.0.len());
-                let bar =
-                    st.1.get_or_insert_with(|| Progress::new(&label, t, me.enabled));
-                bar.set_total(t, &label);
-                bar.set(d);
-            }
-        })
-    }
-
-    pub fn finish(&self) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(bar) = st.1.take() {
-            bar.finish();
-        }
-    }
+/// The transfer engine's progress callback for one disk, as export events.
+fn progress_of(events: &EventFn, disk: &DiskKey) -> ProgressFn {
+    let events = Arc::clone(events);
+    let disk = disk.clone();
+    Arc::new(move |event| match event {
+        ProgressEvent::Advanced { done, total } => events(ExportEvent::DiskAdvanced {
+            disk: disk.clone(),
+            done,
+            total,
+        }),
+    })
 }
 
 impl std::fmt::Debug for DiskContext {
@@ -148,11 +120,7 @@ pub async fn export_disk(
     vm: &str,
     disk: &PlannedDisk,
 ) -> Result<DownloadReport, DiskError> {
-    let fail = |message: String| DiskError::Failed {
-        vm: vm.to_string(),
-        disk: disk.name.clone(),
-        message,
-    };
+    let fail = |message: String| failed(vm, disk, message);
     let output = ctx.output_dir.join(&disk.image);
     if let Some(parent) = output.parent() {
         std::fs::create_dir_all(parent)
@@ -169,17 +137,16 @@ pub async fn export_disk(
             resource_id.resource_type()
         ))
     })?;
-    let from_snapshot = matches!(target, AccessTarget::Snapshot(_));
-    let mut last_kept: Option<PathBuf> = None;
-    let mut early_refusals = 0;
+    let mut grants = Grants {
+        from_snapshot: matches!(target, AccessTarget::Snapshot(_)),
+        last_kept: None,
+        early_refusals: 0,
+    };
     for grant in 1..=MAX_GRANTS {
         let sas = grant_read_access(ctx, &target, resource_id)
             .await
             .map_err(|e| match e {
-                None => DiskError::Interrupted {
-                    vm: vm.into(),
-                    disk: disk.name.clone(),
-                },
+                None => interrupted(vm, disk),
                 Some(message) => fail(message),
             })?;
         let granted_at = std::time::Instant::now();
@@ -195,33 +162,86 @@ pub async fn export_disk(
         }
         let result = download(
             req,
-            ctx.progress.for_disk(resource_id.folded()),
+            progress_of(&ctx.events, &disk.key),
             ctx.interrupt.clone(),
         )
         .await;
         revoke(ctx, &target, resource_id).await;
-        match result {
-            Ok(report) => return Ok(report),
+        let result = match result {
+            // A new grant does not give the identity a role: stop, naming it.
             Err(DownloadError::AccessDenied { message, kept }) if disk.entra_id_reads => {
-                // A new grant does not give the identity a role: stop, naming it.
-                if from_snapshot {
-                    discard_partial(kept.as_deref());
-                }
-                return Err(fail(entra_refusal(resource_id, &message)));
+                grants.last_kept = kept;
+                grants.discard();
+                return Err(failed(vm, disk, entra_refusal(resource_id, &message)));
             }
-            Err(DownloadError::AccessDenied { message, kept }) => {
-                last_kept = kept;
+            other => other,
+        };
+        if let Some(end) = grants.settle(ctx, vm, disk, result, granted_at) {
+            return end;
+        }
+    }
+    grants.discard();
+    Err(fail(format!(
+        "read access expired {MAX_GRANTS} times; raise --sas-duration"
+    )))
+}
+
+fn failed(vm: &str, disk: &PlannedDisk, message: String) -> DiskError {
+    DiskError::Failed {
+        vm: vm.to_string(),
+        disk: disk.name.clone(),
+        message,
+    }
+}
+
+fn interrupted(vm: &str, disk: &PlannedDisk) -> DiskError {
+    DiskError::Interrupted {
+        vm: vm.to_string(),
+        disk: disk.name.clone(),
+    }
+}
+
+/// The grants of one disk so far: what a failed download kept, and how many grants were
+/// refused early.
+struct Grants {
+    /// A snapshot is deleted when its disk ends, so nothing kept from it can resume.
+    from_snapshot: bool,
+    last_kept: Option<PathBuf>,
+    early_refusals: u32,
+}
+
+impl Grants {
+    /// What one grant's download means for the disk: `Some` ends it, `None` asks for
+    /// another grant (the download resumes from its journal).
+    fn settle(
+        &mut self,
+        ctx: &DiskContext,
+        vm: &str,
+        disk: &PlannedDisk,
+        result: Result<DownloadReport, DownloadError>,
+        granted_at: std::time::Instant,
+    ) -> Option<Result<DownloadReport, DiskError>> {
+        let e = match result {
+            Ok(report) => return Some(Ok(report)),
+            Err(e) => e,
+        };
+        match e {
+            DownloadError::AccessDenied { message, kept } => {
+                self.last_kept = kept;
                 // An expiry comes after about --sas-duration; a refusal well before that
                 // is something a new grant will not fix (storage firewall, network rules,
                 // a concurrent revoke). One more try, then give up with that reason.
                 if granted_at.elapsed() < Duration::from_secs(u64::from(ctx.sas_duration)) / 2 {
-                    early_refusals += 1;
-                    if early_refusals >= MAX_EARLY_REFUSALS {
-                        if from_snapshot {
-                            discard_partial(last_kept.as_deref());
-                        }
-                        return Err(fail(format!(
-                            "read access was refused right after it was granted, {early_refusals} times ({message}); is storage access restricted by a firewall or network rules?"
+                    self.early_refusals += 1;
+                    if self.early_refusals >= MAX_EARLY_REFUSALS {
+                        self.discard();
+                        return Some(Err(failed(
+                            vm,
+                            disk,
+                            format!(
+                                "read access was refused right after it was granted, {} times ({message}); is storage access restricted by a firewall or network rules?",
+                                self.early_refusals
+                            ),
                         )));
                     }
                 }
@@ -229,37 +249,39 @@ pub async fn export_disk(
                     "{vm}: {}: read access ended mid-download ({message}); granting again and resuming",
                     disk.name
                 );
+                None
             }
-            Err(DownloadError::Interrupted { kept, .. }) => {
-                if from_snapshot {
-                    discard_partial(kept.as_deref());
-                }
-                return Err(DiskError::Interrupted {
-                    vm: vm.into(),
-                    disk: disk.name.clone(),
-                });
+            DownloadError::Interrupted { kept, .. } => {
+                self.last_kept = kept;
+                self.discard();
+                Some(Err(interrupted(vm, disk)))
             }
-            Err(e) => {
+            e => {
                 let kept = match &e {
                     DownloadError::Failed { kept, .. } => kept.clone(),
                     _ => None,
                 };
-                if from_snapshot && kept.is_some() {
+                if self.from_snapshot && kept.is_some() {
                     discard_partial(kept.as_deref());
-                    return Err(fail(format!(
-                        "{e} [discarded: its snapshot is deleted now, so it could not resume]"
+                    return Some(Err(failed(
+                        vm,
+                        disk,
+                        format!(
+                            "{e} [discarded: its snapshot is deleted now, so it could not resume]"
+                        ),
                     )));
                 }
-                return Err(fail(e.to_string()));
+                Some(Err(failed(vm, disk, e.to_string())))
             }
         }
     }
-    if from_snapshot {
-        discard_partial(last_kept.as_deref());
+
+    /// Removes what the last download kept, when it came from a snapshot.
+    fn discard(&self) {
+        if self.from_snapshot {
+            discard_partial(self.last_kept.as_deref());
+        }
     }
-    Err(fail(format!(
-        "read access expired {MAX_GRANTS} times; raise --sas-duration"
-    )))
 }
 
 /// The error for a disk whose export needs Entra ID (`dataAccessAuthMode:
@@ -404,7 +426,13 @@ async fn export_blob(
     }
     let mut req = request(ctx, url, &output, uri);
     req.credential = Some(ctx.credential.clone());
-    match download(req, ctx.progress.for_disk(uri), ctx.interrupt.clone()).await {
+    match download(
+        req,
+        progress_of(&ctx.events, &disk.key),
+        ctx.interrupt.clone(),
+    )
+    .await
+    {
         Ok(r) => Ok(r),
         Err(DownloadError::Interrupted { .. }) => Err(DiskError::Interrupted {
             vm: vm.into(),
@@ -422,16 +450,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn progress_label_says_when_the_total_is_partial() {
-        let p = Arc::new(RunProgress::new(false, 3));
-        assert_eq!(p.label(1), "exporting (1 of 3 disks sized so far)");
-        assert_eq!(p.label(3), "exporting 3 disks");
-        let report = p.for_disk("a");
-        report(ProgressEvent::Advanced { done: 5, total: 10 });
-        p.for_disk("b")(ProgressEvent::Advanced { done: 1, total: 20 });
-        let st = p.state.lock().unwrap();
-        let bar = st.1.as_ref().expect("a display once a disk reported");
-        assert_eq!(bar.label(), "exporting (2 of 3 disks sized so far)");
-        assert_eq!(bar.total(), 30);
+    fn engine_progress_becomes_events_naming_the_disk() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let events: EventFn = {
+            let seen = Arc::clone(&seen);
+            Arc::new(move |e| seen.lock().unwrap().push(e))
+        };
+        let key = DiskKey {
+            vm: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm"
+                .parse()
+                .unwrap(),
+            lun: Some(3),
+        };
+        progress_of(&events, &key)(ProgressEvent::Advanced { done: 5, total: 10 });
+        assert_eq!(
+            seen.lock().unwrap().as_slice(),
+            [ExportEvent::DiskAdvanced {
+                disk: key,
+                done: 5,
+                total: 10
+            }]
+        );
     }
 }

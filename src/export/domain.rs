@@ -68,7 +68,14 @@ pub struct DomainDisk {
     /// domains that use the same image run at once, and no host cache (libvirt's advice for
     /// a disk written by several guests).
     pub shareable: bool,
+    /// The sector size the guest formatted the disk with (512, or 4096 for a 4 KiB-sector
+    /// Azure disk exported as VHDX): anything but 512 is passed on as `<blockio>`, or the
+    /// guest would see a different geometry than its partition table and file systems.
+    pub logical_sector_size: u32,
 }
+
+/// The sector size a disk has unless it says otherwise.
+pub const DEFAULT_SECTOR_SIZE: u32 = 512;
 
 /// What the domain is made from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -374,6 +381,13 @@ fn write_disk(w: &mut Xml, index: usize, disk: &DomainDisk) -> io::Result<()> {
             if disk.shareable {
                 w.create_element("shareable").write_empty()?;
             }
+            if disk.logical_sector_size != DEFAULT_SECTOR_SIZE {
+                let size = disk.logical_sector_size.to_string();
+                w.create_element("blockio")
+                    .with_attribute(("logical_block_size", size.as_str()))
+                    .with_attribute(("physical_block_size", size.as_str()))
+                    .write_empty()?;
+            }
             if index == 0 {
                 w.create_element("boot")
                     .with_attribute(("order", "1"))
@@ -401,7 +415,7 @@ mod tests {
             secure_boot: false,
             os,
             disks: (0..disks)
-                .map(|i| DomainDisk { path: format!("/srv/vms/web-01/d{i}.qcow2").into(), format: ImageFormat::Qcow2, shareable: false })
+                .map(|i| DomainDisk { path: format!("/srv/vms/web-01/d{i}.qcow2").into(), format: ImageFormat::Qcow2, shareable: false, logical_sector_size: DEFAULT_SECTOR_SIZE })
                 .collect(),
         }
     }

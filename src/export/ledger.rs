@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::naming::now_rfc3339;
 use crate::azure::arm::ResourceId;
+use crate::azure::inventory::DiskRole;
 
 /// What kind of thing the run made (or changed) in Azure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +81,21 @@ pub enum RunStatus {
     Interrupted,
 }
 
+/// Where one disk of the run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskStatus {
+    /// Planned, not finished yet (a report read after a crash may still say so).
+    Pending,
+    Done,
+    Failed,
+    Interrupted,
+    /// Selected, but nothing in Azure to export (an ephemeral OS disk): final at once.
+    Unsupported,
+    /// Selected, but refused unless asked (`--allow-encrypted`): final at once.
+    Refused,
+}
+
 /// The outcome of one disk, keyed by its VM's id and its LUN (None: the OS disk), since
 /// VM and disk names repeat across resource groups.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,13 +106,13 @@ pub struct DiskOutcome {
     /// The managed disk's id; None for an unmanaged disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_id: Option<ResourceId>,
-    pub role: String,
+    pub role: DiskRole,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lun: Option<u32>,
     /// Image path relative to the output directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    pub status: String,
+    pub status: DiskStatus,
     pub bytes_downloaded: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -328,6 +344,42 @@ mod tests {
             error: None,
         };
         assert!(!r.outstanding());
+    }
+
+    /// Statuses and roles are words of a closed set: a report read back is typed, and a
+    /// report with a word this tool never writes is refused rather than guessed at.
+    #[test]
+    fn disk_statuses_and_roles_are_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("run-x.json");
+        let mut report = RunReport::new("x", serde_json::Value::Null);
+        report.disks.push(DiskOutcome {
+            vm: "web".into(),
+            vm_id:
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/web"
+                    .parse()
+                    .unwrap(),
+            disk: "web-data".into(),
+            disk_id: None,
+            role: DiskRole::Data,
+            lun: Some(2),
+            image: None,
+            status: DiskStatus::Interrupted,
+            bytes_downloaded: 0,
+            error: None,
+        });
+        let mut json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["disks"][0]["status"], "interrupted");
+        assert_eq!(json["disks"][0]["role"], "data");
+        fs::write(&p, json.to_string()).unwrap();
+        assert_eq!(Ledger::open(&p).unwrap().report(), report);
+        for (field, word) in [("status", "finished"), ("role", "swap")] {
+            json["disks"][0][field] = serde_json::json!(word);
+            fs::write(&p, json.to_string()).unwrap();
+            let e = Ledger::open(&p).unwrap_err().to_string();
+            assert!(e.contains(word), "{field}: {e}");
+            json = serde_json::to_value(&report).unwrap();
+        }
     }
 
     #[test]

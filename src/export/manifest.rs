@@ -4,15 +4,18 @@
 //! failed and partial runs too, so a reader always learns what happened to each disk.
 //! Neither holds a SAS or a token: there is no field for one.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
-use super::domain::{DomainDisk, DomainSpec, Firmware, GuestOs, domain_xml};
+use super::domain::{DEFAULT_SECTOR_SIZE, DomainDisk, DomainSpec, Firmware, GuestOs, domain_xml};
+use super::ledger::DiskStatus;
 use super::ledger::write_atomic;
-use super::plan::{PlannedDisk, PlannedVm};
-use super::run::{DiskResult, DiskStatus, bytes_downloaded};
-use crate::azure::inventory::DiskRole;
+use super::plan::{Consistency, PlannedDisk, PlannedVm};
+use super::run::{DiskResult, bytes_downloaded};
+use crate::azure::arm::models::PowerState;
+use crate::azure::inventory::{DiskInfo, DiskRole, VmInfo};
 use crate::image::sink::ImageFormat;
 
 /// vCPUs and memory when the VM size is unknown (not in the location's size list): a
@@ -28,67 +31,187 @@ pub struct ManifestError {
     pub source: std::io::Error,
 }
 
+/// The manifest's schema version: raised when a field changes meaning or goes away
+/// (adding a field does not). Documented in README.md, "manifest.json".
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// `DIR/<vm>/manifest.json`: the VM as `list --output json` prints it, which run and
+/// consistency mode made the images, and per disk of the VM what became of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub manifest_version: u32,
+    pub run_id: String,
+    /// The consistency mode used for this VM.
+    pub consistency: Consistency,
+    pub id: String,
+    pub name: String,
+    pub resource_group: String,
+    pub location: String,
+    pub power_state: PowerState,
+    pub vm_size: Option<String>,
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub os_type: Option<String>,
+    pub hyperv_generation: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    /// Every disk of the VM, selected or not.
+    pub disks: Vec<ManifestDisk>,
+}
+
+/// One disk of the VM: its facts as listed, what was written for it (if it was
+/// selected) and its status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestDisk {
+    #[serde(flatten)]
+    pub disk: DiskInfo,
+    /// None for a disk the run did not select.
+    #[serde(flatten)]
+    pub image: Option<ManifestImage>,
+    pub status: ManifestDiskStatus,
+    /// Why a selected disk is not exported (status `unsupported` or `refused`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The image written for a selected disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestImage {
+    /// Relative to the VM's folder.
+    pub image: String,
+    pub format: ImageFormat,
+    /// The disk's size in bytes; null when the download did not get that far.
+    pub virtual_size: Option<u64>,
+    /// 4096 for a 4 KiB-sector disk (exported as VHDX): the geometry the guest was
+    /// formatted with; null when the download did not get that far.
+    pub logical_sector_size: Option<u32>,
+    pub bytes_downloaded: u64,
+    pub error: Option<String>,
+    /// What a reader of the image must know (encrypted content and where its key is).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// A shared disk exported through another VM (its folder): the same image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exported_with: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ManifestDiskStatus {
+    /// Not selected (`--disks`): no image.
+    NotSelected,
+    Pending,
+    Done,
+    Failed,
+    Interrupted,
+    /// Selected, but Azure gives nothing to export (an ephemeral OS disk).
+    Unsupported,
+    /// Selected, but refused unless asked (`--allow-encrypted`).
+    Refused,
+}
+
+impl From<DiskStatus> for ManifestDiskStatus {
+    fn from(s: DiskStatus) -> Self {
+        match s {
+            DiskStatus::Pending => Self::Pending,
+            DiskStatus::Done => Self::Done,
+            DiskStatus::Failed => Self::Failed,
+            DiskStatus::Interrupted => Self::Interrupted,
+            DiskStatus::Unsupported => Self::Unsupported,
+            DiskStatus::Refused => Self::Refused,
+        }
+    }
+}
+
 /// The manifest of one VM.
 pub fn manifest(
     vm: &PlannedVm,
     run_id: &str,
     format: ImageFormat,
     result: &dyn Fn(&PlannedDisk) -> Option<DiskResult>,
-) -> Value {
-    let mut v = serde_json::to_value(&vm.vm).expect("VmInfo serialises");
-    v["run_id"] = json!(run_id);
-    v["consistency"] = json!(vm.consistency);
-    let disks = vm
-        .vm
+) -> Manifest {
+    // Spelled out field by field: a field added to VmInfo fails to compile here until the
+    // manifest decides whether to carry it.
+    let VmInfo {
+        id,
+        name,
+        resource_group,
+        location,
+        power_state,
+        vm_size,
+        vcpus,
+        memory_mib,
+        os_type,
+        hyperv_generation,
+        tags,
+        disks,
+    } = vm.vm.clone();
+    Manifest {
+        manifest_version: MANIFEST_VERSION,
+        run_id: run_id.to_string(),
+        consistency: vm.consistency,
+        id,
+        name,
+        resource_group,
+        location,
+        power_state,
+        vm_size,
+        vcpus,
+        memory_mib,
+        os_type,
+        hyperv_generation,
+        tags,
+        disks: disks
+            .into_iter()
+            .map(|d| manifest_disk(vm, d, format, result))
+            .collect(),
+    }
+}
+
+fn manifest_disk(
+    vm: &PlannedVm,
+    disk: DiskInfo,
+    format: ImageFormat,
+    result: &dyn Fn(&PlannedDisk) -> Option<DiskResult>,
+) -> ManifestDisk {
+    // By place in the VM (OS disk, LUN), which is unique where a name may not be.
+    let Some(planned) = vm
         .disks
         .iter()
-        .map(|d| {
-            let mut dv = serde_json::to_value(d).expect("DiskInfo serialises");
-            // By place in the VM (OS disk, LUN), which is unique where a name may not be.
-            let refused = vm
-                .refused
-                .iter()
-                .find(|r| r.role == d.role && r.lun == d.lun);
-            match vm.disks.iter().find(|p| p.role == d.role && p.lun == d.lun) {
-                None if refused.is_some() => {
-                    let r = refused.expect("checked");
-                    dv["status"] = json!(r.status);
-                    dv["error"] = json!(r.reason);
-                }
-                None => {
-                    dv["status"] = json!("not_selected");
-                }
-                Some(p) => {
-                    let r = result(p);
-                    dv["image"] = json!(p.image_in_vm_dir());
-                    if !p.notes.is_empty() {
-                        dv["notes"] = json!(p.notes);
-                    }
-                    if let Some(with) = &p.exported_with {
-                        dv["exported_with"] = json!(with);
-                    }
-                    dv["format"] = json!(format);
-                    dv["virtual_size"] = json!(
-                        r.as_ref()
-                            .and_then(|r| r.report.as_ref())
-                            .map(|r| r.virtual_size)
-                    );
-                    dv["bytes_downloaded"] = json!(
-                        r.as_ref()
-                            .and_then(|r| r.report.as_ref())
-                            .map(bytes_downloaded)
-                            .unwrap_or(0)
-                    );
-                    dv["status"] =
-                        json!(r.as_ref().map(|r| r.status.as_str()).unwrap_or("pending"));
-                    dv["error"] = json!(r.and_then(|r| r.error));
-                }
-            }
-            dv
-        })
-        .collect::<Vec<_>>();
-    v["disks"] = json!(disks);
-    v
+        .find(|p| p.role == disk.role && p.lun == disk.lun)
+    else {
+        // Selected but refused by the plan (ephemeral, confidential): the reason.
+        let refused = vm
+            .refused
+            .iter()
+            .find(|r| r.role == disk.role && r.lun == disk.lun);
+        return ManifestDisk {
+            disk,
+            image: None,
+            status: match refused.map(|r| r.status) {
+                Some("unsupported") => ManifestDiskStatus::Unsupported,
+                Some(_) => ManifestDiskStatus::Refused,
+                None => ManifestDiskStatus::NotSelected,
+            },
+            reason: refused.map(|r| r.reason.clone()),
+        };
+    };
+    let r = result(planned);
+    let report = r.as_ref().and_then(|r| r.report.as_ref());
+    ManifestDisk {
+        disk,
+        image: Some(ManifestImage {
+            image: planned.image_in_vm_dir(),
+            format,
+            virtual_size: report.map(|r| r.virtual_size),
+            logical_sector_size: report.map(|r| r.logical_sector_size),
+            bytes_downloaded: report.map(bytes_downloaded).unwrap_or(0),
+            error: r.as_ref().and_then(|r| r.error.clone()),
+            notes: planned.notes.clone(),
+            exported_with: planned.exported_with.clone(),
+        }),
+        status: r.map_or(ManifestDiskStatus::Pending, |r| r.status.into()),
+        reason: None,
+    }
 }
 
 /// The domain of one VM from its exported disks, OS disk first then LUN order; None when
@@ -97,25 +220,25 @@ pub fn domain(
     vm: &PlannedVm,
     vm_dir: &Path,
     format: ImageFormat,
-    done: &dyn Fn(&PlannedDisk) -> bool,
+    exported: &dyn Fn(&PlannedDisk) -> Option<u32>,
 ) -> Option<String> {
     let os = vm.disks.iter().find(|d| d.role == DiskRole::Os)?;
-    if !done(os) {
-        return None;
-    }
+    exported(os)?;
     // The plan already orders OS first, then LUNs.
     let disks = vm
         .disks
         .iter()
-        .filter(|d| done(d))
-        .map(|d| DomainDisk {
-            // A shared disk's image is beside the VM folders: name it without `..`.
-            path: match (d.shared, vm_dir.parent()) {
-                (true, Some(out)) => out.join(&d.image),
-                _ => vm_dir.join(d.image_in_vm_dir()),
-            },
-            format,
-            shareable: d.shared,
+        .filter_map(|d| {
+            Some(DomainDisk {
+                // A shared disk's image is beside the VM folders: name it without `..`.
+                path: match (d.shared, vm_dir.parent()) {
+                    (true, Some(out)) => out.join(&d.image),
+                    _ => vm_dir.join(d.image_in_vm_dir()),
+                },
+                format,
+                shareable: d.shared,
+                logical_sector_size: exported(d)?,
+            })
         })
         .collect();
     let os_type = vm.vm.os_type.as_deref().unwrap_or("").to_ascii_lowercase();
@@ -157,13 +280,126 @@ pub fn write_vm_outputs(
     let vm_dir = vm_dir.canonicalize().map_err(|e| err(&vm_dir, e))?;
     let m = manifest(vm, run_id, format, result);
     let path = vm_dir.join("manifest.json");
-    let mut bytes = serde_json::to_vec_pretty(&m).expect("JSON values serialise");
+    let mut bytes = serde_json::to_vec_pretty(&m).expect("the manifest serialises");
     bytes.push(b'\n');
     write_atomic(&path, &bytes).map_err(|e| err(&path, e))?;
-    let done = |d: &PlannedDisk| result(d).is_some_and(|r| r.status == DiskStatus::Done);
-    if let Some(xml) = domain(vm, &vm_dir, format, &done) {
+    // An exported disk's sector size (from its image), or None when it was not exported.
+    let exported = |d: &PlannedDisk| {
+        let r = result(d).filter(|r| r.status == DiskStatus::Done)?;
+        Some(
+            r.report
+                .map_or(DEFAULT_SECTOR_SIZE, |report| report.logical_sector_size),
+        )
+    };
+    if let Some(xml) = domain(vm, &vm_dir, format, &exported) {
         let path = vm_dir.join("domain.xml");
         write_atomic(&path, xml.as_bytes()).map_err(|e| err(&path, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::plan::{DiskSet, Folders, PlanOptions, plan};
+
+    fn vm() -> VmInfo {
+        let disk = |name: &str, role, lun| DiskInfo {
+            id: Some(format!(
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/{name}"
+            )),
+            name: name.into(),
+            role,
+            lun,
+            size_gb: Some(1),
+            managed: true,
+            vhd_uri: None,
+            ephemeral: false,
+            max_shares: None,
+            data_access_auth_mode: None,
+            encryption: None,
+        };
+        VmInfo {
+            id:
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/web"
+                    .into(),
+            name: "web".into(),
+            resource_group: "rg".into(),
+            location: "westeurope".into(),
+            power_state: PowerState::Deallocated,
+            vm_size: Some("Standard_D2s_v5".into()),
+            vcpus: Some(2),
+            memory_mib: Some(8192),
+            os_type: Some("linux".into()),
+            hyperv_generation: Some("V2".into()),
+            tags: BTreeMap::from([("env".into(), "prod".into())]),
+            disks: vec![
+                disk("os", DiskRole::Os, None),
+                disk("d0", DiskRole::Data, Some(0)),
+            ],
+        }
+    }
+
+    /// The schema README.md documents: versioned, the VM's fields at the top level, a
+    /// selected disk with its image fields (null where unknown), an unselected one without.
+    #[test]
+    fn the_manifest_is_versioned_and_keeps_its_documented_shape() {
+        let planned = plan(
+            &[vm()],
+            &PlanOptions {
+                run_id: "r1".into(),
+                folders: Folders::default(),
+                disks: DiskSet::Os,
+                consistency: None,
+                format: ImageFormat::Raw,
+                allow_encrypted: false,
+            },
+        )
+        .unwrap();
+        let failed = |_: &PlannedDisk| {
+            Some(DiskResult {
+                status: DiskStatus::Failed,
+                report: None,
+                error: Some("VM web, disk os: grant refused".into()),
+            })
+        };
+        let m = manifest(&planned[0], "r1", ImageFormat::Raw, &failed);
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["manifest_version"], 1);
+        assert_eq!(v["run_id"], "r1");
+        assert_eq!(v["consistency"], "none");
+        assert_eq!(v["power_state"], "deallocated");
+        assert_eq!(v["tags"]["env"], "prod");
+        assert_eq!(
+            v["disks"][0],
+            serde_json::json!({
+                "id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/os",
+                "name": "os", "role": "os", "lun": null, "size_gb": 1, "managed": true,
+                "ephemeral": false, "max_shares": null, "data_access_auth_mode": null,
+                "encryption": null,
+                "image": "web-os.raw", "format": "raw", "virtual_size": null,
+                "logical_sector_size": null,
+                "bytes_downloaded": 0, "error": "VM web, disk os: grant refused",
+                "status": "failed",
+            })
+        );
+        assert_eq!(
+            v["disks"][1],
+            serde_json::json!({
+                "id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/d0",
+                "name": "d0", "role": "data", "lun": 0, "size_gb": 1, "managed": true,
+                "ephemeral": false, "max_shares": null, "data_access_auth_mode": null,
+                "encryption": null,
+                "status": "not_selected",
+            })
+        );
+        // A reader gets the same manifest back, typed.
+        let back: Manifest = serde_json::from_value(v).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.disks[1].image, None);
+        // A disk with no result yet is pending.
+        let none = |_: &PlannedDisk| None;
+        let m = manifest(&planned[0], "r1", ImageFormat::Raw, &none);
+        assert_eq!(m.disks[0].status, ManifestDiskStatus::Pending);
+    }
 }

@@ -4,6 +4,7 @@
 pub mod cleanup;
 pub mod disk;
 pub mod domain;
+pub mod flow;
 pub mod ledger;
 pub mod manifest;
 pub mod naming;

@@ -18,8 +18,30 @@ use super::naming::{PathNameError, snapshot_name, validate_path_component};
 use crate::azure::arm::models::PowerState;
 use crate::azure::arm::{ResourceId, ResourceIdError, ResourceType};
 use crate::azure::inventory::{DiskInfo, DiskRole, EncryptionKind, VmInfo};
-use crate::cli::{Consistency, DiskSet};
 use crate::image::sink::ImageFormat;
+
+/// Which disks of each VM an export takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskSet {
+    Os,
+    Data,
+    All,
+}
+
+/// How an export gets a consistent, readable copy of a VM's disks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Snapshot every selected disk of the VM before any download (crash-consistent
+    /// across the VM's disks); the VM keeps running.
+    Snapshot,
+    /// Deallocate the VM first (stops it; never restarted by this tool), then export
+    /// the disks directly.
+    Deallocate,
+    /// Export disks directly, no snapshot: only for VMs that are already deallocated.
+    None,
+}
 
 /// How one disk's bytes are read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -169,7 +191,7 @@ pub struct PlannedVm {
     pub resource_group: String,
     pub power_state: PowerState,
     /// The consistency mode actually used for this VM.
-    pub consistency: &'static str,
+    pub consistency: Consistency,
     /// Deallocate before exporting (`--consistency deallocate` on an allocated VM).
     pub deallocate: bool,
     pub disks: Vec<PlannedDisk>,
@@ -445,11 +467,7 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
         folder,
         resource_group: vm.resource_group.clone(),
         power_state: vm.power_state,
-        consistency: match consistency {
-            Consistency::Snapshot => "snapshot",
-            Consistency::Deallocate => "deallocate",
-            Consistency::None => "none",
-        },
+        consistency,
         deallocate,
         disks: planned,
         refused,
@@ -565,7 +583,7 @@ mod tests {
             &opts(None, DiskSet::All),
         )
         .unwrap();
-        assert_eq!(p[0].consistency, "snapshot");
+        assert_eq!(p[0].consistency, Consistency::Snapshot);
         let names: Vec<_> = p[0]
             .disks
             .iter()

@@ -10,15 +10,15 @@
 use std::collections::BTreeMap;
 
 use futures::StreamExt;
-use serde::Serialize;
 
 use super::cleanup::{only_this_runs_snapshots, sweep};
 use super::disk::{DiskContext, DiskError, export_disk};
-use super::ledger::{DiskOutcome, Ledger, ResourceKind, ResourceState};
+use super::ledger::{DiskOutcome, DiskStatus, Ledger, ResourceKind, ResourceState};
 use super::naming::{TAG_HASH_HEX, id_hash};
 use super::plan::{DiskKey, PlannedDisk, PlannedVm, Source};
 use crate::azure::arm::ResourceId;
 use crate::azure::arm::client::ResourceRef;
+use crate::azure::inventory::DiskRole;
 use crate::transfer::engine::{CHUNK_MEMORY_BUDGET, DEFAULT_QUEUE_DEPTH};
 use crate::transfer::job::DownloadReport;
 use crate::transfer::plan::DEFAULT_CHUNK_SIZE;
@@ -50,27 +50,10 @@ pub const PREPARE_CONCURRENCY: usize = 4;
 /// per blob the gain is small, and more disks in flight use the link better.
 pub const CONNECTIONS_PER_DISK: usize = 4;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DiskStatus {
-    Done,
-    Failed,
-    Interrupted,
-}
-
-impl DiskStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Done => "done",
-            Self::Failed => "failed",
-            Self::Interrupted => "interrupted",
-        }
-    }
-}
-
 /// What became of one planned disk.
 #[derive(Debug, Clone)]
 pub struct DiskResult {
+    /// Done, failed or interrupted (never pending).
     pub status: DiskStatus,
     pub report: Option<DownloadReport>,
     pub error: Option<String>,
@@ -149,13 +132,10 @@ pub fn pending_outcomes(plan: &[PlannedVm]) -> Vec<DiskOutcome> {
                     }
                     Source::Blob { .. } => None,
                 },
-                role: match d.role {
-                    crate::azure::inventory::DiskRole::Os => "os".into(),
-                    crate::azure::inventory::DiskRole::Data => "data".into(),
-                },
+                role: d.role,
                 lun: d.lun,
                 image: Some(d.image.display().to_string()),
-                status: "pending".into(),
+                status: DiskStatus::Pending,
                 bytes_downloaded: 0,
                 error: None,
             })
@@ -176,13 +156,14 @@ fn refused_outcomes(vm: &PlannedVm) -> impl Iterator<Item = DiskOutcome> + '_ {
             .iter()
             .find(|d| d.role == r.role && d.lun == r.lun)
             .and_then(|d| d.id.as_deref()?.parse().ok()),
-        role: match r.role {
-            crate::azure::inventory::DiskRole::Os => "os".into(),
-            crate::azure::inventory::DiskRole::Data => "data".into(),
-        },
+        role: r.role,
         lun: r.lun,
         image: None,
-        status: r.status.into(),
+        status: if r.status == "unsupported" {
+            DiskStatus::Unsupported
+        } else {
+            DiskStatus::Refused
+        },
         bytes_downloaded: 0,
         error: Some(r.reason.clone()),
     })
@@ -190,13 +171,13 @@ fn refused_outcomes(vm: &PlannedVm) -> impl Iterator<Item = DiskOutcome> + '_ {
 
 /// True if `row` is the outcome row of the disk `key` names.
 fn is_row_of(row: &DiskOutcome, key: &DiskKey) -> bool {
-    row.vm_id == key.vm && (row.role == "data").then_some(row.lun).flatten() == key.lun
+    row.vm_id == key.vm && (row.role == DiskRole::Data).then_some(row.lun).flatten() == key.lun
 }
 
 fn record(ledger: &Ledger, key: &DiskKey, result: &DiskResult) {
     let r = ledger.update(|rep| {
         if let Some(o) = rep.disks.iter_mut().find(|o| is_row_of(o, key)) {
-            o.status = result.status.as_str().into();
+            o.status = result.status;
             o.bytes_downloaded = result.report.as_ref().map(bytes_downloaded).unwrap_or(0);
             o.error = result.error.clone();
         }
@@ -299,7 +280,7 @@ async fn one_disk(ctx: &DiskContext, vm: &str, d: &PlannedDisk) -> DiskResult {
                 "{vm}: {} exported to {} ({} fetched)",
                 d.name,
                 d.image.display(),
-                crate::output::units::human_bytes(report.stats.bytes_fetched)
+                crate::units::human_bytes(report.stats.bytes_fetched)
             );
             DiskResult {
                 status: DiskStatus::Done,
@@ -340,130 +321,149 @@ pub async fn delete_snapshot(ctx: &DiskContext, id: &ResourceId) {
 /// Deallocates (if planned) and snapshots every disk of `vm` that needs one. Returns the
 /// disks that cannot go on.
 async fn prepare_vm(ctx: &DiskContext, vm: &PlannedVm, run_id: &str) -> Vec<(DiskKey, DiskResult)> {
-    let fail_all = |status: DiskStatus, message: String| {
-        vm.disks
-            .iter()
-            .map(|d| {
-                (
-                    d.key.clone(),
-                    DiskResult {
-                        status,
-                        report: None,
-                        error: Some(message.clone()),
-                    },
-                )
-            })
-            .collect::<Vec<_>>()
-    };
     if ctx.interrupt.is_set() {
         return fail_all(
+            vm,
             DiskStatus::Interrupted,
             "interrupted before it started".into(),
         );
     }
-    if vm.deallocate {
-        let r = ResourceRef::from(&vm.id);
-        if let Err(e) = ctx
-            .ledger
-            .creating(ResourceKind::Deallocation, &vm.id, None)
-        {
-            return fail_all(DiskStatus::Failed, e.to_string());
-        }
-        tracing::warn!(
-            "{}: deallocating the VM (--consistency deallocate); it stays deallocated after the export",
-            vm.name
-        );
-        // Deallocation can take minutes: Ctrl-C stops waiting for it (it goes on in Azure
-        // either way, and the report says it was asked for).
-        let outcome = tokio::select! {
-            r = ctx.arm.deallocate(&r) => r,
-            () = ctx.interrupt.cancelled() => {
-                return fail_all(
-                    DiskStatus::Interrupted,
-                    format!("VM {}: interrupted while it was being deallocated (that goes on in Azure)", vm.name),
-                );
-            }
-        };
-        if let Err(e) = outcome {
-            let _ = ctx.ledger.set_state(
-                ResourceKind::Deallocation,
-                &vm.id,
-                ResourceState::RemoveFailed,
-                Some(e.to_string()),
-            );
-            return fail_all(
-                DiskStatus::Failed,
-                format!("VM {}: deallocate: {e}", vm.name),
-            );
-        }
-        let _ = ctx.ledger.set_state(
-            ResourceKind::Deallocation,
-            &vm.id,
-            ResourceState::Exists,
-            None,
-        );
+    if vm.deallocate
+        && let Err((status, message)) = deallocate(ctx, vm).await
+    {
+        return fail_all(vm, status, message);
     }
     // A shared disk is snapshotted by the entry that exports it only.
     let snapshots = vm.disks.iter().filter_map(|d| match &d.source {
         Source::Snapshot { snapshot, disk_id } if d.owner.is_none() => Some((d, snapshot, disk_id)),
         _ => None,
     });
-    let created = futures::future::join_all(snapshots.map(|(d, snapshot, disk_id)| async move {
-        let fail = |message: String| {
-            Some((
-                d.key.clone(),
-                DiskResult {
-                    status: DiskStatus::Failed,
-                    report: None,
-                    error: Some(format!("VM {}, disk {}: {message}", vm.name, d.name)),
-                },
-            ))
-        };
-        if ctx.interrupt.is_set() {
-            return Some((
-                d.key.clone(),
-                DiskResult {
-                    status: DiskStatus::Interrupted,
-                    report: None,
-                    error: Some("interrupted before its snapshot".into()),
-                },
-            ));
-        }
-        if let Err(e) = ctx
-            .ledger
-            .creating(ResourceKind::Snapshot, snapshot, Some(disk_id))
-        {
-            return fail(e.to_string());
-        }
-        let reference = ResourceRef::from(snapshot);
-        let source = disk_id.to_string();
-        match ctx
-            .arm
-            .create_snapshot(
-                &reference,
-                &vm.vm.location,
-                &source,
-                false,
-                &snapshot_tags(run_id, disk_id),
-            )
-            .await
-        {
-            Ok(_) => {
-                let _ = ctx.ledger.set_state(
-                    ResourceKind::Snapshot,
-                    snapshot,
-                    ResourceState::Exists,
-                    None,
-                );
-                tracing::info!("{}: snapshot {reference} created", vm.name);
-                None
-            }
-            // Left as "creating": the sweep deletes it if it exists after all.
-            Err(e) => fail(format!("snapshot: {e}")),
-        }
-    }))
+    let created = futures::future::join_all(
+        snapshots
+            .map(|(d, snapshot, disk_id)| snapshot_disk(ctx, vm, d, snapshot, disk_id, run_id)),
+    )
     .await;
     created.into_iter().flatten().collect()
+}
+
+/// The same result for every disk of `vm`: none of them can go on.
+fn fail_all(vm: &PlannedVm, status: DiskStatus, message: String) -> Vec<(DiskKey, DiskResult)> {
+    vm.disks
+        .iter()
+        .map(|d| {
+            (
+                d.key.clone(),
+                DiskResult {
+                    status,
+                    report: None,
+                    error: Some(message.clone()),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Deallocates `vm`, recorded in the ledger before it is asked for. `Err`: how its disks
+/// end and why.
+async fn deallocate(ctx: &DiskContext, vm: &PlannedVm) -> Result<(), (DiskStatus, String)> {
+    let r = ResourceRef::from(&vm.id);
+    ctx.ledger
+        .creating(ResourceKind::Deallocation, &vm.id, None)
+        .map_err(|e| (DiskStatus::Failed, e.to_string()))?;
+    tracing::warn!(
+        "{}: deallocating the VM (--consistency deallocate); it stays deallocated after the export",
+        vm.name
+    );
+    // Deallocation can take minutes: Ctrl-C stops waiting for it (it goes on in Azure
+    // either way, and the report says it was asked for).
+    let outcome = tokio::select! {
+        r = ctx.arm.deallocate(&r) => r,
+        () = ctx.interrupt.cancelled() => {
+            return Err((
+                DiskStatus::Interrupted,
+                format!("VM {}: interrupted while it was being deallocated (that goes on in Azure)", vm.name),
+            ));
+        }
+    };
+    let (state, error) = match &outcome {
+        Ok(()) => (ResourceState::Exists, None),
+        Err(e) => (ResourceState::RemoveFailed, Some(e.to_string())),
+    };
+    let _ = ctx
+        .ledger
+        .set_state(ResourceKind::Deallocation, &vm.id, state, error);
+    outcome.map_err(|e| {
+        (
+            DiskStatus::Failed,
+            format!("VM {}: deallocate: {e}", vm.name),
+        )
+    })
+}
+
+/// Snapshots one disk, recorded in the ledger before it is asked for. Returns the disk's
+/// result only if it cannot go on.
+async fn snapshot_disk(
+    ctx: &DiskContext,
+    vm: &PlannedVm,
+    d: &PlannedDisk,
+    snapshot: &ResourceId,
+    disk_id: &ResourceId,
+    run_id: &str,
+) -> Option<(DiskKey, DiskResult)> {
+    let end = |status, error: String| {
+        Some((
+            d.key.clone(),
+            DiskResult {
+                status,
+                report: None,
+                error: Some(error),
+            },
+        ))
+    };
+    let fail = |message: String| {
+        end(
+            DiskStatus::Failed,
+            format!("VM {}, disk {}: {message}", vm.name, d.name),
+        )
+    };
+    if ctx.interrupt.is_set() {
+        return end(
+            DiskStatus::Interrupted,
+            "interrupted before its snapshot".into(),
+        );
+    }
+    if let Err(e) = ctx
+        .ledger
+        .creating(ResourceKind::Snapshot, snapshot, Some(disk_id))
+    {
+        return fail(e.to_string());
+    }
+    let reference = ResourceRef::from(snapshot);
+    let source = disk_id.to_string();
+    let created = ctx
+        .arm
+        .create_snapshot(
+            &reference,
+            &vm.vm.location,
+            &source,
+            false,
+            &snapshot_tags(run_id, disk_id),
+        )
+        .await;
+    match created {
+        Ok(_) => {
+            let _ = ctx.ledger.set_state(
+                ResourceKind::Snapshot,
+                snapshot,
+                ResourceState::Exists,
+                None,
+            );
+            tracing::info!("{}: snapshot {reference} created", vm.name);
+            None
+        }
+        // Left as "creating": the sweep deletes it if it exists after all.
+        Err(e) => fail(format!("snapshot: {e}")),
+    }
 }
 
 #[cfg(test)]
@@ -492,15 +492,15 @@ mod tests {
                 .parse()
                 .unwrap()
         };
-        let row = |rg: &str, role: &str, lun: Option<u32>| DiskOutcome {
+        let row = |rg: &str, role: DiskRole, lun: Option<u32>| DiskOutcome {
             vm: "web-01".into(),
             vm_id: vm(rg),
             disk: "web-01-osdisk".into(),
             disk_id: None,
-            role: role.into(),
+            role,
             lun,
             image: None,
-            status: "pending".into(),
+            status: DiskStatus::Pending,
             bytes_downloaded: 0,
             error: None,
         };
@@ -508,14 +508,14 @@ mod tests {
             vm: vm("RG-TEST"),
             lun: None,
         };
-        assert!(is_row_of(&row("rg-test", "os", None), &key));
-        assert!(!is_row_of(&row("rg-prod", "os", None), &key));
-        assert!(!is_row_of(&row("rg-test", "data", Some(0)), &key));
+        assert!(is_row_of(&row("rg-test", DiskRole::Os, None), &key));
+        assert!(!is_row_of(&row("rg-prod", DiskRole::Os, None), &key));
+        assert!(!is_row_of(&row("rg-test", DiskRole::Data, Some(0)), &key));
         let data0 = DiskKey {
             vm: vm("rg-test"),
             lun: Some(0),
         };
-        assert!(is_row_of(&row("rg-test", "data", Some(0)), &data0));
+        assert!(is_row_of(&row("rg-test", DiskRole::Data, Some(0)), &data0));
     }
 
     #[test]

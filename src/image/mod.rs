@@ -11,6 +11,7 @@ pub mod sink;
 pub mod source;
 pub mod staging;
 pub mod vhd;
+pub mod vhdx;
 pub mod writeback;
 pub mod zero;
 

@@ -13,7 +13,7 @@ use super::qcow2::Qcow2Writer;
 use super::raw::RawWriter;
 
 /// Output image formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
     Raw,
@@ -78,6 +78,11 @@ pub enum SinkError {
 }
 
 impl SinkError {
+    /// True when the input, not the output, is at fault: a disk the format cannot hold.
+    pub fn is_bad_image(&self) -> bool {
+        matches!(self, Self::TooLarge { .. })
+    }
+
     pub(crate) fn io(op: &'static str, offset: u64) -> impl FnOnce(io::Error) -> Self {
         move |source| Self::Io { op, offset, source }
     }

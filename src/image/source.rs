@@ -1,9 +1,18 @@
 //! Positional reads from whatever holds an image: a local file, or bytes in memory (tests,
 //! fuzzing, the tail of a blob). Parsers never see the source, only the bytes it returns.
+//!
+//! [`open_image`] tells VHDX from VHD by content, never by name: a VHDX starts with the
+//! "vhdxfile" identifier; anything else is read as a VHD (whose footer check then says
+//! what is wrong).
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+
+use crate::image::extent::ExtentMap;
+use crate::image::vhd::{self, VhdError, VhdImage};
+use crate::image::vhdx::log::Replayed;
+use crate::image::vhdx::{self, VhdxError, VhdxImage};
 
 /// A source of bytes at absolute offsets.
 pub trait ReadAt {
@@ -90,5 +99,126 @@ impl ReadAt for [u8] {
         let src = self.get(start..end).ok_or(io::ErrorKind::UnexpectedEof)?;
         buf.copy_from_slice(src);
         Ok(())
+    }
+}
+
+/// A checked source image of either format.
+#[derive(Debug, Clone)]
+pub enum DiskImage {
+    Vhd(VhdImage),
+    Vhdx(VhdxImage),
+}
+
+/// Why [`open_image`] failed, from the format that was detected.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Vhd(#[from] VhdError),
+    #[error(transparent)]
+    Vhdx(#[from] VhdxError),
+}
+
+impl OpenError {
+    /// True when the image itself is at fault (exit code 4), false for I/O trouble.
+    pub fn is_bad_image(&self) -> bool {
+        match self {
+            Self::Vhd(e) => e.is_bad_image(),
+            Self::Vhdx(e) => e.is_bad_image(),
+        }
+    }
+}
+
+impl DiskImage {
+    /// "VHD" or "VHDX", for messages.
+    pub fn format_name(&self) -> &'static str {
+        match self {
+            Self::Vhd(_) => "VHD",
+            Self::Vhdx(_) => "VHDX",
+        }
+    }
+
+    pub fn virtual_size(&self) -> u64 {
+        match self {
+            Self::Vhd(i) => i.virtual_size(),
+            Self::Vhdx(i) => i.virtual_size(),
+        }
+    }
+
+    pub fn extents(&self) -> &ExtentMap {
+        match self {
+            Self::Vhd(i) => &i.extents,
+            Self::Vhdx(i) => &i.extents,
+        }
+    }
+
+    /// The sector size the guest formatted the disk with: always 512 for a VHD; 512 or
+    /// 4096 for a VHDX.
+    pub fn logical_sector_size(&self) -> u32 {
+        match self {
+            Self::Vhd(_) => 512,
+            Self::Vhdx(i) => i.metadata.logical_sector_size,
+        }
+    }
+}
+
+/// What the data of an image is read through: the source itself, or the source with a
+/// VHDX's replayed log laid over it.
+#[derive(Debug)]
+pub enum ImageReader<'a, R: ?Sized> {
+    Plain(&'a R),
+    Replayed(Replayed<'a, R>),
+}
+
+impl<R: ReadAt + ?Sized> ReadAt for ImageReader<'_, R> {
+    fn len(&self) -> u64 {
+        match self {
+            Self::Plain(r) => r.len(),
+            Self::Replayed(r) => r.len(),
+        }
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match self {
+            Self::Plain(r) => r.read_exact_at(buf, offset),
+            Self::Replayed(r) => r.read_exact_at(buf, offset),
+        }
+    }
+
+    fn next_data(&self, offset: u64, limit: u64) -> io::Result<Option<(u64, u64)>> {
+        match self {
+            Self::Plain(r) => r.next_data(offset, limit),
+            // Logged writes may land in the file's holes: read all of it.
+            Self::Replayed(r) => r.next_data(offset, limit),
+        }
+    }
+}
+
+impl DiskImage {
+    /// What to read this image's data extents through, given the source it was opened
+    /// from: the source, or for a VHDX whose log was replayed, the source under the log.
+    pub fn reader<'a, R: ReadAt + ?Sized>(&'a self, src: &'a R) -> ImageReader<'a, R> {
+        match self {
+            Self::Vhdx(VhdxImage { log: Some(l), .. }) => ImageReader::Replayed(Replayed {
+                inner: src,
+                overlay: &l.overlay,
+            }),
+            _ => ImageReader::Plain(src),
+        }
+    }
+}
+
+/// True when `head` (the first bytes of a file or blob) starts with the VHDX identifier.
+pub fn is_vhdx(head: &[u8]) -> bool {
+    head.starts_with(vhdx::FILE_SIGNATURE)
+}
+
+/// Opens a VHD or a VHDX, whichever the content says.
+pub fn open_image<R: ReadAt + ?Sized>(src: &R) -> Result<DiskImage, OpenError> {
+    let mut head = [0u8; 8];
+    let sniffed = src.len() >= head.len() as u64 && src.read_exact_at(&mut head, 0).is_ok();
+    if sniffed && is_vhdx(&head) {
+        Ok(DiskImage::Vhdx(vhdx::open(src)?))
+    } else {
+        Ok(DiskImage::Vhd(vhd::open(src)?))
     }
 }

@@ -43,6 +43,15 @@ pub enum StagingError {
     },
 }
 
+impl StagingError {
+    /// True when the output path itself is the problem (exists, locked, not a file name,
+    /// a bad directory): the caller asked for something that cannot be done as asked,
+    /// not an I/O failure along the way.
+    pub fn is_usage(&self) -> bool {
+        !matches!(self, Self::Io { .. })
+    }
+}
+
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StagingError + 'a {
     move |source| StagingError::Io {
         op,

@@ -4,14 +4,9 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// `verbose` counts -v flags; `quiet` keeps only errors.
-pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
+/// `json`: one JSON object per line (for schedulers), else text; `verbose` counts -v
+/// flags; `quiet` keeps only errors.
+pub fn init(json: bool, verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "info",
@@ -33,8 +28,9 @@ pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
     // A second init (tests) is harmless: keep the first subscriber.
-    let _ = match format {
-        LogFormat::Text => builder.with_target(false).without_time().try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.with_target(false).without_time().try_init()
     };
 }

@@ -113,3 +113,93 @@ impl Progress {
         }
     }
 }
+
+/// One display for a job of several parts whose sizes become known as each starts (an
+/// export's disks): the bytes of every started part, summed. Until every part has
+/// reported, the label says how many of them the total covers.
+#[derive(Debug)]
+pub struct PartsProgress<K> {
+    enabled: bool,
+    parts: std::sync::atomic::AtomicUsize,
+    state: std::sync::Mutex<PartsState<K>>,
+}
+
+#[derive(Debug)]
+struct PartsState<K> {
+    /// (done, total) per part.
+    parts: std::collections::HashMap<K, (u64, u64)>,
+    /// The display, once there is something to show.
+    bar: Option<Progress>,
+}
+
+impl<K: std::hash::Hash + Eq> PartsProgress<K> {
+    /// `parts`: how many parts (disks) the job has.
+    pub fn new(enabled: bool, parts: usize) -> Self {
+        Self {
+            enabled,
+            parts: parts.into(),
+            state: std::sync::Mutex::new(PartsState {
+                parts: std::collections::HashMap::new(),
+                bar: None,
+            }),
+        }
+    }
+
+    /// The number of parts, once known (before the first `advance`).
+    pub fn set_parts(&self, parts: usize) {
+        self.parts
+            .store(parts, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn label(&self, sized: usize) -> String {
+        let parts = self.parts.load(std::sync::atomic::Ordering::Relaxed);
+        if sized < parts {
+            format!("exporting ({sized} of {parts} disks sized so far)")
+        } else {
+            format!("exporting {parts} disks")
+        }
+    }
+
+    /// Part `part` has `done` of its `total` bytes.
+    pub fn advance(&self, part: K, done: u64, total: u64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.parts.insert(part, (done, total));
+        let (d, t) = st
+            .parts
+            .values()
+            .fold((0, 0), |(d, t), (a, b)| (d + a, t + b));
+        let label = self.label(st.parts.len());
+        let bar = st
+            .bar
+            .get_or_insert_with(|| Progress::new(&label, t, self.enabled));
+        bar.set_total(t, &label);
+        bar.set(d);
+    }
+
+    pub fn finish(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bar) = st.bar.take() {
+            bar.finish();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_label_says_when_the_total_is_partial() {
+        let p = PartsProgress::new(false, 0);
+        p.set_parts(3);
+        assert_eq!(p.label(1), "exporting (1 of 3 disks sized so far)");
+        assert_eq!(p.label(3), "exporting 3 disks");
+        p.advance("a", 5, 10);
+        p.advance("b", 1, 20);
+        p.advance("a", 6, 10);
+        let st = p.state.lock().unwrap();
+        let bar = st.bar.as_ref().expect("a display once a disk reported");
+        assert_eq!(bar.label(), "exporting (2 of 3 disks sized so far)");
+        assert_eq!(bar.total(), 30);
+    }
+}

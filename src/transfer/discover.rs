@@ -11,7 +11,9 @@ use super::fetch::{FetchContext, FetchError};
 use super::plan::{self, Chunk};
 use crate::azure::blob::{BlobKind, BlobProperties};
 use crate::image::extent::ExtentMap;
+use crate::image::source::is_vhdx;
 use crate::image::vhd::{self, DiskType, FOOTER_SIZE, Footer, VhdError};
+use crate::image::vhdx::{self, VhdxError};
 
 /// Where the extent map came from (reported, and part of the resume identity).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -23,13 +25,22 @@ pub enum MapSource {
     DynamicBat,
     /// A fixed VHD in a block blob: every byte is fetched.
     Dense,
+    /// The BAT of a VHDX (fixed or dynamic) in a block blob.
+    VhdxBat,
+    /// The BAT of a VHDX in a page blob, less the pages never written.
+    VhdxBatPageRanges,
 }
 
 /// A checked plan: what to fetch and where it goes.
 #[derive(Debug, Clone)]
 pub struct DownloadPlan {
     pub properties: BlobProperties,
-    pub footer: Footer,
+    /// The VHD footer; None for a VHDX.
+    pub footer: Option<Footer>,
+    /// "fixed VHD", "dynamic VHDX", ...: for messages.
+    pub description: String,
+    /// 512, or 4096 for a VHDX of 4 KiB logical sectors: the guest's sector size.
+    pub logical_sector_size: u32,
     pub map_source: MapSource,
     pub map: ExtentMap,
     pub chunk_size: u64,
@@ -53,6 +64,8 @@ pub enum DiscoverError {
     Fetch(#[from] FetchError),
     #[error("not a usable VHD: {0}")]
     Image(#[from] VhdError),
+    #[error("not a usable VHDX: {0}")]
+    Vhdx(#[from] VhdxError),
 }
 
 /// Reads what the plan needs and builds it. `concurrency` bounds parallel page-range calls.
@@ -74,29 +87,21 @@ pub async fn discover(
     };
     let tail = read(&ctx, len - FOOTER_SIZE as u64, FOOTER_SIZE as u64).await?;
     let tail: [u8; FOOTER_SIZE] = tail.try_into().expect("512 bytes read");
-    let footer = plan::check_footer(&tail, len)?;
+    let footer = match plan::check_footer(&tail, len) {
+        Ok(f) => f,
+        Err(e @ VhdError::BadFooterCookie { .. }) => {
+            let head = read_span(&ctx, 0, vhdx::HEAD_LEN.min(len), chunk_size).await?;
+            if !is_vhdx(&head) {
+                return Err(e.into());
+            }
+            return vhdx_plan(&ctx, properties, head, chunk_size, concurrency).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
 
     let (map_source, map, max_gap) = match (footer.disk_type, properties.kind) {
         (DiskType::Fixed, BlobKind::Page) => {
-            let windows = plan::page_range_windows(footer.current_size, plan::PAGE_RANGE_WINDOW);
-            let ctx = &ctx;
-            let lists: Vec<Vec<std::ops::Range<u64>>> = futures::stream::iter(windows)
-                .map(|w| async move {
-                    let what = || {
-                        format!(
-                            "{} page ranges {}-{}",
-                            ctx.blob.url().identity(),
-                            w.start,
-                            w.end
-                        )
-                    };
-                    ctx.retry(what, || ctx.blob.page_ranges(w.clone(), &ctx.etag))
-                        .await
-                })
-                .buffered(concurrency.max(1))
-                .try_collect()
-                .await?;
-            let ranges = lists.into_iter().flatten().collect();
+            let ranges = written_ranges(&ctx, footer.current_size, concurrency).await?;
             let map =
                 plan::map_from_page_ranges(ranges, footer.current_size).map_err(VhdError::from)?;
             (MapSource::PageRanges, map, plan::COALESCE_GAP)
@@ -112,7 +117,112 @@ pub async fn discover(
     let chunks = plan::chunks(&map, chunk_size, max_gap);
     Ok(DownloadPlan {
         properties,
-        footer,
+        description: format!("{:?} VHD", footer.disk_type).to_lowercase(),
+        logical_sector_size: 512,
+        footer: Some(footer),
+        map_source,
+        map,
+        chunk_size,
+        chunks,
+    })
+}
+
+/// The written page ranges of `[0, end)` of a page blob, by windows of Get Page Ranges.
+async fn written_ranges(
+    ctx: &FetchContext,
+    end: u64,
+    concurrency: usize,
+) -> Result<Vec<std::ops::Range<u64>>, FetchError> {
+    let windows = plan::page_range_windows(end, plan::PAGE_RANGE_WINDOW);
+    let lists: Vec<Vec<std::ops::Range<u64>>> = futures::stream::iter(windows)
+        .map(|w| async move {
+            let what = || {
+                format!(
+                    "{} page ranges {}-{}",
+                    ctx.blob.url().identity(),
+                    w.start,
+                    w.end
+                )
+            };
+            ctx.retry(what, || ctx.blob.page_ranges(w.clone(), &ctx.etag))
+                .await
+        })
+        .buffered(concurrency.max(1))
+        .try_collect()
+        .await?;
+    Ok(lists.into_iter().flatten().collect())
+}
+
+/// `length` bytes at `offset`, in requests of at most `chunk_size` so no single GET exceeds
+/// the chunk size. Callers bound `length` first.
+async fn read_span(
+    ctx: &FetchContext,
+    offset: u64,
+    length: u64,
+    chunk_size: u64,
+) -> Result<Vec<u8>, FetchError> {
+    let mut out = Vec::with_capacity(usize::try_from(length).unwrap_or(0));
+    let mut at = offset;
+    while at < offset + length {
+        let n = (offset + length - at).min(chunk_size);
+        out.extend_from_slice(&read(ctx, at, n).await?);
+        at += n;
+    }
+    Ok(out)
+}
+
+/// The plan of a VHDX whose header section (`head`, the first [`vhdx::HEAD_LEN`] bytes)
+/// was read: metadata table, then the items, then the BAT, each checked before the next
+/// read is sized from it, through the same pure parsers `convert` uses.
+///
+/// A blob is looked at from the front only when its last 512 bytes are no VHD footer, so
+/// VHD downloads make exactly the requests they made before. Only FULLY_PRESENT blocks are
+/// fetched; in a page blob, Get Page Ranges then drops the never-written pages inside
+/// them. A non-empty log is refused: replaying it would need the whole log and an overlay
+/// on every chunk (`convert` replays).
+async fn vhdx_plan(
+    ctx: &FetchContext,
+    properties: BlobProperties,
+    head: Vec<u8>,
+    chunk_size: u64,
+    concurrency: usize,
+) -> Result<DownloadPlan, DiscoverError> {
+    let len = properties.length;
+    let section = vhdx::parse_header_section(&head, len)?;
+    if section.log_needs_replay() {
+        return Err(section.log_not_empty().into());
+    }
+    let region = section.regions.metadata;
+    let table_len = vhdx::metadata::TABLE_SIZE as u64;
+    let raw = read_span(ctx, region.offset, table_len, chunk_size).await?;
+    let table = vhdx::metadata::parse_table(&raw, region)?;
+    let span = table.span(region)?;
+    let items = read_span(ctx, region.offset + span.offset, span.length, chunk_size).await?;
+    let metadata = vhdx::check_metadata(&table, &items, span.offset, region)?;
+    let (bat_at, bat_len) = vhdx::bat::bat_location(&metadata, section.regions.bat)?;
+    // Held whole while checked: at most `MAX_BAT_ENTRIES` × 8 bytes, refused above.
+    let bat = read_span(ctx, bat_at, bat_len, chunk_size).await?;
+    let (map, _) = vhdx::bat::extent_map(&metadata, &bat, bat_at, &section.fixed, len)?;
+    let (map_source, map) = match properties.kind {
+        BlobKind::Page => {
+            let ranges = written_ranges(ctx, len, concurrency).await?;
+            let map = plan::restrict_to_written(&map, ranges).map_err(VhdxError::from)?;
+            (MapSource::VhdxBatPageRanges, map)
+        }
+        _ => (MapSource::VhdxBat, map),
+    };
+    let kind = if metadata.leave_blocks_allocated {
+        "fixed"
+    } else {
+        "dynamic"
+    };
+    // Between a VHDX's blocks lie other blocks and metadata: never coalesce.
+    let chunks = plan::chunks(&map, chunk_size, 0);
+    Ok(DownloadPlan {
+        properties,
+        footer: None,
+        description: format!("{kind} VHDX"),
+        logical_sector_size: metadata.logical_sector_size,
         map_source,
         map,
         chunk_size,
@@ -147,13 +257,7 @@ async fn dynamic_map(
     // of 2 MiB blocks), and never more than `MAX_BAT_ENTRIES` (64 MiB) because
     // `bat_location` refused any larger table before this allocation. It is fetched in
     // chunk-sized requests only so no single GET exceeds the chunk size.
-    let mut bat = Vec::with_capacity(usize::try_from(bat_len).unwrap_or(0));
-    let mut at = bat_at;
-    while at < bat_at + bat_len {
-        let n = (bat_at + bat_len - at).min(chunk_size);
-        bat.extend_from_slice(&read(ctx, at, n).await?);
-        at += n;
-    }
+    let bat = read_span(ctx, bat_at, bat_len, chunk_size).await?;
     let (map, _summary) = vhd::dynamic::extent_map(
         &header,
         header_at,

@@ -23,14 +23,13 @@ use super::journal::{self, Journal, JournalHeader};
 use super::plan;
 use crate::azure::blob::{BlobReader, ServiceVersion};
 use crate::azure::sas::SasUrl;
-use crate::error::{Error, ErrorKind};
 use crate::image::sink::{ImageFormat, create_sink, resume_sink};
 use crate::image::staging::{Overwrite, StagedOutput, check_output_free, temp_path_for};
 use crate::interrupt::Interrupt;
-use crate::output::units::human_bytes;
+use crate::units::human_bytes;
 
 /// Whether to check each range against the service's transactional MD5.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verify {
     #[default]
@@ -111,6 +110,8 @@ pub struct DownloadReport {
     pub format: ImageFormat,
     pub virtual_size: u64,
     pub map_source: MapSource,
+    /// The guest's sector size: 512, or 4096 for a VHDX of 4 KiB logical sectors.
+    pub logical_sector_size: u32,
     /// Bytes of written pages (or allocated blocks) in the blob.
     pub data_bytes: u64,
     /// Bytes the plan fetches (data plus coalesced gaps), all chunks.
@@ -153,20 +154,6 @@ pub enum DownloadError {
         message: String,
         kept: Option<PathBuf>,
     },
-}
-
-impl From<DownloadError> for Error {
-    fn from(e: DownloadError) -> Self {
-        let kind = match &e {
-            DownloadError::Usage(_) => ErrorKind::Usage,
-            DownloadError::BadImage(_) => ErrorKind::BadImage,
-            DownloadError::Interrupted { .. } => ErrorKind::Interrupted,
-            DownloadError::AccessDenied { .. }
-            | DownloadError::BlobChanged(_)
-            | DownloadError::Failed { .. } => ErrorKind::Failed,
-        };
-        Error::new(kind, e)
-    }
 }
 
 /// Downloads the VHD in `req.url` into `req.output` (see the module note).
@@ -214,12 +201,16 @@ pub async fn download(
     };
     let plan = match discover(&ctx, chunk_size, config.concurrency).await {
         Ok(p) => p,
-        Err(DiscoverError::Image(e)) => {
+        Err(e @ (DiscoverError::Image(_) | DiscoverError::Vhdx(_))) => {
             // Whatever an earlier run left for this output cannot be resumed from now.
             journal::remove(&journal_path);
             remove_temp_if_unlocked(&req.output, req.overwrite);
+            let why = match e {
+                DiscoverError::Image(vhd) => vhd.to_string(),
+                other => other.to_string(),
+            };
             return Err(DownloadError::BadImage(format!(
-                "{}: {e}",
+                "{}: {why}",
                 req.url.identity()
             )));
         }
@@ -230,9 +221,9 @@ pub async fn download(
         ..ctx
     };
     tracing::info!(
-        "{}: {:?} VHD, virtual size {}, {} to fetch in {} chunks of up to {} ({} written, from {:?})",
+        "{}: {}, virtual size {}, {} to fetch in {} chunks of up to {} ({} written, from {:?})",
         req.url.identity(),
-        plan.footer.disk_type,
+        plan.description,
         human_bytes(plan.virtual_size()),
         human_bytes(plan.fetch_bytes()),
         plan.chunks.len(),
@@ -288,6 +279,7 @@ pub async fn download(
         format: req.format,
         virtual_size: plan.virtual_size(),
         map_source: plan.map_source,
+        logical_sector_size: plan.logical_sector_size,
         data_bytes: plan.map.data_bytes(),
         planned_bytes: plan.fetch_bytes(),
         chunks: plan.chunks.len() as u64,
@@ -316,8 +308,7 @@ fn stage(
         kept: None,
     };
     let staging_err = |e: crate::image::staging::StagingError| {
-        let e = Error::from(e);
-        if e.kind() == ErrorKind::Usage {
+        if e.is_usage() {
             DownloadError::Usage(e.to_string())
         } else {
             failed(&e)
@@ -375,8 +366,7 @@ fn stage(
     let staged = StagedOutput::create(&req.output, req.overwrite).map_err(staging_err)?;
     let file = staged.file().map_err(staging_err)?;
     let sink = create_sink(req.format, file, plan.virtual_size()).map_err(|e| {
-        let e = Error::from(e);
-        if e.kind() == ErrorKind::BadImage {
+        if e.is_bad_image() {
             DownloadError::BadImage(e.to_string())
         } else {
             failed(&e)

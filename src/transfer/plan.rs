@@ -118,6 +118,36 @@ pub fn map_from_page_ranges(
     Ok(b.finish())
 }
 
+/// The data extents of `map` cut down to the parts whose source bytes lie in `written`
+/// (a page blob's written ranges, in source offsets, any order, possibly overlapping):
+/// pages never written read as zeros, so they need not be fetched. Used for a VHDX in a
+/// page blob, where a present block may still hold pages never written.
+pub fn restrict_to_written(
+    map: &ExtentMap,
+    mut written: Vec<Range<u64>>,
+) -> Result<ExtentMap, ExtentError> {
+    written.sort_unstable_by_key(|r| (r.start, r.end));
+    let mut merged: Vec<Range<u64>> = Vec::with_capacity(written.len());
+    for r in written.into_iter().filter(|r| !r.is_empty()) {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    let mut b = ExtentMapBuilder::new(map.virtual_size());
+    for e in map.data_extents() {
+        let src = e.source_offset().expect("data extent");
+        let src_end = src + e.length;
+        // The first written range that ends after this extent starts.
+        let first = merged.partition_point(|r| r.end <= src);
+        for r in merged[first..].iter().take_while(|r| r.start < src_end) {
+            let (a, z) = (r.start.max(src), r.end.min(src_end));
+            b.push_data(e.virtual_start + (a - src), z - a, a)?;
+        }
+    }
+    Ok(b.finish())
+}
+
 /// Cuts the data extents of `map` into chunks of at most `chunk_size` bytes, cut at
 /// multiples of `chunk_size`. Before cutting, extents separated by fewer than `max_gap`
 /// zero bytes are joined when the gap is the same in the source and joining saves a
@@ -242,6 +272,40 @@ mod tests {
             vec![0..128 * MIB, 128 * MIB..256 * MIB, 256 * MIB..300 * MIB]
         );
         assert!(page_range_windows(0, PAGE_RANGE_WINDOW).is_empty());
+    }
+
+    #[test]
+    fn a_vhdx_block_map_keeps_only_written_pages_at_their_virtual_places() {
+        // Two present 1 MiB blocks: virtual block 0 at file 8 MiB, virtual block 3 at file
+        // 4 MiB (files place blocks in any order).
+        let mut b = ExtentMapBuilder::new(4 * MIB);
+        b.push_data(0, MIB, 8 * MIB).unwrap();
+        b.push_data(3 * MIB, MIB, 4 * MIB).unwrap();
+        let map = b.finish();
+        let written = vec![
+            4 * MIB + 4096..4 * MIB + 8192,  // inside block 3
+            8 * MIB - 512..8 * MIB + 512,    // straddles block 0's start
+            0..MIB,                          // header section: not disk data
+            9 * MIB - 4096..10 * MIB,        // block 0's last page and beyond
+            4 * MIB + 6144..4 * MIB + 12288, // overlaps the first range
+        ];
+        let got: Vec<(u64, u64, Option<u64>)> = restrict_to_written(&map, written)
+            .unwrap()
+            .extents()
+            .iter()
+            .map(|e| (e.virtual_start, e.length, e.source_offset()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 512, Some(8 * MIB)),
+                (512, MIB - 4096 - 512, None),
+                (MIB - 4096, 4096, Some(9 * MIB - 4096)),
+                (MIB, 2 * MIB + 4096, None),
+                (3 * MIB + 4096, 8192, Some(4 * MIB + 4096)),
+                (3 * MIB + 12288, MIB - 12288, None),
+            ]
+        );
     }
 
     #[test]

@@ -152,20 +152,9 @@ impl ArmError {
     }
 }
 
-impl From<ArmError> for crate::error::Error {
-    fn from(e: ArmError) -> Self {
-        if e.is_auth() {
-            crate::error::Error::usage(e)
-        } else {
-            crate::error::Error::failed(e)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ErrorKind;
 
     #[test]
     fn arm_error_body_is_mapped_with_context() {
@@ -180,7 +169,7 @@ mod tests {
             text,
             "get VM rg1/web1: HTTP 404 ResourceNotFound: The Resource 'Microsoft.Compute/virtualMachines/web1' under resource group 'rg1' was not found. (x-ms-request-id req-123)"
         );
-        assert_eq!(crate::error::Error::from(err).kind(), ErrorKind::Failed);
+        assert!(!err.is_auth());
     }
 
     #[test]
@@ -216,7 +205,6 @@ mod tests {
                 ),
             };
             assert!(err.is_auth());
-            assert_eq!(crate::error::Error::from(err).kind(), ErrorKind::Usage);
         }
     }
 

@@ -33,14 +33,8 @@ pub enum SelectionError {
     BadLocation(String),
 }
 
-impl From<SelectionError> for crate::error::Error {
-    fn from(e: SelectionError) -> Self {
-        crate::error::Error::usage(e)
-    }
-}
-
-/// The raw flag values, as clap gives them.
-#[derive(Debug, Default, Clone)]
+/// The raw flag values, as clap gives them (and as a run report records them).
+#[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct SelectionInput {
     pub subscription: Option<String>,
     pub resource_groups: Vec<String>,
@@ -428,11 +422,5 @@ mod tests {
                 "{bad:?}"
             );
         }
-    }
-
-    #[test]
-    fn selection_errors_are_usage_errors() {
-        let e: crate::error::Error = SelectionError::MissingSubscription.into();
-        assert_eq!(e.kind(), crate::error::ErrorKind::Usage);
     }
 }
