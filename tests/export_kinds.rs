@@ -96,8 +96,11 @@ fn an_ephemeral_os_disk_is_unsupported_by_name_and_data_disks_still_export() {
     assert_eq!(dry.code, 0, "{}", dry.stderr);
     let plan: Value = serde_json::from_str(&dry.stdout).unwrap();
     let vm = &plan["vms"][0];
-    assert_eq!(vm["refused"][0]["reason"], "unsupported: ephemeral OS disk");
-    assert_eq!(vm["disks"].as_array().unwrap().len(), 1, "{vm}");
+    // The refused disk stays in the plan, marked (as every disk refused by kind is).
+    assert_eq!(vm["disks"].as_array().unwrap().len(), 2, "{vm}");
+    assert_eq!(vm["disks"][0]["role"], "os");
+    assert_eq!(vm["disks"][0]["refused"]["reason"], "ephemeral", "{vm}");
+    assert!(vm["disks"][1].get("refused").is_none());
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");

@@ -72,7 +72,11 @@ fn print(vms: &[VmInfo], output: ListOutput) -> Result<(), Error> {
         ListOutput::Json => serde_json::to_writer_pretty(&mut out, vms)
             .map_err(std::io::Error::from)
             .and_then(|_| writeln!(out)),
-        ListOutput::Table => out.write_all(render_table(vms).as_bytes()),
+        ListOutput::Table => out.write_all(render_table(vms).as_bytes()).and_then(|_| {
+            disk_notes(vms)
+                .iter()
+                .try_for_each(|n| writeln!(out, "{n}"))
+        }),
     };
     written.map_err(|e| Error::failed(format!("writing to stdout: {e}")))
 }
@@ -106,6 +110,19 @@ fn disk_kinds(vm: &VmInfo) -> String {
     } else {
         parts.join(" ")
     }
+}
+
+/// One line under the table per disk whose kind changes how it is exported (Premium SSD
+/// v2 / Ultra, network-restricted): what `export` will do with it.
+pub fn disk_notes(vms: &[VmInfo]) -> Vec<String> {
+    vms.iter()
+        .flat_map(|vm| {
+            vm.disks.iter().filter_map(move |d| {
+                let note = crate::export::disk_kind::note(&d.storage)?;
+                Some(format!("note: {} disk {}: {note}", vm.name, d.name))
+            })
+        })
+        .collect()
 }
 
 pub fn render_table(vms: &[VmInfo]) -> String {
@@ -187,8 +204,16 @@ mod tests {
                 max_shares: None,
                 data_access_auth_mode: None,
                 encryption: None,
+                storage: Default::default(),
             }],
         };
+        assert!(disk_notes(std::slice::from_ref(&vm)).is_empty());
+        let mut kinds = vm.clone();
+        kinds.disks[0].storage.sku = Some("UltraSSD_LRS".into());
+        assert_eq!(
+            disk_notes(&[kinds]),
+            ["note: web-01 disk os: UltraSSD_LRS, 4096-byte sectors: refused"]
+        );
         let t = render_table(&[vm]);
         let row = t.lines().nth(1).unwrap();
         let cells: Vec<&str> = row
@@ -228,6 +253,7 @@ mod tests {
             max_shares: None,
             data_access_auth_mode: None,
             encryption: None,
+            storage: Default::default(),
         };
         let mut os = disk(DiskRole::Os, None);
         os.ephemeral = true;
@@ -248,6 +274,16 @@ mod tests {
         });
         let mut none_mode = disk(DiskRole::Data, Some(5));
         none_mode.data_access_auth_mode = Some("None".into());
+        // The disk resource's kinds share the column.
+        let mut pv2 = disk(DiskRole::Data, Some(6));
+        pv2.storage.sku = Some("PremiumV2_LRS".into());
+        pv2.storage.sector_size = Some(512);
+        let mut ultra = disk(DiskRole::Data, Some(7));
+        ultra.storage.sku = Some("UltraSSD_LRS".into());
+        let mut private = disk(DiskRole::Data, Some(8));
+        private.storage.network_access_policy = Some("AllowPrivate".into());
+        let mut open = disk(DiskRole::Data, Some(9));
+        open.storage.network_access_policy = Some("AllowAll".into());
         let vm = VmInfo {
             id: String::new(),
             name: "v".into(),
@@ -260,11 +296,13 @@ mod tests {
             os_type: None,
             hyperv_generation: None,
             tags: Default::default(),
-            disks: vec![os, shared, one_share, entra, cvm, none_mode],
+            disks: vec![
+                os, shared, one_share, entra, cvm, none_mode, pv2, ultra, private, open,
+            ],
         };
         assert_eq!(
             disk_kinds(&vm),
-            "os:ephemeral lun1:shared(2),ade lun3:entra-export lun4:cvm-encrypted"
+            "os:ephemeral lun1:shared(2),ade lun3:entra-export lun4:cvm-encrypted lun6:premium-v2 lun7:ultra-4k lun8:allow-private"
         );
     }
 }

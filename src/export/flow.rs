@@ -19,6 +19,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::disk::{DiskContext, EventFn, ExportEvent};
+use super::disk_kind::SnapshotType;
 use super::ledger::{
     DiskOutcome, DiskStatus, Ledger, LedgerError, RunReport, RunStatus, write_atomic,
 };
@@ -74,6 +75,12 @@ pub struct ExportSettings {
     pub io_timeout: Duration,
     /// Export confidential VM disks encrypted with the VM's key (`--allow-encrypted`).
     pub allow_encrypted: bool,
+    /// `--snapshot-type` (Premium SSD v2 and Ultra disks are incremental whatever it says).
+    pub snapshot_type: SnapshotType,
+    /// `--private-network`: AllowPrivate disks are reachable from this host.
+    pub private_network: bool,
+    /// Background copies the run lets run at once (see `disk_kind::background_copy_limit`).
+    pub background_copies: usize,
     /// The selection as given, for the run report.
     pub record: RunSelection,
 }
@@ -88,6 +95,8 @@ pub struct RunSelection {
     pub disks: DiskSet,
     pub consistency: Option<Consistency>,
     pub format: ImageFormat,
+    pub snapshot_type: SnapshotType,
+    pub private_network: bool,
 }
 
 /// How an export ended (when it got as far as a plan).
@@ -350,6 +359,8 @@ fn plan_shard(
             consistency: settings.consistency,
             format: settings.format,
             allow_encrypted: settings.allow_encrypted,
+            snapshot_type: settings.snapshot_type,
+            private_network: settings.private_network,
         },
     )
     .map_err(|e| ExportError::Plan(Box::new(e)))?;
@@ -366,13 +377,10 @@ fn plan_shard(
     Ok((run_id, planned))
 }
 
-/// What the user must know before the run: disks not exported and why, encrypted
-/// content and where its key is, shared disks read once.
+/// What the user must know before the run: encrypted content and where its key is,
+/// shared disks read once (disks refused by kind are logged when the run starts).
 fn log_kinds(planned: &[PlannedVm]) {
     for vm in planned {
-        for r in &vm.refused {
-            tracing::warn!("{}: disk {}: {}", vm.name, r.name, r.reason);
-        }
         for d in &vm.disks {
             for note in &d.notes {
                 tracing::warn!("{}: disk {}: {note}", vm.name, d.name);
@@ -387,18 +395,6 @@ fn log_kinds(planned: &[PlannedVm]) {
             }
         }
     }
-}
-
-/// Selected disks the plan does not export, each with its VM and reason.
-fn refused_disks(planned: &[PlannedVm]) -> Vec<String> {
-    planned
-        .iter()
-        .flat_map(|vm| {
-            vm.refused
-                .iter()
-                .map(move |r| format!("VM {}, disk {}: {}", vm.name, r.name, r.reason))
-        })
-        .collect()
 }
 
 /// Refuses to overwrite an image (before anything is created in Azure), then starts the
@@ -454,6 +450,8 @@ fn disk_context(
         output_dir: output_dir.to_path_buf(),
         format: settings.format,
         sas_duration: settings.sas_duration,
+        private_network: settings.private_network,
+        background_copies: settings.background_copies,
         md_service_version: settings.md_service_version,
         connections: settings.concurrency,
         queue_depth: DEFAULT_QUEUE_DEPTH,
@@ -483,16 +481,15 @@ fn finish(
         || results
             .values()
             .any(|r| r.status == DiskStatus::Interrupted);
-    let refused = refused_disks(planned);
-    let status = run_status(
-        interrupted,
-        done,
-        total,
-        manifest_errors.is_empty(),
-        refused.len(),
-    );
-    // Refused disks count among the selected ones: `done of total` says so.
-    let total = total + refused.len();
+    let count = |s: DiskStatus| results.values().filter(|r| r.status == s).count();
+    let refused = count(DiskStatus::Refused) + count(DiskStatus::Unsupported);
+    let status = match run_status(interrupted, done, total, manifest_errors.is_empty()) {
+        // A disk refused by kind (or unsupported, as an ephemeral OS disk) is one this run
+        // could not do, not a failure of the run: partly done (exit 3), also when it was
+        // the only disk.
+        RunStatus::Failed if refused > 0 && count(DiskStatus::Failed) == 0 => RunStatus::Partial,
+        s => s,
+    };
     let _ = ledger.update(|r| {
         r.status = status;
         r.finished_at = Some(now_rfc3339());
@@ -507,10 +504,14 @@ fn finish(
     log_end(run_id, output_dir, ledger, &resources_left, done, total);
     let failures = results
         .values()
-        .filter(|r| r.status == DiskStatus::Failed)
+        .filter(|r| {
+            matches!(
+                r.status,
+                DiskStatus::Failed | DiskStatus::Refused | DiskStatus::Unsupported
+            )
+        })
         .filter_map(|r| r.error.clone())
         .chain(manifest_errors)
-        .chain(refused)
         .collect();
     RunSummary {
         run_id: run_id.to_string(),
@@ -545,20 +546,14 @@ fn write_manifests(
 }
 
 /// The run's status from its disks: an interrupt wins, then all, some or none done. A
-/// selected disk the plan refused (`refused`) makes a run whose exportable disks are all
-/// done partly done (exit 3), as a failed disk would.
-pub fn run_status(
-    interrupted: bool,
-    done: usize,
-    total: usize,
-    manifests_ok: bool,
-    refused: usize,
-) -> RunStatus {
+/// disk refused by kind counts among `total` and is never done, so a run with one is at
+/// most partly done (`finish` makes a run with only refused disks partly done too).
+pub fn run_status(interrupted: bool, done: usize, total: usize, manifests_ok: bool) -> RunStatus {
     if interrupted {
         RunStatus::Interrupted
-    } else if done == total && manifests_ok && refused == 0 {
+    } else if done == total && manifests_ok {
         RunStatus::Done
-    } else if done == total && manifests_ok || done > 0 {
+    } else if done > 0 {
         RunStatus::Partial
     } else {
         RunStatus::Failed
@@ -593,25 +588,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_refused_disk_makes_a_complete_run_partial() {
-        assert_eq!(run_status(false, 2, 2, true, 1), RunStatus::Partial);
-        // Only refused disks selected: nothing failed, nothing exported, partly done.
-        assert_eq!(run_status(false, 0, 0, true, 1), RunStatus::Partial);
-        assert_eq!(run_status(false, 1, 2, true, 1), RunStatus::Partial);
-        assert_eq!(run_status(false, 0, 2, true, 1), RunStatus::Failed);
-        assert_eq!(run_status(true, 2, 2, true, 1), RunStatus::Interrupted);
-    }
-
-    #[test]
     fn an_interrupt_wins_then_all_some_or_none_done() {
-        assert_eq!(run_status(true, 2, 2, true, 0), RunStatus::Interrupted);
-        assert_eq!(run_status(false, 2, 2, true, 0), RunStatus::Done);
+        assert_eq!(run_status(true, 2, 2, true), RunStatus::Interrupted);
+        assert_eq!(run_status(false, 2, 2, true), RunStatus::Done);
         // Every disk done but a manifest missing is not done.
-        assert_eq!(run_status(false, 2, 2, false, 0), RunStatus::Partial);
-        assert_eq!(run_status(false, 1, 2, true, 0), RunStatus::Partial);
-        assert_eq!(run_status(false, 0, 2, true, 0), RunStatus::Failed);
+        assert_eq!(run_status(false, 2, 2, false), RunStatus::Partial);
+        assert_eq!(run_status(false, 1, 2, true), RunStatus::Partial);
+        assert_eq!(run_status(false, 0, 2, true), RunStatus::Failed);
         // No disk planned at all is a run that did all it had to.
-        assert_eq!(run_status(false, 0, 0, true, 0), RunStatus::Done);
+        assert_eq!(run_status(false, 0, 0, true), RunStatus::Done);
     }
 
     #[test]
@@ -627,6 +612,8 @@ mod tests {
             disks: DiskSet::All,
             consistency: Some(Consistency::Snapshot),
             format: ImageFormat::Qcow2,
+            snapshot_type: SnapshotType::Incremental,
+            private_network: false,
         };
         let v = serde_json::to_value(&record).unwrap();
         assert_eq!(
@@ -635,6 +622,7 @@ mod tests {
                 "subscription": "s", "resource_groups": [], "names": ["web-*"], "tags": [],
                 "power_states": [], "locations": [], "plan": null, "shard": "0/2",
                 "disks": "all", "consistency": "snapshot", "format": "qcow2",
+                "snapshot_type": "incremental", "private_network": false,
             })
         );
     }

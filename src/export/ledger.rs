@@ -90,9 +90,12 @@ pub enum DiskStatus {
     Done,
     Failed,
     Interrupted,
-    /// Selected, but nothing in Azure to export (an ephemeral OS disk): final at once.
+    /// Selected, but nothing in Azure to export (an ephemeral OS disk): final at once;
+    /// the run exits 3 as for a partly done run.
     Unsupported,
-    /// Selected, but refused unless asked (`--allow-encrypted`): final at once.
+    /// Not exported because of its kind (network policy, sector size, a confidential VM's
+    /// key unless `--allow-encrypted`): nothing was created for it; final at once; the run
+    /// exits 3 as for a partly done run.
     Refused,
 }
 

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::disk_kind::Refusal;
 use super::domain::{DEFAULT_SECTOR_SIZE, DomainDisk, DomainSpec, Firmware, GuestOs, domain_xml};
 use super::ledger::DiskStatus;
 use super::ledger::write_atomic;
@@ -92,6 +93,9 @@ pub struct ManifestImage {
     /// A shared disk exported through another VM (its folder): the same image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exported_with: Option<String>,
+    /// The snapshot the image was read from: `incremental` or `full`; null when the disk
+    /// was read directly or refused.
+    pub snapshot: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,9 +107,10 @@ pub enum ManifestDiskStatus {
     Done,
     Failed,
     Interrupted,
-    /// Selected, but Azure gives nothing to export (an ephemeral OS disk).
+    /// Selected, but Azure gives nothing to export (an ephemeral OS disk); `reason` says so.
     Unsupported,
-    /// Selected, but refused unless asked (`--allow-encrypted`).
+    /// Not exported because of its kind; `reason` and `error` say why. Nothing was created
+    /// for it.
     Refused,
 }
 
@@ -179,20 +184,11 @@ fn manifest_disk(
         .iter()
         .find(|p| p.role == disk.role && p.lun == disk.lun)
     else {
-        // Selected but refused by the plan (ephemeral, confidential): the reason.
-        let refused = vm
-            .refused
-            .iter()
-            .find(|r| r.role == disk.role && r.lun == disk.lun);
         return ManifestDisk {
             disk,
             image: None,
-            status: match refused.map(|r| r.status) {
-                Some("unsupported") => ManifestDiskStatus::Unsupported,
-                Some(_) => ManifestDiskStatus::Refused,
-                None => ManifestDiskStatus::NotSelected,
-            },
-            reason: refused.map(|r| r.reason.clone()),
+            status: ManifestDiskStatus::NotSelected,
+            reason: None,
         };
     };
     let r = result(planned);
@@ -208,9 +204,23 @@ fn manifest_disk(
             error: r.as_ref().and_then(|r| r.error.clone()),
             notes: planned.notes.clone(),
             exported_with: planned.exported_with.clone(),
+            snapshot: snapshot_kind(planned).map(str::to_string),
         }),
         status: r.map_or(ManifestDiskStatus::Pending, |r| r.status.into()),
-        reason: None,
+        // Refused by kind (ephemeral, confidential, network policy, sector size): why.
+        reason: planned.refused.as_ref().map(Refusal::reason),
+    }
+}
+
+/// The snapshot a disk was read from: `incremental`, `full`, or None when it was read
+/// directly or refused (nothing created for it).
+fn snapshot_kind(p: &PlannedDisk) -> Option<&'static str> {
+    match p.source {
+        _ if p.refused.is_some() => None,
+        super::plan::Source::Snapshot { incremental, .. } => {
+            Some(if incremental { "incremental" } else { "full" })
+        }
+        _ => None,
     }
 }
 
@@ -318,6 +328,7 @@ mod tests {
             max_shares: None,
             data_access_auth_mode: None,
             encryption: None,
+            storage: Default::default(),
         };
         VmInfo {
             id:
@@ -353,6 +364,8 @@ mod tests {
                 consistency: None,
                 format: ImageFormat::Raw,
                 allow_encrypted: false,
+                snapshot_type: Default::default(),
+                private_network: false,
             },
         )
         .unwrap();
@@ -377,10 +390,12 @@ mod tests {
                 "name": "os", "role": "os", "lun": null, "size_gb": 1, "managed": true,
                 "ephemeral": false, "max_shares": null, "data_access_auth_mode": null,
                 "encryption": null,
+                "sku": null, "sector_size": null, "network_access_policy": null,
+                "disk_access_id": null,
                 "image": "web-os.raw", "format": "raw", "virtual_size": null,
                 "logical_sector_size": null,
                 "bytes_downloaded": 0, "error": "VM web, disk os: grant refused",
-                "status": "failed",
+                "snapshot": null, "status": "failed",
             })
         );
         assert_eq!(
@@ -390,6 +405,8 @@ mod tests {
                 "name": "d0", "role": "data", "lun": 0, "size_gb": 1, "managed": true,
                 "ephemeral": false, "max_shares": null, "data_access_auth_mode": null,
                 "encryption": null,
+                "sku": null, "sector_size": null, "network_access_policy": null,
+                "disk_access_id": null,
                 "status": "not_selected",
             })
         );

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::disk_kind::{self, Refusal, SnapshotType};
 use super::naming::{PathNameError, snapshot_name, validate_path_component};
 use crate::azure::arm::models::PowerState;
 use crate::azure::arm::{ResourceId, ResourceIdError, ResourceType};
@@ -51,11 +52,17 @@ pub enum Source {
     Snapshot {
         snapshot: ResourceId,
         disk_id: ResourceId,
+        /// Incremental (billed by written data) or full (see [`super::disk_kind`]).
+        incremental: bool,
+        /// Premium SSD v2 / Ultra: wait for the snapshot's background copy before the grant.
+        background_copy: bool,
     },
     /// Grant read access on the managed disk itself (its VM is deallocated).
     Disk { disk_id: ResourceId },
     /// An unmanaged disk: its page blob, read with an Entra ID token for storage.
     Blob { uri: String },
+    /// Nothing in Azure to read (an ephemeral OS disk): the disk is refused.
+    Unavailable,
 }
 
 /// A planned disk's identity: its VM's resource id and its place in that VM (the OS disk,
@@ -95,6 +102,9 @@ pub struct PlannedDisk {
     /// What a reader of the image must know (encrypted content and where its key is).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Set when the disk is not exported because of its kind: nothing is created for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Refusal>,
 }
 
 impl PlannedDisk {
@@ -109,17 +119,6 @@ impl PlannedDisk {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     }
-}
-
-/// A selected disk that is not exported, and why (`unsupported: …` or `refused: …`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RefusedDisk {
-    pub name: String,
-    pub role: DiskRole,
-    pub lun: Option<u32>,
-    /// `unsupported` (nothing Azure can give) or `refused` (a flag would allow it).
-    pub status: &'static str,
-    pub reason: String,
 }
 
 /// Folder of shared disks' images, beside the VM folders: a shared disk belongs to no
@@ -139,29 +138,22 @@ pub fn shared_image(disk_id: &ResourceId, format: ImageFormat) -> String {
     )
 }
 
-/// Why disk `d` cannot be exported, if it cannot: an ephemeral OS disk has no managed
-/// disk to snapshot or grant; a confidential VM's disk encrypted with that VM's key is
-/// ciphertext anywhere else, so it is exported only when asked (`--allow-encrypted`).
-pub fn refusal(d: &DiskInfo, allow_encrypted: bool) -> Option<RefusedDisk> {
-    let (status, reason) = if d.ephemeral {
-        ("unsupported", "unsupported: ephemeral OS disk".to_string())
-    } else if !allow_encrypted
+/// Why disk `d` is not exported, if it is not: an ephemeral OS disk has no managed disk
+/// to snapshot or grant; a confidential VM's disk encrypted with that VM's key is
+/// ciphertext anywhere else, so it is exported only when asked (`--allow-encrypted`); a
+/// managed disk's network policy or sector size may refuse it (see [`disk_kind::refusal`]).
+pub fn refusal(d: &DiskInfo, opts: &PlanOptions) -> Option<Refusal> {
+    if d.ephemeral {
+        return Some(Refusal::Ephemeral);
+    }
+    if !opts.allow_encrypted
         && d.encryption.as_ref().map(|e| e.kind) == Some(EncryptionKind::ConfidentialVm)
     {
-        (
-            "refused",
-            "refused: confidential VM disk encrypted with the VM's key (DiskWithVMGuestState) cannot be read outside that VM; --allow-encrypted exports the ciphertext".to_string(),
-        )
-    } else {
-        return None;
-    };
-    Some(RefusedDisk {
-        name: d.name.clone(),
-        role: d.role,
-        lun: d.lun,
-        status,
-        reason,
-    })
+        return Some(Refusal::ConfidentialVm);
+    }
+    d.managed
+        .then(|| disk_kind::refusal(&d.storage, opts.private_network))
+        .flatten()
 }
 
 /// What the reader of disk `d`'s image must be told (manifest, log, dry run).
@@ -194,10 +186,8 @@ pub struct PlannedVm {
     pub consistency: Consistency,
     /// Deallocate before exporting (`--consistency deallocate` on an allocated VM).
     pub deallocate: bool,
+    /// Every selected disk; one refused by kind carries its `refused` reason.
     pub disks: Vec<PlannedDisk>,
-    /// Selected disks that are not exported, with the reason.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub refused: Vec<RefusedDisk>,
 }
 
 #[derive(Debug, Clone)]
@@ -209,6 +199,9 @@ pub struct PlanOptions {
     pub format: ImageFormat,
     /// Export confidential VM disks encrypted with the VM's key (`--allow-encrypted`).
     pub allow_encrypted: bool,
+    pub snapshot_type: SnapshotType,
+    /// `--private-network`: AllowPrivate disks are reachable from here.
+    pub private_network: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -385,10 +378,15 @@ pub fn plan(vms: &[VmInfo], opts: &PlanOptions) -> Result<Vec<PlannedVm>, PlanEr
 fn share_once(planned: &mut [PlannedVm]) {
     let mut owners: HashMap<ResourceId, (DiskKey, String)> = HashMap::new();
     for vm in planned.iter_mut() {
-        for d in vm.disks.iter_mut().filter(|d| d.shared) {
+        // A refused entry is refused on its own: it neither exports nor waits for another.
+        for d in vm
+            .disks
+            .iter_mut()
+            .filter(|d| d.shared && d.refused.is_none())
+        {
             let disk_id = match &d.source {
                 Source::Snapshot { disk_id, .. } | Source::Disk { disk_id } => disk_id.clone(),
-                Source::Blob { .. } => continue,
+                Source::Blob { .. } | Source::Unavailable => continue,
             };
             match owners.get(&disk_id) {
                 Some((key, folder)) => {
@@ -415,13 +413,10 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
     let deallocate = consistency == Consistency::Deallocate && !deallocated;
     check_vm_record(vm)?;
     let id = typed_id(&vm.name, "id", &vm.id, ResourceType::VirtualMachine)?;
-    let selected = vm.disks.iter().filter(|d| wanted(opts.disks, d.role));
-    let refused: Vec<RefusedDisk> = selected
-        .clone()
-        .filter_map(|d| refusal(d, opts.allow_encrypted))
-        .collect();
-    let mut disks: Vec<&DiskInfo> = selected
-        .filter(|d| refusal(d, opts.allow_encrypted).is_none())
+    let mut disks: Vec<&DiskInfo> = vm
+        .disks
+        .iter()
+        .filter(|d| wanted(opts.disks, d.role))
         .collect();
     // OS disk first, then data disks in LUN order (the domain's boot order).
     disks.sort_by_key(|d| (d.role == DiskRole::Data, d.lun));
@@ -430,7 +425,13 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
     let planned = disks
         .into_iter()
         .map(|d| {
-            let source = disk_source(vm, d, consistency, &opts.run_id)?;
+            let refused = refusal(d, opts);
+            // An ephemeral OS disk has nothing in Azure to read.
+            let source = if d.ephemeral {
+                Source::Unavailable
+            } else {
+                disk_source(vm, d, consistency, opts)?
+            };
             let shared_id = match &source {
                 Source::Snapshot { disk_id, .. } | Source::Disk { disk_id } if d.shared() => {
                     Some(disk_id)
@@ -457,6 +458,7 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
                 entra_id_reads: d.needs_entra_for_export(),
                 notes: disk_notes(d),
                 source,
+                refused,
             })
         })
         .collect::<Result<Vec<_>, PlanError>>()?;
@@ -470,7 +472,6 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
         consistency,
         deallocate,
         disks: planned,
-        refused,
     })
 }
 
@@ -479,21 +480,26 @@ fn disk_source(
     vm: &VmInfo,
     d: &DiskInfo,
     consistency: Consistency,
-    run_id: &str,
+    opts: &PlanOptions,
 ) -> Result<Source, PlanError> {
     let field = || format!("disk {} id", d.name);
     Ok(match (&d.id, &d.vhd_uri) {
         (Some(id), _) => {
             let disk_id = typed_id(&vm.name, &field(), id, ResourceType::Disk)?;
             if consistency == Consistency::Snapshot {
-                let name = snapshot_name(run_id, &d.name, &disk_id);
+                let name = snapshot_name(&opts.run_id, &d.name, &disk_id);
                 let snapshot = ResourceId::new(
                     disk_id.subscription(),
                     disk_id.resource_group(),
                     ResourceType::Snapshot,
                     &name,
                 );
-                Source::Snapshot { snapshot, disk_id }
+                Source::Snapshot {
+                    snapshot,
+                    disk_id,
+                    incremental: disk_kind::incremental(opts.snapshot_type, &d.storage),
+                    background_copy: disk_kind::has_background_copy(d.storage.sku.as_deref()),
+                }
             } else {
                 Source::Disk { disk_id }
             }
@@ -527,6 +533,7 @@ mod tests {
             max_shares: None,
             data_access_auth_mode: None,
             encryption: None,
+            storage: Default::default(),
         }
     }
 
@@ -570,6 +577,8 @@ mod tests {
             consistency: c,
             format: ImageFormat::Qcow2,
             allow_encrypted: false,
+            snapshot_type: SnapshotType::Incremental,
+            private_network: false,
         }
     }
 
@@ -720,12 +729,19 @@ mod tests {
         let mut v = vm("a", PowerState::Running);
         v.disks[1].ephemeral = true;
         let p = plan(std::slice::from_ref(&v), &opts(None, DiskSet::All)).unwrap();
-        assert_eq!(p[0].refused.len(), 1);
-        assert_eq!(p[0].refused[0].status, "unsupported");
-        assert_eq!(p[0].refused[0].reason, "unsupported: ephemeral OS disk");
-        assert!(p[0].disks.iter().all(|d| d.role == DiskRole::Data));
+        let refused: Vec<&PlannedDisk> =
+            p[0].disks.iter().filter(|d| d.refused.is_some()).collect();
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].role, DiskRole::Os);
+        assert_eq!(refused[0].refused, Some(Refusal::Ephemeral));
+        assert_eq!(refused[0].source, Source::Unavailable);
+        let why = refused[0].refused.as_ref().unwrap();
+        assert_eq!(why.status(), crate::export::ledger::DiskStatus::Unsupported);
+        assert_eq!(why.reason(), "unsupported: ephemeral OS disk");
+        let json = serde_json::to_value(refused[0]).unwrap();
+        assert_eq!(json["refused"]["reason"], "ephemeral");
         let p = plan(&[v], &opts(None, DiskSet::Data)).unwrap();
-        assert!(p[0].refused.is_empty());
+        assert!(p[0].disks.iter().all(|d| d.refused.is_none()));
     }
 
     #[test]
@@ -741,8 +757,12 @@ mod tests {
             key_vault_url: Some("https://kv.vault.azure.net/".into()),
         });
         let p = plan(std::slice::from_ref(&v), &opts(None, DiskSet::All)).unwrap();
-        assert_eq!(p[0].refused[0].status, "refused");
-        assert!(p[0].refused[0].reason.contains("--allow-encrypted"));
+        let os = &p[0].disks[0];
+        assert_eq!(os.refused, Some(Refusal::ConfidentialVm));
+        let why = os.refused.as_ref().unwrap();
+        assert_eq!(why.status(), crate::export::ledger::DiskStatus::Refused);
+        assert!(why.reason().starts_with("refused: "));
+        assert!(why.reason().contains("--allow-encrypted"));
         let lun3 = p[0].disks.iter().find(|d| d.lun == Some(3)).unwrap();
         assert!(lun3.notes[0].contains("Key Vault https://kv.vault.azure.net/"));
         let allowed = PlanOptions {
@@ -750,7 +770,7 @@ mod tests {
             ..opts(None, DiskSet::All)
         };
         let p = plan(&[v], &allowed).unwrap();
-        assert!(p[0].refused.is_empty());
+        assert!(p[0].disks.iter().all(|d| d.refused.is_none()));
         assert!(p[0].disks[0].notes[0].contains("--allow-encrypted"));
     }
 
@@ -775,5 +795,39 @@ mod tests {
         assert_eq!(qb.exported_with.as_deref(), Some("a"));
         let d0 = p[0].disks.iter().find(|d| d.lun == Some(0)).unwrap();
         assert!(!d0.shared && d0.image_in_vm_dir() == "a-data-lun0.qcow2");
+    }
+
+    #[test]
+    fn disk_kinds_decide_the_snapshot_and_refusals() {
+        let mut v = vm("a", PowerState::Running);
+        // d3: Premium SSD v2, 512-byte sectors; os: ordinary; d0: DenyAll.
+        v.disks[0].storage.sku = Some("PremiumV2_LRS".into());
+        v.disks[0].storage.sector_size = Some(512);
+        v.disks[2].storage.network_access_policy = Some("DenyAll".into());
+        let full = PlanOptions {
+            snapshot_type: SnapshotType::Full,
+            ..opts(None, DiskSet::All)
+        };
+        let p = plan(std::slice::from_ref(&v), &full).unwrap();
+        let by_name = |n: &str| p[0].disks.iter().find(|d| d.name == n).unwrap().clone();
+        let snap = |d: &PlannedDisk| match d.source {
+            Source::Snapshot {
+                incremental,
+                background_copy,
+                ..
+            } => (incremental, background_copy),
+            ref other => panic!("{other:?}"),
+        };
+        // Full as asked, except for the disk type that takes incremental snapshots only.
+        assert_eq!(snap(&by_name("os")), (false, false));
+        assert_eq!(snap(&by_name("d3")), (true, true));
+        assert_eq!(by_name("d0").refused, Some(Refusal::DenyAll));
+        assert_eq!(by_name("os").refused, None);
+        // The default is incremental for every disk.
+        let p = plan(&[v], &opts(None, DiskSet::Os)).unwrap();
+        assert_eq!(snap(&p[0].disks[0]), (true, false));
+        let json = serde_json::to_value(&p[0].disks[0]).unwrap();
+        assert_eq!(json["source"]["incremental"], true);
+        assert!(json.get("refused").is_none());
     }
 }

@@ -64,6 +64,9 @@ pub struct DiskInfo {
     /// (platform or customer keys are transparent to a reader of the export).
     #[serde(default)]
     pub encryption: Option<DiskEncryption>,
+    /// The disk's type, sector size and network policy (flattened into the disk's JSON).
+    #[serde(flatten, default)]
+    pub storage: DiskStorage,
 }
 
 impl DiskInfo {
@@ -97,6 +100,30 @@ impl DiskInfo {
             Some(EncryptionKind::ConfidentialVm) => out.push("cvm-encrypted".to_string()),
             None => {}
         }
+        // The disk resource's kind (Premium SSD v2 / Ultra, sector size, network policy).
+        let st = &self.storage;
+        let sku = st.sku.as_deref().unwrap_or_default();
+        let base = if sku.eq_ignore_ascii_case("PremiumV2_LRS") {
+            Some("premium-v2")
+        } else if sku.eq_ignore_ascii_case("UltraSSD_LRS") {
+            Some("ultra")
+        } else {
+            None
+        };
+        if let Some(base) = base {
+            // Azure's default for these types is 4096-byte sectors.
+            match st.sector_size.unwrap_or(4096) {
+                4096 => out.push(format!("{base}-4k")),
+                _ => out.push(base.to_string()),
+            }
+        }
+        match st.network_access_policy.as_deref() {
+            Some(p) if p.eq_ignore_ascii_case("DenyAll") => out.push("deny-all".to_string()),
+            Some(p) if p.eq_ignore_ascii_case("AllowPrivate") => {
+                out.push("allow-private".to_string())
+            }
+            _ => {}
+        }
         out
     }
 }
@@ -118,6 +145,42 @@ pub struct DiskEncryption {
     /// The Key Vault holding the volume key, when the settings name it.
     #[serde(default)]
     pub key_vault_url: Option<String>,
+}
+
+/// What of a managed disk's kind decides how it can be exported, from its disk resource
+/// (`Disks - Get`/`List`); every field null when the disk record could not be read or the
+/// disk is unmanaged. A plan file written before these fields existed still reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskStorage {
+    /// `sku.name`: `PremiumV2_LRS`, `UltraSSD_LRS`, `Premium_LRS`, `StandardSSD_LRS`, ….
+    #[serde(default)]
+    pub sku: Option<String>,
+    /// `creationData.logicalSectorSize` as the disk resource gives it: 512 or 4096
+    /// (Premium SSD v2 and Ultra only). Named apart from the manifest's
+    /// `logical_sector_size`, which is what the exported image reports.
+    #[serde(default)]
+    pub sector_size: Option<u32>,
+    /// `AllowAll`, `AllowPrivate` or `DenyAll`.
+    #[serde(default)]
+    pub network_access_policy: Option<String>,
+    /// The DiskAccess resource whose private endpoints may export an `AllowPrivate` disk.
+    #[serde(default)]
+    pub disk_access_id: Option<String>,
+}
+
+impl DiskStorage {
+    /// From a disk resource as `Disks - Get` answers.
+    pub fn of(disk: &Disk) -> Self {
+        let props = disk.properties.as_ref();
+        Self {
+            sku: disk.sku_name().map(str::to_string),
+            sector_size: props
+                .and_then(|p| p.creation_data.as_ref())
+                .and_then(|c| c.logical_sector_size),
+            network_access_policy: props.and_then(|p| p.network_access_policy.clone()),
+            disk_access_id: props.and_then(|p| p.disk_access_id.clone()),
+        }
+    }
 }
 
 /// One VM as `list --output json` prints it and `export` plans with it.
@@ -402,6 +465,7 @@ fn disk_info(
         max_shares: props.and_then(|p| p.max_shares),
         data_access_auth_mode: props.and_then(|p| p.data_access_auth_mode.clone()),
         encryption: None,
+        storage: record.map(DiskStorage::of).unwrap_or_default(),
     }
 }
 
