@@ -75,6 +75,8 @@ fn domains_pass_virt_xml_validate() {
                 .map(|i| DomainDisk {
                     path: format!("/var/lib/azure2kvm/{name}/disk {i}&x.img").into(),
                     format,
+                    // The second disk an Azure shared disk: the schema must take it.
+                    shareable: i == 1,
                     // The second disk has 4 KiB sectors: its <blockio> must validate too.
                     logical_sector_size: if i == 1 { 4096 } else { 512 },
                 })
@@ -154,6 +156,7 @@ fn odd_spec(odd: &str) -> DomainSpec {
         disks: vec![DomainDisk {
             path: format!("/var/lib/azure2kvm/{odd}/os.qcow2").into(),
             format: ImageFormat::Qcow2,
+            shareable: false,
             logical_sector_size: 4096,
         }],
     }

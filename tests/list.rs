@@ -136,6 +136,7 @@ fn table_output() {
         "OS",
         "GEN",
         "DISKS",
+        "DISK KINDS",
     ] {
         assert!(lines[0].contains(h), "{h} in {}", lines[0]);
     }
@@ -153,9 +154,10 @@ fn table_output() {
             "2"
         ]
     );
-    assert!(lines[1].ends_with("1 / 127 GiB"), "{}", lines[1]);
+    // Ordinary disks: the kinds column says `-`.
+    assert!(lines[1].ends_with("1 / 127 GiB  -"), "{}", lines[1]);
     assert!(
-        lines[3].starts_with("web-01") && lines[3].ends_with("3 / 222 GiB"),
+        lines[3].starts_with("web-01") && lines[3].ends_with("3 / 222 GiB  -"),
         "{}",
         lines[3]
     );

@@ -29,6 +29,10 @@
 //! - No error message quotes the SAS: transport errors (which quote the URL) are scrubbed.
 //! - A SAS URL works for any host (managed-disk export hosts, storage accounts, Azurite); a
 //!   token credential (Entra ID) is accepted for URLs without SAS and requires https.
+//! - A managed-disk export URL given a credential besides its SAS (a disk with
+//!   `dataAccessAuthMode: AzureActiveDirectory`) carries both: the SAS, and a bearer token
+//!   for [`MANAGED_DISK_SCOPE`] on every request ([`DiskTokenPolicy`]). Such a URL is https,
+//!   or plain http to a loopback name only ([`SasUrl`] refuses anything else).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -45,6 +49,73 @@ use azure_storage_blob::{BlobClient, BlobClientOptions};
 use futures::TryStreamExt;
 
 use super::sas::SasUrl;
+
+/// The Entra ID scope of managed-disk data (export and upload hosts `md-…`): resource
+/// `https://disk.azure.com/` — with its trailing slash, which the service checks, hence the
+/// double slash before `.default`. AzCopy asks for the same (Azure/azure-storage-azcopy:
+/// `ManagedDiskScope = "https://disk.azure.com//.default"`, "the service checks explicitly
+/// for https://disk.azure.com/"; used by ste/mdOAuthWrapper.go), and Az PowerShell's
+/// Add-AzVhd gets its token for `https://disk.azure.com/` when `DataAccessAuthMode` is
+/// `AzureActiveDirectory`. The identity needs the *Data Operator for Managed Disks* role.
+pub const MANAGED_DISK_SCOPE: &str = "https://disk.azure.com//.default";
+
+/// Adds `Authorization: Bearer <token for MANAGED_DISK_SCOPE>` to each request, beside the
+/// SAS in the URL. The token is kept until [`TOKEN_REFRESH_MARGIN`] before it expires: not
+/// every credential caches (the Azure CLI one runs `az` on every call), and a disk is
+/// thousands of ranged GETs. It is never logged: the credential's and the token's `Debug`
+/// print no secret.
+#[derive(Debug)]
+pub struct DiskTokenPolicy {
+    credential: Arc<dyn TokenCredential>,
+    token: std::sync::Mutex<Option<azure_core::credentials::AccessToken>>,
+}
+
+/// A token this close to its expiry is renewed before use.
+pub const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+impl DiskTokenPolicy {
+    pub fn new(credential: Arc<dyn TokenCredential>) -> Self {
+        Self {
+            credential,
+            token: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The kept token if it is good for a while yet, else a new one.
+    async fn token(&self) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        let margin = azure_core::time::Duration::seconds(TOKEN_REFRESH_MARGIN.as_secs() as i64);
+        let now = azure_core::time::OffsetDateTime::now_utc();
+        if let Some(t) = self
+            .token
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|t| t.expires_on - margin > now)
+        {
+            return Ok(t.clone());
+        }
+        let fresh = self
+            .credential
+            .get_token(&[MANAGED_DISK_SCOPE], None)
+            .await?;
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh.clone());
+        Ok(fresh)
+    }
+}
+
+#[async_trait::async_trait]
+impl azure_core::http::policies::Policy for DiskTokenPolicy {
+    async fn send(
+        &self,
+        ctx: &azure_core::http::Context,
+        request: &mut azure_core::http::Request,
+        next: &[Arc<dyn azure_core::http::policies::Policy>],
+    ) -> azure_core::http::policies::PolicyResult {
+        let token = self.token().await?;
+        request.insert_header("authorization", format!("Bearer {}", token.token.secret()));
+        next[0].send(ctx, request, &next[1..]).await
+    }
+}
 
 /// What kind of blob holds the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -245,7 +316,22 @@ impl BlobReader {
             );
             options.version = md_version.to_string();
         }
-        let credential = if url.has_sas() { None } else { credential };
+        // A SAS and a credential on an export host: the disk wants Entra ID too.
+        let credential = match credential {
+            Some(c) if url.has_sas() && managed_disk => {
+                tracing::debug!(
+                    "{}: managed-disk export with an Entra ID token for {MANAGED_DISK_SCOPE}",
+                    url.identity()
+                );
+                options
+                    .client_options
+                    .per_call_policies
+                    .push(Arc::new(DiskTokenPolicy::new(c)));
+                None
+            }
+            c if url.has_sas() => c.and(None),
+            c => c,
+        };
         let client = BlobClient::new(url.expose().clone(), credential, Some(options))
             .map_err(|e| BlobError::Client(url.scrub(&e.to_string())))?;
         Ok(Self {
@@ -767,6 +853,89 @@ mod tests {
             ] {
                 assert!(!head.contains(&format!("\n{h}:")), "{head}");
             }
+        }
+    }
+
+    /// Counts token requests and remembers the scopes asked for.
+    #[derive(Debug, Default)]
+    struct CountingCredential {
+        calls: std::sync::atomic::AtomicUsize,
+        scopes: std::sync::Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl TokenCredential for CountingCredential {
+        async fn get_token(
+            &self,
+            scopes: &[&str],
+            _: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+        ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+            self.calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.scopes
+                .lock()
+                .unwrap()
+                .extend(scopes.iter().map(|s| s.to_string()));
+            Ok(azure_core::credentials::AccessToken::new(
+                "disk-tok",
+                azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::hours(1),
+            ))
+        }
+    }
+
+    /// An export host given a credential besides the SAS: every request carries the SAS
+    /// and a token for the managed-disk audience, asked for once.
+    #[test]
+    fn entra_id_export_sends_the_sas_and_one_disk_token_for_every_request() {
+        let (port, server) = serve(3, blob_without_etag);
+        let url = SasUrl::parse(&format!(
+            "http://md-impexp-t0.localhost:{port}/xyz/abcd?sv=2018-03-28&sr=b&sig=SECRET"
+        ))
+        .unwrap();
+        let cred = Arc::new(CountingCredential::default());
+        let reader = BlobReader::with_md_version(
+            &url,
+            Some(cred.clone() as Arc<dyn TokenCredential>),
+            None,
+            &ServiceVersion::default(),
+        )
+        .unwrap();
+        block_on(async {
+            let props = reader.properties().await.unwrap();
+            reader.page_ranges(0..1024, &props.etag).await.unwrap();
+            reader.get_range(0..4, &props.etag, false).await.unwrap();
+        });
+        for head in server.join().unwrap() {
+            assert!(
+                head.contains("authorization: bearer disk-tok\r\n"),
+                "{head}"
+            );
+            assert!(head.contains("sig=secret"), "{head}");
+        }
+        assert_eq!(cred.calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(
+            *cred.scopes.lock().unwrap(),
+            vec!["https://disk.azure.com//.default".to_string()]
+        );
+    }
+
+    /// Without the disk's Entra ID requirement no token goes to an export host.
+    #[test]
+    fn an_export_host_without_a_credential_gets_no_token() {
+        let (port, server) = serve(3, blob_without_etag);
+        let url = SasUrl::parse(&format!(
+            "http://md-impexp-t0.localhost:{port}/xyz/abcd?sv=2018-03-28&sr=b&sig=SECRET"
+        ))
+        .unwrap();
+        let reader =
+            BlobReader::with_md_version(&url, None, None, &ServiceVersion::default()).unwrap();
+        block_on(async {
+            let props = reader.properties().await.unwrap();
+            reader.page_ranges(0..1024, &props.etag).await.unwrap();
+            reader.get_range(0..4, &props.etag, false).await.unwrap();
+        });
+        for head in server.join().unwrap() {
+            assert!(!head.contains("authorization:"), "{head}");
         }
     }
 

@@ -126,6 +126,10 @@ pub struct ExportArgs {
     /// Print what would be created and downloaded; nothing is created in Azure.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also export confidential VM disks encrypted with the VM's key
+    /// (DiskWithVMGuestState): the image is ciphertext, unreadable outside that VM.
+    #[arg(long)]
+    pub allow_encrypted: bool,
     #[command(flatten)]
     pub selection: SelectionArgs,
     #[command(flatten)]

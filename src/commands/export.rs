@@ -107,6 +107,7 @@ fn settings(args: &ExportArgs) -> Result<ExportSettings, Error> {
         md_service_version: args.azure.md_service_version,
         concurrency: args.concurrency,
         io_timeout,
+        allow_encrypted: args.allow_encrypted,
         snapshot_type: args.snapshot_type,
         private_network: args.private_network,
         background_copies: crate::export::disk_kind::background_copy_limit(
@@ -159,7 +160,7 @@ fn exit_status(s: &RunSummary) -> Result<(), Error> {
         RunStatus::Partial => Err(Error::new(
             ErrorKind::Partial,
             format!(
-                "{} of {total} disks failed: {}",
+                "{} of {total} disks not exported: {}",
                 total - done,
                 s.failures.join("; ")
             ),

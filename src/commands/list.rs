@@ -113,6 +113,33 @@ fn kind_cell(vm: &VmInfo) -> String {
     parts.join(" ")
 }
 
+/// The disks that are not ordinary, by place (`os`, `lun1`) and kind: `os:ephemeral
+/// lun1:shared(2),ade`; `-` when every disk is ordinary.
+fn disk_kinds(vm: &VmInfo) -> String {
+    let parts: Vec<String> = vm
+        .disks
+        .iter()
+        .filter_map(|d| {
+            let notes = d.kind_notes();
+            if notes.is_empty() {
+                return None;
+            }
+            let place = match d.lun {
+                Some(lun) if d.role == crate::azure::inventory::DiskRole::Data => {
+                    format!("lun{lun}")
+                }
+                _ => "os".to_string(),
+            };
+            Some(format!("{place}:{}", notes.join(",")))
+        })
+        .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
 /// One line under the table per disk whose kind changes how it is exported (Premium SSD
 /// v2 / Ultra, network-restricted): what `export` will do with it.
 pub fn disk_notes(vms: &[VmInfo]) -> Vec<String> {
@@ -153,6 +180,7 @@ pub fn render_table(vms: &[VmInfo]) -> String {
                 or_dash(generation),
                 kind_cell(vm),
                 format!("{} / {} GiB", vm.disks.len(), vm.total_disk_gb()),
+                disk_kinds(vm),
             ]
         })
         .collect();
@@ -168,6 +196,7 @@ pub fn render_table(vms: &[VmInfo]) -> String {
             "GEN",
             "KIND",
             "DISKS",
+            "DISK KINDS",
         ],
         &rows,
     )
@@ -201,6 +230,10 @@ mod tests {
                 size_gb: Some(30),
                 managed: false,
                 vhd_uri: Some("https://a/b.vhd".into()),
+                ephemeral: false,
+                max_shares: None,
+                data_access_auth_mode: None,
+                encryption: None,
                 storage: Default::default(),
             }],
             kind: Default::default(),
@@ -231,7 +264,8 @@ mod tests {
                 "linux",
                 "2",
                 "x64",
-                "1 / 30 GiB"
+                "1 / 30 GiB",
+                "-"
             ]
         );
     }
@@ -263,5 +297,74 @@ mod tests {
             "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/web-ss".into(),
         );
         assert_eq!(kind_cell(&vm), "arm64 TrustedLaunch(sb,vtpm) vmss:web-ss");
+    }
+
+    #[test]
+    fn disk_kinds_name_each_unusual_disk_by_place() {
+        use crate::azure::inventory::{DiskEncryption, EncryptionKind};
+        let disk = |role, lun| DiskInfo {
+            id: None,
+            name: "d".into(),
+            role,
+            lun,
+            size_gb: None,
+            managed: true,
+            vhd_uri: None,
+            ephemeral: false,
+            max_shares: None,
+            data_access_auth_mode: None,
+            encryption: None,
+            storage: Default::default(),
+        };
+        let mut os = disk(DiskRole::Os, None);
+        os.ephemeral = true;
+        let mut shared = disk(DiskRole::Data, Some(1));
+        shared.max_shares = Some(2);
+        shared.encryption = Some(DiskEncryption {
+            kind: EncryptionKind::AzureDiskEncryption,
+            key_vault_url: None,
+        });
+        let mut one_share = disk(DiskRole::Data, Some(2));
+        one_share.max_shares = Some(1);
+        let mut entra = disk(DiskRole::Data, Some(3));
+        entra.data_access_auth_mode = Some("AzureActiveDirectory".into());
+        let mut cvm = disk(DiskRole::Data, Some(4));
+        cvm.encryption = Some(DiskEncryption {
+            kind: EncryptionKind::ConfidentialVm,
+            key_vault_url: None,
+        });
+        let mut none_mode = disk(DiskRole::Data, Some(5));
+        none_mode.data_access_auth_mode = Some("None".into());
+        // The disk resource's kinds share the column.
+        let mut pv2 = disk(DiskRole::Data, Some(6));
+        pv2.storage.sku = Some("PremiumV2_LRS".into());
+        pv2.storage.sector_size = Some(512);
+        let mut ultra = disk(DiskRole::Data, Some(7));
+        ultra.storage.sku = Some("UltraSSD_LRS".into());
+        let mut private = disk(DiskRole::Data, Some(8));
+        private.storage.network_access_policy = Some("AllowPrivate".into());
+        let mut open = disk(DiskRole::Data, Some(9));
+        open.storage.network_access_policy = Some("AllowAll".into());
+        let vm = VmInfo {
+            id: String::new(),
+            name: "v".into(),
+            resource_group: "rg".into(),
+            location: String::new(),
+            power_state: crate::azure::arm::models::PowerState::Running,
+            vm_size: None,
+            vcpus: None,
+            memory_mib: None,
+            os_type: None,
+            hyperv_generation: None,
+            tags: Default::default(),
+            disks: vec![
+                os, shared, one_share, entra, cvm, none_mode, pv2, ultra, private, open,
+            ],
+            kind: Default::default(),
+        };
+        assert_eq!(
+            disk_kinds(&vm),
+            "os:ephemeral lun1:shared(2),ade lun3:entra-export lun4:cvm-encrypted lun6:premium-v2 lun7:ultra-4k lun8:allow-private"
+        );
     }
 }

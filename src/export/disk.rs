@@ -133,6 +133,10 @@ pub async fn export_disk(
     disk: &PlannedDisk,
 ) -> Result<DownloadReport, DiskError> {
     let fail = |message: String| failed(vm, disk, message);
+    if disk.source == Source::Unavailable {
+        // Refused by the plan before any run gets here; never a grant on nothing.
+        return Err(fail("nothing in Azure to read (ephemeral OS disk)".into()));
+    }
     let output = ctx.output_dir.join(&disk.image);
     if let Some(parent) = output.parent() {
         std::fs::create_dir_all(parent)
@@ -142,6 +146,7 @@ pub async fn export_disk(
         Source::Snapshot { snapshot, .. } => snapshot,
         Source::Disk { disk_id } => disk_id,
         Source::Blob { uri } => return export_blob(ctx, vm, disk, uri, output).await,
+        Source::Unavailable => unreachable!("handled above"),
     };
     let target = AccessTarget::of(resource_id).ok_or_else(|| {
         fail(format!(
@@ -171,8 +176,12 @@ pub async fn export_disk(
             target_name(&target),
             ctx.sas_duration
         );
+        let mut req = request(ctx, sas, &output, resource_id.folded());
+        if disk.entra_id_reads {
+            req.credential = Some(ctx.credential.clone());
+        }
         let result = download(
-            request(ctx, sas, &output, resource_id.folded()),
+            req,
             progress_of(&ctx.events, &disk.key),
             ctx.interrupt.clone(),
         )
@@ -188,6 +197,15 @@ pub async fn export_disk(
             grants.discard();
             return Err(refused);
         }
+        let result = match result {
+            // A new grant does not give the identity a role: stop, naming it.
+            Err(DownloadError::AccessDenied { message, kept }) if disk.entra_id_reads => {
+                grants.last_kept = kept;
+                grants.discard();
+                return Err(failed(vm, disk, entra_refusal(resource_id, &message)));
+            }
+            other => other,
+        };
         if let Some(end) = grants.settle(ctx, vm, disk, result, granted_at) {
             return end;
         }
@@ -296,6 +314,15 @@ impl Grants {
     }
 }
 
+/// The error for a disk whose export needs Entra ID (`dataAccessAuthMode:
+/// AzureActiveDirectory`) when the export host refuses the token: the role to grant, and
+/// on what.
+pub fn entra_refusal(resource_id: &ResourceId, message: &str) -> String {
+    format!(
+        "the export host refused the Entra ID token ({message}): this disk requires Entra ID for export (dataAccessAuthMode AzureActiveDirectory), and the identity needs the Data Operator for Managed Disks role on {resource_id} (or its resource group)"
+    )
+}
+
 /// The refusal of `disk` by its network policy as Azure has it now, before a grant or,
 /// `after_denied_read`, once a granted URL refused this host.
 async fn refused_now(
@@ -324,7 +351,7 @@ async fn refused_now(
 async fn current_storage(ctx: &DiskContext, source: &Source) -> Option<DiskStorage> {
     let disk_id = match source {
         Source::Snapshot { disk_id, .. } | Source::Disk { disk_id } => disk_id,
-        Source::Blob { .. } => return None,
+        Source::Blob { .. } | Source::Unavailable => return None,
     };
     let read = ctx
         .interrupt

@@ -18,6 +18,7 @@
 
 use serde::Serialize;
 
+use super::ledger::DiskStatus;
 use crate::azure::inventory::DiskStorage;
 
 /// Which snapshots `export` takes of the disks it snapshots (`--snapshot-type`).
@@ -94,6 +95,35 @@ pub enum Refusal {
         "{sku} disk with 4096-byte logical sectors: Azure exports it only as VHDX, through a grant that asks for fileFormat VHDX, which this version does not ask for yet"
     )]
     Vhdx { sku: String },
+    /// An ephemeral OS disk: it lives on the host, no managed disk behind it (status
+    /// `unsupported`, not `refused`).
+    #[error("ephemeral OS disk")]
+    Ephemeral,
+    #[error(
+        "confidential VM disk encrypted with the VM's key (DiskWithVMGuestState) cannot be read outside that VM; --allow-encrypted exports the ciphertext"
+    )]
+    ConfidentialVm,
+}
+
+impl Refusal {
+    /// The disk's final status: `unsupported` when Azure gives nothing to export (an
+    /// ephemeral OS disk), `refused` otherwise.
+    pub fn status(&self) -> DiskStatus {
+        match self {
+            Self::Ephemeral => DiskStatus::Unsupported,
+            _ => DiskStatus::Refused,
+        }
+    }
+
+    /// The reason as the manifest, the run report and the log give it:
+    /// `unsupported: ephemeral OS disk`, `refused: network access policy DenyAll: …`.
+    pub fn reason(&self) -> String {
+        let word = match self.status() {
+            DiskStatus::Unsupported => "unsupported",
+            _ => "refused",
+        };
+        format!("{word}: {self}")
+    }
 }
 
 /// The refusal for a disk of this kind, if any. `private_network`: the run says it reaches
@@ -160,7 +190,9 @@ pub fn note(storage: &DiskStorage) -> Option<String> {
         return None;
     }
     let verdict = match refusal(storage, false) {
-        Some(Refusal::DenyAll | Refusal::Vhdx { .. }) => "refused",
+        Some(
+            Refusal::DenyAll | Refusal::Vhdx { .. } | Refusal::Ephemeral | Refusal::ConfidentialVm,
+        ) => "refused",
         Some(Refusal::AllowPrivate { .. } | Refusal::PrivateEndpointUnreachable { .. }) => {
             "refused unless --private-network"
         }

@@ -89,6 +89,10 @@ pub struct DomainDisk {
     /// Absolute path of the image.
     pub path: PathBuf,
     pub format: ImageFormat,
+    /// An Azure shared disk (`maxShares` > 1): `<shareable/>`, so libvirt lets the other
+    /// domains that use the same image run at once, and no host cache (libvirt's advice for
+    /// a disk written by several guests).
+    pub shareable: bool,
     /// The sector size the guest formatted the disk with (512, or 4096 for a 4 KiB-sector
     /// Azure disk exported as VHDX): anything but 512 is passed on as `<blockio>`, or the
     /// guest would see a different geometry than its partition table and file systems.
@@ -423,11 +427,16 @@ fn write_disk(w: &mut Xml, index: usize, disk: &DomainDisk) -> io::Result<()> {
         .with_attribute(("type", "file"))
         .with_attribute(("device", "disk"))
         .write_inner_content(|w| {
-            w.create_element("driver")
+            let driver = w
+                .create_element("driver")
                 .with_attribute(("name", "qemu"))
-                .with_attribute(("type", format))
-                .with_attribute(("discard", "unmap"))
-                .write_empty()?;
+                .with_attribute(("type", format));
+            let driver = if disk.shareable {
+                driver.with_attribute(("cache", "none"))
+            } else {
+                driver
+            };
+            driver.with_attribute(("discard", "unmap")).write_empty()?;
             w.create_element("source")
                 .with_attribute(path_attr("file", &disk.path))
                 .write_empty()?;
@@ -435,6 +444,9 @@ fn write_disk(w: &mut Xml, index: usize, disk: &DomainDisk) -> io::Result<()> {
                 .with_attribute(("dev", virtio_target(index).as_str()))
                 .with_attribute(("bus", "virtio"))
                 .write_empty()?;
+            if disk.shareable {
+                w.create_element("shareable").write_empty()?;
+            }
             if disk.logical_sector_size != DEFAULT_SECTOR_SIZE {
                 let size = disk.logical_sector_size.to_string();
                 w.create_element("blockio")
@@ -471,7 +483,7 @@ mod tests {
             tpm: false,
             os,
             disks: (0..disks)
-                .map(|i| DomainDisk { path: format!("/srv/vms/web-01/d{i}.qcow2").into(), format: ImageFormat::Qcow2, logical_sector_size: DEFAULT_SECTOR_SIZE })
+                .map(|i| DomainDisk { path: format!("/srv/vms/web-01/d{i}.qcow2").into(), format: ImageFormat::Qcow2, shareable: false, logical_sector_size: DEFAULT_SECTOR_SIZE })
                 .collect(),
         }
     }

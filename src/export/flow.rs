@@ -73,6 +73,8 @@ pub struct ExportSettings {
     /// Connections across all disks of the run.
     pub concurrency: usize,
     pub io_timeout: Duration,
+    /// Export confidential VM disks encrypted with the VM's key (`--allow-encrypted`).
+    pub allow_encrypted: bool,
     /// `--snapshot-type` (Premium SSD v2 and Ultra disks are incremental whatever it says).
     pub snapshot_type: SnapshotType,
     /// `--private-network`: AllowPrivate disks are reachable from this host.
@@ -359,11 +361,13 @@ fn plan_shard(
             disks: settings.disks,
             consistency: settings.consistency,
             format: settings.format,
+            allow_encrypted: settings.allow_encrypted,
             snapshot_type: settings.snapshot_type,
             private_network: settings.private_network,
         },
     )
     .map_err(|e| ExportError::Plan(Box::new(e)))?;
+    log_kinds(&planned);
     if planned.is_empty() {
         tracing::warn!(
             "no VM matched the selection{}: nothing to export",
@@ -374,6 +378,26 @@ fn plan_shard(
         );
     }
     Ok((run_id, planned))
+}
+
+/// What the user must know before the run: encrypted content and where its key is,
+/// shared disks read once (disks refused by kind are logged when the run starts).
+fn log_kinds(planned: &[PlannedVm]) {
+    for vm in planned {
+        for d in &vm.disks {
+            for note in &d.notes {
+                tracing::warn!("{}: disk {}: {note}", vm.name, d.name);
+            }
+            if let Some(with) = &d.exported_with {
+                tracing::info!(
+                    "{}: shared disk {} is exported once, with {with}: {}",
+                    vm.name,
+                    d.name,
+                    d.image.display()
+                );
+            }
+        }
+    }
 }
 
 /// Refuses to overwrite an image (before anything is created in Azure), then starts the
@@ -461,12 +485,12 @@ fn finish(
             .values()
             .any(|r| r.status == DiskStatus::Interrupted);
     let count = |s: DiskStatus| results.values().filter(|r| r.status == s).count();
+    let refused = count(DiskStatus::Refused) + count(DiskStatus::Unsupported);
     let status = match run_status(interrupted, done, total, manifest_errors.is_empty()) {
-        // A disk refused by kind is one this run could not do, not a failure of the run:
-        // partly done (exit 3), also when it was the only disk.
-        RunStatus::Failed if count(DiskStatus::Refused) > 0 && count(DiskStatus::Failed) == 0 => {
-            RunStatus::Partial
-        }
+        // A disk refused by kind (or unsupported, as an ephemeral OS disk) is one this run
+        // could not do, not a failure of the run: partly done (exit 3), also when it was
+        // the only disk.
+        RunStatus::Failed if refused > 0 && count(DiskStatus::Failed) == 0 => RunStatus::Partial,
         s => s,
     };
     let _ = ledger.update(|r| {
@@ -483,7 +507,12 @@ fn finish(
     log_end(run_id, output_dir, ledger, &resources_left, done, total);
     let failures = results
         .values()
-        .filter(|r| matches!(r.status, DiskStatus::Failed | DiskStatus::Refused))
+        .filter(|r| {
+            matches!(
+                r.status,
+                DiskStatus::Failed | DiskStatus::Refused | DiskStatus::Unsupported
+            )
+        })
         .filter_map(|r| r.error.clone())
         .chain(manifest_errors)
         .collect();
@@ -519,7 +548,9 @@ fn write_manifests(
     errors
 }
 
-/// The run's status from its disks: an interrupt wins, then all, some or none done.
+/// The run's status from its disks: an interrupt wins, then all, some or none done. A
+/// disk refused by kind counts among `total` and is never done, so a run with one is at
+/// most partly done (`finish` makes a run with only refused disks partly done too).
 pub fn run_status(interrupted: bool, done: usize, total: usize, manifests_ok: bool) -> RunStatus {
     if interrupted {
         RunStatus::Interrupted

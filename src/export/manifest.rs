@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::disk_kind::Refusal;
 use super::domain::{DEFAULT_SECTOR_SIZE, DomainDisk, DomainSpec, GuestOs, domain_xml};
 use super::guest::Guest;
 use super::ledger::DiskStatus;
@@ -77,6 +78,9 @@ pub struct ManifestDisk {
     #[serde(flatten)]
     pub image: Option<ManifestImage>,
     pub status: ManifestDiskStatus,
+    /// Why a selected disk is not exported (status `unsupported` or `refused`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The image written for a selected disk.
@@ -92,6 +96,12 @@ pub struct ManifestImage {
     pub logical_sector_size: Option<u32>,
     pub bytes_downloaded: u64,
     pub error: Option<String>,
+    /// What a reader of the image must know (encrypted content and where its key is).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// A shared disk exported through another VM (its folder): the same image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exported_with: Option<String>,
     /// The snapshot the image was read from: `incremental` or `full`; null when the disk
     /// was read directly or refused.
     pub snapshot: Option<String>,
@@ -106,7 +116,10 @@ pub enum ManifestDiskStatus {
     Done,
     Failed,
     Interrupted,
-    /// Not exported because of its kind; `error` says why. Nothing was created for it.
+    /// Selected, but Azure gives nothing to export (an ephemeral OS disk); `reason` says so.
+    Unsupported,
+    /// Not exported because of its kind; `reason` and `error` say why. Nothing was created
+    /// for it.
     Refused,
 }
 
@@ -117,6 +130,7 @@ impl From<DiskStatus> for ManifestDiskStatus {
             DiskStatus::Done => Self::Done,
             DiskStatus::Failed => Self::Failed,
             DiskStatus::Interrupted => Self::Interrupted,
+            DiskStatus::Unsupported => Self::Unsupported,
             DiskStatus::Refused => Self::Refused,
         }
     }
@@ -187,6 +201,7 @@ fn manifest_disk(
             disk,
             image: None,
             status: ManifestDiskStatus::NotSelected,
+            reason: None,
         };
     };
     let r = result(planned);
@@ -200,9 +215,13 @@ fn manifest_disk(
             logical_sector_size: report.map(|r| r.logical_sector_size),
             bytes_downloaded: report.map(bytes_downloaded).unwrap_or(0),
             error: r.as_ref().and_then(|r| r.error.clone()),
+            notes: planned.notes.clone(),
+            exported_with: planned.exported_with.clone(),
             snapshot: snapshot_kind(planned).map(str::to_string),
         }),
         status: r.map_or(ManifestDiskStatus::Pending, |r| r.status.into()),
+        // Refused by kind (ephemeral, confidential, network policy, sector size): why.
+        reason: planned.refused.as_ref().map(Refusal::reason),
     }
 }
 
@@ -234,8 +253,13 @@ pub fn domain(
         .iter()
         .filter_map(|d| {
             Some(DomainDisk {
-                path: vm_dir.join(d.image_in_vm_dir()),
+                // A shared disk's image is beside the VM folders: name it without `..`.
+                path: match (d.shared, vm_dir.parent()) {
+                    (true, Some(out)) => out.join(&d.image),
+                    _ => vm_dir.join(d.image_in_vm_dir()),
+                },
                 format,
+                shareable: d.shared,
                 logical_sector_size: exported(d)?,
             })
         })
@@ -315,6 +339,10 @@ mod tests {
             size_gb: Some(1),
             managed: true,
             vhd_uri: None,
+            ephemeral: false,
+            max_shares: None,
+            data_access_auth_mode: None,
+            encryption: None,
             storage: Default::default(),
         };
         VmInfo {
@@ -351,6 +379,7 @@ mod tests {
                 disks: DiskSet::Os,
                 consistency: None,
                 format: ImageFormat::Raw,
+                allow_encrypted: false,
                 snapshot_type: Default::default(),
                 private_network: false,
             },
@@ -385,6 +414,8 @@ mod tests {
             serde_json::json!({
                 "id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/os",
                 "name": "os", "role": "os", "lun": null, "size_gb": 1, "managed": true,
+                "ephemeral": false, "max_shares": null, "data_access_auth_mode": null,
+                "encryption": null,
                 "sku": null, "sector_size": null, "network_access_policy": null,
                 "disk_access_id": null,
                 "image": "web-os.raw", "format": "raw", "virtual_size": null,
@@ -398,6 +429,8 @@ mod tests {
             serde_json::json!({
                 "id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/d0",
                 "name": "d0", "role": "data", "lun": 0, "size_gb": 1, "managed": true,
+                "ephemeral": false, "max_shares": null, "data_access_auth_mode": null,
+                "encryption": null,
                 "sku": null, "sector_size": null, "network_access_policy": null,
                 "disk_access_id": null,
                 "status": "not_selected",

@@ -10,7 +10,7 @@
 //! names the same VM the same way even when the two namesakes land in different shards.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -19,7 +19,7 @@ use super::guest::{Guest, guest_of, warnings};
 use super::naming::{PathNameError, snapshot_name, validate_path_component};
 use crate::azure::arm::models::PowerState;
 use crate::azure::arm::{ResourceId, ResourceIdError, ResourceType};
-use crate::azure::inventory::{DiskInfo, DiskRole, VmInfo};
+use crate::azure::inventory::{DiskInfo, DiskRole, EncryptionKind, VmInfo};
 use crate::image::sink::ImageFormat;
 
 /// Which disks of each VM an export takes.
@@ -62,6 +62,8 @@ pub enum Source {
     Disk { disk_id: ResourceId },
     /// An unmanaged disk: its page blob, read with an Entra ID token for storage.
     Blob { uri: String },
+    /// Nothing in Azure to read (an ephemeral OS disk): the disk is refused.
+    Unavailable,
 }
 
 /// A planned disk's identity: its VM's resource id and its place in that VM (the OS disk,
@@ -81,20 +83,93 @@ pub struct PlannedDisk {
     pub role: DiskRole,
     pub lun: Option<u32>,
     pub source: Source,
-    /// Image path relative to the output directory: `<vm>/<vm>-os.<ext>`.
+    /// Image path relative to the output directory: `<vm>/<vm>-os.<ext>`, or for a
+    /// shared disk `shared-disks/<disk>.<resource group>.<ext>` (see [`shared_image`]).
     pub image: PathBuf,
+    /// A shared disk already exported by another VM of this run (its key): this VM's
+    /// manifest and domain refer to that image, nothing is read twice.
+    #[serde(skip)]
+    pub owner: Option<DiskKey>,
+    /// The VM (folder) whose entry exports the shared disk, for the dry run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exported_with: Option<String>,
+    /// A shared disk: the domain marks it `<shareable/>`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
+    /// Reads carry an Entra ID token for managed disks besides the SAS
+    /// (`dataAccessAuthMode: AzureActiveDirectory`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub entra_id_reads: bool,
+    /// What a reader of the image must know (encrypted content and where its key is).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Set when the disk is not exported because of its kind: nothing is created for it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<Refusal>,
 }
 
 impl PlannedDisk {
-    /// The image path relative to the VM's folder (as the manifest gives it).
+    /// The image path relative to the VM's folder (as the manifest gives it): the file
+    /// name, or `../shared-disks/…` for a shared disk.
     pub fn image_in_vm_dir(&self) -> String {
+        if self.shared {
+            return Path::new("..").join(&self.image).display().to_string();
+        }
         self.image
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
+    }
+}
+
+/// Folder of shared disks' images, beside the VM folders: a shared disk belongs to no
+/// one VM, so it lives outside all of them and each VM's manifest and domain refer to it
+/// by a relative path (`../shared-disks/…`); moving or removing one VM's folder leaves the
+/// others whole.
+pub const SHARED_DIR: &str = "shared-disks";
+
+/// The image of shared disk `d`: `shared-disks/<disk>.<resource group>.<ext>` (disk names
+/// are unique per resource group only).
+pub fn shared_image(disk_id: &ResourceId, format: ImageFormat) -> String {
+    format!(
+        "{}.{}.{}",
+        disk_id.name(),
+        disk_id.resource_group().to_ascii_lowercase(),
+        format.extension()
+    )
+}
+
+/// Why disk `d` is not exported, if it is not: an ephemeral OS disk has no managed disk
+/// to snapshot or grant; a confidential VM's disk encrypted with that VM's key is
+/// ciphertext anywhere else, so it is exported only when asked (`--allow-encrypted`); a
+/// managed disk's network policy or sector size may refuse it (see [`disk_kind::refusal`]).
+pub fn refusal(d: &DiskInfo, opts: &PlanOptions) -> Option<Refusal> {
+    if d.ephemeral {
+        return Some(Refusal::Ephemeral);
+    }
+    if !opts.allow_encrypted
+        && d.encryption.as_ref().map(|e| e.kind) == Some(EncryptionKind::ConfidentialVm)
+    {
+        return Some(Refusal::ConfidentialVm);
+    }
+    d.managed
+        .then(|| disk_kind::refusal(&d.storage, opts.private_network))
+        .flatten()
+}
+
+/// What the reader of disk `d`'s image must be told (manifest, log, dry run).
+pub fn disk_notes(d: &DiskInfo) -> Vec<String> {
+    match &d.encryption {
+        Some(e) if e.kind == EncryptionKind::AzureDiskEncryption => vec![match &e.key_vault_url {
+            Some(url) => format!(
+                "encrypted by Azure Disk Encryption (BitLocker/dm-crypt): the guest needs its volume key from Key Vault {url}"
+            ),
+            None => "encrypted by Azure Disk Encryption (BitLocker/dm-crypt): the guest needs its volume key from Key Vault".to_string(),
+        }],
+        Some(_) => vec![
+            "confidential VM disk encrypted with the VM's key (exported with --allow-encrypted): unreadable without that VM's key".to_string(),
+        ],
+        None => Vec::new(),
     }
 }
 
@@ -112,6 +187,7 @@ pub struct PlannedVm {
     pub consistency: Consistency,
     /// Deallocate before exporting (`--consistency deallocate` on an allocated VM).
     pub deallocate: bool,
+    /// Every selected disk; one refused by kind carries its `refused` reason.
     pub disks: Vec<PlannedDisk>,
     /// What the libvirt domain will be (architecture, firmware, secure boot, TPM).
     pub guest: Guest,
@@ -126,6 +202,8 @@ pub struct PlanOptions {
     pub disks: DiskSet,
     pub consistency: Option<Consistency>,
     pub format: ImageFormat,
+    /// Export confidential VM disks encrypted with the VM's key (`--allow-encrypted`).
+    pub allow_encrypted: bool,
     pub snapshot_type: SnapshotType,
     /// `--private-network`: AllowPrivate disks are reachable from here.
     pub private_network: bool,
@@ -319,7 +397,40 @@ pub fn plan(vms: &[VmInfo], opts: &PlanOptions) -> Result<Vec<PlannedVm>, PlanEr
             });
         }
     }
-    vms.iter().map(|vm| plan_vm(vm, opts)).collect()
+    let mut planned = vms
+        .iter()
+        .map(|vm| plan_vm(vm, opts))
+        .collect::<Result<Vec<_>, _>>()?;
+    share_once(&mut planned);
+    Ok(planned)
+}
+
+/// A shared disk is read once per run: its first entry (plan order) exports it, every
+/// later one refers to that entry and its image.
+fn share_once(planned: &mut [PlannedVm]) {
+    let mut owners: HashMap<ResourceId, (DiskKey, String)> = HashMap::new();
+    for vm in planned.iter_mut() {
+        // A refused entry is refused on its own: it neither exports nor waits for another.
+        for d in vm
+            .disks
+            .iter_mut()
+            .filter(|d| d.shared && d.refused.is_none())
+        {
+            let disk_id = match &d.source {
+                Source::Snapshot { disk_id, .. } | Source::Disk { disk_id } => disk_id.clone(),
+                Source::Blob { .. } | Source::Unavailable => continue,
+            };
+            match owners.get(&disk_id) {
+                Some((key, folder)) => {
+                    d.owner = Some(key.clone());
+                    d.exported_with = Some(folder.clone());
+                }
+                None => {
+                    owners.insert(disk_id, (d.key.clone(), vm.folder.clone()));
+                }
+            }
+        }
+    }
 }
 
 fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
@@ -352,7 +463,23 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
     let planned = disks
         .into_iter()
         .map(|d| {
-            let image = image_name(&vm.name, d, opts.format);
+            let refused = refusal(d, opts);
+            // An ephemeral OS disk has nothing in Azure to read.
+            let source = if d.ephemeral {
+                Source::Unavailable
+            } else {
+                disk_source(vm, d, consistency, opts)?
+            };
+            let shared_id = match &source {
+                Source::Snapshot { disk_id, .. } | Source::Disk { disk_id } if d.shared() => {
+                    Some(disk_id)
+                }
+                _ => None,
+            };
+            let (dir, image) = match shared_id {
+                Some(id) => (SHARED_DIR, shared_image(id, opts.format)),
+                None => (folder.as_str(), image_name(&vm.name, d, opts.format)),
+            };
             path_component(&vm.name, "image file", &image)?;
             Ok(PlannedDisk {
                 key: DiskKey {
@@ -362,12 +489,14 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
                 name: d.name.clone(),
                 role: d.role,
                 lun: d.lun,
-                source: disk_source(vm, d, consistency, opts)?,
-                image: PathBuf::from(&folder).join(image),
-                refused: d
-                    .managed
-                    .then(|| disk_kind::refusal(&d.storage, opts.private_network))
-                    .flatten(),
+                image: PathBuf::from(dir).join(image),
+                owner: None,
+                exported_with: None,
+                shared: shared_id.is_some(),
+                entra_id_reads: d.needs_entra_for_export(),
+                notes: disk_notes(d),
+                source,
+                refused,
             })
         })
         .collect::<Result<Vec<_>, PlanError>>()?;
@@ -440,6 +569,10 @@ mod tests {
             size_gb: Some(1),
             managed: true,
             vhd_uri: None,
+            ephemeral: false,
+            max_shares: None,
+            data_access_auth_mode: None,
+            encryption: None,
             storage: Default::default(),
         }
     }
@@ -484,6 +617,7 @@ mod tests {
             disks: d,
             consistency: c,
             format: ImageFormat::Qcow2,
+            allow_encrypted: false,
             snapshot_type: SnapshotType::Incremental,
             private_network: false,
         }
@@ -673,6 +807,83 @@ mod tests {
         let e = plan(&fleet, &o).unwrap_err();
         assert!(matches!(e, PlanError::DuplicateFolder { .. }), "{e}");
         assert!(e.to_string().contains("web.rg"), "{e}");
+    }
+    fn shared(mut d: DiskInfo) -> DiskInfo {
+        d.max_shares = Some(2);
+        d
+    }
+
+    #[test]
+    fn an_ephemeral_os_disk_is_unsupported_and_skipped_silently_with_data_only() {
+        let mut v = vm("a", PowerState::Running);
+        v.disks[1].ephemeral = true;
+        let p = plan(std::slice::from_ref(&v), &opts(None, DiskSet::All)).unwrap();
+        let refused: Vec<&PlannedDisk> =
+            p[0].disks.iter().filter(|d| d.refused.is_some()).collect();
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].role, DiskRole::Os);
+        assert_eq!(refused[0].refused, Some(Refusal::Ephemeral));
+        assert_eq!(refused[0].source, Source::Unavailable);
+        let why = refused[0].refused.as_ref().unwrap();
+        assert_eq!(why.status(), crate::export::ledger::DiskStatus::Unsupported);
+        assert_eq!(why.reason(), "unsupported: ephemeral OS disk");
+        let json = serde_json::to_value(refused[0]).unwrap();
+        assert_eq!(json["refused"]["reason"], "ephemeral");
+        let p = plan(&[v], &opts(None, DiskSet::Data)).unwrap();
+        assert!(p[0].disks.iter().all(|d| d.refused.is_none()));
+    }
+
+    #[test]
+    fn a_confidential_disk_is_refused_unless_allowed_and_ade_is_noted() {
+        use crate::azure::inventory::DiskEncryption;
+        let mut v = vm("a", PowerState::Running);
+        v.disks[1].encryption = Some(DiskEncryption {
+            kind: EncryptionKind::ConfidentialVm,
+            key_vault_url: None,
+        });
+        v.disks[0].encryption = Some(DiskEncryption {
+            kind: EncryptionKind::AzureDiskEncryption,
+            key_vault_url: Some("https://kv.vault.azure.net/".into()),
+        });
+        let p = plan(std::slice::from_ref(&v), &opts(None, DiskSet::All)).unwrap();
+        let os = &p[0].disks[0];
+        assert_eq!(os.refused, Some(Refusal::ConfidentialVm));
+        let why = os.refused.as_ref().unwrap();
+        assert_eq!(why.status(), crate::export::ledger::DiskStatus::Refused);
+        assert!(why.reason().starts_with("refused: "));
+        assert!(why.reason().contains("--allow-encrypted"));
+        let lun3 = p[0].disks.iter().find(|d| d.lun == Some(3)).unwrap();
+        assert!(lun3.notes[0].contains("Key Vault https://kv.vault.azure.net/"));
+        let allowed = PlanOptions {
+            allow_encrypted: true,
+            ..opts(None, DiskSet::All)
+        };
+        let p = plan(&[v], &allowed).unwrap();
+        assert!(p[0].disks.iter().all(|d| d.refused.is_none()));
+        assert!(p[0].disks[0].notes[0].contains("--allow-encrypted"));
+    }
+
+    #[test]
+    fn a_shared_disk_is_planned_once_into_the_shared_folder() {
+        let mut a = vm("a", PowerState::Running);
+        let mut b = vm("b", PowerState::Running);
+        a.disks[0] = shared(disk("quorum", DiskRole::Data, Some(3)));
+        b.disks[0] = shared(disk("quorum", DiskRole::Data, Some(5)));
+        b.disks[2] = disk("b-d0", DiskRole::Data, Some(0));
+        // A shared disk with maxShares 1 is an ordinary disk.
+        a.disks[2].max_shares = Some(1);
+        let p = plan(&[a, b], &opts(None, DiskSet::All)).unwrap();
+        let qa = p[0].disks.iter().find(|d| d.lun == Some(3)).unwrap();
+        let qb = p[1].disks.iter().find(|d| d.lun == Some(5)).unwrap();
+        assert_eq!(qa.image, PathBuf::from("shared-disks/quorum.rg.qcow2"));
+        assert_eq!(qa.image, qb.image);
+        assert_eq!(qb.image_in_vm_dir(), "../shared-disks/quorum.rg.qcow2");
+        assert!(qa.shared && qb.shared);
+        assert_eq!(qa.owner, None);
+        assert_eq!(qb.owner.as_ref(), Some(&qa.key));
+        assert_eq!(qb.exported_with.as_deref(), Some("a"));
+        let d0 = p[0].disks.iter().find(|d| d.lun == Some(0)).unwrap();
+        assert!(!d0.shared && d0.image_in_vm_dir() == "a-data-lun0.qcow2");
     }
 
     #[test]

@@ -132,7 +132,7 @@ pub fn pending_outcomes(plan: &[PlannedVm]) -> Vec<DiskOutcome> {
                     Source::Snapshot { disk_id, .. } | Source::Disk { disk_id } => {
                         Some(disk_id.clone())
                     }
-                    Source::Blob { .. } => None,
+                    Source::Blob { .. } | Source::Unavailable => None,
                 },
                 role: d.role,
                 lun: d.lun,
@@ -145,7 +145,8 @@ pub fn pending_outcomes(plan: &[PlannedVm]) -> Vec<DiskOutcome> {
         .collect()
 }
 
-/// The results of the disks refused by kind in the plan: nothing is created for them.
+/// The results of the disks refused by kind in the plan (`unsupported` for an ephemeral OS
+/// disk): final from the start; nothing is created for them.
 fn refused_results(plan: &[PlannedVm]) -> BTreeMap<DiskKey, DiskResult> {
     plan.iter()
         .flat_map(|vm| vm.disks.iter().map(move |d| (vm, d)))
@@ -154,9 +155,9 @@ fn refused_results(plan: &[PlannedVm]) -> BTreeMap<DiskKey, DiskResult> {
             Some((
                 d.key.clone(),
                 DiskResult {
-                    status: DiskStatus::Refused,
+                    status: why.status(),
                     report: None,
-                    error: Some(format!("VM {}, disk {}: refused: {why}", vm.name, d.name)),
+                    error: Some(format!("VM {}, disk {}: {}", vm.name, d.name, why.reason())),
                 },
             ))
         })
@@ -210,7 +211,7 @@ pub async fn run(
     let ready: Vec<(&PlannedVm, &PlannedDisk)> = plan
         .iter()
         .flat_map(|vm| vm.disks.iter().map(move |d| (vm, d)))
-        .filter(|(_, d)| !results.contains_key(&d.key))
+        .filter(|(_, d)| !results.contains_key(&d.key) && d.owner.is_none())
         .collect();
     let budget = split_budget(ctx.connections, ready.len(), RUN_BUFFERS);
     let per_disk = DiskContext {
@@ -245,10 +246,26 @@ pub async fn run(
         .collect()
         .await;
     results.extend(done);
+    share_results(plan, &ctx.ledger, &mut results);
 
     // Whatever is still recorded as possibly existing goes now.
     sweep(&ctx.arm, &ctx.ledger, &only_this_runs_snapshots(run_id)).await;
     results
+}
+
+/// A shared disk exported through another VM's entry has that entry's outcome (the same
+/// image); recorded for this VM's row too.
+fn share_results(plan: &[PlannedVm], ledger: &Ledger, results: &mut BTreeMap<DiskKey, DiskResult>) {
+    for d in plan.iter().flat_map(|vm| vm.disks.iter()) {
+        let Some(owner) = &d.owner else { continue };
+        let result = results.get(owner).cloned().unwrap_or_else(|| DiskResult {
+            status: DiskStatus::Failed,
+            report: None,
+            error: Some(format!("shared disk {}: its export did not run", d.name)),
+        });
+        record(ledger, &d.key, &result);
+        results.insert(d.key.clone(), result);
+    }
 }
 
 /// Exports one disk, then deletes its snapshot (grants are revoked by `export_disk`).
@@ -329,7 +346,12 @@ async fn prepare_vm(
     {
         return fail_all(vm, status, message);
     }
-    let snapshots = vm.disks.iter().filter(|d| d.refused.is_none());
+    // A disk refused by kind gets nothing; a shared disk is snapshotted by the entry that
+    // exports it only.
+    let snapshots = vm
+        .disks
+        .iter()
+        .filter(|d| d.refused.is_none() && d.owner.is_none());
     let created =
         futures::future::join_all(snapshots.map(|d| snapshot_disk(ctx, vm, d, run_id, copies)))
             .await;

@@ -52,12 +52,27 @@ pub struct FakeVmDisk {
     pub size_gb: u64,
     /// Some for an unmanaged (page blob) disk.
     pub vhd_uri: Option<String>,
+    /// What else Azure says about it (ephemeral, shared, Entra ID export, encryption).
     pub kind: FakeDiskKind,
 }
 
-/// A managed disk's type, sector size and network policy, as `Disks - Get` shows them.
+/// The disk kinds of issue 12 that the fake answers as Azure does (REST: Virtual
+/// Machines - Get, Disks - Get, api-version 2024-07-01 / 2024-03-02): both halves of the
+/// issue, the VM-side kinds (ephemeral, shared, Entra ID export, encryption) and the disk
+/// resource's type, sector size and network policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FakeDiskKind {
+    /// OS disk only: `diffDiskSettings: {option: Local}`, no disk resource behind it.
+    pub ephemeral: bool,
+    /// `maxShares` of the disk resource; the same disk may sit on several fake VMs.
+    pub max_shares: Option<u32>,
+    /// `dataAccessAuthMode: AzureActiveDirectory`: the export host wants a disk token too.
+    pub entra_export: bool,
+    /// `encryptionSettingsCollection` (ADE) naming a secret in this vault URL.
+    pub ade_vault: Option<String>,
+    /// A confidential VM's disk: `securityEncryptionType: DiskWithVMGuestState` in the VM
+    /// model, `securityType: ConfidentialVM_DiskEncryptedWithPlatformKey` on the disk.
+    pub confidential: bool,
     /// `sku.name`; None: `Premium_LRS`.
     pub sku: Option<String>,
     /// `creationData.logicalSectorSize` (Azure gives it for Premium SSD v2 and Ultra only).
@@ -119,6 +134,8 @@ pub struct FakeVm {
     pub security: Option<(String, bool, bool)>,
     /// (scale set, instance id) of an instance of a Uniform scale set.
     pub scale_set: Option<(String, String)>,
+    /// Azure Disk Encryption's VM extension in the model's `resources`.
+    pub ade_extension: bool,
 }
 
 impl FakeVm {
@@ -143,7 +160,28 @@ impl FakeVm {
             architecture: "x64".into(),
             security: None,
             scale_set: None,
+            ade_extension: false,
         }
+    }
+
+    /// Sets the kind of the OS disk (`None`) or the data disk at `lun`.
+    pub fn disk_kind(mut self, lun: Option<u32>, kind: FakeDiskKind) -> Self {
+        let d = self
+            .disks
+            .iter_mut()
+            .find(|d| d.lun == lun)
+            .expect("a disk at that place");
+        d.kind = kind;
+        self
+    }
+
+    /// Attaches `disk` (another VM's shared disk) at `lun`.
+    pub fn attach(mut self, lun: u32, disk: &FakeVmDisk) -> Self {
+        self.disks.push(FakeVmDisk {
+            lun: Some(lun),
+            ..disk.clone()
+        });
+        self
     }
 
     /// An Arm64 VM: generation 2 (the only one Azure runs Arm64 as), an Arm64 size.
@@ -207,17 +245,6 @@ impl FakeVm {
             vhd_uri: None,
             kind: FakeDiskKind::default(),
         });
-        self
-    }
-
-    /// Sets the kind of the OS disk (`lun` None) or of data disk `lun`.
-    pub fn disk_kind(mut self, lun: Option<u32>, kind: FakeDiskKind) -> Self {
-        let d = self
-            .disks
-            .iter_mut()
-            .find(|d| d.lun == lun)
-            .expect("a disk at that LUN");
-        d.kind = kind;
         self
     }
 
@@ -295,6 +322,8 @@ pub struct FakeDisk {
     pub managed_by: Option<String>,
     /// OS disks: `supportedCapabilities.architecture`.
     pub architecture: Option<String>,
+    /// Lower-case ids of every VM a shared disk is attached to (`managedByExtended`).
+    pub managed_by_extended: Vec<String>,
     pub kind: FakeDiskKind,
 }
 
@@ -362,6 +391,12 @@ pub struct FakeConfig {
     /// Scale-set lists answer 403, as for a custom role without
     /// `Microsoft.Compute/virtualMachineScaleSets/read`.
     pub scale_sets_forbidden: bool,
+    /// The token the identity endpoint gives for resource `https://disk.azure.com/` (with
+    /// its trailing slash, as the service checks); None: the ARM token.
+    pub disk_token: Option<String>,
+    /// Whether the identity holds Data Operator for Managed Disks (else 403 on reads of
+    /// an Entra-ID-export disk).
+    pub disk_data_operator: bool,
     /// Percent a background copy advances per GET of its snapshot.
     pub copy_step: u32,
     /// Background copies the subscription may have running (Azure: 50).
@@ -390,6 +425,8 @@ impl Default for FakeConfig {
             federated_token: FEDERATED_TOKEN.into(),
             skus_forbidden: false,
             scale_sets_forbidden: false,
+            disk_token: None,
+            disk_data_operator: true,
             copy_step: 34,
             max_background_copies: 50,
         }
@@ -534,7 +571,12 @@ impl ArmState {
     pub fn add_vm(&mut self, vm: FakeVm) {
         let vm_id = vm.id(&self.subscription).to_ascii_lowercase();
         for d in &vm.disks {
-            if d.vhd_uri.is_some() {
+            if d.vhd_uri.is_some() || d.kind.ephemeral {
+                continue;
+            }
+            // A shared disk already added with another VM: one more attachment.
+            if let Some(i) = find_disk(self, &d.resource_group, &d.name) {
+                self.disks[i].managed_by_extended.push(vm_id.clone());
                 continue;
             }
             let os = d.lun.is_none();
@@ -547,6 +589,7 @@ impl ArmState {
                 hyperv_generation: os.then(|| vm.hyperv_generation.clone()),
                 managed_by: Some(vm_id.clone()),
                 architecture: os.then(|| vm.architecture.clone()),
+                managed_by_extended: vec![vm_id.clone()],
                 kind: d.kind.clone(),
             });
         }
@@ -1055,8 +1098,10 @@ fn token_endpoint(shared: &Arc<Mutex<ArmState>>, req: &HttpRequest) -> HttpRespo
         .unwrap()
         .as_secs()
         + 3600;
-    let token = match &s.config.storage_token {
-        Some(t) if resource.trim_end_matches('/') == "https://storage.azure.com" => t.clone(),
+    let token = match (&s.config.storage_token, &s.config.disk_token) {
+        (Some(t), _) if resource.trim_end_matches('/') == "https://storage.azure.com" => t.clone(),
+        // Exactly with the trailing slash: the managed-disk service checks for it.
+        (_, Some(t)) if resource == "https://disk.azure.com/" => t.clone(),
         _ => s.config.token.clone(),
     };
     HttpResponse::json(
@@ -1229,8 +1274,19 @@ fn vm_json(s: &ArmState, vm: &FakeVm, instance_view: bool) -> Value {
         let mut v = json!({"name": d.name, "createOption": "Attach", "caching": "ReadWrite", "diskSizeGB": d.size_gb, "deleteOption": "Detach"});
         match &d.vhd_uri {
             Some(uri) => v["vhd"] = json!({"uri": uri}),
+            // An ephemeral OS disk: a storage type but no disk resource, and its settings.
+            None if d.kind.ephemeral => {
+                v["managedDisk"] = json!({"storageAccountType": "Standard_LRS"});
+                v["diffDiskSettings"] = json!({"option": "Local", "placement": "CacheDisk"});
+                v["caching"] = json!("ReadOnly");
+                v["createOption"] = json!("FromImage");
+            }
             None => {
-                v["managedDisk"] = json!({"storageAccountType": d.kind.sku_name(), "id": s.disk_id(&d.resource_group, &d.name)})
+                v["managedDisk"] = json!({"storageAccountType": d.kind.sku_name(), "id": s.disk_id(&d.resource_group, &d.name)});
+                if d.kind.confidential {
+                    v["managedDisk"]["securityProfile"] =
+                        json!({"securityEncryptionType": "DiskWithVMGuestState"});
+                }
             }
         }
         v
@@ -1276,6 +1332,32 @@ fn vm_json(s: &ArmState, vm: &FakeVm, instance_view: bool) -> Value {
         v["sku"] = json!({"name": vm.vm_size, "tier": "Standard"});
         v["properties"]["hardwareProfile"] = json!({});
         v["properties"]["latestModelApplied"] = json!(true);
+    }
+    if vm.disks.iter().any(|d| d.kind.confidential) {
+        v["properties"]["securityProfile"] = json!({"securityType": "ConfidentialVM",
+            "uefiSettings": {"secureBootEnabled": true, "vTpmEnabled": true}});
+    }
+    if vm.ade_extension {
+        let (ext, settings) = if vm.os_type == "Linux" {
+            (
+                "AzureDiskEncryptionForLinux",
+                json!({"EncryptionOperation": "EnableEncryption", "KeyVaultURL": "https://kv-ade.vault.azure.net/", "VolumeType": "All"}),
+            )
+        } else {
+            (
+                "AzureDiskEncryption",
+                json!({"EncryptionOperation": "EnableEncryption", "KeyVaultURL": "https://kv-ade.vault.azure.net/", "VolumeType": "All"}),
+            )
+        };
+        v["resources"] = json!([{
+            "id": format!("{}/extensions/{ext}", vm.id(sub)),
+            "name": ext,
+            "type": "Microsoft.Compute/virtualMachines/extensions",
+            "location": vm.location,
+            "properties": {"publisher": "Microsoft.Azure.Security", "type": ext,
+                           "typeHandlerVersion": "1.1", "autoUpgradeMinorVersion": true,
+                           "provisioningState": "Succeeded", "settings": settings}
+        }]);
     }
     if instance_view {
         v["properties"]["instanceView"] = instance_view_json(vm, true);
@@ -1661,13 +1743,59 @@ fn disk_json(s: &ArmState, d: &FakeDisk) -> Value {
     if let Some(a) = &d.architecture {
         props["supportedCapabilities"] = json!({"architecture": a, "acceleratedNetwork": true});
     }
+    disk_kind_json(&mut props, &d.kind, &s.subscription, &d.resource_group);
     kind_properties(&mut props, &d.kind);
     let mut v = json!({"name": d.name, "id": s.disk_id(&d.resource_group, &d.name), "type": "Microsoft.Compute/disks",
                        "location": d.location, "sku": {"name": d.kind.sku_name(), "tier": "Premium"}, "properties": props});
     if let Some(vm) = attached {
         v["managedBy"] = json!(vm.id(&s.subscription));
     }
+    if d.kind.max_shares.is_some() {
+        let ids: Vec<String> = d
+            .managed_by_extended
+            .iter()
+            .filter_map(|id| {
+                s.vms
+                    .iter()
+                    .find(|v| v.id(&s.subscription).eq_ignore_ascii_case(id))
+                    .map(|v| v.id(&s.subscription))
+            })
+            .collect();
+        v["managedByExtended"] = json!(ids);
+    }
     v
+}
+
+/// The properties of a disk's kind, as Disks - Get shows them. Every disk has server-side
+/// encryption (`encryption.type`), which the tool must not report.
+fn disk_kind_json(props: &mut Value, kind: &FakeDiskKind, sub: &str, rg: &str) {
+    props["encryption"] = json!({"type": "EncryptionAtRestWithPlatformKey"});
+    props["networkAccessPolicy"] = json!("AllowAll");
+    if let Some(n) = kind.max_shares {
+        props["maxShares"] = json!(n);
+    }
+    if kind.entra_export {
+        props["dataAccessAuthMode"] = json!("AzureActiveDirectory");
+    }
+    if let Some(vault) = &kind.ade_vault {
+        let vault_id = format!(
+            "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/kv-ade"
+        );
+        props["encryptionSettingsCollection"] = json!({
+            "enabled": true,
+            "encryptionSettings": [{
+                "diskEncryptionKey": {"sourceVault": {"id": vault_id},
+                                      "secretUrl": format!("{}secrets/0f1e2d3c/4b5a6978", vault)},
+                "keyEncryptionKey": {"sourceVault": {"id": vault_id},
+                                     "keyUrl": format!("{}keys/kek/0a1b2c3d", vault)}
+            }],
+            "encryptionSettingsVersion": "1.1"
+        });
+    }
+    if kind.confidential {
+        props["securityProfile"] =
+            json!({"securityType": "ConfidentialVM_DiskEncryptedWithPlatformKey"});
+    }
 }
 
 fn find_disk(s: &ArmState, rg: &str, name: &str) -> Option<usize> {
@@ -1854,6 +1982,8 @@ fn snapshot_json(s: &ArmState, snap: &FakeSnapshot) -> Value {
                           "diskSizeGB": snap.size_gb, "diskSizeBytes": snap.size_gb << 30,
                           "provisioningState": if snap.succeeded { "Succeeded" } else { "Creating" },
                           "diskState": if granted { "ActiveSAS" } else { "Unattached" }, "incremental": snap.incremental,
+                          // Kept from the source disk (modelled so; see token_refusal).
+                          "dataAccessAuthMode": if source_needs_entra(s, &snap.source_id) { "AzureActiveDirectory" } else { "None" },
                           "completionPercent": snap.completion_percent.unwrap_or(100)}});
     let props = v["properties"]
         .as_object_mut()
@@ -1863,6 +1993,14 @@ fn snapshot_json(s: &ArmState, snap: &FakeSnapshot) -> Value {
     kind_properties(&mut props, &snap.kind);
     v["properties"] = props;
     v
+}
+
+fn source_needs_entra(s: &ArmState, source_id: &str) -> bool {
+    s.disks.iter().any(|d| {
+        d.kind.entra_export
+            && s.disk_id(&d.resource_group, &d.name)
+                .eq_ignore_ascii_case(source_id)
+    })
 }
 
 /// A disk's or snapshot's kind as Azure shows it: the network policy always (AllowAll by

@@ -17,10 +17,10 @@ use std::sync::Arc;
 
 use super::azurite::Azurite;
 use super::fake_arm::{
-    ArmState, DISK_CONTAINER, FakeArm, FakeVm, FakeVmDisk, IDENTITY_HEADER, Leftovers,
+    ArmState, DISK_CONTAINER, FakeArm, FakeDisk, FakeVm, FakeVmDisk, IDENTITY_HEADER, Leftovers,
     SNAPSHOT_CONTAINER, StorageBackend, blob_name,
 };
-use super::fault_proxy::{FaultProxy, Gate};
+use super::fault_proxy::{FaultProxy, Gate, TokenGate};
 use super::seed;
 use super::vhd::{Disk, MIB, fill, footer};
 
@@ -87,7 +87,11 @@ impl FakeAzure {
         let mut disks = BTreeMap::new();
         let mut disks_by_group = BTreeMap::new();
         for vm in &vms {
-            for d in vm.disks.iter().filter(|d| d.vhd_uri.is_none()) {
+            for d in vm
+                .disks
+                .iter()
+                .filter(|d| d.vhd_uri.is_none() && !d.kind.ephemeral)
+            {
                 let disk = content(d);
                 seed_fixed_vhd(azurite.port, &blob_name(&d.resource_group, &d.name), &disk);
                 disks_by_group.insert(
@@ -114,6 +118,13 @@ impl FakeAzure {
             let s = grants.lock().unwrap_or_else(|p| p.into_inner());
             granted(&s, path)
         })));
+        let tokens = arm.state.clone();
+        proxy.set_token_gate(TokenGate(Arc::new(
+            move |path: &str, auth: Option<&str>| {
+                let s = tokens.lock().unwrap_or_else(|p| p.into_inner());
+                token_refusal(&s, path, auth)
+            },
+        )));
         Self {
             arm,
             proxy,
@@ -190,6 +201,76 @@ fn granted(s: &ArmState, path: &str) -> bool {
         let p: Vec<&str> = id.split('/').filter(|p| !p.is_empty()).collect();
         p.len() == 8 && p[6] == *container && blob_name(p[3], p[7]) == *blob
     })
+}
+
+/// The managed disk whose data the blob at `path` holds: the disk itself, or the source
+/// of a snapshot.
+fn disk_behind<'a>(s: &'a ArmState, path: &str) -> Option<&'a FakeDisk> {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let [_, container, blob] = parts.as_slice() else {
+        return None;
+    };
+    let by_blob = |rg: &str, name: &str| blob_name(rg, name) == *blob;
+    if *container == DISK_CONTAINER {
+        return s.disks.iter().find(|d| by_blob(&d.resource_group, &d.name));
+    }
+    let snap = s
+        .snapshots
+        .values()
+        .find(|n| *container == SNAPSHOT_CONTAINER && by_blob(&n.resource_group, &n.name))?;
+    s.disks.iter().find(|d| {
+        snap.source_id.to_ascii_lowercase().ends_with(
+            &format!(
+                "/resourcegroups/{}/providers/microsoft.compute/disks/{}",
+                d.resource_group, d.name
+            )
+            .to_ascii_lowercase(),
+        )
+    })
+}
+
+/// How an export host answers a read of an Entra-ID-export disk (or a snapshot of one,
+/// which keeps the disk's `dataAccessAuthMode`): without a bearer token, or with one for
+/// another audience, 401 NoAuthenticationInformation / InvalidAuthenticationInfo with a
+/// challenge naming `https://disk.azure.com/`; with the right token but no Data Operator
+/// for Managed Disks role, 403 AuthorizationPermissionMismatch.
+fn token_refusal(
+    s: &ArmState,
+    path: &str,
+    auth: Option<&str>,
+) -> Option<(u16, &'static str, String)> {
+    let disk = disk_behind(s, path)?;
+    if !disk.kind.entra_export {
+        return None;
+    }
+    let Some(auth) = auth else {
+        return Some((
+            401,
+            "NoAuthenticationInformation",
+            "Server failed to authenticate the request. Please refer to the information in the www-authenticate header.".into(),
+        ));
+    };
+    let want = s
+        .config
+        .disk_token
+        .as_deref()
+        .unwrap_or("\u{0}no disk token configured");
+    if auth.strip_prefix("Bearer ") != Some(want) {
+        return Some((
+            401,
+            "InvalidAuthenticationInfo",
+            "Server failed to authenticate the request. Please refer to the information in the www-authenticate header.".into(),
+        ));
+    }
+    if !s.config.disk_data_operator {
+        return Some((
+            403,
+            "AuthorizationPermissionMismatch",
+            "This request is not authorized to perform this operation using this permission."
+                .into(),
+        ));
+    }
+    None
 }
 
 /// Writes `disk` as a fixed VHD into page blob `disks/<blob>`: its extents as pages, the

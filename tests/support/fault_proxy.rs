@@ -46,9 +46,27 @@ impl std::fmt::Debug for Gate {
     }
 }
 
+/// Decides, per request path and `Authorization` header, whether an export host that wants
+/// Entra ID (a disk with `dataAccessAuthMode: AzureActiveDirectory`) refuses the request:
+/// `Some((status, code, message))`. The fake ARM knows which blobs need a token and which
+/// token is valid.
+#[derive(Clone)]
+pub struct TokenGate(pub Arc<TokenCheck>);
+
+/// `(path, authorization header) -> Some((status, error code, message))` to refuse.
+pub type TokenCheck =
+    dyn Fn(&str, Option<&str>) -> Option<(u16, &'static str, String)> + Send + Sync;
+
+impl std::fmt::Debug for TokenGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenGate")
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     gate: Option<Gate>,
+    token_gate: Option<TokenGate>,
     faults: VecDeque<Fault>,
     delay: Duration,
     data_gets: u64,
@@ -115,6 +133,11 @@ impl FaultProxy {
     /// forwarded (after any delay).
     pub fn set_gate(&self, gate: Gate) {
         self.state.lock().unwrap().gate = Some(gate);
+    }
+
+    /// Refuses what `gate` refuses, after the grant gate.
+    pub fn set_token_gate(&self, gate: TokenGate) {
+        self.state.lock().unwrap().token_gate = Some(gate);
     }
 
     /// Lets the first `n` data GETs (from now) through before faults apply.
@@ -237,6 +260,8 @@ struct Refusal {
     code: &'static str,
     message: String,
     retry_after_secs: Option<u64>,
+    /// A 401's challenge: which authority and resource the token must be for.
+    www_authenticate: Option<String>,
 }
 
 impl Refusal {
@@ -247,6 +272,7 @@ impl Refusal {
             code,
             message,
             retry_after_secs: None,
+            www_authenticate: None,
         }
     }
 }
@@ -260,8 +286,12 @@ async fn refuse(client: &mut TcpStream, r: Refusal) {
         .retry_after_secs
         .map(|s| format!("Retry-After: {s}\r\n"))
         .unwrap_or_default();
+    let challenge = r
+        .www_authenticate
+        .map(|c| format!("WWW-Authenticate: {c}\r\n"))
+        .unwrap_or_default();
     let rsp = format!(
-        "HTTP/1.1 {} {}\r\n{retry}x-ms-error-code: {}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {} {}\r\n{retry}{challenge}x-ms-error-code: {}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         r.status,
         r.reason,
         r.code,
@@ -316,6 +346,30 @@ fn refusal(state: &Mutex<State>, head: &str, fault: Option<&Fault>) -> Option<Re
     }
     if let Some(r) = md_refusal(head) {
         return Some(r);
+    }
+    let token_gate = state.lock().unwrap().token_gate.clone();
+    if let Some(TokenGate(check)) = token_gate {
+        let first = head.lines().next().unwrap_or_default();
+        let target = first.split_whitespace().nth(1).unwrap_or("/");
+        let path = target.split('?').next().unwrap_or("/");
+        if let Some((status, code, message)) = check(path, header(head, "authorization")) {
+            let mut r = Refusal::new(
+                status,
+                if status == 401 {
+                    "Server failed to authenticate the request. Please refer to the information in the www-authenticate header."
+                } else {
+                    "This request is not authorized to perform this operation using this permission."
+                },
+                code,
+                message,
+            );
+            if status == 401 {
+                r.www_authenticate = Some(
+                    "Bearer authorization_uri=https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000/oauth2/authorize resource_id=https://disk.azure.com/".into(),
+                );
+            }
+            return Some(r);
+        }
     }
     let Some(Fault::Status {
         code,

@@ -35,6 +35,82 @@ pub struct VirtualMachine {
     /// A scale-set instance's id within its scale set ("0", "17").
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// Child resources in the model: Azure lists the VM's extensions here (GET and list
+    /// alike), which is where Azure Disk Encryption shows without a call per VM.
+    #[serde(default)]
+    pub resources: Vec<VmChildResource>,
+}
+
+/// A child resource of a VM model (`resources[]`): for extensions, publisher and type.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmChildResource {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub properties: Option<ExtensionProperties>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionProperties {
+    #[serde(default)]
+    pub publisher: Option<String>,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+}
+
+/// The extension types of Azure Disk Encryption (publisher
+/// `Microsoft.Azure.Security`): a guest that BitLocker or dm-crypt encrypted.
+pub const ADE_EXTENSION_TYPES: [&str; 2] = ["AzureDiskEncryption", "AzureDiskEncryptionForLinux"];
+
+/// `diffDiskSettings` of an OS disk: `option: Local` is an ephemeral OS disk, held on the
+/// host's cache or resource disk, with no managed disk behind it to snapshot or grant.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiffDiskSettings {
+    #[serde(default)]
+    pub option: Option<String>,
+    #[serde(default)]
+    pub placement: Option<String>,
+}
+
+/// ADE's older (single-pass v0) settings on the VM's OS disk model.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OsDiskEncryptionSettings {
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub disk_encryption_key: Option<KeyVaultSecretRef>,
+}
+
+/// A Key Vault secret (`secretUrl`) or key (`keyUrl`) the guest's volume key is kept in.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyVaultSecretRef {
+    #[serde(default)]
+    pub secret_url: Option<String>,
+}
+
+impl KeyVaultSecretRef {
+    /// The vault's URL (`https://<vault>.vault.azure.net/`) from the secret's URL; the
+    /// secret's name and version are not needed to say where the key is.
+    pub fn vault_url(&self) -> Option<String> {
+        let u = url::Url::parse(self.secret_url.as_deref()?).ok()?;
+        let host = u.host_str()?;
+        Some(format!("{}://{host}/", u.scheme()))
+    }
+}
+
+/// `securityProfile` of a managed disk in the VM model: `securityEncryptionType`
+/// `DiskWithVMGuestState` means a confidential VM whose disk is encrypted with a key
+/// bound to that VM's TPM — unreadable anywhere else.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmDiskSecurityProfile {
+    #[serde(default)]
+    pub security_encryption_type: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -153,6 +229,20 @@ pub struct OsDisk {
     pub managed_disk: Option<ManagedDiskRef>,
     #[serde(default)]
     pub vhd: Option<VhdRef>,
+    #[serde(default)]
+    pub diff_disk_settings: Option<DiffDiskSettings>,
+    #[serde(default)]
+    pub encryption_settings: Option<OsDiskEncryptionSettings>,
+}
+
+impl OsDisk {
+    /// An ephemeral OS disk (`diffDiskSettings.option: Local`).
+    pub fn is_ephemeral(&self) -> bool {
+        self.diff_disk_settings
+            .as_ref()
+            .and_then(|d| d.option.as_deref())
+            .is_some_and(|o| o.eq_ignore_ascii_case("Local"))
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -174,6 +264,18 @@ pub struct DataDisk {
 pub struct ManagedDiskRef {
     #[serde(default)]
     pub id: Option<String>,
+    #[serde(default)]
+    pub security_profile: Option<VmDiskSecurityProfile>,
+}
+
+impl ManagedDiskRef {
+    /// A confidential VM disk encrypted with the VM's own key.
+    pub fn encrypted_with_vm_key(&self) -> bool {
+        self.security_profile
+            .as_ref()
+            .and_then(|p| p.security_encryption_type.as_deref())
+            .is_some_and(|t| t.eq_ignore_ascii_case("DiskWithVMGuestState"))
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -351,6 +453,17 @@ pub struct DiskProperties {
     pub disk_state: Option<String>,
     #[serde(default)]
     pub provisioning_state: Option<String>,
+    /// How many VMs may attach the disk at once; above 1 it is a shared disk.
+    #[serde(default)]
+    pub max_shares: Option<u32>,
+    /// `AzureActiveDirectory`: reads of an export SAS must also carry an Entra ID token.
+    #[serde(default)]
+    pub data_access_auth_mode: Option<String>,
+    /// Azure Disk Encryption's record on the disk (`enabled` and its Key Vault secrets).
+    #[serde(default)]
+    pub encryption_settings_collection: Option<EncryptionSettingsCollection>,
+    #[serde(default)]
+    pub security_profile: Option<DiskSecurityProfile>,
     /// `AllowAll`, `AllowPrivate` (export only through a DiskAccess's private endpoints,
     /// named by `diskAccessId`) or `DenyAll` (no export at all).
     #[serde(default)]
@@ -369,6 +482,31 @@ pub struct DiskProperties {
 pub struct SupportedCapabilities {
     #[serde(default)]
     pub architecture: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptionSettingsCollection {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub encryption_settings: Vec<EncryptionSettingsElement>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptionSettingsElement {
+    #[serde(default)]
+    pub disk_encryption_key: Option<KeyVaultSecretRef>,
+}
+
+/// A disk's `securityProfile.securityType`: `ConfidentialVM_DiskEncryptedWith…Key` is
+/// the disk resource's side of `DiskWithVMGuestState`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskSecurityProfile {
+    #[serde(default)]
+    pub security_type: Option<String>,
 }
 
 /// What a VM size gives the guest, as read from its Resource SKU.

@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::arm::client::ResourceRef;
 use super::arm::models::{
-    Disk, OsType, PowerState, ResourceSku, ScaleSet, VirtualMachine, VmSize, name_of,
-    resource_group_of,
+    ADE_EXTENSION_TYPES, Disk, OsType, PowerState, ResourceSku, ScaleSet, VirtualMachine, VmSize,
+    name_of, resource_group_of,
 };
 use super::arm::{ArmClient, ArmError, ResourceId, ResourceType};
 pub use selection::{Selection, SelectionError, SelectionInput};
@@ -51,9 +51,100 @@ pub struct DiskInfo {
     pub managed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vhd_uri: Option<String>,
+    /// An ephemeral OS disk: on the host, no managed disk behind it; cannot be exported.
+    #[serde(default)]
+    pub ephemeral: bool,
+    /// `maxShares` of a shared disk (attached to several VMs at once); null otherwise.
+    #[serde(default)]
+    pub max_shares: Option<u32>,
+    /// `AzureActiveDirectory` when reads of its export SAS need an Entra ID token too.
+    #[serde(default)]
+    pub data_access_auth_mode: Option<String>,
+    /// Guest-visible encryption of its content; null for none or server-side only
+    /// (platform or customer keys are transparent to a reader of the export).
+    #[serde(default)]
+    pub encryption: Option<DiskEncryption>,
     /// The disk's type, sector size and network policy (flattened into the disk's JSON).
     #[serde(flatten, default)]
     pub storage: DiskStorage,
+}
+
+impl DiskInfo {
+    /// Attached to several VMs (`maxShares` > 1): exported once per run.
+    pub fn shared(&self) -> bool {
+        self.max_shares.is_some_and(|n| n > 1)
+    }
+
+    /// Reads of its export need an Entra ID token besides the SAS.
+    pub fn needs_entra_for_export(&self) -> bool {
+        self.data_access_auth_mode
+            .as_deref()
+            .is_some_and(|m| m.eq_ignore_ascii_case("AzureActiveDirectory"))
+    }
+
+    /// Short words for the kinds of this disk (`list`'s table, the dry run): empty for
+    /// an ordinary disk.
+    pub fn kind_notes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.ephemeral {
+            out.push("ephemeral".to_string());
+        }
+        if let Some(n) = self.max_shares.filter(|&n| n > 1) {
+            out.push(format!("shared({n})"));
+        }
+        if self.needs_entra_for_export() {
+            out.push("entra-export".to_string());
+        }
+        match self.encryption.as_ref().map(|e| e.kind) {
+            Some(EncryptionKind::AzureDiskEncryption) => out.push("ade".to_string()),
+            Some(EncryptionKind::ConfidentialVm) => out.push("cvm-encrypted".to_string()),
+            None => {}
+        }
+        // The disk resource's kind (Premium SSD v2 / Ultra, sector size, network policy).
+        let st = &self.storage;
+        let sku = st.sku.as_deref().unwrap_or_default();
+        let base = if sku.eq_ignore_ascii_case("PremiumV2_LRS") {
+            Some("premium-v2")
+        } else if sku.eq_ignore_ascii_case("UltraSSD_LRS") {
+            Some("ultra")
+        } else {
+            None
+        };
+        if let Some(base) = base {
+            // Azure's default for these types is 4096-byte sectors.
+            match st.sector_size.unwrap_or(4096) {
+                4096 => out.push(format!("{base}-4k")),
+                _ => out.push(base.to_string()),
+            }
+        }
+        match st.network_access_policy.as_deref() {
+            Some(p) if p.eq_ignore_ascii_case("DenyAll") => out.push("deny-all".to_string()),
+            Some(p) if p.eq_ignore_ascii_case("AllowPrivate") => {
+                out.push("allow-private".to_string())
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncryptionKind {
+    /// Azure Disk Encryption: BitLocker (Windows) or dm-crypt (Linux) inside the guest;
+    /// the volume key is in Key Vault.
+    AzureDiskEncryption,
+    /// A confidential VM's disk encrypted with a key bound to that VM
+    /// (`DiskWithVMGuestState`): unreadable outside it.
+    ConfidentialVm,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskEncryption {
+    pub kind: EncryptionKind,
+    /// The Key Vault holding the volume key, when the settings name it.
+    #[serde(default)]
+    pub key_vault_url: Option<String>,
 }
 
 /// What of a managed disk's kind decides how it can be exported, from its disk resource
@@ -249,6 +340,7 @@ pub fn build_vm_info(
     let mut generation = vm
         .instance_view()
         .and_then(|iv| iv.hyper_v_generation.clone());
+    let ade_extension = has_ade_extension(vm);
     if let Some(st) = vm.storage() {
         if let Some(os) = &st.os_disk {
             let id = os.managed_disk.as_ref().and_then(|m| m.id.clone());
@@ -261,7 +353,7 @@ pub fn build_vm_info(
             if generation.is_none() {
                 generation = props.and_then(|p| p.hyper_v_generation.clone());
             }
-            out_disks.push(disk_info(
+            let mut info = disk_info(
                 DiskRole::Os,
                 None,
                 &id,
@@ -269,14 +361,16 @@ pub fn build_vm_info(
                 os.disk_size_gb,
                 os.vhd.as_ref().and_then(|v| v.uri.clone()),
                 record,
-            ));
+            );
+            os_disk_kinds(&mut info, os, record, ade_extension);
+            out_disks.push(info);
         }
         let mut data: Vec<_> = st.data_disks.iter().collect();
         data.sort_by_key(|d| d.lun);
         for d in data {
             let id = d.managed_disk.as_ref().and_then(|m| m.id.clone());
             let record = lookup(&id);
-            out_disks.push(disk_info(
+            let mut info = disk_info(
                 DiskRole::Data,
                 Some(d.lun),
                 &id,
@@ -284,7 +378,9 @@ pub fn build_vm_info(
                 d.disk_size_gb,
                 d.vhd.as_ref().and_then(|v| v.uri.clone()),
                 record,
-            ));
+            );
+            info.encryption = encryption(record, d.managed_disk.as_ref(), ade_extension, None);
+            out_disks.push(info);
         }
     }
     let size = vm
@@ -348,6 +444,83 @@ fn vm_kind(vm: &VirtualMachine, os_disk: Option<&Disk>, size: Option<&VmSize>) -
     }
 }
 
+/// The OS disk's kinds: ephemeral, and its encryption (ADE v0 kept its settings on the
+/// OS disk of the VM model).
+fn os_disk_kinds(
+    info: &mut DiskInfo,
+    os: &crate::azure::arm::models::OsDisk,
+    record: Option<&Disk>,
+    ade_extension: bool,
+) {
+    info.ephemeral = os.is_ephemeral();
+    let v0 = os
+        .encryption_settings
+        .as_ref()
+        .filter(|e| e.enabled == Some(true))
+        .map(|e| e.disk_encryption_key.as_ref().and_then(|k| k.vault_url()));
+    info.encryption = encryption(
+        record,
+        os.managed_disk.as_ref(),
+        v0.is_some() || ade_extension,
+        v0.flatten(),
+    );
+}
+
+/// Whether the VM model lists an Azure Disk Encryption extension among its child
+/// resources (what list and GET return anyway: no call per VM).
+fn has_ade_extension(vm: &VirtualMachine) -> bool {
+    vm.resources.iter().any(|r| {
+        let kind = r.properties.as_ref().and_then(|p| p.kind.as_deref());
+        let named = r.id.as_deref().map(name_of);
+        [kind, named].into_iter().flatten().any(|t| {
+            ADE_EXTENSION_TYPES
+                .iter()
+                .any(|ade| t.eq_ignore_ascii_case(ade))
+        })
+    })
+}
+
+/// What a reader of the disk's export finds encrypted: a confidential VM's disk (its VM
+/// model's `securityEncryptionType`, or the disk's `securityType`), else ADE (the disk's
+/// `encryptionSettingsCollection`, the OS disk's v0 settings or the VM's extension).
+/// Server-side encryption is transparent and is not reported.
+fn encryption(
+    record: Option<&Disk>,
+    model: Option<&crate::azure::arm::models::ManagedDiskRef>,
+    ade_on_vm: bool,
+    vm_vault: Option<String>,
+) -> Option<DiskEncryption> {
+    let props = record.and_then(|d| d.properties.as_ref());
+    let cvm_disk = props
+        .and_then(|p| p.security_profile.as_ref())
+        .and_then(|p| p.security_type.as_deref())
+        .is_some_and(|t| {
+            t.to_ascii_lowercase()
+                .starts_with("confidentialvm_diskencrypted")
+        });
+    if cvm_disk || model.is_some_and(|m| m.encrypted_with_vm_key()) {
+        return Some(DiskEncryption {
+            kind: EncryptionKind::ConfidentialVm,
+            key_vault_url: None,
+        });
+    }
+    let collection = props
+        .and_then(|p| p.encryption_settings_collection.as_ref())
+        .filter(|c| c.enabled);
+    if collection.is_none() && !ade_on_vm {
+        return None;
+    }
+    let disk_vault = collection.and_then(|c| {
+        c.encryption_settings
+            .iter()
+            .find_map(|e| e.disk_encryption_key.as_ref()?.vault_url())
+    });
+    Some(DiskEncryption {
+        kind: EncryptionKind::AzureDiskEncryption,
+        key_vault_url: disk_vault.or(vm_vault),
+    })
+}
+
 fn disk_info(
     role: DiskRole,
     lun: Option<u32>,
@@ -363,10 +536,8 @@ fn disk_info(
         .or_else(|| id.as_deref().map(|i| name_of(i).to_string()))
         .or_else(|| vhd_uri.as_deref().map(|u| name_of(u).to_string()))
         .unwrap_or_default();
-    let size_gb = record
-        .and_then(|d| d.properties.as_ref())
-        .and_then(|p| p.disk_size_gb)
-        .or(model_size);
+    let props = record.and_then(|d| d.properties.as_ref());
+    let size_gb = props.and_then(|p| p.disk_size_gb).or(model_size);
     DiskInfo {
         id: id.clone(),
         name,
@@ -375,6 +546,10 @@ fn disk_info(
         size_gb,
         managed: id.is_some(),
         vhd_uri: if id.is_some() { None } else { vhd_uri },
+        ephemeral: false,
+        max_shares: props.and_then(|p| p.max_shares),
+        data_access_auth_mode: props.and_then(|p| p.data_access_auth_mode.clone()),
+        encryption: None,
         storage: record.map(DiskStorage::of).unwrap_or_default(),
     }
 }
@@ -969,5 +1144,92 @@ mod tests {
         let many: Vec<String> = (0..9).map(|i| format!("vm{i}")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         assert_eq!(choose_strategy(&sel(&many, &["rg"]), 8), Strategy::List);
+    }
+    /// The kinds come from what list and GET already return (VM model, disk list): an
+    /// ephemeral OS disk, ADE by extension and by the disk's settings, a confidential
+    /// disk, a shared disk, Entra ID export; server-side encryption is not reported.
+    #[test]
+    fn disk_kinds_are_read_from_the_vm_model_and_the_disk_list() {
+        let sub = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute";
+        let vm: VirtualMachine = serde_json::from_value(serde_json::json!({
+            "id": format!("{sub}/virtualMachines/v"), "name": "v", "location": "westeurope",
+            "properties": {"storageProfile": {
+                "osDisk": {"osType": "Linux", "name": "v-os",
+                           "diffDiskSettings": {"option": "Local", "placement": "ResourceDisk"},
+                           "managedDisk": {"storageAccountType": "Standard_LRS"}},
+                "dataDisks": [
+                    {"lun": 0, "managedDisk": {"id": format!("{sub}/disks/d0")}},
+                    {"lun": 1, "managedDisk": {"id": format!("{sub}/disks/d1"),
+                        "securityProfile": {"securityEncryptionType": "DiskWithVMGuestState"}}},
+                    {"lun": 2, "managedDisk": {"id": format!("{sub}/disks/d2")}}
+                ]}},
+            "resources": [{"id": format!("{sub}/virtualMachines/v/extensions/AzureDiskEncryptionForLinux"),
+                           "properties": {"publisher": "Microsoft.Azure.Security",
+                                          "type": "AzureDiskEncryptionForLinux"}}]
+        }))
+        .unwrap();
+        let disk = |name: &str, props: serde_json::Value| -> (String, Disk) {
+            let id = format!("{sub}/disks/{name}");
+            let d: Disk = serde_json::from_value(
+                serde_json::json!({"id": id, "name": name, "properties": props}),
+            )
+            .unwrap();
+            (id.to_ascii_lowercase(), d)
+        };
+        let disks: HashMap<String, Disk> = [
+            disk("d0", serde_json::json!({"maxShares": 3, "dataAccessAuthMode": "AzureActiveDirectory",
+                "encryption": {"type": "EncryptionAtRestWithCustomerKey"},
+                "encryptionSettingsCollection": {"enabled": true, "encryptionSettings": [
+                    {"diskEncryptionKey": {"secretUrl": "https://kv1.vault.azure.net/secrets/s/1"}}]}})),
+            disk("d1", serde_json::json!({})),
+            disk("d2", serde_json::json!({"maxShares": 1, "dataAccessAuthMode": "None"})),
+        ]
+        .into_iter()
+        .collect();
+        let info = build_vm_info(&vm, PowerState::Running, &disks, &HashMap::new());
+        let [os, d0, d1, d2] = info.disks.as_slice() else {
+            panic!("{:?}", info.disks)
+        };
+        assert!(os.ephemeral && !d0.ephemeral);
+        // The extension marks every disk; the disk's own settings name the vault.
+        let ade = |url: Option<&str>| {
+            Some(DiskEncryption {
+                kind: EncryptionKind::AzureDiskEncryption,
+                key_vault_url: url.map(str::to_string),
+            })
+        };
+        assert_eq!(os.encryption, ade(None));
+        assert_eq!(d0.encryption, ade(Some("https://kv1.vault.azure.net/")));
+        assert_eq!(
+            d1.encryption.as_ref().map(|e| e.kind),
+            Some(EncryptionKind::ConfidentialVm)
+        );
+        assert!(d0.shared() && !d2.shared() && !d1.shared());
+        assert!(d0.needs_entra_for_export() && !d2.needs_entra_for_export());
+
+        // Without the extension, a disk with only server-side encryption says nothing.
+        let mut plain = vm.clone();
+        plain.resources.clear();
+        let info = build_vm_info(&plain, PowerState::Running, &disks, &HashMap::new());
+        assert_eq!(info.disks[3].encryption, None);
+        assert_eq!(info.disks[0].encryption, None);
+
+        // ADE's older settings on the VM model's OS disk name the vault too.
+        let mut v0 = plain.clone();
+        let os = v0
+            .properties
+            .as_mut()
+            .and_then(|p| p.storage_profile.as_mut())
+            .and_then(|s| s.os_disk.as_mut())
+            .unwrap();
+        os.encryption_settings = serde_json::from_value(serde_json::json!({"enabled": true,
+            "diskEncryptionKey": {"secretUrl": "https://kv0.vault.azure.net/secrets/s/2"}}))
+        .unwrap();
+        let info = build_vm_info(&v0, PowerState::Running, &disks, &HashMap::new());
+        assert_eq!(
+            info.disks[0].encryption,
+            ade(Some("https://kv0.vault.azure.net/"))
+        );
+        assert_eq!(info.disks[3].encryption, None);
     }
 }
