@@ -264,15 +264,8 @@ async fn dynamic_map(
     let header_at = vhd::dynamic::header_offset(footer.data_offset, file_len)?;
     let raw = read(ctx, header_at, vhd::dynamic::HEADER_SIZE as u64).await?;
     let raw: [u8; vhd::dynamic::HEADER_SIZE] = raw.try_into().expect("header read");
-    let (header, bat_at, bat_len) = vhd::dynamic::locate_bat(&raw, header_at, footer, file_len)?;
-    let bat = read_bat(ctx, bat_at, bat_len, chunk_size).await?;
-    let (map, _summary) = vhd::dynamic::extent_map(
-        &header,
-        header_at,
-        &bat,
-        bat_at,
-        footer.current_size,
-        file_len,
-    )?;
+    let layout = vhd::dynamic::locate_bat(&raw, header_at, footer, file_len)?;
+    let bat = read_bat(ctx, layout.bat_at, layout.bat_len, chunk_size).await?;
+    let (map, _summary) = layout.extent_map(&bat)?;
     Ok(map)
 }

@@ -99,13 +99,13 @@ pub fn parse_header(raw: &[u8; HEADER_SIZE], at: u64) -> Result<DynamicHeader, V
 /// The steps between reading the dynamic header (the `HEADER_SIZE` bytes at `header_at`)
 /// and reading the BAT, shared by `open` (files) and `download` (ranged reads): parse the
 /// header, refuse a differencing disk by its parent's name, check the block size, and
-/// locate the BAT. Returns the header and the BAT's `(offset, length)`.
+/// locate the BAT.
 pub fn locate_bat(
     raw: &[u8; HEADER_SIZE],
     header_at: u64,
     footer: &Footer,
     file_len: u64,
-) -> Result<(DynamicHeader, u64, u64), VhdError> {
+) -> Result<BatLayout, VhdError> {
     let differencing = footer.disk_type == DiskType::Differencing;
     let header = match parse_header(raw, header_at) {
         Ok(h) => h,
@@ -126,7 +126,39 @@ pub fn locate_bat(
     }
     check_block_size(&header, header_at)?;
     let (bat_at, bat_len) = bat_location(&header, header_at, footer.current_size, file_len)?;
-    Ok((header, bat_at, bat_len))
+    Ok(BatLayout {
+        header,
+        header_at,
+        bat_at,
+        bat_len,
+        current_size: footer.current_size,
+        file_len,
+    })
+}
+
+/// A checked dynamic header and where its BAT lies, as [`locate_bat`] found them.
+#[derive(Debug, Clone)]
+pub struct BatLayout {
+    pub header: DynamicHeader,
+    pub header_at: u64,
+    pub bat_at: u64,
+    pub bat_len: u64,
+    current_size: u64,
+    file_len: u64,
+}
+
+impl BatLayout {
+    /// The extent map from the BAT's bytes (`bat_len` of them, read at `bat_at`).
+    pub fn extent_map(&self, bat: &[u8]) -> Result<(ExtentMap, BatSummary), VhdError> {
+        extent_map(
+            &self.header,
+            self.header_at,
+            bat,
+            self.bat_at,
+            self.current_size,
+            self.file_len,
+        )
+    }
 }
 
 /// Where the dynamic header sits: the footer's data offset, checked to leave room for the

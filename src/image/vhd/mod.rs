@@ -156,24 +156,18 @@ fn open_dynamic<R: ReadAt + ?Sized>(
     let header_at = dynamic::header_offset(footer.data_offset, file_len)?;
     let mut hraw = [0u8; dynamic::HEADER_SIZE];
     read(src, &mut hraw, header_at, "dynamic header")?;
-    let (header, bat_at, bat_len) = dynamic::locate_bat(&hraw, header_at, footer, file_len)?;
+    let layout = dynamic::locate_bat(&hraw, header_at, footer, file_len)?;
     let mut bat = vec![
         0u8;
-        usize::try_from(bat_len).map_err(|_| VhdError::Overflow {
+        usize::try_from(layout.bat_len).map_err(|_| VhdError::Overflow {
             what: "BAT length",
-            value: bat_len,
+            value: layout.bat_len,
             offset: header_at + 28,
         })?
     ];
-    read(src, &mut bat, bat_at, "block allocation table")?;
-    let (extents, summary) = dynamic::extent_map(
-        &header,
-        header_at,
-        &bat,
-        bat_at,
-        footer.current_size,
-        file_len,
-    )?;
+    read(src, &mut bat, layout.bat_at, "block allocation table")?;
+    let (extents, summary) = layout.extent_map(&bat)?;
+    let header = layout.header;
     Ok((extents, header, summary))
 }
 
