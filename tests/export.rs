@@ -1084,6 +1084,9 @@ fn list_snapshots_follows_pages_at_both_scopes() {
                     size_gb: 1,
                     tags: serde_json::json!({"azure2kvm-run": rg}),
                     succeeded: true,
+                    incremental: true,
+                    completion_percent: None,
+                    kind: Default::default(),
                 },
             );
         }

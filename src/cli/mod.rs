@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::azure::cloud::CloudName;
 use crate::azure::credential::AuthMethod;
+use crate::export::disk_kind::SnapshotType;
 use crate::export::plan::{Consistency, DiskSet};
 use crate::image::sink::ImageFormat;
 pub use values::LogFormat;
@@ -101,6 +102,14 @@ pub struct ExportArgs {
     /// Image format.
     #[arg(long, value_enum, default_value = "qcow2")]
     pub format: ImageFormat,
+    /// Snapshot kind for --consistency snapshot (Premium SSD v2 and Ultra disks are always
+    /// incremental).
+    #[arg(long, value_enum, default_value = "incremental")]
+    pub snapshot_type: SnapshotType,
+    /// This host reaches the private endpoints of the disks' disk accesses: export disks
+    /// whose network access policy is AllowPrivate too (refused otherwise).
+    #[arg(long)]
+    pub private_network: bool,
     /// Parallel connections across all disks (disks in flight share this budget).
     #[arg(long, default_value_t = crate::transfer::engine::DEFAULT_CONCURRENCY,
           value_parser = clap::builder::TypedValueParser::map(
@@ -398,6 +407,24 @@ mod tests {
         assert!(Cli::try_parse_from(["azure2kvm", "list", "--auth", "password"]).is_err());
         assert!(Cli::try_parse_from(["azure2kvm", "list", "--output", "yaml"]).is_err());
         assert!(Cli::try_parse_from(["azure2kvm", "list", "--cloud", "mars"]).is_err());
+    }
+
+    #[test]
+    fn snapshot_type_defaults_to_incremental_and_takes_only_known_kinds() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["azure2kvm", "export", "--dry-run"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args).map(|c| match c.command {
+                Command::Export(a) => (a.snapshot_type, a.private_network),
+                _ => panic!("not export"),
+            })
+        };
+        assert_eq!(parse(&[]).unwrap(), (SnapshotType::Incremental, false));
+        assert_eq!(
+            parse(&["--snapshot-type", "full", "--private-network"]).unwrap(),
+            (SnapshotType::Full, true)
+        );
+        assert!(parse(&["--snapshot-type", "differential"]).is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use clap::builder::PossibleValue;
 
 use crate::azure::cloud::CloudName;
 use crate::azure::credential::AuthMethod;
+use crate::export::disk_kind::SnapshotType;
 use crate::export::plan::{Consistency, DiskSet};
 use crate::image::sink::ImageFormat;
 use crate::transfer::job::Verify;
@@ -66,6 +67,11 @@ value_enum!(Consistency {
     Snapshot => "snapshot": "Snapshot every selected disk of the VM before any download (crash-consistent across the VM's disks); the VM keeps running",
     Deallocate => "deallocate": "Deallocate the VM first (stops it; never restarted by this tool), then export the disks directly",
     None => "none": "Export disks directly, no snapshot: only for VMs that are already deallocated",
+});
+
+value_enum!(SnapshotType {
+    Incremental => "incremental": "Billed by the data written, not by the disk's size; the kind warm passes diff; the only kind Premium SSD v2 and Ultra disks take",
+    Full => "full": "A full copy: outside the incremental limits (7 per disk per 5 minutes, SAS on at most 5 snapshots of a disk at once)",
 });
 
 /// Log line format on stderr: a flag's value, mapped onto the logger's switch in `main`.

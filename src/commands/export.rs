@@ -107,6 +107,14 @@ fn settings(args: &ExportArgs) -> Result<ExportSettings, Error> {
         md_service_version: args.azure.md_service_version,
         concurrency: args.concurrency,
         io_timeout,
+        snapshot_type: args.snapshot_type,
+        private_network: args.private_network,
+        background_copies: crate::export::disk_kind::background_copy_limit(
+            std::env::var(crate::export::disk_kind::BACKGROUND_COPIES_ENV)
+                .ok()
+                .as_deref(),
+        )
+        .map_err(Error::usage)?,
         record: RunSelection {
             flags,
             plan: args.plan.clone(),
@@ -114,6 +122,8 @@ fn settings(args: &ExportArgs) -> Result<ExportSettings, Error> {
             disks: args.disks,
             consistency: args.consistency,
             format: args.format,
+            snapshot_type: args.snapshot_type,
+            private_network: args.private_network,
         },
     })
 }

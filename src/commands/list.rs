@@ -72,13 +72,30 @@ fn print(vms: &[VmInfo], output: ListOutput) -> Result<(), Error> {
         ListOutput::Json => serde_json::to_writer_pretty(&mut out, vms)
             .map_err(std::io::Error::from)
             .and_then(|_| writeln!(out)),
-        ListOutput::Table => out.write_all(render_table(vms).as_bytes()),
+        ListOutput::Table => out.write_all(render_table(vms).as_bytes()).and_then(|_| {
+            disk_notes(vms)
+                .iter()
+                .try_for_each(|n| writeln!(out, "{n}"))
+        }),
     };
     written.map_err(|e| Error::failed(format!("writing to stdout: {e}")))
 }
 
 fn or_dash<T: ToString>(v: Option<T>) -> String {
     v.map(|x| x.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// One line under the table per disk whose kind changes how it is exported (Premium SSD
+/// v2 / Ultra, network-restricted): what `export` will do with it.
+pub fn disk_notes(vms: &[VmInfo]) -> Vec<String> {
+    vms.iter()
+        .flat_map(|vm| {
+            vm.disks.iter().filter_map(move |d| {
+                let note = crate::export::disk_kind::note(&d.storage)?;
+                Some(format!("note: {} disk {}: {note}", vm.name, d.name))
+            })
+        })
+        .collect()
 }
 
 pub fn render_table(vms: &[VmInfo]) -> String {
@@ -154,8 +171,16 @@ mod tests {
                 size_gb: Some(30),
                 managed: false,
                 vhd_uri: Some("https://a/b.vhd".into()),
+                storage: Default::default(),
             }],
         };
+        assert!(disk_notes(std::slice::from_ref(&vm)).is_empty());
+        let mut kinds = vm.clone();
+        kinds.disks[0].storage.sku = Some("UltraSSD_LRS".into());
+        assert_eq!(
+            disk_notes(&[kinds]),
+            ["note: web-01 disk os: UltraSSD_LRS, 4096-byte sectors: refused"]
+        );
         let t = render_table(&[vm]);
         let row = t.lines().nth(1).unwrap();
         let cells: Vec<&str> = row

@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use azure_core::credentials::TokenCredential;
 
+use super::disk_kind::{self, Refusal};
 use super::ledger::{Ledger, ResourceKind, ResourceState};
 use super::plan::{DiskKey, PlannedDisk, Source};
-use crate::azure::arm::client::AccessTarget;
+use crate::azure::arm::client::{AccessTarget, ResourceRef};
 use crate::azure::arm::{ArmClient, ResourceId};
 use crate::azure::cloud::Cloud;
+use crate::azure::inventory::DiskStorage;
 use crate::azure::sas::SasUrl;
 use crate::image::sink::ImageFormat;
 use crate::image::staging::Overwrite;
@@ -44,6 +46,10 @@ pub struct DiskContext {
     pub output_dir: PathBuf,
     pub format: ImageFormat,
     pub sas_duration: u32,
+    /// `--private-network`: AllowPrivate disks are reachable from this host.
+    pub private_network: bool,
+    /// Background copies (Premium SSD v2 / Ultra snapshots) the run lets run at once.
+    pub background_copies: usize,
     /// `x-ms-version` for managed-disk export hosts (`--md-service-version`).
     pub md_service_version: crate::azure::blob::ServiceVersion,
     /// Connections: the run's whole budget (`--concurrency`) when given to `run::run`,
@@ -110,6 +116,12 @@ pub enum DiskError {
     },
     #[error("VM {vm}, disk {disk}: interrupted")]
     Interrupted { vm: String, disk: String },
+    #[error("VM {vm}, disk {disk}: refused: {why}")]
+    Refused {
+        vm: String,
+        disk: String,
+        why: Refusal,
+    },
 }
 
 /// Exports one disk whose source is ready (its snapshot exists, or its VM is
@@ -137,6 +149,9 @@ pub async fn export_disk(
             resource_id.resource_type()
         ))
     })?;
+    if let Some(refused) = refused_now(ctx, vm, disk, false).await {
+        return Err(refused);
+    }
     let mut grants = Grants {
         from_snapshot: matches!(target, AccessTarget::Snapshot(_)),
         last_kept: None,
@@ -163,6 +178,16 @@ pub async fn export_disk(
         )
         .await;
         revoke(ctx, &target, resource_id).await;
+        // Granted, but the URL refuses this host: a policy set since the plan was made, or
+        // a private endpoint out of reach. The grant is revoked above; say why instead of
+        // asking again.
+        if let Err(DownloadError::AccessDenied { kept, .. }) = &result
+            && let Some(refused) = refused_now(ctx, vm, disk, true).await
+        {
+            grants.last_kept = kept.clone();
+            grants.discard();
+            return Err(refused);
+        }
         if let Some(end) = grants.settle(ctx, vm, disk, result, granted_at) {
             return end;
         }
@@ -267,6 +292,49 @@ impl Grants {
     fn discard(&self) {
         if self.from_snapshot {
             discard_partial(self.last_kept.as_deref());
+        }
+    }
+}
+
+/// The refusal of `disk` by its network policy as Azure has it now, before a grant or,
+/// `after_denied_read`, once a granted URL refused this host.
+async fn refused_now(
+    ctx: &DiskContext,
+    vm: &str,
+    disk: &PlannedDisk,
+    after_denied_read: bool,
+) -> Option<DiskError> {
+    let storage = current_storage(ctx, &disk.source).await?;
+    let why = if after_denied_read {
+        disk_kind::refusal_after_denied_read(&storage, ctx.private_network)
+    } else {
+        disk_kind::refusal(&storage, ctx.private_network)
+    }?;
+    Some(DiskError::Refused {
+        vm: vm.to_string(),
+        disk: disk.name.clone(),
+        why,
+    })
+}
+
+/// The kind of the managed disk behind `source` as Azure has it now: a plan may be older
+/// than a network policy change, and a disk's policy is the owner's word on whether its
+/// data leaves. None for a blob, or a disk that cannot be read (the grant will say what
+/// is wrong).
+async fn current_storage(ctx: &DiskContext, source: &Source) -> Option<DiskStorage> {
+    let disk_id = match source {
+        Source::Snapshot { disk_id, .. } | Source::Disk { disk_id } => disk_id,
+        Source::Blob { .. } => return None,
+    };
+    let read = ctx
+        .interrupt
+        .unless_cancelled(ctx.arm.get_disk(&ResourceRef::from(disk_id)))
+        .await?;
+    match read {
+        Ok(d) => Some(DiskStorage::of(&d)),
+        Err(e) => {
+            tracing::warn!("reading disk {disk_id} before its grant: {e}");
+            None
         }
     }
 }

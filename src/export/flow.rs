@@ -19,6 +19,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::disk::{DiskContext, EventFn, ExportEvent};
+use super::disk_kind::SnapshotType;
 use super::ledger::{
     DiskOutcome, DiskStatus, Ledger, LedgerError, RunReport, RunStatus, write_atomic,
 };
@@ -72,6 +73,12 @@ pub struct ExportSettings {
     /// Connections across all disks of the run.
     pub concurrency: usize,
     pub io_timeout: Duration,
+    /// `--snapshot-type` (Premium SSD v2 and Ultra disks are incremental whatever it says).
+    pub snapshot_type: SnapshotType,
+    /// `--private-network`: AllowPrivate disks are reachable from this host.
+    pub private_network: bool,
+    /// Background copies the run lets run at once (see `disk_kind::background_copy_limit`).
+    pub background_copies: usize,
     /// The selection as given, for the run report.
     pub record: RunSelection,
 }
@@ -86,6 +93,8 @@ pub struct RunSelection {
     pub disks: DiskSet,
     pub consistency: Option<Consistency>,
     pub format: ImageFormat,
+    pub snapshot_type: SnapshotType,
+    pub private_network: bool,
 }
 
 /// How an export ended (when it got as far as a plan).
@@ -347,6 +356,8 @@ fn plan_shard(
             disks: settings.disks,
             consistency: settings.consistency,
             format: settings.format,
+            snapshot_type: settings.snapshot_type,
+            private_network: settings.private_network,
         },
     )
     .map_err(|e| ExportError::Plan(Box::new(e)))?;
@@ -415,6 +426,8 @@ fn disk_context(
         output_dir: output_dir.to_path_buf(),
         format: settings.format,
         sas_duration: settings.sas_duration,
+        private_network: settings.private_network,
+        background_copies: settings.background_copies,
         md_service_version: settings.md_service_version,
         connections: settings.concurrency,
         queue_depth: DEFAULT_QUEUE_DEPTH,
@@ -444,7 +457,15 @@ fn finish(
         || results
             .values()
             .any(|r| r.status == DiskStatus::Interrupted);
-    let status = run_status(interrupted, done, total, manifest_errors.is_empty());
+    let count = |s: DiskStatus| results.values().filter(|r| r.status == s).count();
+    let status = match run_status(interrupted, done, total, manifest_errors.is_empty()) {
+        // A disk refused by kind is one this run could not do, not a failure of the run:
+        // partly done (exit 3), also when it was the only disk.
+        RunStatus::Failed if count(DiskStatus::Refused) > 0 && count(DiskStatus::Failed) == 0 => {
+            RunStatus::Partial
+        }
+        s => s,
+    };
     let _ = ledger.update(|r| {
         r.status = status;
         r.finished_at = Some(now_rfc3339());
@@ -459,7 +480,7 @@ fn finish(
     log_end(run_id, output_dir, ledger, &resources_left, done, total);
     let failures = results
         .values()
-        .filter(|r| r.status == DiskStatus::Failed)
+        .filter(|r| matches!(r.status, DiskStatus::Failed | DiskStatus::Refused))
         .filter_map(|r| r.error.clone())
         .chain(manifest_errors)
         .collect();
@@ -560,6 +581,8 @@ mod tests {
             disks: DiskSet::All,
             consistency: Some(Consistency::Snapshot),
             format: ImageFormat::Qcow2,
+            snapshot_type: SnapshotType::Incremental,
+            private_network: false,
         };
         let v = serde_json::to_value(&record).unwrap();
         assert_eq!(
@@ -568,6 +591,7 @@ mod tests {
                 "subscription": "s", "resource_groups": [], "names": ["web-*"], "tags": [],
                 "power_states": [], "locations": [], "plan": null, "shard": "0/2",
                 "disks": "all", "consistency": "snapshot", "format": "qcow2",
+                "snapshot_type": "incremental", "private_network": false,
             })
         );
     }

@@ -90,6 +90,9 @@ pub enum DiskStatus {
     Done,
     Failed,
     Interrupted,
+    /// Not exported because of its kind (network policy, sector size): nothing was created
+    /// for it; the run exits 3 as for a partly done run.
+    Refused,
 }
 
 /// The outcome of one disk, keyed by its VM's id and its LUN (None: the OS disk), since

@@ -83,6 +83,9 @@ pub struct ManifestImage {
     pub logical_sector_size: Option<u32>,
     pub bytes_downloaded: u64,
     pub error: Option<String>,
+    /// The snapshot the image was read from: `incremental` or `full`; null when the disk
+    /// was read directly or refused.
+    pub snapshot: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +97,8 @@ pub enum ManifestDiskStatus {
     Done,
     Failed,
     Interrupted,
+    /// Not exported because of its kind; `error` says why. Nothing was created for it.
+    Refused,
 }
 
 impl From<DiskStatus> for ManifestDiskStatus {
@@ -103,6 +108,7 @@ impl From<DiskStatus> for ManifestDiskStatus {
             DiskStatus::Done => Self::Done,
             DiskStatus::Failed => Self::Failed,
             DiskStatus::Interrupted => Self::Interrupted,
+            DiskStatus::Refused => Self::Refused,
         }
     }
 }
@@ -181,8 +187,21 @@ fn manifest_disk(
             logical_sector_size: report.map(|r| r.logical_sector_size),
             bytes_downloaded: report.map(bytes_downloaded).unwrap_or(0),
             error: r.as_ref().and_then(|r| r.error.clone()),
+            snapshot: snapshot_kind(planned).map(str::to_string),
         }),
         status: r.map_or(ManifestDiskStatus::Pending, |r| r.status.into()),
+    }
+}
+
+/// The snapshot a disk was read from: `incremental`, `full`, or None when it was read
+/// directly or refused (nothing created for it).
+fn snapshot_kind(p: &PlannedDisk) -> Option<&'static str> {
+    match p.source {
+        _ if p.refused.is_some() => None,
+        super::plan::Source::Snapshot { incremental, .. } => {
+            Some(if incremental { "incremental" } else { "full" })
+        }
+        _ => None,
     }
 }
 
@@ -281,6 +300,7 @@ mod tests {
             size_gb: Some(1),
             managed: true,
             vhd_uri: None,
+            storage: Default::default(),
         };
         VmInfo {
             id:
@@ -315,6 +335,8 @@ mod tests {
                 disks: DiskSet::Os,
                 consistency: None,
                 format: ImageFormat::Raw,
+                snapshot_type: Default::default(),
+                private_network: false,
             },
         )
         .unwrap();
@@ -337,10 +359,12 @@ mod tests {
             serde_json::json!({
                 "id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/os",
                 "name": "os", "role": "os", "lun": null, "size_gb": 1, "managed": true,
+                "sku": null, "sector_size": null, "network_access_policy": null,
+                "disk_access_id": null,
                 "image": "web-os.raw", "format": "raw", "virtual_size": null,
                 "logical_sector_size": null,
                 "bytes_downloaded": 0, "error": "VM web, disk os: grant refused",
-                "status": "failed",
+                "snapshot": null, "status": "failed",
             })
         );
         assert_eq!(
@@ -348,6 +372,8 @@ mod tests {
             serde_json::json!({
                 "id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/d0",
                 "name": "d0", "role": "data", "lun": 0, "size_gb": 1, "managed": true,
+                "sku": null, "sector_size": null, "network_access_policy": null,
+                "disk_access_id": null,
                 "status": "not_selected",
             })
         );

@@ -1,8 +1,10 @@
 //! Exporting VMs: planning, per-VM and per-disk orchestration, the run ledger and the
 //! cleanup that always runs, manifests and libvirt definitions.
 
+pub mod background_copy;
 pub mod cleanup;
 pub mod disk;
+pub mod disk_kind;
 pub mod domain;
 pub mod flow;
 pub mod ledger;

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use super::disk_kind::{self, Refusal, SnapshotType};
 use super::naming::{PathNameError, snapshot_name, validate_path_component};
 use crate::azure::arm::models::PowerState;
 use crate::azure::arm::{ResourceId, ResourceIdError, ResourceType};
@@ -51,6 +52,10 @@ pub enum Source {
     Snapshot {
         snapshot: ResourceId,
         disk_id: ResourceId,
+        /// Incremental (billed by written data) or full (see [`super::disk_kind`]).
+        incremental: bool,
+        /// Premium SSD v2 / Ultra: wait for the snapshot's background copy before the grant.
+        background_copy: bool,
     },
     /// Grant read access on the managed disk itself (its VM is deallocated).
     Disk { disk_id: ResourceId },
@@ -77,6 +82,9 @@ pub struct PlannedDisk {
     pub source: Source,
     /// Image path relative to the output directory: `<vm>/<vm>-os.<ext>`.
     pub image: PathBuf,
+    /// Set when the disk is not exported because of its kind: nothing is created for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Refusal>,
 }
 
 impl PlannedDisk {
@@ -113,6 +121,9 @@ pub struct PlanOptions {
     pub disks: DiskSet,
     pub consistency: Option<Consistency>,
     pub format: ImageFormat,
+    pub snapshot_type: SnapshotType,
+    /// `--private-network`: AllowPrivate disks are reachable from here.
+    pub private_network: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -313,8 +324,12 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
                 name: d.name.clone(),
                 role: d.role,
                 lun: d.lun,
-                source: disk_source(vm, d, consistency, &opts.run_id)?,
+                source: disk_source(vm, d, consistency, opts)?,
                 image: PathBuf::from(&folder).join(image),
+                refused: d
+                    .managed
+                    .then(|| disk_kind::refusal(&d.storage, opts.private_network))
+                    .flatten(),
             })
         })
         .collect::<Result<Vec<_>, PlanError>>()?;
@@ -336,21 +351,26 @@ fn disk_source(
     vm: &VmInfo,
     d: &DiskInfo,
     consistency: Consistency,
-    run_id: &str,
+    opts: &PlanOptions,
 ) -> Result<Source, PlanError> {
     let field = || format!("disk {} id", d.name);
     Ok(match (&d.id, &d.vhd_uri) {
         (Some(id), _) => {
             let disk_id = typed_id(&vm.name, &field(), id, ResourceType::Disk)?;
             if consistency == Consistency::Snapshot {
-                let name = snapshot_name(run_id, &d.name, &disk_id);
+                let name = snapshot_name(&opts.run_id, &d.name, &disk_id);
                 let snapshot = ResourceId::new(
                     disk_id.subscription(),
                     disk_id.resource_group(),
                     ResourceType::Snapshot,
                     &name,
                 );
-                Source::Snapshot { snapshot, disk_id }
+                Source::Snapshot {
+                    snapshot,
+                    disk_id,
+                    incremental: disk_kind::incremental(opts.snapshot_type, &d.storage),
+                    background_copy: disk_kind::has_background_copy(d.storage.sku.as_deref()),
+                }
             } else {
                 Source::Disk { disk_id }
             }
@@ -380,6 +400,7 @@ mod tests {
             size_gb: Some(1),
             managed: true,
             vhd_uri: None,
+            storage: Default::default(),
         }
     }
 
@@ -422,6 +443,8 @@ mod tests {
             disks: d,
             consistency: c,
             format: ImageFormat::Qcow2,
+            snapshot_type: SnapshotType::Incremental,
+            private_network: false,
         }
     }
 
@@ -561,5 +584,39 @@ mod tests {
         let e = plan(&fleet, &o).unwrap_err();
         assert!(matches!(e, PlanError::DuplicateFolder { .. }), "{e}");
         assert!(e.to_string().contains("web.rg"), "{e}");
+    }
+
+    #[test]
+    fn disk_kinds_decide_the_snapshot_and_refusals() {
+        let mut v = vm("a", PowerState::Running);
+        // d3: Premium SSD v2, 512-byte sectors; os: ordinary; d0: DenyAll.
+        v.disks[0].storage.sku = Some("PremiumV2_LRS".into());
+        v.disks[0].storage.sector_size = Some(512);
+        v.disks[2].storage.network_access_policy = Some("DenyAll".into());
+        let full = PlanOptions {
+            snapshot_type: SnapshotType::Full,
+            ..opts(None, DiskSet::All)
+        };
+        let p = plan(std::slice::from_ref(&v), &full).unwrap();
+        let by_name = |n: &str| p[0].disks.iter().find(|d| d.name == n).unwrap().clone();
+        let snap = |d: &PlannedDisk| match d.source {
+            Source::Snapshot {
+                incremental,
+                background_copy,
+                ..
+            } => (incremental, background_copy),
+            ref other => panic!("{other:?}"),
+        };
+        // Full as asked, except for the disk type that takes incremental snapshots only.
+        assert_eq!(snap(&by_name("os")), (false, false));
+        assert_eq!(snap(&by_name("d3")), (true, true));
+        assert_eq!(by_name("d0").refused, Some(Refusal::DenyAll));
+        assert_eq!(by_name("os").refused, None);
+        // The default is incremental for every disk.
+        let p = plan(&[v], &opts(None, DiskSet::Os)).unwrap();
+        assert_eq!(snap(&p[0].disks[0]), (true, false));
+        let json = serde_json::to_value(&p[0].disks[0]).unwrap();
+        assert_eq!(json["source"]["incremental"], true);
+        assert!(json.get("refused").is_none());
     }
 }

@@ -11,8 +11,10 @@ use std::collections::BTreeMap;
 
 use futures::StreamExt;
 
+use super::background_copy;
 use super::cleanup::{only_this_runs_snapshots, sweep};
 use super::disk::{DiskContext, DiskError, export_disk};
+use super::disk_kind::MAX_BACKGROUND_COPIES;
 use super::ledger::{DiskOutcome, DiskStatus, Ledger, ResourceKind, ResourceState};
 use super::naming::{TAG_HASH_HEX, id_hash};
 use super::plan::{DiskKey, PlannedDisk, PlannedVm, Source};
@@ -143,6 +145,24 @@ pub fn pending_outcomes(plan: &[PlannedVm]) -> Vec<DiskOutcome> {
         .collect()
 }
 
+/// The results of the disks refused by kind in the plan: nothing is created for them.
+fn refused_results(plan: &[PlannedVm]) -> BTreeMap<DiskKey, DiskResult> {
+    plan.iter()
+        .flat_map(|vm| vm.disks.iter().map(move |d| (vm, d)))
+        .filter_map(|(vm, d)| {
+            let why = d.refused.as_ref()?;
+            Some((
+                d.key.clone(),
+                DiskResult {
+                    status: DiskStatus::Refused,
+                    report: None,
+                    error: Some(format!("VM {}, disk {}: refused: {why}", vm.name, d.name)),
+                },
+            ))
+        })
+        .collect()
+}
+
 /// True if `row` is the outcome row of the disk `key` names.
 fn is_row_of(row: &DiskOutcome, key: &DiskKey) -> bool {
     row.vm_id == key.vm && (row.role == DiskRole::Data).then_some(row.lun).flatten() == key.lun
@@ -167,11 +187,16 @@ pub async fn run(
     ctx: &DiskContext,
     run_id: &str,
 ) -> BTreeMap<DiskKey, DiskResult> {
-    let mut results: BTreeMap<DiskKey, DiskResult> = BTreeMap::new();
+    let mut results: BTreeMap<DiskKey, DiskResult> = refused_results(plan);
+    for (key, result) in &results {
+        tracing::error!("{}", result.error.as_deref().unwrap_or_default());
+        record(&ctx.ledger, key, result);
+    }
+    let copies = tokio::sync::Semaphore::new(ctx.background_copies.clamp(1, MAX_BACKGROUND_COPIES));
 
     // Phase 1: prepare every VM (deallocate, snapshots) before any download starts.
     let prepared: Vec<Vec<(DiskKey, DiskResult)>> = futures::stream::iter(plan)
-        .map(|vm| prepare_vm(ctx, vm, run_id))
+        .map(|vm| prepare_vm(ctx, vm, run_id, &copies))
         .buffer_unordered(PREPARE_CONCURRENCY)
         .collect()
         .await;
@@ -251,6 +276,14 @@ async fn one_disk(ctx: &DiskContext, vm: &str, d: &PlannedDisk) -> DiskResult {
             report: None,
             error: Some(e.to_string()),
         },
+        Err(e @ DiskError::Refused { .. }) => {
+            tracing::error!("{e}");
+            DiskResult {
+                status: DiskStatus::Refused,
+                report: None,
+                error: Some(e.to_string()),
+            }
+        }
         Err(e) => {
             tracing::error!("{e}");
             DiskResult {
@@ -278,7 +311,12 @@ pub async fn delete_snapshot(ctx: &DiskContext, id: &ResourceId) {
 
 /// Deallocates (if planned) and snapshots every disk of `vm` that needs one. Returns the
 /// disks that cannot go on.
-async fn prepare_vm(ctx: &DiskContext, vm: &PlannedVm, run_id: &str) -> Vec<(DiskKey, DiskResult)> {
+async fn prepare_vm(
+    ctx: &DiskContext,
+    vm: &PlannedVm,
+    run_id: &str,
+    copies: &tokio::sync::Semaphore,
+) -> Vec<(DiskKey, DiskResult)> {
     if ctx.interrupt.is_set() {
         return fail_all(
             vm,
@@ -291,22 +329,18 @@ async fn prepare_vm(ctx: &DiskContext, vm: &PlannedVm, run_id: &str) -> Vec<(Dis
     {
         return fail_all(vm, status, message);
     }
-    let snapshots = vm.disks.iter().filter_map(|d| match &d.source {
-        Source::Snapshot { snapshot, disk_id } => Some((d, snapshot, disk_id)),
-        _ => None,
-    });
-    let created = futures::future::join_all(
-        snapshots
-            .map(|(d, snapshot, disk_id)| snapshot_disk(ctx, vm, d, snapshot, disk_id, run_id)),
-    )
-    .await;
+    let snapshots = vm.disks.iter().filter(|d| d.refused.is_none());
+    let created =
+        futures::future::join_all(snapshots.map(|d| snapshot_disk(ctx, vm, d, run_id, copies)))
+            .await;
     created.into_iter().flatten().collect()
 }
 
-/// The same result for every disk of `vm`: none of them can go on.
+/// The same result for every disk of `vm` not refused already: none of them can go on.
 fn fail_all(vm: &PlannedVm, status: DiskStatus, message: String) -> Vec<(DiskKey, DiskResult)> {
     vm.disks
         .iter()
+        .filter(|d| d.refused.is_none())
         .map(|d| {
             (
                 d.key.clone(),
@@ -357,69 +391,88 @@ async fn deallocate(ctx: &DiskContext, vm: &PlannedVm) -> Result<(), (DiskStatus
     })
 }
 
-/// Snapshots one disk, recorded in the ledger before it is asked for. Returns the disk's
-/// result only if it cannot go on.
+fn outcome(key: &DiskKey, status: DiskStatus, error: String) -> Option<(DiskKey, DiskResult)> {
+    Some((
+        key.clone(),
+        DiskResult {
+            status,
+            report: None,
+            error: Some(error),
+        },
+    ))
+}
+
+/// Snapshots disk `d` of `vm` if its plan says so and, for a Premium SSD v2 or Ultra disk,
+/// waits until the snapshot's background copy is done. None when the disk is ready for
+/// its grant; otherwise its result.
 async fn snapshot_disk(
     ctx: &DiskContext,
     vm: &PlannedVm,
     d: &PlannedDisk,
-    snapshot: &ResourceId,
-    disk_id: &ResourceId,
     run_id: &str,
+    copies: &tokio::sync::Semaphore,
 ) -> Option<(DiskKey, DiskResult)> {
-    let end = |status, error: String| {
-        Some((
-            d.key.clone(),
-            DiskResult {
-                status,
-                report: None,
-                error: Some(error),
-            },
-        ))
+    let Source::Snapshot {
+        snapshot,
+        disk_id,
+        incremental,
+        background_copy,
+    } = &d.source
+    else {
+        return None;
     };
-    let fail = |message: String| {
-        end(
-            DiskStatus::Failed,
-            format!("VM {}, disk {}: {message}", vm.name, d.name),
-        )
-    };
+    let named = |m: &dyn std::fmt::Display| format!("VM {}, disk {}: {m}", vm.name, d.name);
     if ctx.interrupt.is_set() {
-        return end(
-            DiskStatus::Interrupted,
-            "interrupted before its snapshot".into(),
-        );
+        let why = "interrupted before its snapshot".to_string();
+        return outcome(&d.key, DiskStatus::Interrupted, why);
     }
+    // Held from the snapshot's creation until its background copy is done: Azure allows
+    // 50 active copies per subscription; more wait here (Ctrl-C ends the wait).
+    let _permit = if *background_copy {
+        match ctx.interrupt.unless_cancelled(copies.acquire()).await {
+            Some(Ok(p)) => Some(p),
+            _ => {
+                let why = named(&"interrupted while waiting for a background copy slot");
+                return outcome(&d.key, DiskStatus::Interrupted, why);
+            }
+        }
+    } else {
+        None
+    };
     if let Err(e) = ctx
         .ledger
         .creating(ResourceKind::Snapshot, snapshot, Some(disk_id))
     {
-        return fail(e.to_string());
+        return outcome(&d.key, DiskStatus::Failed, named(&e));
     }
     let reference = ResourceRef::from(snapshot);
+    let tags = snapshot_tags(run_id, disk_id);
     let source = disk_id.to_string();
     let created = ctx
         .arm
-        .create_snapshot(
-            &reference,
-            &vm.vm.location,
-            &source,
-            false,
-            &snapshot_tags(run_id, disk_id),
-        )
+        .create_snapshot(&reference, &vm.vm.location, &source, *incremental, &tags)
         .await;
-    match created {
-        Ok(_) => {
-            let _ = ctx.ledger.set_state(
-                ResourceKind::Snapshot,
-                snapshot,
-                ResourceState::Exists,
-                None,
-            );
-            tracing::info!("{}: snapshot {reference} created", vm.name);
-            None
-        }
+    if let Err(e) = created {
         // Left as "creating": the sweep deletes it if it exists after all.
-        Err(e) => fail(format!("snapshot: {e}")),
+        return outcome(&d.key, DiskStatus::Failed, named(&format!("snapshot: {e}")));
+    }
+    let _ = ctx.ledger.set_state(
+        ResourceKind::Snapshot,
+        snapshot,
+        ResourceState::Exists,
+        None,
+    );
+    let kind = if *incremental { "incremental" } else { "full" };
+    tracing::info!("{}: {kind} snapshot {reference} created", vm.name);
+    if !*background_copy {
+        return None;
+    }
+    match background_copy::wait(ctx, snapshot, &vm.name, &d.name).await {
+        Ok(()) => None,
+        Err(e @ background_copy::CopyWaitError::Interrupted) => {
+            outcome(&d.key, DiskStatus::Interrupted, named(&e))
+        }
+        Err(e) => outcome(&d.key, DiskStatus::Failed, named(&e)),
     }
 }
 

@@ -47,6 +47,53 @@ pub struct FakeVmDisk {
     pub size_gb: u64,
     /// Some for an unmanaged (page blob) disk.
     pub vhd_uri: Option<String>,
+    pub kind: FakeDiskKind,
+}
+
+/// A managed disk's type, sector size and network policy, as `Disks - Get` shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FakeDiskKind {
+    /// `sku.name`; None: `Premium_LRS`.
+    pub sku: Option<String>,
+    /// `creationData.logicalSectorSize` (Azure gives it for Premium SSD v2 and Ultra only).
+    pub logical_sector_size: Option<u32>,
+    /// `networkAccessPolicy`; None: `AllowAll`.
+    pub network_access_policy: Option<String>,
+    pub disk_access_id: Option<String>,
+}
+
+impl FakeDiskKind {
+    pub fn sku(sku: &str, logical_sector_size: u32) -> Self {
+        Self {
+            sku: Some(sku.into()),
+            logical_sector_size: Some(logical_sector_size),
+            ..Self::default()
+        }
+    }
+
+    pub fn network(policy: &str, disk_access_id: Option<&str>) -> Self {
+        Self {
+            network_access_policy: Some(policy.into()),
+            disk_access_id: disk_access_id.map(str::to_string),
+            ..Self::default()
+        }
+    }
+
+    pub fn sku_name(&self) -> &str {
+        self.sku.as_deref().unwrap_or("Premium_LRS")
+    }
+
+    /// Premium SSD v2 and Ultra: incremental snapshots only, with a background copy.
+    pub fn background_copy(&self) -> bool {
+        matches!(self.sku_name(), "PremiumV2_LRS" | "UltraSSD_LRS")
+    }
+
+    /// Exported only through a private endpoint, or not at all.
+    pub fn restricted(&self) -> bool {
+        self.network_access_policy
+            .as_deref()
+            .is_some_and(|p| p != "AllowAll")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +127,7 @@ impl FakeVm {
                 resource_group: resource_group.into(),
                 size_gb: 30,
                 vhd_uri: None,
+                kind: FakeDiskKind::default(),
             }],
         }
     }
@@ -116,7 +164,19 @@ impl FakeVm {
             resource_group: rg,
             size_gb,
             vhd_uri: None,
+            kind: FakeDiskKind::default(),
         });
+        self
+    }
+
+    /// Sets the kind of the OS disk (`lun` None) or of data disk `lun`.
+    pub fn disk_kind(mut self, lun: Option<u32>, kind: FakeDiskKind) -> Self {
+        let d = self
+            .disks
+            .iter_mut()
+            .find(|d| d.lun == lun)
+            .expect("a disk at that LUN");
+        d.kind = kind;
         self
     }
 
@@ -174,6 +234,7 @@ pub struct FakeDisk {
     pub hyperv_generation: Option<String>,
     /// Lower-case id of the VM it is attached to.
     pub managed_by: Option<String>,
+    pub kind: FakeDiskKind,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +246,12 @@ pub struct FakeSnapshot {
     pub size_gb: u64,
     pub tags: Value,
     pub succeeded: bool,
+    pub incremental: bool,
+    /// The background copy of a Premium SSD v2 / Ultra snapshot: rises by
+    /// `FakeConfig::copy_step` per GET; None for other disks (they report 100).
+    pub completion_percent: Option<u32>,
+    /// Inherited from the source disk (sector size, network policy).
+    pub kind: FakeDiskKind,
 }
 
 /// Which polling headers an LRO gets.
@@ -231,6 +298,10 @@ pub struct FakeConfig {
     /// Resource SKUs answer 403, as for an identity whose role lacks
     /// `Microsoft.Compute/skus/read`.
     pub skus_forbidden: bool,
+    /// Percent a background copy advances per GET of its snapshot.
+    pub copy_step: u32,
+    /// Background copies the subscription may have running (Azure: 50).
+    pub max_background_copies: usize,
 }
 
 impl Default for FakeConfig {
@@ -254,6 +325,8 @@ impl Default for FakeConfig {
             client_secret: CLIENT_SECRET.into(),
             federated_token: FEDERATED_TOKEN.into(),
             skus_forbidden: false,
+            copy_step: 34,
+            max_background_copies: 50,
         }
     }
 }
@@ -309,6 +382,13 @@ pub struct ArmState {
     pub snapshots: BTreeMap<String, FakeSnapshot>,
     /// Lower-case ids of disks and snapshots with an active SAS.
     pub grants: BTreeSet<String>,
+    /// Of those, the ones whose SAS works only from a private network (network policy
+    /// AllowPrivate or DenyAll): the gate refuses reads from here with 403.
+    pub private_grants: BTreeSet<String>,
+    /// Every snapshot PUT body's `incremental` (absent: false), in order.
+    pub snapshot_kinds: Vec<bool>,
+    /// Grants asked while a snapshot's background copy ran (refused with 409).
+    pub early_grants: u64,
     /// The signature of every real SAS granted (percent-encoded as in the URL), so tests
     /// can assert that none reaches a log, a report or a manifest.
     pub issued_signatures: Vec<String>,
@@ -367,6 +447,9 @@ impl ArmState {
             sizes,
             snapshots: BTreeMap::new(),
             grants: BTreeSet::new(),
+            private_grants: BTreeSet::new(),
+            snapshot_kinds: Vec::new(),
+            early_grants: 0,
             issued_signatures: Vec::new(),
             counts: BTreeMap::new(),
             operations: HashMap::new(),
@@ -391,6 +474,7 @@ impl ArmState {
                 os_type: os.then(|| vm.os_type.clone()),
                 hyperv_generation: os.then(|| vm.hyperv_generation.clone()),
                 managed_by: Some(vm_id.clone()),
+                kind: d.kind.clone(),
             });
         }
         self.vms.push(vm);
@@ -1048,7 +1132,7 @@ fn vm_json(s: &ArmState, vm: &FakeVm, instance_view: bool) -> Value {
         match &d.vhd_uri {
             Some(uri) => v["vhd"] = json!({"uri": uri}),
             None => {
-                v["managedDisk"] = json!({"storageAccountType": "Premium_LRS", "id": s.disk_id(&d.resource_group, &d.name)})
+                v["managedDisk"] = json!({"storageAccountType": d.kind.sku_name(), "id": s.disk_id(&d.resource_group, &d.name)})
             }
         }
         v
@@ -1371,8 +1455,9 @@ fn disk_json(s: &ArmState, d: &FakeDisk) -> Value {
     if let Some(g) = &d.hyperv_generation {
         props["hyperVGeneration"] = json!(g);
     }
+    kind_properties(&mut props, &d.kind);
     let mut v = json!({"name": d.name, "id": s.disk_id(&d.resource_group, &d.name), "type": "Microsoft.Compute/disks",
-                       "location": d.location, "sku": {"name": "Premium_LRS"}, "properties": props});
+                       "location": d.location, "sku": {"name": d.kind.sku_name(), "tier": "Premium"}, "properties": props});
     if let Some(vm) = attached {
         v["managedBy"] = json!(vm.id(&s.subscription));
     }
@@ -1475,7 +1560,13 @@ fn disk_routes(
                     ),
                 );
             }
+            if let Some(refusal) = grant_refusal(req, &d.kind, None) {
+                return refusal;
+            }
             let id = s.disk_id(&d.resource_group, &d.name).to_ascii_lowercase();
+            if d.kind.restricted() {
+                s.private_grants.insert(id.clone());
+            }
             let sas = grant_sas(s, req, base, DISK_CONTAINER, &d.resource_group, &d.name);
             start_operation(
                 s,
@@ -1552,11 +1643,65 @@ fn snapshot_json(s: &ArmState, snap: &FakeSnapshot) -> Value {
         s.subscription, snap.resource_group, snap.name
     );
     let granted = s.grants.contains(&id.to_ascii_lowercase());
-    json!({"name": snap.name, "id": id, "type": "Microsoft.Compute/snapshots", "location": snap.location, "tags": snap.tags,
+    let mut v = json!({"name": snap.name, "id": id, "type": "Microsoft.Compute/snapshots", "location": snap.location, "tags": snap.tags,
            "properties": {"creationData": {"createOption": "Copy", "sourceResourceId": snap.source_id},
                           "diskSizeGB": snap.size_gb, "diskSizeBytes": snap.size_gb << 30,
                           "provisioningState": if snap.succeeded { "Succeeded" } else { "Creating" },
-                          "diskState": if granted { "ActiveSAS" } else { "Unattached" }, "incremental": false}})
+                          "diskState": if granted { "ActiveSAS" } else { "Unattached" }, "incremental": snap.incremental,
+                          "completionPercent": snap.completion_percent.unwrap_or(100)}});
+    let props = v["properties"]
+        .as_object_mut()
+        .map(std::mem::take)
+        .unwrap_or_default();
+    let mut props = Value::Object(props);
+    kind_properties(&mut props, &snap.kind);
+    v["properties"] = props;
+    v
+}
+
+/// A disk's or snapshot's kind as Azure shows it: the network policy always (AllowAll by
+/// default), the disk access when set, the sector size inside creationData when known.
+fn kind_properties(props: &mut Value, kind: &FakeDiskKind) {
+    props["networkAccessPolicy"] =
+        json!(kind.network_access_policy.as_deref().unwrap_or("AllowAll"));
+    if let Some(id) = &kind.disk_access_id {
+        props["diskAccessId"] = json!(id);
+    }
+    if let Some(n) = kind.logical_sector_size {
+        props["creationData"]["logicalSectorSize"] = json!(n);
+    }
+}
+
+/// Why Azure refuses a grant on a disk or snapshot of this kind, if it does: its
+/// background copy is still running (`completion` below 100; the docs say a SAS cannot be
+/// generated until it is 100 but name no error code: this fake answers 409
+/// OperationNotAllowed, as for the other state conflicts of this operation), or its
+/// sectors are 4096 bytes and the body lacks `fileFormat: VHDX` (400 BadRequest, message
+/// as Azure gives it: azure-cli issue #28320).
+fn grant_refusal(
+    req: &HttpRequest,
+    kind: &FakeDiskKind,
+    completion: Option<u32>,
+) -> Option<HttpResponse> {
+    if let Some(p) = completion.filter(|p| *p < 100) {
+        return Some(arm_error(
+            409,
+            "OperationNotAllowed",
+            &format!(
+                "The snapshot's background copy is in progress (CompletionPercent {p}); access can be granted once it is 100."
+            ),
+        ));
+    }
+    let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    let vhdx = body.get("fileFormat").and_then(Value::as_str) == Some("VHDX");
+    if kind.logical_sector_size == Some(4096) && !vhdx {
+        return Some(arm_error(
+            400,
+            "BadRequest",
+            "Accessing disk or snapshot with a logical sector size of 4096 requires specifying the file format. Set the fileFormat property to VHDX.",
+        ));
+    }
+    None
 }
 
 fn snapshot_routes(
@@ -1627,6 +1772,14 @@ fn snapshot_routes(
                     "The snapshot must be in the source disk's region.",
                 );
             }
+            let incremental = body
+                .pointer("/properties/incremental")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            s.snapshot_kinds.push(incremental);
+            if let Some(refusal) = snapshot_refusal(s, &disk, source, incremental) {
+                return refusal;
+            }
             let id = id_of(s, &name);
             let snap = FakeSnapshot {
                 name,
@@ -1636,6 +1789,9 @@ fn snapshot_routes(
                 size_gb: disk.size_gb,
                 tags: body.get("tags").cloned().unwrap_or(json!({})),
                 succeeded: false,
+                incremental,
+                completion_percent: disk.kind.background_copy().then_some(0),
+                kind: disk.kind.clone(),
             };
             if let Some(storage) = &s.storage
                 && let Err(e) = copy_blob(
@@ -1659,8 +1815,19 @@ fn snapshot_routes(
         }
         ("GET", [_]) => {
             bump(s, "snapshot_get");
-            match s.snapshots.get(&id_of(s, &orig[0])) {
-                Some(snap) => HttpResponse::json(200, snapshot_json(s, snap)),
+            let id = id_of(s, &orig[0]);
+            let step = s.config.copy_step;
+            match s.snapshots.get_mut(&id) {
+                Some(snap) => {
+                    // The background copy moves on while the caller waits between GETs.
+                    if let Some(p) = snap.completion_percent.as_mut()
+                        && snap.succeeded
+                    {
+                        *p = (*p + step).min(100);
+                    }
+                    let snap = snap.clone();
+                    HttpResponse::json(200, snapshot_json(s, &snap))
+                }
                 None => not_found("snapshots", rg, &orig[0]),
             }
         }
@@ -1690,6 +1857,15 @@ fn snapshot_routes(
                     "The snapshot is still being created.",
                 ),
                 Some(snap) => {
+                    if let Some(refusal) = grant_refusal(req, &snap.kind, snap.completion_percent) {
+                        if snap.completion_percent.is_some_and(|p| p < 100) {
+                            s.early_grants += 1;
+                        }
+                        return refusal;
+                    }
+                    if snap.kind.restricted() {
+                        s.private_grants.insert(id.clone());
+                    }
                     let (rg, name) = (snap.resource_group.clone(), snap.name.clone());
                     let sas = grant_sas(s, req, base, SNAPSHOT_CONTAINER, &rg, &name);
                     start_operation(
@@ -1713,6 +1889,56 @@ fn snapshot_routes(
         }
         _ => arm_error(405, "MethodNotAllowed", "not supported by the fake"),
     }
+}
+
+/// Azure's rules for a snapshot of `disk` (Microsoft Learn, incremental snapshots,
+/// Restrictions): Premium SSD v2 and Ultra disks take incremental snapshots only, at most
+/// 3 of a disk may be pending (background copy running), and at most 50 background copies
+/// may run in a subscription. The docs name no error codes for these; this fake answers
+/// 400 BadRequest for the first and 409 OperationNotAllowed for the limits.
+fn snapshot_refusal(
+    s: &ArmState,
+    disk: &FakeDisk,
+    source: &str,
+    incremental: bool,
+) -> Option<HttpResponse> {
+    if !disk.kind.background_copy() {
+        return None;
+    }
+    if !incremental {
+        return Some(arm_error(
+            400,
+            "BadRequest",
+            &format!(
+                "Only incremental snapshots can be created of disk '{}' with sku {}.",
+                disk.name,
+                disk.kind.sku_name()
+            ),
+        ));
+    }
+    let copying = |snap: &&FakeSnapshot| snap.completion_percent.is_some_and(|p| p < 100);
+    let of_disk = s
+        .snapshots
+        .values()
+        .filter(copying)
+        .filter(|snap| snap.source_id.eq_ignore_ascii_case(source))
+        .count();
+    if of_disk >= 3 {
+        return Some(arm_error(
+            409,
+            "OperationNotAllowed",
+            "A disk can have at most 3 snapshots pending background copy.",
+        ));
+    }
+    let limit = s.config.max_background_copies;
+    if s.snapshots.values().filter(copying).count() >= limit {
+        return Some(arm_error(
+            409,
+            "OperationNotAllowed",
+            &format!("The subscription has reached its limit of {limit} active background copies."),
+        ));
+    }
+    None
 }
 
 /// Snapshots in the subscription or one resource group, paged like every ARM list.
@@ -1894,6 +2120,7 @@ fn apply(s: &mut ArmState, effect: Effect) {
                 }
             }
             s.grants.remove(&id);
+            s.private_grants.remove(&id);
         }
         Effect::Power(vm_id, state) => {
             let sub = s.subscription.clone();

@@ -185,7 +185,7 @@ fn granted(s: &ArmState, path: &str) -> bool {
     let [_, container, blob] = parts.as_slice() else {
         return false;
     };
-    s.grants.iter().any(|id| {
+    s.grants.difference(&s.private_grants).any(|id| {
         // Lower-case ids: /subscriptions/s/resourcegroups/rg/providers/ns/kind/name
         let p: Vec<&str> = id.split('/').filter(|p| !p.is_empty()).collect();
         p.len() == 8 && p[6] == *container && blob_name(p[3], p[7]) == *blob

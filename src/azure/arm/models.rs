@@ -232,8 +232,34 @@ pub struct Disk {
     pub location: String,
     #[serde(default)]
     pub managed_by: Option<String>,
+    /// `PremiumV2_LRS`, `UltraSSD_LRS`, `Premium_LRS`, … (Disks - Get, `sku.name`).
+    #[serde(default)]
+    pub sku: Option<DiskSku>,
     #[serde(default)]
     pub properties: Option<DiskProperties>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskSku {
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// How a disk was created; only the sector size is read.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreationData {
+    /// 512 or 4096, for Premium SSD v2 and Ultra disks only (their default is 4096);
+    /// absent for every other disk type, whose sectors are 512 bytes.
+    #[serde(default)]
+    pub logical_sector_size: Option<u32>,
+}
+
+impl Disk {
+    pub fn sku_name(&self) -> Option<&str> {
+        self.sku.as_ref()?.name.as_deref()
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -251,6 +277,14 @@ pub struct DiskProperties {
     pub disk_state: Option<String>,
     #[serde(default)]
     pub provisioning_state: Option<String>,
+    /// `AllowAll`, `AllowPrivate` (export only through a DiskAccess's private endpoints,
+    /// named by `diskAccessId`) or `DenyAll` (no export at all).
+    #[serde(default)]
+    pub network_access_policy: Option<String>,
+    #[serde(default)]
+    pub disk_access_id: Option<String>,
+    #[serde(default)]
+    pub creation_data: Option<CreationData>,
 }
 
 /// What a VM size gives the guest, as read from its Resource SKU.
@@ -364,6 +398,12 @@ pub struct SnapshotProperties {
     pub disk_size_bytes: Option<u64>,
     #[serde(default)]
     pub disk_state: Option<String>,
+    #[serde(default)]
+    pub incremental: Option<bool>,
+    /// Premium SSD v2 and Ultra disks: how far the background copy into the snapshot is
+    /// (0–100); a grant is refused until it is 100. Other snapshots report 100 or nothing.
+    #[serde(default)]
+    pub completion_percent: Option<f64>,
 }
 
 /// Body of a finished grant-access operation.

@@ -50,6 +50,45 @@ pub struct DiskInfo {
     pub managed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vhd_uri: Option<String>,
+    /// The disk's type, sector size and network policy (flattened into the disk's JSON).
+    #[serde(flatten, default)]
+    pub storage: DiskStorage,
+}
+
+/// What of a managed disk's kind decides how it can be exported, from its disk resource
+/// (`Disks - Get`/`List`); every field null when the disk record could not be read or the
+/// disk is unmanaged. A plan file written before these fields existed still reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskStorage {
+    /// `sku.name`: `PremiumV2_LRS`, `UltraSSD_LRS`, `Premium_LRS`, `StandardSSD_LRS`, ….
+    #[serde(default)]
+    pub sku: Option<String>,
+    /// `creationData.logicalSectorSize` as the disk resource gives it: 512 or 4096
+    /// (Premium SSD v2 and Ultra only). Named apart from the manifest's
+    /// `logical_sector_size`, which is what the exported image reports.
+    #[serde(default)]
+    pub sector_size: Option<u32>,
+    /// `AllowAll`, `AllowPrivate` or `DenyAll`.
+    #[serde(default)]
+    pub network_access_policy: Option<String>,
+    /// The DiskAccess resource whose private endpoints may export an `AllowPrivate` disk.
+    #[serde(default)]
+    pub disk_access_id: Option<String>,
+}
+
+impl DiskStorage {
+    /// From a disk resource as `Disks - Get` answers.
+    pub fn of(disk: &Disk) -> Self {
+        let props = disk.properties.as_ref();
+        Self {
+            sku: disk.sku_name().map(str::to_string),
+            sector_size: props
+                .and_then(|p| p.creation_data.as_ref())
+                .and_then(|c| c.logical_sector_size),
+            network_access_policy: props.and_then(|p| p.network_access_policy.clone()),
+            disk_access_id: props.and_then(|p| p.disk_access_id.clone()),
+        }
+    }
 }
 
 /// One VM as `list --output json` prints it and `export` plans with it.
@@ -250,6 +289,7 @@ fn disk_info(
         size_gb,
         managed: id.is_some(),
         vhd_uri: if id.is_some() { None } else { vhd_uri },
+        storage: record.map(DiskStorage::of).unwrap_or_default(),
     }
 }
 
