@@ -223,3 +223,120 @@ fn the_check_finds_forbidden_edges() {
     );
     assert_eq!(bad.len(), 5, "{bad:?}");
 }
+
+/// Longest function DESIGN.md's "small focused functions" allows in src.
+const MAX_FN_LINES: usize = 100;
+
+/// Every `fn` with a body in `text`, as (name, first line, line count from the `fn` line
+/// to its closing brace). A cheap brace counter, honest about what it counts: braces
+/// outside `//` comments and outside `"…"` string literals (an escaped quote stays
+/// inside); char literals `'{'` and `/* */` comments are not understood, and none in src
+/// hold an unbalanced brace. Nested functions are measured on their own and also count
+/// towards the function around them.
+fn function_lengths(text: &str) -> Vec<(String, usize, usize)> {
+    let mut found = Vec::new();
+    // Functions whose body is open: (name, first line, depth outside the body).
+    let mut open: Vec<(String, usize, usize)> = Vec::new();
+    // A signature seen but whose body has not started: (name, first line).
+    let mut pending: Option<(String, usize)> = None;
+    let mut depth = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        let code = code_of(line);
+        if let Some(name) = fn_name(code) {
+            pending = Some((name, n + 1));
+        }
+        let mut in_str = false;
+        let mut prev = ' ';
+        for c in code.chars() {
+            match c {
+                '"' if prev != '\\' => in_str = !in_str,
+                '{' if !in_str => {
+                    if let Some((name, start)) = pending.take() {
+                        open.push((name, start, depth));
+                    }
+                    depth += 1;
+                }
+                '}' if !in_str => {
+                    depth = depth.saturating_sub(1);
+                    if open.last().is_some_and(|f| f.2 == depth) {
+                        let (name, start, _) = open.pop().unwrap();
+                        found.push((name, start, n + 2 - start));
+                    }
+                }
+                ';' if !in_str && pending.is_some() && !code.contains('{') => {
+                    // `fn f();` in a trait: no body.
+                    pending = None;
+                }
+                _ => {}
+            }
+            prev = if prev == '\\' && c == '\\' { ' ' } else { c };
+        }
+    }
+    found
+}
+
+/// The name of the function a line starts, if it does (`pub async fn name<…>(`).
+fn fn_name(code: &str) -> Option<String> {
+    let mut rest = code;
+    while let Some(at) = rest.find("fn ") {
+        let before = rest[..at].chars().next_back();
+        let after = &rest[at + 3..];
+        rest = after;
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        let name: String = after
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let next = after[name.len()..].chars().next();
+        if !name.is_empty() && matches!(next, Some('(' | '<')) {
+            return Some(name);
+        }
+    }
+    None
+}
+
+#[test]
+fn no_function_in_src_is_over_100_lines() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.sort();
+    let mut long = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (name, start, lines) in function_lengths(&text) {
+            if lines > MAX_FN_LINES {
+                long.push(format!(
+                    "{}:{start}: {name} has {lines} lines",
+                    file.display()
+                ));
+            }
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "functions over {MAX_FN_LINES} lines (split them along their phases):\n{}",
+        long.join("\n")
+    );
+}
+
+#[test]
+fn the_length_check_counts_bodies_not_strings_or_comments() {
+    let mut text =
+        String::from("trait T {\n    fn decl(&self);\n}\npub async fn long_one<T>(x: T) {\n");
+    for _ in 0..100 {
+        text.push_str("    let s = \"}\"; // }\n");
+    }
+    text.push_str("    fn inner() {\n    }\n}\nfn short() -> u8 {\n    1\n}\n");
+    let got = function_lengths(&text);
+    assert_eq!(
+        got,
+        vec![
+            ("inner".to_string(), 105, 2),
+            ("long_one".to_string(), 4, 104),
+            ("short".to_string(), 108, 3),
+        ]
+    );
+}

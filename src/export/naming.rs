@@ -75,7 +75,7 @@ pub fn validate_run_id(id: &str) -> Result<(), String> {
 /// case, so their hashes must too).
 pub fn id_hash(id: &ResourceId, hex: usize) -> String {
     let digest = Sha256::digest(id.folded().as_bytes());
-    let mut out: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let mut out = crate::units::hex(&digest);
     out.truncate(hex);
     out
 }

@@ -158,6 +158,7 @@ fn read_all<R: ReadAt + ?Sized>(
 mod tests {
     use super::*;
     use crate::image::extent::ExtentMapBuilder;
+    use crate::image::offset::{ByteLen, GuestOffset, SourceOffset};
     use crate::image::sink::{ImageFormat, create_sink};
     use std::io;
 
@@ -181,7 +182,8 @@ mod tests {
 
     fn map(size: u64) -> ExtentMap {
         let mut b = ExtentMapBuilder::new(size);
-        b.push_data(0, size, 0).unwrap();
+        b.push_data(GuestOffset(0), ByteLen(size), SourceOffset(0))
+            .unwrap();
         b.finish()
     }
 
@@ -190,7 +192,8 @@ mod tests {
         let size = 3 * COPY_BUFFER as u64 + 4096;
         let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8 | 1).collect();
         let mut b = ExtentMapBuilder::new(size);
-        b.push_data(4096, size - 4096, 4096).unwrap();
+        b.push_data(GuestOffset(4096), ByteLen(size - 4096), SourceOffset(4096))
+            .unwrap();
         let map = b.finish();
         let file = tempfile::tempfile().unwrap();
         let mut sink = create_sink(ImageFormat::Raw, file.try_clone().unwrap(), size).unwrap();

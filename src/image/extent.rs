@@ -15,6 +15,8 @@
 
 use std::fmt;
 
+use super::offset::{ByteLen, GuestOffset, SourceOffset};
+
 /// Where the bytes of an extent come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -81,7 +83,7 @@ impl ExtentMap {
     pub fn dense(virtual_size: u64) -> Self {
         let mut b = ExtentMapBuilder::new(virtual_size);
         // Cannot fail: one range that exactly covers the disk.
-        b.push_data(0, virtual_size, 0)
+        b.push_data(GuestOffset(0), ByteLen(virtual_size), SourceOffset(0))
             .expect("whole-disk extent is valid");
         b.finish()
     }
@@ -140,13 +142,16 @@ impl ExtentMapBuilder {
     }
 
     /// Adds `length` bytes of data at virtual offset `virtual_start`, read from
-    /// `source_offset`. Zero-length ranges are ignored.
+    /// `source_offset`. Zero-length ranges are ignored. The three positions have distinct
+    /// types (see [`super::offset`]): swapping two is a compile error, not a corrupt disk.
     pub fn push_data(
         &mut self,
-        virtual_start: u64,
-        length: u64,
-        source_offset: u64,
+        virtual_start: GuestOffset,
+        length: ByteLen,
+        source_offset: SourceOffset,
     ) -> Result<(), ExtentError> {
+        let (virtual_start, length, source_offset) =
+            (virtual_start.get(), length.get(), source_offset.get());
         if length == 0 {
             return Ok(());
         }
@@ -260,9 +265,12 @@ mod tests {
     #[test]
     fn gaps_become_zero_and_contiguous_data_merges() {
         let mut b = ExtentMapBuilder::new(100);
-        b.push_data(10, 10, 1000).unwrap();
-        b.push_data(20, 5, 1010).unwrap(); // continues in the source: merged
-        b.push_data(25, 5, 5000).unwrap(); // jumps in the source: kept apart
+        b.push_data(GuestOffset(10), ByteLen(10), SourceOffset(1000))
+            .unwrap();
+        b.push_data(GuestOffset(20), ByteLen(5), SourceOffset(1010))
+            .unwrap(); // continues in the source: merged
+        b.push_data(GuestOffset(25), ByteLen(5), SourceOffset(5000))
+            .unwrap(); // jumps in the source: kept apart
         let m = b.finish();
         let kinds: Vec<_> = m
             .extents()
@@ -283,9 +291,10 @@ mod tests {
     #[test]
     fn rejects_out_of_order_ranges() {
         let mut b = ExtentMapBuilder::new(100);
-        b.push_data(10, 10, 0).unwrap();
+        b.push_data(GuestOffset(10), ByteLen(10), SourceOffset(0))
+            .unwrap();
         assert_eq!(
-            b.push_data(15, 1, 0),
+            b.push_data(GuestOffset(15), ByteLen(1), SourceOffset(0)),
             Err(ExtentError::OutOfOrder {
                 start: 15,
                 previous_end: 20
@@ -297,7 +306,7 @@ mod tests {
     fn rejects_range_past_virtual_size() {
         let mut b = ExtentMapBuilder::new(100);
         assert_eq!(
-            b.push_data(90, 11, 0),
+            b.push_data(GuestOffset(90), ByteLen(11), SourceOffset(0)),
             Err(ExtentError::PastEnd {
                 start: 90,
                 length: 11,
@@ -310,11 +319,11 @@ mod tests {
     fn rejects_overflowing_range() {
         let mut b = ExtentMapBuilder::new(u64::MAX);
         assert!(matches!(
-            b.push_data(u64::MAX - 1, 2, 0),
+            b.push_data(GuestOffset(u64::MAX - 1), ByteLen(2), SourceOffset(0)),
             Err(ExtentError::Overflow { .. })
         ));
         assert!(matches!(
-            b.push_data(0, 2, u64::MAX),
+            b.push_data(GuestOffset(0), ByteLen(2), SourceOffset(u64::MAX)),
             Err(ExtentError::Overflow { .. })
         ));
     }
@@ -333,7 +342,7 @@ mod tests {
             for (i, w) in points.windows(2).enumerate() {
                 let (_, is_data, jump) = cuts[i];
                 if is_data {
-                    b.push_data(w[0], w[1] - w[0], w[0] * 2 + jump).unwrap();
+                    b.push_data(GuestOffset(w[0]), ByteLen(w[1] - w[0]), SourceOffset(w[0] * 2 + jump)).unwrap();
                     expected_data += w[1] - w[0];
                 }
             }

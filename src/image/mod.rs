@@ -5,6 +5,7 @@
 
 pub mod copy;
 pub mod extent;
+pub mod offset;
 pub mod qcow2;
 pub mod raw;
 pub mod sink;

@@ -200,8 +200,7 @@ async fn vhdx_plan(
     let items = read_span(ctx, region.offset + span.offset, span.length, chunk_size).await?;
     let metadata = vhdx::check_metadata(&table, &items, span.offset, region)?;
     let (bat_at, bat_len) = vhdx::bat::bat_location(&metadata, section.regions.bat)?;
-    // Held whole while checked: at most `MAX_BAT_ENTRIES` × 8 bytes, refused above.
-    let bat = read_span(ctx, bat_at, bat_len, chunk_size).await?;
+    let bat = read_bat(ctx, bat_at, bat_len, chunk_size).await?;
     let (map, _) = vhdx::bat::extent_map(&metadata, &bat, bat_at, &section.fixed, len)?;
     let (map_source, map) = match properties.kind {
         BlobKind::Page => {
@@ -230,6 +229,22 @@ async fn vhdx_plan(
     })
 }
 
+/// A BAT located (and its size refused above the format's limit) by `bat_location`,
+/// read whole. Memory is not streamed: the whole table is allocated up front and held
+/// while it is checked — 4 bytes a block for a VHD (2 MiB for a 1 TiB disk of 2 MiB
+/// blocks), 8 for a VHDX, and never more than `MAX_BAT_ENTRIES` entries (64 MiB for a VHD,
+/// 128 MiB for a VHDX) — and the extent map built from it costs 24 bytes per allocated
+/// run on top. It is fetched in chunk-sized requests only so no single GET exceeds the
+/// chunk size.
+async fn read_bat(
+    ctx: &FetchContext,
+    bat_at: u64,
+    bat_len: u64,
+    chunk_size: u64,
+) -> Result<Vec<u8>, FetchError> {
+    read_span(ctx, bat_at, bat_len, chunk_size).await
+}
+
 async fn read(ctx: &FetchContext, offset: u64, length: u64) -> Result<Vec<u8>, FetchError> {
     ctx.fetch(Chunk {
         virtual_offset: 0,
@@ -249,22 +264,8 @@ async fn dynamic_map(
     let header_at = vhd::dynamic::header_offset(footer.data_offset, file_len)?;
     let raw = read(ctx, header_at, vhd::dynamic::HEADER_SIZE as u64).await?;
     let raw: [u8; vhd::dynamic::HEADER_SIZE] = raw.try_into().expect("header read");
-    let header = vhd::dynamic::parse_header(&raw, header_at)?;
-    vhd::dynamic::check_block_size(&header, header_at)?;
-    let (bat_at, bat_len) =
-        vhd::dynamic::bat_location(&header, header_at, footer.current_size, file_len)?;
-    // The BAT is held whole while it is checked: 4 bytes per block (2 MiB for a 1 TiB disk
-    // of 2 MiB blocks), and never more than `MAX_BAT_ENTRIES` (64 MiB) because
-    // `bat_location` refused any larger table before this allocation. It is fetched in
-    // chunk-sized requests only so no single GET exceeds the chunk size.
-    let bat = read_span(ctx, bat_at, bat_len, chunk_size).await?;
-    let (map, _summary) = vhd::dynamic::extent_map(
-        &header,
-        header_at,
-        &bat,
-        bat_at,
-        footer.current_size,
-        file_len,
-    )?;
+    let layout = vhd::dynamic::locate_bat(&raw, header_at, footer, file_len)?;
+    let bat = read_bat(ctx, layout.bat_at, layout.bat_len, chunk_size).await?;
+    let (map, _summary) = layout.extent_map(&bat)?;
     Ok(map)
 }

@@ -121,9 +121,11 @@ pub fn default_jitter() -> Jitter {
     })
 }
 
-/// Delay before attempt `attempt + 1` (attempt counts from 1): "full jitter" exponential
-/// backoff, `initial × 2^(attempt−1)` capped at `max_delay`, scaled by `0.5 + jitter/2`;
-/// a server's Retry-After wins when it is longer.
+/// Delay before attempt `attempt + 1` (attempt counts from 1): "equal jitter" exponential
+/// backoff, `initial × 2^(attempt−1)` capped at `max_delay`, scaled by `0.5 + jitter/2` —
+/// half the delay fixed, half random, so a retry never comes back at once (which "full
+/// jitter", scaling by `jitter` alone, would allow); a server's Retry-After wins when it
+/// is longer.
 pub fn backoff(
     policy: &RetryPolicy,
     attempt: u32,
@@ -239,32 +241,42 @@ impl FetchContext {
                     secs: self.io_timeout.as_secs(),
                 }),
             };
-            let err = match result {
+            match result {
                 Ok(v) => return Ok(v),
-                Err(e) => e,
-            };
-            match self.next_step(&err, attempt, started) {
-                Some(delay) => {
-                    tracing::debug!(
-                        "{}: attempt {attempt} failed ({err}); retrying in {:.1} s",
-                        what(),
-                        delay.as_secs_f64()
-                    );
-                    if !self.backoff_sleep(delay).await {
-                        return Err(FetchError::Interrupted { what: what() });
-                    }
+                Err(err) => {
+                    self.before_retry(what(), err, attempt, started, None)
+                        .await?
                 }
-                None => return Err(self.final_error(what(), err, attempt, started)),
             }
         }
     }
 
-    /// Waits out a backoff unless an interrupt comes first (then false).
-    async fn backoff_sleep(&self, delay: Duration) -> bool {
-        self.interrupt
+    /// After failed attempt `attempt`, the one decision both retry loops share: wait out
+    /// the backoff (Ok: try again), or give up with the final error, or stop at once on an
+    /// interrupt. `kept`: bytes of a partial body kept for the next attempt, for the log.
+    async fn before_retry(
+        &self,
+        what: String,
+        err: BlobError,
+        attempt: u32,
+        started: Instant,
+        kept: Option<usize>,
+    ) -> Result<(), FetchError> {
+        let Some(delay) = self.next_step(&err, attempt, started) else {
+            return Err(self.final_error(what, err, attempt, started));
+        };
+        let kept = kept
+            .map(|n| format!("; {n} bytes kept"))
+            .unwrap_or_default();
+        tracing::debug!(
+            "{what}: attempt {attempt} failed ({err}){kept}, retrying in {:.1} s",
+            delay.as_secs_f64()
+        );
+        let slept = self
+            .interrupt
             .unless_cancelled(tokio::time::sleep(delay))
-            .await
-            .is_some()
+            .await;
+        slept.ok_or(FetchError::Interrupted { what })
     }
 
     /// The delay before the next attempt, or None to give up.
@@ -357,8 +369,8 @@ impl FetchContext {
                     if attempt >= self.policy.max_attempts.min(3) {
                         return Err(FetchError::Md5Mismatch {
                             what: what(),
-                            expected: hex(&expected),
-                            actual: hex(&actual),
+                            expected: crate::units::hex(&expected),
+                            actual: crate::units::hex(&actual),
                             attempt,
                         });
                     }
@@ -374,20 +386,8 @@ impl FetchContext {
                 // This response's MD5 covers its whole range: its partial bytes are unverifiable.
                 filled = before;
             }
-            match self.next_step(&err, attempt, started) {
-                Some(delay) => {
-                    tracing::debug!(
-                        "{}: attempt {attempt} failed ({err}); {} bytes kept, retrying in {:.1} s",
-                        what(),
-                        filled,
-                        delay.as_secs_f64()
-                    );
-                    if !self.backoff_sleep(delay).await {
-                        return Err(FetchError::Interrupted { what: what() });
-                    }
-                }
-                None => return Err(self.final_error(what(), err, attempt, started)),
-            }
+            self.before_retry(what(), err, attempt, started, Some(filled))
+                .await?;
         }
     }
 
@@ -416,10 +416,6 @@ impl FetchContext {
         read_body_into(&mut rsp.body, buf, filled, self.io_timeout, offset).await?;
         Ok(rsp.content_md5)
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use super::discover::{DiscoverError, DownloadPlan, MapSource, discover};
 use super::engine::{self, EngineConfig, EngineError, ProgressFn, TransferStats};
 use super::fetch::{FetchContext, FetchCounters, FetchError, RetryPolicy, default_jitter};
 use super::journal::{self, Journal, JournalHeader};
-use super::plan;
+use super::plan::{self, ChunkKey};
 use crate::azure::blob::{BlobReader, ServiceVersion};
 use crate::azure::sas::SasUrl;
 use crate::image::sink::{ImageFormat, create_sink, resume_sink};
@@ -156,7 +156,8 @@ pub enum DownloadError {
     },
 }
 
-/// Downloads the VHD in `req.url` into `req.output` (see the module note).
+/// Downloads the VHD in `req.url` into `req.output` (see the module note): settings,
+/// plan, staged output (resumed when the journal allows), transfer, commit.
 pub async fn download(
     req: DownloadRequest,
     progress: ProgressFn,
@@ -164,74 +165,13 @@ pub async fn download(
 ) -> Result<DownloadReport, DownloadError> {
     let started = Instant::now();
     let scrub = |s: String| req.url.scrub(&s);
-    let md5 = req.verify == Verify::Md5;
-    let chunk_size = plan::choose_chunk_size(req.chunk_size, md5)
-        .map_err(|e| DownloadError::Usage(e.to_string()))?;
-    check_output_free(&req.output, req.overwrite)
-        .map_err(|e| DownloadError::Usage(e.to_string()))?;
-    let temp = temp_path_for(&req.output).map_err(|e| DownloadError::Usage(e.to_string()))?;
-    let journal_path = journal::path_for(&temp);
-    let config = req.engine.effective(chunk_size);
-    if config.concurrency < req.engine.concurrency {
-        tracing::info!(
-            "concurrency lowered from {} to {} to keep chunk buffers within {} at {} chunks",
-            req.engine.concurrency,
-            config.concurrency,
-            human_bytes(engine::CHUNK_MEMORY_BUDGET),
-            human_bytes(chunk_size)
-        );
-    }
-
-    let blob = BlobReader::with_md_version(
-        &req.url,
-        req.credential.clone(),
-        req.client_options.clone(),
-        &req.md_service_version,
-    )
-    .map_err(|e| DownloadError::Usage(scrub(e.to_string())))?;
-    let ctx = FetchContext {
-        blob,
-        etag: String::new(),
-        verify_md5: md5,
-        policy: req.retry,
-        jitter: default_jitter(),
-        io_timeout: req.io_timeout,
-        counters: Arc::new(FetchCounters::default()),
-        interrupt: interrupt.clone(),
-    };
-    let plan = match discover(&ctx, chunk_size, config.concurrency).await {
-        Ok(p) => p,
-        Err(e @ (DiscoverError::Image(_) | DiscoverError::Vhdx(_))) => {
-            // Whatever an earlier run left for this output cannot be resumed from now.
-            journal::remove(&journal_path);
-            remove_temp_if_unlocked(&req.output, req.overwrite);
-            let why = match e {
-                DiscoverError::Image(vhd) => vhd.to_string(),
-                other => other.to_string(),
-            };
-            return Err(DownloadError::BadImage(format!(
-                "{}: {why}",
-                req.url.identity()
-            )));
-        }
-        Err(DiscoverError::Fetch(e)) => return Err(fetch_error(e, None, &scrub)),
-    };
+    let (chunk_size, config, journal_path) = settings(&req)?;
+    let ctx = fetch_context(&req, interrupt.clone())?;
+    let plan = plan_download(&req, &ctx, chunk_size, config.concurrency, &journal_path).await?;
     let ctx = FetchContext {
         etag: plan.properties.etag.clone(),
         ..ctx
     };
-    tracing::info!(
-        "{}: {}, virtual size {}, {} to fetch in {} chunks of up to {} ({} written, from {:?})",
-        req.url.identity(),
-        plan.description,
-        human_bytes(plan.virtual_size()),
-        human_bytes(plan.fetch_bytes()),
-        plan.chunks.len(),
-        human_bytes(chunk_size),
-        human_bytes(plan.map.data_bytes()),
-        plan.map_source,
-    );
-
     let header = JournalHeader::new(
         req.resume_key.clone().unwrap_or_else(|| req.url.identity()),
         plan.properties.etag.clone(),
@@ -246,7 +186,7 @@ pub async fn download(
         .chunks
         .iter()
         .copied()
-        .filter(|c| !done.contains(&(c.virtual_offset, c.length)))
+        .filter(|c| !done.contains(&c.key()))
         .collect();
     let resumed_chunks = (plan.chunks.len() - todo.len()) as u64;
     let already: u64 = plan.fetch_bytes() - todo.iter().map(|c| c.length).sum::<u64>();
@@ -289,11 +229,97 @@ pub async fn download(
     })
 }
 
+/// The checks that need no network: chunk size, a free output, the temporary and journal
+/// paths, and the engine settings the memory budget allows.
+fn settings(req: &DownloadRequest) -> Result<(u64, EngineConfig, PathBuf), DownloadError> {
+    let usage = |e: &dyn std::fmt::Display| DownloadError::Usage(e.to_string());
+    let chunk_size = plan::choose_chunk_size(req.chunk_size, req.verify == Verify::Md5)
+        .map_err(|e| usage(&e))?;
+    check_output_free(&req.output, req.overwrite).map_err(|e| usage(&e))?;
+    let temp = temp_path_for(&req.output).map_err(|e| usage(&e))?;
+    let config = req.engine.effective(chunk_size);
+    if config.concurrency < req.engine.concurrency {
+        tracing::info!(
+            "concurrency lowered from {} to {} to keep chunk buffers within {} at {} chunks",
+            req.engine.concurrency,
+            config.concurrency,
+            human_bytes(engine::CHUNK_MEMORY_BUDGET),
+            human_bytes(chunk_size)
+        );
+    }
+    Ok((chunk_size, config, journal::path_for(&temp)))
+}
+
+/// The blob client and retry settings every request of this download goes through.
+fn fetch_context(
+    req: &DownloadRequest,
+    interrupt: Interrupt,
+) -> Result<FetchContext, DownloadError> {
+    let blob = BlobReader::with_md_version(
+        &req.url,
+        req.credential.clone(),
+        req.client_options.clone(),
+        &req.md_service_version,
+    )
+    .map_err(|e| DownloadError::Usage(req.url.scrub(&e.to_string())))?;
+    Ok(FetchContext {
+        blob,
+        etag: String::new(),
+        verify_md5: req.verify == Verify::Md5,
+        policy: req.retry,
+        jitter: default_jitter(),
+        io_timeout: req.io_timeout,
+        counters: Arc::new(FetchCounters::default()),
+        interrupt,
+    })
+}
+
+/// Reads the blob's metadata into a plan. A bad image also ends any earlier partial run
+/// for this output: it cannot be resumed from.
+async fn plan_download(
+    req: &DownloadRequest,
+    ctx: &FetchContext,
+    chunk_size: u64,
+    concurrency: usize,
+    journal_path: &Path,
+) -> Result<DownloadPlan, DownloadError> {
+    let plan = match discover(ctx, chunk_size, concurrency).await {
+        Ok(p) => p,
+        Err(e @ (DiscoverError::Image(_) | DiscoverError::Vhdx(_))) => {
+            journal::remove(journal_path);
+            remove_temp_if_unlocked(&req.output, req.overwrite);
+            let why = match e {
+                DiscoverError::Image(vhd) => vhd.to_string(),
+                other => other.to_string(),
+            };
+            return Err(DownloadError::BadImage(format!(
+                "{}: {why}",
+                req.url.identity()
+            )));
+        }
+        Err(DiscoverError::Fetch(e)) => {
+            return Err(fetch_error(e, None, &|s: String| req.url.scrub(&s)));
+        }
+    };
+    tracing::info!(
+        "{}: {}, virtual size {}, {} to fetch in {} chunks of up to {} ({} written, from {:?})",
+        req.url.identity(),
+        plan.description,
+        human_bytes(plan.virtual_size()),
+        human_bytes(plan.fetch_bytes()),
+        plan.chunks.len(),
+        human_bytes(chunk_size),
+        human_bytes(plan.map.data_bytes()),
+        plan.map_source,
+    );
+    Ok(plan)
+}
+
 type Staged = (
     StagedOutput,
     Box<dyn crate::image::sink::ImageSink>,
     Journal,
-    std::collections::HashSet<(u64, u64)>,
+    std::collections::HashSet<ChunkKey>,
 );
 
 /// Opens the temporary output: resumed when the journal matches, fresh otherwise.
@@ -328,13 +354,13 @@ fn stage(
                             let bytes: u64 = plan
                                 .chunks
                                 .iter()
-                                .filter(|c| done.contains(&(c.virtual_offset, c.length)))
+                                .filter(|c| done.contains(&c.key()))
                                 .map(|c| c.length)
                                 .sum();
                             let n = plan
                                 .chunks
                                 .iter()
-                                .filter(|c| done.contains(&(c.virtual_offset, c.length)))
+                                .filter(|c| done.contains(&c.key()))
                                 .count();
                             tracing::info!(
                                 "resuming {} from {}: ETag unchanged, {n} of {} chunks ({}) already done",

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use md5::{Digest, Md5};
 
-use super::plan::Chunk;
+use super::plan::{Chunk, ChunkKey};
 
 const VERSION: u32 = 1;
 
@@ -103,13 +103,13 @@ fn plan_digest(chunks: &[Chunk]) -> String {
         h.update(c.source_offset.to_le_bytes());
         h.update(c.length.to_le_bytes());
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::units::hex(&h.finalize())
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct DoneLine {
     /// `[virtual_offset, length]` of chunks made durable.
-    done: Vec<(u64, u64)>,
+    done: Vec<ChunkKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +126,7 @@ pub struct JournalError {
 pub struct Loaded {
     pub header: JournalHeader,
     /// `(virtual_offset, length)` of chunks known durable.
-    pub done: HashSet<(u64, u64)>,
+    pub done: HashSet<ChunkKey>,
 }
 
 /// An open journal being appended to.
@@ -227,10 +227,7 @@ impl Journal {
             return Ok(());
         }
         let line = DoneLine {
-            done: chunks
-                .iter()
-                .map(|c| (c.virtual_offset, c.length))
-                .collect(),
+            done: chunks.iter().map(Chunk::key).collect(),
         };
         let mut bytes = serde_json::to_vec(&line).expect("line serializes");
         bytes.push(b'\n');
@@ -334,7 +331,11 @@ mod tests {
         f.write_all(b"{\"done\":[[2").unwrap();
         let loaded = Journal::load(&p).unwrap().unwrap();
         assert_eq!(loaded.header, header());
-        let mut done: Vec<_> = loaded.done.into_iter().collect();
+        let mut done: Vec<_> = loaded
+            .done
+            .into_iter()
+            .map(|(o, l)| (o.get(), l.get()))
+            .collect();
         done.sort_unstable();
         assert_eq!(done, vec![(0, 100), (100, 100), (300, 100)]);
     }
@@ -355,7 +356,11 @@ mod tests {
         j.record(&chunks()[3..]).unwrap();
         drop(j);
         let loaded = Journal::load(&p).unwrap().unwrap();
-        let mut done: Vec<_> = loaded.done.into_iter().collect();
+        let mut done: Vec<_> = loaded
+            .done
+            .into_iter()
+            .map(|(o, l)| (o.get(), l.get()))
+            .collect();
         done.sort_unstable();
         assert_eq!(done, vec![(0, 100), (200, 100), (300, 100)]);
         assert!(!fs::read_to_string(&p).unwrap().contains("[[1\n"));

@@ -31,8 +31,9 @@
 use std::ops::Range;
 
 use crate::image::extent::{ExtentError, ExtentMap, ExtentMapBuilder};
+use crate::image::offset::{ByteLen, GuestOffset, SourceOffset};
 use crate::image::vhd::footer::parse_footer;
-use crate::image::vhd::{DiskType, FOOTER_SIZE, Footer, VhdError};
+use crate::image::vhd::{DiskType, FOOTER_SIZE, Footer, VhdError, check_fixed_len};
 
 pub const DEFAULT_CHUNK_SIZE: u64 = 8 << 20;
 pub const MD5_MAX_CHUNK_SIZE: u64 = 4 << 20;
@@ -49,7 +50,15 @@ pub struct Chunk {
     pub length: u64,
 }
 
+/// A chunk's identity in the resume journal: where it lands and how long it is. Typed, so
+/// the pair cannot be read back in the wrong order; stored as `[offset, length]`.
+pub type ChunkKey = (GuestOffset, ByteLen);
+
 impl Chunk {
+    pub fn key(&self) -> ChunkKey {
+        (GuestOffset(self.virtual_offset), ByteLen(self.length))
+    }
+
     pub fn source_range(&self) -> Range<u64> {
         self.source_offset..self.source_offset + self.length
     }
@@ -64,15 +73,7 @@ pub fn check_footer(tail: &[u8; FOOTER_SIZE], blob_len: u64) -> Result<Footer, V
     let tail_at = blob_len - FOOTER_SIZE as u64;
     let footer = parse_footer(tail, tail_at)?;
     match footer.disk_type {
-        DiskType::Fixed => {
-            if footer.current_size != tail_at {
-                return Err(VhdError::FixedSizeMismatch {
-                    file_len: blob_len,
-                    current_size: footer.current_size,
-                    expected: footer.current_size.saturating_add(FOOTER_SIZE as u64),
-                });
-            }
-        }
+        DiskType::Fixed => check_fixed_len(&footer, blob_len)?,
         DiskType::Dynamic => {}
         DiskType::Differencing => {
             return Err(VhdError::Differencing {
@@ -113,7 +114,11 @@ pub fn map_from_page_ranges(
     let mut b = ExtentMapBuilder::new(virtual_size);
     for r in merged {
         // Fixed VHD: the disk's bytes sit at the same offsets in the blob.
-        b.push_data(r.start, r.end - r.start, r.start)?;
+        b.push_data(
+            GuestOffset(r.start),
+            ByteLen(r.end - r.start),
+            SourceOffset(r.start),
+        )?;
     }
     Ok(b.finish())
 }
@@ -142,7 +147,11 @@ pub fn restrict_to_written(
         let first = merged.partition_point(|r| r.end <= src);
         for r in merged[first..].iter().take_while(|r| r.start < src_end) {
             let (a, z) = (r.start.max(src), r.end.min(src_end));
-            b.push_data(e.virtual_start + (a - src), z - a, a)?;
+            b.push_data(
+                GuestOffset(e.virtual_start + (a - src)),
+                ByteLen(z - a),
+                SourceOffset(a),
+            )?;
         }
     }
     Ok(b.finish())
@@ -279,8 +288,10 @@ mod tests {
         // Two present 1 MiB blocks: virtual block 0 at file 8 MiB, virtual block 3 at file
         // 4 MiB (files place blocks in any order).
         let mut b = ExtentMapBuilder::new(4 * MIB);
-        b.push_data(0, MIB, 8 * MIB).unwrap();
-        b.push_data(3 * MIB, MIB, 4 * MIB).unwrap();
+        b.push_data(GuestOffset(0), ByteLen(MIB), SourceOffset(8 * MIB))
+            .unwrap();
+        b.push_data(GuestOffset(3 * MIB), ByteLen(MIB), SourceOffset(4 * MIB))
+            .unwrap();
         let map = b.finish();
         let written = vec![
             4 * MIB + 4096..4 * MIB + 8192,  // inside block 3
@@ -392,8 +403,14 @@ mod tests {
     #[test]
     fn dynamic_maps_keep_source_offsets_and_do_not_coalesce_across_bitmaps() {
         let mut b = ExtentMapBuilder::new(8 * MIB);
-        b.push_data(0, 2 * MIB, 3072).unwrap();
-        b.push_data(2 * MIB, 2 * MIB, 3072 + 2 * MIB + 512).unwrap();
+        b.push_data(GuestOffset(0), ByteLen(2 * MIB), SourceOffset(3072))
+            .unwrap();
+        b.push_data(
+            GuestOffset(2 * MIB),
+            ByteLen(2 * MIB),
+            SourceOffset(3072 + 2 * MIB + 512),
+        )
+        .unwrap();
         let m = b.finish();
         let c = chunks(&m, 8 * MIB, COALESCE_GAP);
         assert_eq!(c.len(), 2);

@@ -38,6 +38,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
+use crate::image::offset::{ByteLen, GuestOffset, HostOffset};
 use crate::image::sink::{ImageFormat, ImageSink, SinkError, SinkStats, check_bounds};
 use crate::image::writeback::Writeback;
 use crate::image::zero::is_zero;
@@ -240,12 +241,11 @@ impl Qcow2Writer {
         Ok(())
     }
 
-    /// Host offset of the cluster holding `virtual_offset`, allocating it when `piece`
-    /// (the bytes about to land in it) is not all zeros. None: leave it unallocated.
     /// Writes guest data at a host offset and counts it toward early writeback. (A batch's
     /// span may also cover L2 tables appended in between; flushing those early is harmless,
     /// checkpoints rewrite them.)
-    fn write_data(&mut self, bytes: &[u8], host: u64) -> Result<(), SinkError> {
+    fn write_data(&mut self, bytes: &[u8], host: HostOffset) -> Result<(), SinkError> {
+        let host = host.get();
         self.file
             .write_all_at(bytes, host)
             .map_err(SinkError::io("write", host))?;
@@ -254,12 +254,16 @@ impl Qcow2Writer {
         Ok(())
     }
 
+    /// Host offset of the cluster holding `virtual_offset`, allocating it when `piece`
+    /// (the bytes about to land in it) is not all zeros. None: leave it unallocated.
+    /// Guest and host offsets are distinct types here: confusing the two would write a
+    /// cluster's data over another's tables.
     fn host_cluster(
         &mut self,
-        virtual_offset: u64,
+        virtual_offset: GuestOffset,
         piece: &[u8],
-    ) -> Result<Option<u64>, SinkError> {
-        let cluster = virtual_offset / CLUSTER_SIZE;
+    ) -> Result<Option<HostOffset>, SinkError> {
+        let cluster = virtual_offset.get() / CLUSTER_SIZE;
         let l1_index = (cluster / L2_ENTRIES) as usize;
         let l2_index = (cluster % L2_ENTRIES) as usize;
         let zero = is_zero(piece);
@@ -268,7 +272,7 @@ impl Qcow2Writer {
         };
         let entry = self.cache[slot].entries[l2_index];
         if entry != 0 {
-            return Ok(Some(entry & OFFSET_MASK));
+            return Ok(Some(HostOffset(entry & OFFSET_MASK)));
         }
         if zero {
             return Ok(None);
@@ -277,7 +281,7 @@ impl Qcow2Writer {
         let table = &mut self.cache[slot];
         table.entries[l2_index] = host | OFLAG_COPIED;
         table.dirty = true;
-        Ok(Some(host))
+        Ok(Some(HostOffset(host)))
     }
 
     fn write_l1(&mut self) -> Result<(), SinkError> {
@@ -575,18 +579,20 @@ impl ImageSink for Qcow2Writer {
         check_bounds(virtual_offset, data.len(), self.virtual_size)?;
         // Consecutive clusters usually land in consecutive host clusters: gather them
         // into one write.
-        let mut pending: Option<(u64, usize, usize)> = None; // (host offset, data start, len)
+        // (host offset, data start, len)
+        let mut pending: Option<(HostOffset, usize, usize)> = None;
         let mut pos = 0usize;
         while pos < data.len() {
             let v = virtual_offset + pos as u64;
             let in_cluster = (v % CLUSTER_SIZE) as usize;
             let len = (CLUSTER_SIZE as usize - in_cluster).min(data.len() - pos);
             let host = self
-                .host_cluster(v, &data[pos..pos + len])?
-                .map(|h| h + in_cluster as u64);
+                .host_cluster(GuestOffset(v), &data[pos..pos + len])?
+                .map(|h| HostOffset(h.get() + in_cluster as u64));
             match (host, pending.as_mut()) {
                 (Some(h), Some((ph, pstart, plen)))
-                    if *ph + *plen as u64 == h && *pstart + *plen == pos =>
+                    if ph.checked_add(ByteLen(*plen as u64)) == Some(h)
+                        && *pstart + *plen == pos =>
                 {
                     *plen += len;
                 }

@@ -9,9 +9,10 @@
 //! unallocated blocks read as zeros.
 
 use super::error::VhdError;
-use super::footer::{FOOTER_SIZE, SECTOR};
+use super::footer::{DiskType, FOOTER_SIZE, Footer, SECTOR};
 use super::{be_u32, be_u64, checksum, printable};
 use crate::image::extent::{ExtentMap, ExtentMapBuilder};
+use crate::image::offset::{ByteLen, GuestOffset, SourceOffset};
 
 pub const HEADER_SIZE: usize = 1024;
 pub const COOKIE: &[u8; 8] = b"cxsparse";
@@ -91,8 +92,73 @@ pub fn parse_header(raw: &[u8; HEADER_SIZE], at: u64) -> Result<DynamicHeader, V
         block_size: be_u32(raw, 32),
         checksum: stored,
         parent_name: String::from_utf16_lossy(&name_units),
-        parent_unique_id: raw[40..56].iter().map(|b| format!("{b:02x}")).collect(),
+        parent_unique_id: crate::units::hex(&raw[40..56]),
     })
+}
+
+/// The steps between reading the dynamic header (the `HEADER_SIZE` bytes at `header_at`)
+/// and reading the BAT, shared by `open` (files) and `download` (ranged reads): parse the
+/// header, refuse a differencing disk by its parent's name, check the block size, and
+/// locate the BAT.
+pub fn locate_bat(
+    raw: &[u8; HEADER_SIZE],
+    header_at: u64,
+    footer: &Footer,
+    file_len: u64,
+) -> Result<BatLayout, VhdError> {
+    let differencing = footer.disk_type == DiskType::Differencing;
+    let header = match parse_header(raw, header_at) {
+        Ok(h) => h,
+        Err(_) if differencing => {
+            return Err(VhdError::Differencing {
+                parent: "(unreadable header)".into(),
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    if differencing {
+        return Err(VhdError::Differencing {
+            parent: format!(
+                "\"{}\" (unique id {})",
+                header.parent_name, header.parent_unique_id
+            ),
+        });
+    }
+    check_block_size(&header, header_at)?;
+    let (bat_at, bat_len) = bat_location(&header, header_at, footer.current_size, file_len)?;
+    Ok(BatLayout {
+        header,
+        header_at,
+        bat_at,
+        bat_len,
+        current_size: footer.current_size,
+        file_len,
+    })
+}
+
+/// A checked dynamic header and where its BAT lies, as [`locate_bat`] found them.
+#[derive(Debug, Clone)]
+pub struct BatLayout {
+    pub header: DynamicHeader,
+    pub header_at: u64,
+    pub bat_at: u64,
+    pub bat_len: u64,
+    current_size: u64,
+    file_len: u64,
+}
+
+impl BatLayout {
+    /// The extent map from the BAT's bytes (`bat_len` of them, read at `bat_at`).
+    pub fn extent_map(&self, bat: &[u8]) -> Result<(ExtentMap, BatSummary), VhdError> {
+        extent_map(
+            &self.header,
+            self.header_at,
+            bat,
+            self.bat_at,
+            self.current_size,
+            self.file_len,
+        )
+    }
 }
 
 /// Where the dynamic header sits: the footer's data offset, checked to leave room for the
@@ -219,7 +285,7 @@ pub fn extent_map(
         }
     }
 
-    let mut blocks: Vec<(u64, u64)> = Vec::new(); // (start byte, block index)
+    let mut blocks: Vec<(SourceOffset, u64)> = Vec::new(); // (where it starts, block index)
     let mut builder = ExtentMapBuilder::new(current_size);
     for (index, entry) in bat.chunks_exact(4).enumerate() {
         let index = index as u64;
@@ -250,28 +316,40 @@ pub fn extent_map(
                 });
             }
         }
-        blocks.push((start, index));
+        blocks.push((SourceOffset(start), index));
         let virtual_start = index * block_size;
         let length = block_size.min(current_size - virtual_start);
-        builder.push_data(virtual_start, length, start + bitmap)?;
+        builder.push_data(
+            GuestOffset(virtual_start),
+            ByteLen(length),
+            SourceOffset(start + bitmap),
+        )?;
     }
 
-    blocks.sort_unstable();
-    let span = bitmap + block_size;
-    for pair in blocks.windows(2) {
-        let ((a_start, a), (b_start, b)) = (pair[0], pair[1]);
-        if b_start < a_start + span {
-            return Err(VhdError::BlocksOverlap {
-                first: a,
-                second: b,
-                start: b_start,
-                first_end: a_start + span,
-            });
-        }
-    }
+    check_disjoint(&mut blocks, ByteLen(bitmap + block_size))?;
     let summary = BatSummary {
         entries_used: bat.len() as u64 / 4,
         allocated_blocks: blocks.len() as u64,
     };
     Ok((builder.finish(), summary))
+}
+
+/// No two blocks (each `span` bytes: bitmap and data) share a byte of the file: two BAT
+/// entries pointing at one place would show one block's data at two virtual offsets.
+fn check_disjoint(blocks: &mut [(SourceOffset, u64)], span: ByteLen) -> Result<(), VhdError> {
+    blocks.sort_unstable();
+    for pair in blocks.windows(2) {
+        let ((a_start, a), (b_start, b)) = (pair[0], pair[1]);
+        // Cannot overflow: every block was checked to end inside the file.
+        let a_end = a_start.get() + span.get();
+        if b_start.get() < a_end {
+            return Err(VhdError::BlocksOverlap {
+                first: a,
+                second: b,
+                start: b_start.get(),
+                first_end: a_end,
+            });
+        }
+    }
+    Ok(())
 }

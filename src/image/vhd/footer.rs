@@ -153,7 +153,7 @@ pub fn parse_footer(raw: &[u8; FOOTER_SIZE], at: u64) -> Result<Footer, VhdError
 }
 
 fn uuid_string(b: &[u8]) -> String {
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let hex = crate::units::hex(b);
     format!(
         "{}-{}-{}-{}-{}",
         &hex[0..8],

@@ -71,111 +71,104 @@ fn read<R: ReadAt + ?Sized>(
 /// Reads O(BAT) bytes; never reads block data.
 pub fn open<R: ReadAt + ?Sized>(src: &R) -> Result<VhdImage, VhdError> {
     let file_len = src.len();
+    let (footer, footer_source, tail_footer_problem) = read_footer(src)?;
+    let (extents, dynamic) = match footer.disk_type {
+        DiskType::Fixed => {
+            check_fixed_len(&footer, file_len)?;
+            (ExtentMap::dense(footer.current_size), None)
+        }
+        DiskType::Dynamic | DiskType::Differencing => {
+            let (map, header, summary) = open_dynamic(src, &footer)?;
+            (map, Some((header, summary)))
+        }
+    };
+    Ok(VhdImage {
+        file_len,
+        footer,
+        footer_source,
+        tail_footer_problem,
+        dynamic,
+        extents,
+    })
+}
+
+/// The footer at the end of the file, or, when that one is damaged, the copy the spec keeps
+/// at offset 0 of a dynamic disk (with the tail's problem, for the report).
+fn read_footer<R: ReadAt + ?Sized>(
+    src: &R,
+) -> Result<(Footer, FooterSource, Option<String>), VhdError> {
+    let file_len = src.len();
     if file_len < FOOTER_SIZE as u64 {
         return Err(VhdError::TooSmall { len: file_len });
     }
     let tail_at = file_len - FOOTER_SIZE as u64;
     let mut raw = [0u8; FOOTER_SIZE];
     read(src, &mut raw, tail_at, "footer")?;
-    let (footer, footer_source, tail_footer_problem) = match footer::parse_footer(&raw, tail_at) {
-        Ok(f) => (f, FooterSource::Tail, None),
-        Err(tail_err) => {
-            // The spec keeps a copy at offset 0 of dynamic disks for exactly this case.
-            let mut head = [0u8; FOOTER_SIZE];
-            let copy = if tail_at >= FOOTER_SIZE as u64 {
-                read(src, &mut head, 0, "footer copy")
-                    .ok()
-                    .and_then(|_| footer::parse_footer(&head, 0).ok())
-            } else {
-                None
-            };
-            match copy {
-                Some(f) if f.disk_type != DiskType::Fixed => {
-                    (f, FooterSource::HeadCopy, Some(tail_err.to_string()))
-                }
-                _ => return Err(tail_err),
-            }
-        }
+    let tail_err = match footer::parse_footer(&raw, tail_at) {
+        Ok(f) => return Ok((f, FooterSource::Tail, None)),
+        Err(e) => e,
     };
-
-    match footer.disk_type {
-        DiskType::Fixed => {
-            let expected =
-                footer
-                    .current_size
-                    .checked_add(FOOTER_SIZE as u64)
-                    .ok_or(VhdError::Overflow {
-                        what: "current size + footer",
-                        value: footer.current_size,
-                        offset: tail_at + 48,
-                    })?;
-            if file_len != expected {
-                return Err(VhdError::FixedSizeMismatch {
-                    file_len,
-                    current_size: footer.current_size,
-                    expected,
-                });
-            }
-            Ok(VhdImage {
-                file_len,
-                extents: ExtentMap::dense(footer.current_size),
-                footer,
-                footer_source,
-                tail_footer_problem,
-                dynamic: None,
-            })
+    let mut head = [0u8; FOOTER_SIZE];
+    let copy = if tail_at >= FOOTER_SIZE as u64 {
+        read(src, &mut head, 0, "footer copy")
+            .ok()
+            .and_then(|_| footer::parse_footer(&head, 0).ok())
+    } else {
+        None
+    };
+    match copy {
+        Some(f) if f.disk_type != DiskType::Fixed => {
+            Ok((f, FooterSource::HeadCopy, Some(tail_err.to_string())))
         }
-        DiskType::Dynamic | DiskType::Differencing => {
-            let header_at = dynamic::header_offset(footer.data_offset, file_len)?;
-            let mut hraw = [0u8; dynamic::HEADER_SIZE];
-            read(src, &mut hraw, header_at, "dynamic header")?;
-            let header = match dynamic::parse_header(&hraw, header_at) {
-                Ok(h) => h,
-                Err(_) if footer.disk_type == DiskType::Differencing => {
-                    return Err(VhdError::Differencing {
-                        parent: "(unreadable header)".into(),
-                    });
-                }
-                Err(e) => return Err(e),
-            };
-            if footer.disk_type == DiskType::Differencing {
-                return Err(VhdError::Differencing {
-                    parent: format!(
-                        "\"{}\" (unique id {})",
-                        header.parent_name, header.parent_unique_id
-                    ),
-                });
-            }
-            dynamic::check_block_size(&header, header_at)?;
-            let (bat_at, bat_len) =
-                dynamic::bat_location(&header, header_at, footer.current_size, file_len)?;
-            let mut bat = vec![
-                0u8;
-                usize::try_from(bat_len).map_err(|_| VhdError::Overflow {
-                    what: "BAT length",
-                    value: bat_len,
-                    offset: header_at + 28,
-                })?
-            ];
-            read(src, &mut bat, bat_at, "block allocation table")?;
-            let (extents, summary) = dynamic::extent_map(
-                &header,
-                header_at,
-                &bat,
-                bat_at,
-                footer.current_size,
-                file_len,
-            )?;
-            Ok(VhdImage {
-                file_len,
-                footer,
-                footer_source,
-                tail_footer_problem,
-                dynamic: Some((header, summary)),
-                extents,
-            })
-        }
+        _ => Err(tail_err),
     }
+}
+
+/// A fixed disk's file is its current size followed by the footer, nothing more or less
+/// (spec: "Fixed Hard Disk Image"). The one copy of this rule, for files and blobs.
+pub fn check_fixed_len(footer: &Footer, file_len: u64) -> Result<(), VhdError> {
+    let expected =
+        footer
+            .current_size
+            .checked_add(FOOTER_SIZE as u64)
+            .ok_or(VhdError::Overflow {
+                what: "current size + footer",
+                value: footer.current_size,
+                offset: file_len.saturating_sub(FOOTER_SIZE as u64) + 48,
+            })?;
+    if file_len != expected {
+        return Err(VhdError::FixedSizeMismatch {
+            file_len,
+            current_size: footer.current_size,
+            expected,
+        });
+    }
+    Ok(())
+}
+
+/// The dynamic header and the BAT of a dynamic (or differencing, refused with its parent's
+/// name) disk, checked, and the extent map they give.
+fn open_dynamic<R: ReadAt + ?Sized>(
+    src: &R,
+    footer: &Footer,
+) -> Result<(ExtentMap, DynamicHeader, BatSummary), VhdError> {
+    let file_len = src.len();
+    let header_at = dynamic::header_offset(footer.data_offset, file_len)?;
+    let mut hraw = [0u8; dynamic::HEADER_SIZE];
+    read(src, &mut hraw, header_at, "dynamic header")?;
+    let layout = dynamic::locate_bat(&hraw, header_at, footer, file_len)?;
+    let mut bat = vec![
+        0u8;
+        usize::try_from(layout.bat_len).map_err(|_| VhdError::Overflow {
+            what: "BAT length",
+            value: layout.bat_len,
+            offset: header_at + 28,
+        })?
+    ];
+    read(src, &mut bat, layout.bat_at, "block allocation table")?;
+    let (extents, summary) = layout.extent_map(&bat)?;
+    let header = layout.header;
+    Ok((extents, header, summary))
 }
 
 /// One's complement of the byte sum, with the 4-byte checksum field at `skip` taken as zero

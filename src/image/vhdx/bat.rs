@@ -14,6 +14,7 @@ use super::header::{MIB, Region};
 use super::le_u64;
 use super::metadata::Metadata;
 use crate::image::extent::{ExtentMap, ExtentMapBuilder};
+use crate::image::offset::{ByteLen, GuestOffset, SourceOffset};
 
 /// Bytes per BAT entry.
 pub const ENTRY_SIZE: u64 = 8;
@@ -122,7 +123,11 @@ pub fn extent_map(
                 let length = block_size.min(m.virtual_size - virtual_start);
                 let start = present_block(block, entry_offset, offset, length, fixed, file_len)?;
                 blocks.push((start, start + length, block));
-                builder.push_data(virtual_start, length, start)?;
+                builder.push_data(
+                    GuestOffset(virtual_start),
+                    ByteLen(length),
+                    SourceOffset(start),
+                )?;
             }
             PAYLOAD_BLOCK_PARTIALLY_PRESENT => {
                 return Err(bad(

@@ -65,14 +65,13 @@ impl fmt::Display for Guid {
         let b = &self.0;
         write!(
             f,
-            "{:08x}-{:04x}-{:04x}-{:02x}{:02x}-",
+            "{:08x}-{:04x}-{:04x}-{}-{}",
             u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
             u16::from_le_bytes([b[4], b[5]]),
             u16::from_le_bytes([b[6], b[7]]),
-            b[8],
-            b[9]
-        )?;
-        b[10..].iter().try_for_each(|x| write!(f, "{x:02x}"))
+            crate::units::hex(&b[8..10]),
+            crate::units::hex(&b[10..])
+        )
     }
 }
 
