@@ -19,6 +19,7 @@ mod support {
     pub mod seed;
     pub mod tls;
     pub mod vhd;
+    pub mod vhdx;
 }
 
 use std::sync::Arc;

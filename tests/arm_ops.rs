@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use azure2kvm::azure::arm::ArmError;
 use azure2kvm::azure::arm::ResourceId;
-use azure2kvm::azure::arm::client::{AccessTarget, ResourceRef};
+use azure2kvm::azure::arm::client::{AccessTarget, GrantFormat, ResourceRef};
 use support::fake_arm::{ArmState, FakeArm, FakeVm, LroHeaders, SAS_SIGNATURE, SUBSCRIPTION};
 
 fn estate() -> ArmState {
@@ -68,7 +68,10 @@ fn snapshot_grant_revoke_delete_leaves_nothing() {
             );
 
             let target = AccessTarget::Snapshot(snap.clone());
-            let sas = arm.grant_access(&target, 3600).await.unwrap();
+            let sas = arm
+                .grant_access(&target, 3600, GrantFormat::Vhd)
+                .await
+                .unwrap();
             assert!(sas.expose().as_str().contains(SAS_SIGNATURE));
             assert!(!format!("{sas} {sas:?}").contains(SAS_SIGNATURE));
             assert_eq!(fake.with_state(|s| s.leftovers().grants.len()), 1);
@@ -99,7 +102,7 @@ fn disk_grant_needs_a_deallocated_vm() {
     let arm = support::arm_client(&fake);
     rt().block_on(async {
         let running = AccessTarget::Disk(ResourceRef::new(SUBSCRIPTION, "rg-web", "web-01-os"));
-        let err = arm.grant_access(&running, 600).await.unwrap_err();
+        let err = arm.grant_access(&running, 600, GrantFormat::Vhd).await.unwrap_err();
         assert!(matches!(&err, ArmError::Service { error, .. } if error.code.as_deref() == Some("OperationNotAllowed")), "{err}");
         assert!(err.to_string().contains("grant access rg-web/web-01-os"), "{err}");
 
@@ -108,10 +111,10 @@ fn disk_grant_needs_a_deallocated_vm() {
         let v = arm.get_vm(&vm, true).await.unwrap();
         assert_eq!(v.power_state().as_str(), "stopped");
         // Stopped is still allocated.
-        assert!(arm.grant_access(&running, 600).await.is_err());
+        assert!(arm.grant_access(&running, 600, GrantFormat::Vhd).await.is_err());
         arm.deallocate(&vm).await.unwrap();
         assert_eq!(arm.get_vm(&vm, true).await.unwrap().power_state().as_str(), "deallocated");
-        let sas = arm.grant_access(&running, 600).await.unwrap();
+        let sas = arm.grant_access(&running, 600, GrantFormat::Vhd).await.unwrap();
         assert!(sas.has_sas());
         arm.revoke_access(&running).await.unwrap();
     });

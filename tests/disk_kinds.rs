@@ -1,10 +1,12 @@
 //! Disk kinds that real fleets hold and the fakes did not (issue 12, kinds 1, 2 and 6),
 //! end to end against the fake ARM + Azurite: Premium SSD v2 / Ultra disks (incremental
-//! snapshots only, a background copy to wait for, 4096-byte sectors refused until VHDX),
+//! snapshots only, a background copy to wait for, 4096-byte sectors granted and read as
+//! VHDX),
 //! incremental snapshots by default, and network-restricted disks refused before any
 //! grant. The fake answers as Azure does (see `support::fake_arm`: `snapshot_refusal`,
-//! `grant_refusal`), so a tool that sent a full snapshot of a Premium SSD v2 disk, or
-//! asked for a grant before the copy finished, would fail these tests.
+//! `grant_refusal`), so a tool that sent a full snapshot of a Premium SSD v2 disk, asked
+//! for a grant before the copy finished, or asked for a 4096-byte-sector disk without
+//! `fileFormat: VHDX`, would fail these tests.
 
 mod support;
 
@@ -108,7 +110,10 @@ fn dry_run_and_list_say_what_happens_to_each_kind() {
     assert_eq!(disks[0]["source"]["background_copy"], false);
     assert!(disks[0].get("refused").is_none());
     assert_eq!(disks[1]["source"]["background_copy"], true, "{}", disks[1]);
-    assert_eq!(disks[2]["refused"]["reason"], "vhdx", "{}", disks[2]);
+    assert!(disks[1].get("grant_format").is_none(), "{}", disks[1]);
+    // 4096-byte sectors: exported, its grants ask for VHDX.
+    assert!(disks[2].get("refused").is_none(), "{}", disks[2]);
+    assert_eq!(disks[2]["grant_format"], "VHDX", "{}", disks[2]);
     assert_eq!(disks[3]["refused"]["reason"], "allow_private");
     assert_eq!(disks[3]["refused"]["disk_access_id"], DISK_ACCESS);
     assert_eq!(world.with_state(|s| s.count("snapshot_create")), 0);
@@ -125,7 +130,7 @@ fn dry_run_and_list_say_what_happens_to_each_kind() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     for note in [
         "note: pv2-01 disk pv2-01-data0: PremiumV2_LRS, 512-byte sectors: incremental snapshot",
-        "note: pv2-01 disk pv2-01-data1: UltraSSD_LRS, 4096-byte sectors: refused",
+        "note: pv2-01 disk pv2-01-data1: UltraSSD_LRS, 4096-byte sectors: incremental snapshot, waits for its background copy, exported as VHDX",
         "note: pv2-01 disk pv2-01-data2: network access AllowPrivate: refused unless --private-network",
     ] {
         assert!(r.stdout.contains(note), "{note}\n{}", r.stdout);
@@ -141,21 +146,13 @@ fn refused_disks_exit_3_named_with_their_reason_and_nothing_is_created_for_them(
         .disk_kind(
             Some(1),
             FakeDiskKind::network("AllowPrivate", Some(DISK_ACCESS)),
-        )
-        .data_disk(2, 16)
-        .disk_kind(Some(2), FakeDiskKind::sku("PremiumV2_LRS", 4096));
+        );
     let world = FakeAzure::start(vec![vm]);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let r = export(&world, &out, &[]);
     assert_eq!(r.code, 3, "{}", r.stderr);
-    for said in [
-        "DenyAll",
-        "AllowPrivate",
-        DISK_ACCESS,
-        "VHDX",
-        "--private-network",
-    ] {
+    for said in ["DenyAll", "AllowPrivate", DISK_ACCESS, "--private-network"] {
         assert!(r.stderr.contains(said), "{said}: {}", r.stderr);
     }
     // Only the OS disk was snapshotted and granted.
@@ -170,7 +167,7 @@ fn refused_disks_exit_3_named_with_their_reason_and_nothing_is_created_for_them(
         .iter()
         .map(|d| d["status"].as_str().unwrap())
         .collect();
-    assert_eq!(statuses, ["done", "refused", "refused", "refused"]);
+    assert_eq!(statuses, ["done", "refused", "refused"]);
     assert!(m["disks"][1]["error"].as_str().unwrap().contains("DenyAll"));
     assert!(m["disks"][1]["snapshot"].is_null());
     assert_eq!(m["disks"][0]["snapshot"], "incremental");
@@ -183,6 +180,59 @@ fn refused_disks_exit_3_named_with_their_reason_and_nothing_is_created_for_them(
         &["--disks", "data", "--name", "net-01"],
     );
     assert_eq!(r.code, 3, "{}", r.stderr);
+}
+
+#[test]
+fn disks_with_4096_byte_sectors_are_granted_as_vhdx_and_keep_their_sector_size() {
+    // Ultra (4096-byte sectors) and Premium SSD v2 (512) on a running VM: both snapshotted
+    // and copied; the fake serves the Ultra disk's snapshot as a VHDX with 4096-byte
+    // sectors and refuses (400) a grant on it that does not ask for fileFormat VHDX.
+    let vm = FakeVm::linux("ultra-4k", "rg-4k")
+        .data_disk(0, 16)
+        .disk_kind(Some(0), FakeDiskKind::sku("UltraSSD_LRS", 4096))
+        .data_disk(1, 16)
+        .disk_kind(Some(1), FakeDiskKind::sku("PremiumV2_LRS", 512));
+    let world = FakeAzure::start(vec![vm]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let r = export(&world, &out, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // One grant per disk: VHDX for the 4 KiB-sector disk only, today's body otherwise.
+    let mut formats = world.with_state(|s| s.grant_formats.clone());
+    formats.sort();
+    assert_eq!(formats, [None, None, Some("VHDX".to_string())]);
+    assert!(r.stderr.contains("as VHDX"), "{}", r.stderr);
+    assert_image_equals(
+        &world,
+        &out.join("ultra-4k/ultra-4k-data-lun0.qcow2"),
+        "ultra-4k-data0",
+    );
+    assert_image_equals(
+        &world,
+        &out.join("ultra-4k/ultra-4k-data-lun1.qcow2"),
+        "ultra-4k-data1",
+    );
+    assert_eq!(world.leftovers(), Leftovers::default());
+
+    let m = json_file(&out.join("ultra-4k/manifest.json"));
+    let ultra = &m["disks"][1];
+    assert_eq!(ultra["sku"], "UltraSSD_LRS", "{m}");
+    assert_eq!(ultra["sector_size"], 4096);
+    assert_eq!(ultra["logical_sector_size"], 4096, "from the VHDX");
+    assert_eq!(ultra["status"], "done");
+    assert_eq!(ultra["snapshot"], "incremental");
+    assert!(ultra["reason"].is_null(), "{m}");
+    assert_eq!(m["disks"][2]["logical_sector_size"], 512);
+    // The guest sees the geometry it was formatted with; the 512-byte disk is unchanged.
+    let domain = std::fs::read_to_string(out.join("ultra-4k/domain.xml")).unwrap();
+    let blockio = r#"<blockio logical_block_size="4096" physical_block_size="4096"/>"#;
+    assert_eq!(domain.matches(blockio).count(), 1, "{domain}");
+    let at = |s: &str| domain.find(s).unwrap_or_else(|| panic!("{s}: {domain}"));
+    assert!(
+        at("ultra-4k-data-lun0.qcow2") < at(blockio)
+            && at(blockio) < at("ultra-4k-data-lun1.qcow2"),
+        "{domain}"
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use azure2kvm::azure::arm::ResourceId;
-use azure2kvm::azure::arm::client::{AccessTarget, ResourceRef};
+use azure2kvm::azure::arm::client::{AccessTarget, GrantFormat, ResourceRef};
 use azure2kvm::azure::sas::SasUrl;
 use support::fake_arm::{FakeVm, Leftovers, SNAPSHOT_CONTAINER, SUBSCRIPTION, blob_name};
 use support::fake_azure::FakeAzure;
@@ -43,7 +43,7 @@ fn fake_world_grants_real_sas_and_snapshots_copy_blobs() {
         // A disk of an allocated VM cannot be exported directly.
         let web_os = ResourceRef::new(SUBSCRIPTION, "rg-web", "web-01-os");
         let e = arm
-            .grant_access(&AccessTarget::Disk(web_os.clone()), 600)
+            .grant_access(&AccessTarget::Disk(web_os.clone()), 600, GrantFormat::Vhd)
             .await
             .unwrap_err();
         assert_eq!(e.status(), Some(409), "{e}");
@@ -74,7 +74,7 @@ fn fake_world_grants_real_sas_and_snapshots_copy_blobs() {
         );
 
         let sas = arm
-            .grant_access(&AccessTarget::Snapshot(snap.clone()), 600)
+            .grant_access(&AccessTarget::Snapshot(snap.clone()), 600, GrantFormat::Vhd)
             .await
             .unwrap();
         let out = dir.path().join("web-01-os.raw");
@@ -110,7 +110,7 @@ fn fake_world_grants_real_sas_and_snapshots_copy_blobs() {
         // A deallocated VM's disk is granted directly; the SAS expires as asked.
         let db_os = AccessTarget::Disk(ResourceRef::new(SUBSCRIPTION, "rg-db", "db-01-os"));
         // (The expiry is written in whole seconds: a 3 s grant lives 2 to 3 s.)
-        let sas = arm.grant_access(&db_os, 3).await.unwrap();
+        let sas = arm.grant_access(&db_os, 3, GrantFormat::Vhd).await.unwrap();
         let out = dir.path().join("db-01-os.raw");
         let o = download(sas.expose().as_str(), &out, &[]);
         assert!(o.status.success(), "{}", stderr(&o));
@@ -1012,7 +1012,9 @@ fn cleanup_treats_recorded_but_never_created_resources_as_removed() {
     // And one grant that did happen, on a disk (no tag can find it).
     let disk = AccessTarget::Disk(ResourceRef::new(SUBSCRIPTION, "rg-db", "db-01-os"));
     rt().block_on(async {
-        arm.grant_access(&disk, 600).await.unwrap();
+        arm.grant_access(&disk, 600, GrantFormat::Vhd)
+            .await
+            .unwrap();
         ledger
             .creating(ResourceKind::AccessGrant, &db_disk, None)
             .unwrap();

@@ -242,7 +242,13 @@ fn a_disk_that_requires_entra_id_is_read_with_the_sas_and_a_disk_token() {
             "aad-02-os",
         ),
     );
-    let sas = rt.block_on(arm.grant_access(&target, 600)).unwrap();
+    let sas = rt
+        .block_on(arm.grant_access(
+            &target,
+            600,
+            azure2kvm::azure::arm::client::GrantFormat::Vhd,
+        ))
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let o = support::download(sas.expose().as_str(), &dir.path().join("x.raw"), &[]);
     assert!(!o.status.success(), "a SAS alone must be refused");

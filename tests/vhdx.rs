@@ -17,6 +17,7 @@ use azure2kvm::image::vhdx::crc32c::crc32c_with_zeroed_field;
 use support::azurite::Azurite;
 use support::fault_proxy::{Fault, FaultProxy};
 use support::image::*;
+use support::vhdx::{Edit, seed_pages, vhdx_of, with_4k_sectors};
 use support::{seed, stat, stderr};
 
 const MIB: u64 = 1 << 20;
@@ -33,16 +34,6 @@ fn make_source(path: &Path) -> u64 {
     chunks.push((size - 512, 512));
     make_raw(path, size, &chunks, 5);
     size
-}
-
-fn vhdx_of(raw: &Path, out: &Path, opts: &str) {
-    let o = std::process::Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "vhdx", "-o", opts])
-        .arg(raw)
-        .arg(out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "qemu-img: {}", stderr(&o));
 }
 
 fn qemu_raw(vhdx: &Path, out: &Path) {
@@ -134,71 +125,6 @@ fn qemu_made_vhdx_files_convert_identically() {
                 );
             }
         }
-    }
-}
-
-/// The same VHDX with 4096-byte logical and physical sectors (see the 4096 test).
-fn with_4k_sectors(e: &mut Edit) {
-    for first in [0x1d, 0xc7] {
-        // logical (8141BF1D) and physical (CDA348C7) sector size
-        let at = e.item(first);
-        e.0[at..at + 4].copy_from_slice(&4096u32.to_le_bytes());
-    }
-}
-
-/// A VHDX file held in memory, edited by the spec and re-checksummed.
-struct Edit(Vec<u8>);
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-
-impl Edit {
-    fn load(p: &Path) -> Self {
-        Self(fs::read(p).unwrap())
-    }
-    fn save(&self, p: &Path) {
-        fs::write(p, &self.0).unwrap();
-    }
-    fn header(&mut self, i: usize, f: impl Fn(&mut [u8])) {
-        let at = [64, 128][i] * KIB;
-        f(&mut self.0[at..at + 4 * KIB]);
-        let crc = crc32c_with_zeroed_field(&self.0[at..at + 4 * KIB], 4);
-        self.0[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
-    }
-    fn region_table(&mut self, i: usize, f: impl Fn(&mut [u8])) {
-        let at = [192, 256][i] * KIB;
-        f(&mut self.0[at..at + 64 * KIB]);
-        let crc = crc32c_with_zeroed_field(&self.0[at..at + 64 * KIB], 4);
-        self.0[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
-    }
-    /// (file offset, table entry offset) of the region whose GUID starts with `first`.
-    fn region(&self, first: u8) -> (usize, usize) {
-        let t = 192 * KIB;
-        (0..le32(&self.0, t + 8) as usize)
-            .map(|i| t + 16 + i * 32)
-            .find(|&e| self.0[e] == first)
-            .map(|e| {
-                let off = u64::from_le_bytes(self.0[e + 16..e + 24].try_into().unwrap());
-                (off as usize, e - t)
-            })
-            .unwrap()
-    }
-    fn metadata_at(&self) -> usize {
-        self.region(0x06).0 // 8B7CA206-...: first byte 0x06 on disk
-    }
-    fn bat_at(&self) -> usize {
-        self.region(0x66).0 // 2DC27766-...
-    }
-    /// File offset of the metadata item whose GUID starts with `first`.
-    fn item(&self, first: u8) -> usize {
-        let m = self.metadata_at();
-        let count = u16::from_le_bytes([self.0[m + 10], self.0[m + 11]]) as usize;
-        (0..count)
-            .map(|i| m + 32 + i * 32)
-            .find(|&e| self.0[e] == first)
-            .map(|e| m + le32(&self.0, e + 16) as usize)
-            .unwrap()
     }
 }
 
@@ -373,25 +299,6 @@ const C: &str = "vhdx";
 fn seed_page_blob(az: &Azurite, name: &str, file: &[u8]) -> String {
     seed_pages(az.port, C, name, file);
     seed::blob_sas(C, name, Duration::from_secs(3600), false)
-}
-
-fn seed_pages(port: u16, container: &str, name: &str, file: &[u8]) {
-    seed::create_container_once(port, container);
-    seed::create_page_blob(port, container, name, file.len() as u64);
-    let page = 4 * KIB;
-    let mut at = 0;
-    while at < file.len() {
-        if file[at..at + page].iter().all(|&b| b == 0) {
-            at += page;
-            continue;
-        }
-        let start = at;
-        while at < file.len() && at - start < 4 << 20 && file[at..at + page].iter().any(|&b| b != 0)
-        {
-            at += page;
-        }
-        seed::put_pages(port, container, name, start as u64, &file[start..at]);
-    }
 }
 
 #[test]

@@ -243,7 +243,9 @@ mod tests {
         kinds.disks[0].storage.sku = Some("UltraSSD_LRS".into());
         assert_eq!(
             disk_notes(&[kinds]),
-            ["note: web-01 disk os: UltraSSD_LRS, 4096-byte sectors: refused"]
+            [
+                "note: web-01 disk os: UltraSSD_LRS, 4096-byte sectors: incremental snapshot, waits for its background copy, exported as VHDX"
+            ]
         );
         let t = render_table(&[vm]);
         let row = t.lines().nth(1).unwrap();

@@ -13,7 +13,7 @@ use azure_core::credentials::TokenCredential;
 use super::disk_kind::{self, Refusal};
 use super::ledger::{Ledger, ResourceKind, ResourceState};
 use super::plan::{DiskKey, PlannedDisk, Source};
-use crate::azure::arm::client::{AccessTarget, ResourceRef};
+use crate::azure::arm::client::{AccessTarget, GrantFormat, ResourceRef};
 use crate::azure::arm::{ArmClient, ResourceId};
 use crate::azure::cloud::Cloud;
 use crate::azure::inventory::DiskStorage;
@@ -154,16 +154,25 @@ pub async fn export_disk(
             resource_id.resource_type()
         ))
     })?;
-    if let Some(refused) = refused_now(ctx, vm, disk, false).await {
+    // The disk as Azure has it now decides both whether it may be read and, by its
+    // sector size, the format its grants ask for (the plan's when it cannot be read).
+    let storage = current_storage(ctx, &disk.source).await;
+    if let Some(refused) = storage
+        .as_ref()
+        .and_then(|s| refused_by(ctx, vm, disk, s, false))
+    {
         return Err(refused);
     }
+    let format = storage
+        .as_ref()
+        .map_or(disk.grant_format, disk_kind::grant_format);
     let mut grants = Grants {
         from_snapshot: matches!(target, AccessTarget::Snapshot(_)),
         last_kept: None,
         early_refusals: 0,
     };
     for grant in 1..=MAX_GRANTS {
-        let sas = grant_read_access(ctx, &target, resource_id)
+        let sas = grant_read_access(ctx, &target, resource_id, format)
             .await
             .map_err(|e| match e {
                 None => interrupted(vm, disk),
@@ -171,10 +180,14 @@ pub async fn export_disk(
             })?;
         let granted_at = std::time::Instant::now();
         tracing::info!(
-            "{vm}: {} read access granted on {} for {} s (grant {grant})",
+            "{vm}: {} read access granted on {} for {} s as {} (grant {grant})",
             disk.name,
             target_name(&target),
-            ctx.sas_duration
+            ctx.sas_duration,
+            match format {
+                GrantFormat::Vhd => "VHD",
+                GrantFormat::Vhdx => "VHDX",
+            }
         );
         let mut req = request(ctx, sas, &output, resource_id.folded());
         if disk.entra_id_reads {
@@ -191,7 +204,7 @@ pub async fn export_disk(
         // a private endpoint out of reach. The grant is revoked above; say why instead of
         // asking again.
         if let Err(DownloadError::AccessDenied { kept, .. }) = &result
-            && let Some(refused) = refused_now(ctx, vm, disk, true).await
+            && let Some(refused) = refused_now(ctx, vm, disk).await
         {
             grants.last_kept = kept.clone();
             grants.discard();
@@ -323,19 +336,26 @@ pub fn entra_refusal(resource_id: &ResourceId, message: &str) -> String {
     )
 }
 
-/// The refusal of `disk` by its network policy as Azure has it now, before a grant or,
-/// `after_denied_read`, once a granted URL refused this host.
-async fn refused_now(
+/// The refusal of `disk` by its network policy as Azure has it now, once a granted URL
+/// refused this host.
+async fn refused_now(ctx: &DiskContext, vm: &str, disk: &PlannedDisk) -> Option<DiskError> {
+    let storage = current_storage(ctx, &disk.source).await?;
+    refused_by(ctx, vm, disk, &storage, true)
+}
+
+/// The refusal of `disk` by its network policy as `storage` (read just now) gives it,
+/// before a grant or, `after_denied_read`, once a granted URL refused this host.
+fn refused_by(
     ctx: &DiskContext,
     vm: &str,
     disk: &PlannedDisk,
+    storage: &DiskStorage,
     after_denied_read: bool,
 ) -> Option<DiskError> {
-    let storage = current_storage(ctx, &disk.source).await?;
     let why = if after_denied_read {
-        disk_kind::refusal_after_denied_read(&storage, ctx.private_network)
+        disk_kind::refusal_after_denied_read(storage, ctx.private_network)
     } else {
-        disk_kind::refusal(&storage, ctx.private_network)
+        disk_kind::refusal(storage, ctx.private_network)
     }?;
     Some(DiskError::Refused {
         vm: vm.to_string(),
@@ -374,6 +394,7 @@ async fn grant_read_access(
     ctx: &DiskContext,
     target: &AccessTarget,
     resource_id: &ResourceId,
+    format: GrantFormat,
 ) -> Result<SasUrl, Option<String>> {
     if ctx.interrupt.is_set() {
         return Err(None);
@@ -383,7 +404,7 @@ async fn grant_read_access(
         .map_err(|e| Some(e.to_string()))?;
     let sas = ctx
         .interrupt
-        .unless_cancelled(ctx.arm.grant_access(target, ctx.sas_duration))
+        .unless_cancelled(ctx.arm.grant_access(target, ctx.sas_duration, format))
         .await
         .ok_or(None)?
         .map_err(|e| Some(format!("grant read access: {e}")))?;

@@ -10,15 +10,15 @@
 //!   before a SAS can be generated; at most 3 snapshots of a disk pending, at most 50
 //!   background copies active per subscription.
 //! - Their snapshots with 4096-byte logical sectors are stored as VHDX, and Grant Access
-//!   on them needs `fileFormat: VHDX` (400 BadRequest otherwise, azure-cli issue #28320).
-//!   The image core reads VHDX, but grants here do not ask for `fileFormat` yet: such
-//!   disks are refused by name until they do.
+//!   on them needs `fileFormat: VHDX` (400 BadRequest otherwise, azure-cli issue #28320):
+//!   their grants ask for it ([`grant_format`]) and the image core reads the VHDX.
 //! - `networkAccessPolicy`: `AllowAll`; `AllowPrivate` (exported only through the private
 //!   endpoints of the DiskAccess `diskAccessId`); `DenyAll` (the disk cannot be exported).
 
 use serde::Serialize;
 
 use super::ledger::DiskStatus;
+use crate::azure::arm::client::GrantFormat;
 use crate::azure::inventory::DiskStorage;
 
 /// Which snapshots `export` takes of the disks it snapshots (`--snapshot-type`).
@@ -38,6 +38,8 @@ pub const PREMIUM_V2: &str = "PremiumV2_LRS";
 pub const ULTRA: &str = "UltraSSD_LRS";
 /// The sector size whose snapshots Azure exports as VHDX only.
 pub const VHDX_SECTOR_SIZE: u32 = 4096;
+/// Every other disk's sector size.
+pub const VHD_SECTOR_SIZE: u32 = 512;
 
 /// Background copies a run lets run at once: Azure's limit of active background copies
 /// per subscription. A run covers one subscription; shards of one fleet run in parallel
@@ -67,6 +69,28 @@ pub fn has_background_copy(sku: Option<&str>) -> bool {
     sku.is_some_and(|s| s.eq_ignore_ascii_case(PREMIUM_V2) || s.eq_ignore_ascii_case(ULTRA))
 }
 
+/// A disk's logical sector size: as the disk resource gives it, else Azure's default for
+/// its type (4096 for Premium SSD v2 and Ultra, 512 for the others).
+pub fn sector_size(storage: &DiskStorage) -> u32 {
+    storage
+        .sector_size
+        .unwrap_or(if has_background_copy(storage.sku.as_deref()) {
+            VHDX_SECTOR_SIZE
+        } else {
+            VHD_SECTOR_SIZE
+        })
+}
+
+/// The format a grant on this disk (or its snapshot) asks for: VHDX for 4096-byte
+/// sectors, which Azure serves as nothing else; VHD (no `fileFormat` sent) otherwise.
+pub fn grant_format(storage: &DiskStorage) -> GrantFormat {
+    if sector_size(storage) == VHDX_SECTOR_SIZE {
+        GrantFormat::Vhdx
+    } else {
+        GrantFormat::Vhd
+    }
+}
+
 /// Whether a disk's snapshot is incremental: as asked, except that Premium SSD v2 and
 /// Ultra disks take no other kind.
 pub fn incremental(asked: SnapshotType, storage: &DiskStorage) -> bool {
@@ -91,10 +115,6 @@ pub enum Refusal {
         disk_access_id.as_deref().unwrap_or("not named")
     )]
     PrivateEndpointUnreachable { disk_access_id: Option<String> },
-    #[error(
-        "{sku} disk with 4096-byte logical sectors: Azure exports it only as VHDX, through a grant that asks for fileFormat VHDX, which this version does not ask for yet"
-    )]
-    Vhdx { sku: String },
     /// An ephemeral OS disk: it lives on the host, no managed disk behind it (status
     /// `unsupported`, not `refused`).
     #[error("ephemeral OS disk")]
@@ -138,14 +158,6 @@ pub fn refusal(storage: &DiskStorage, private_network: bool) -> Option<Refusal> 
         }
         _ => {}
     }
-    let sku = storage.sku.as_deref();
-    // A Premium SSD v2 or Ultra disk without a sector size gets Azure's default: 4096.
-    let sectors = storage.sector_size.unwrap_or(VHDX_SECTOR_SIZE);
-    if has_background_copy(sku) && sectors == VHDX_SECTOR_SIZE {
-        return Some(Refusal::Vhdx {
-            sku: sku.unwrap_or_default().to_string(),
-        });
-    }
     None
 }
 
@@ -173,10 +185,10 @@ pub fn refusal_after_denied_read(storage: &DiskStorage, private_network: bool) -
 pub fn note(storage: &DiskStorage) -> Option<String> {
     let mut parts = Vec::new();
     if has_background_copy(storage.sku.as_deref()) {
-        let sectors = storage.sector_size.unwrap_or(VHDX_SECTOR_SIZE);
         parts.push(format!(
-            "{}, {sectors}-byte sectors",
-            storage.sku.as_deref().unwrap_or_default()
+            "{}, {}-byte sectors",
+            storage.sku.as_deref().unwrap_or_default(),
+            sector_size(storage)
         ));
     }
     if let Some(p) = storage
@@ -190,11 +202,12 @@ pub fn note(storage: &DiskStorage) -> Option<String> {
         return None;
     }
     let verdict = match refusal(storage, false) {
-        Some(
-            Refusal::DenyAll | Refusal::Vhdx { .. } | Refusal::Ephemeral | Refusal::ConfidentialVm,
-        ) => "refused",
+        Some(Refusal::DenyAll | Refusal::Ephemeral | Refusal::ConfidentialVm) => "refused",
         Some(Refusal::AllowPrivate { .. } | Refusal::PrivateEndpointUnreachable { .. }) => {
             "refused unless --private-network"
+        }
+        None if grant_format(storage) == GrantFormat::Vhdx => {
+            "incremental snapshot, waits for its background copy, exported as VHDX"
         }
         None => "incremental snapshot, waits for its background copy",
     };
@@ -268,10 +281,9 @@ mod tests {
             refusal(&kind("Premium_LRS", None, Some("AllowPrivate")), true),
             None
         );
-        // 4096 given, or Azure's default for these types when the field is missing.
+        // 4096-byte sectors are exported (as VHDX), not refused.
         for sectors in [Some(4096), None] {
-            let r = refusal(&kind("UltraSSD_LRS", sectors, None), false).unwrap();
-            assert!(r.to_string().contains("UltraSSD_LRS") && r.to_string().contains("VHDX"));
+            assert_eq!(refusal(&kind("UltraSSD_LRS", sectors, None), false), None);
         }
         let allow_private = kind("Premium_LRS", None, Some("AllowPrivate"));
         assert!(matches!(
@@ -282,8 +294,29 @@ mod tests {
             refusal_after_denied_read(&kind("Premium_LRS", None, None), true),
             None
         );
-        // A 4096 sector size on another type is not a VHDX snapshot.
-        assert_eq!(refusal(&kind("Premium_LRS", Some(4096), None), false), None);
+    }
+
+    #[test]
+    fn grants_ask_for_vhdx_for_4096_byte_sectors_only() {
+        // 4096 given, or Azure's default for these types when the field is missing.
+        for sectors in [Some(4096), None] {
+            for sku in ["UltraSSD_LRS", "PremiumV2_LRS"] {
+                let k = kind(sku, sectors, None);
+                assert_eq!(sector_size(&k), 4096);
+                assert_eq!(grant_format(&k), GrantFormat::Vhdx, "{sku} {sectors:?}");
+            }
+        }
+        assert_eq!(
+            grant_format(&kind("PremiumV2_LRS", Some(512), None)),
+            GrantFormat::Vhd
+        );
+        assert_eq!(
+            grant_format(&kind("Premium_LRS", None, None)),
+            GrantFormat::Vhd
+        );
+        // An unread disk (every field null) keeps today's grant.
+        assert_eq!(sector_size(&DiskStorage::default()), 512);
+        assert_eq!(grant_format(&DiskStorage::default()), GrantFormat::Vhd);
     }
 
     #[test]
@@ -297,7 +330,9 @@ mod tests {
         );
         assert_eq!(
             note(&kind("UltraSSD_LRS", None, None)).as_deref(),
-            Some("UltraSSD_LRS, 4096-byte sectors: refused")
+            Some(
+                "UltraSSD_LRS, 4096-byte sectors: incremental snapshot, waits for its background copy, exported as VHDX"
+            )
         );
         assert_eq!(
             note(&kind("Premium_LRS", None, Some("AllowPrivate"))).as_deref(),

@@ -93,7 +93,7 @@ pub enum DiskStatus {
     /// Selected, but nothing in Azure to export (an ephemeral OS disk): final at once;
     /// the run exits 3 as for a partly done run.
     Unsupported,
-    /// Not exported because of its kind (network policy, sector size, a confidential VM's
+    /// Not exported because of its kind (network policy, a confidential VM's
     /// key unless `--allow-encrypted`): nothing was created for it; final at once; the run
     /// exits 3 as for a partly done run.
     Refused,

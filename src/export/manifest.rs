@@ -220,7 +220,7 @@ fn manifest_disk(
             snapshot: snapshot_kind(planned).map(str::to_string),
         }),
         status: r.map_or(ManifestDiskStatus::Pending, |r| r.status.into()),
-        // Refused by kind (ephemeral, confidential, network policy, sector size): why.
+        // Refused by kind (ephemeral, confidential, network policy): why.
         reason: planned.refused.as_ref().map(Refusal::reason),
     }
 }

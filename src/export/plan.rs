@@ -17,6 +17,7 @@ use serde::Serialize;
 use super::disk_kind::{self, Refusal, SnapshotType};
 use super::guest::{Guest, guest_of, warnings};
 use super::naming::{PathNameError, snapshot_name, validate_path_component};
+use crate::azure::arm::client::GrantFormat;
 use crate::azure::arm::models::PowerState;
 use crate::azure::arm::{ResourceId, ResourceIdError, ResourceType};
 use crate::azure::inventory::{DiskInfo, DiskRole, EncryptionKind, VmInfo};
@@ -103,6 +104,11 @@ pub struct PlannedDisk {
     /// What a reader of the image must know (encrypted content and where its key is).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The format its grants ask Azure for: `VHDX` for a disk with 4096-byte sectors
+    /// (given only then). The run asks by the disk as it reads it before the grant, and by
+    /// this when that read fails.
+    #[serde(skip_serializing_if = "GrantFormat::is_vhd")]
+    pub grant_format: GrantFormat,
     /// Set when the disk is not exported because of its kind: nothing is created for it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<Refusal>,
@@ -142,7 +148,7 @@ pub fn shared_image(disk_id: &ResourceId, format: ImageFormat) -> String {
 /// Why disk `d` is not exported, if it is not: an ephemeral OS disk has no managed disk
 /// to snapshot or grant; a confidential VM's disk encrypted with that VM's key is
 /// ciphertext anywhere else, so it is exported only when asked (`--allow-encrypted`); a
-/// managed disk's network policy or sector size may refuse it (see [`disk_kind::refusal`]).
+/// managed disk's network policy may refuse it (see [`disk_kind::refusal`]).
 pub fn refusal(d: &DiskInfo, opts: &PlanOptions) -> Option<Refusal> {
     if d.ephemeral {
         return Some(Refusal::Ephemeral);
@@ -495,6 +501,11 @@ fn plan_vm(vm: &VmInfo, opts: &PlanOptions) -> Result<PlannedVm, PlanError> {
                 shared: shared_id.is_some(),
                 entra_id_reads: d.needs_entra_for_export(),
                 notes: disk_notes(d),
+                grant_format: if d.managed {
+                    disk_kind::grant_format(&d.storage)
+                } else {
+                    GrantFormat::Vhd
+                },
                 source,
                 refused,
             })

@@ -103,6 +103,13 @@ impl FakeDiskKind {
         self.sku.as_deref().unwrap_or("Premium_LRS")
     }
 
+    /// 4096-byte logical sectors: Azure stores the disk's snapshots as VHDX, grants access
+    /// only when asked for `fileFormat: VHDX`, and serves a VHDX page blob (the fake
+    /// Azure seeds such a disk's blob as one).
+    pub fn vhdx(&self) -> bool {
+        self.logical_sector_size == Some(4096)
+    }
+
     /// Premium SSD v2 and Ultra: incremental snapshots only, with a background copy.
     pub fn background_copy(&self) -> bool {
         matches!(self.sku_name(), "PremiumV2_LRS" | "UltraSSD_LRS")
@@ -492,6 +499,8 @@ pub struct ArmState {
     pub snapshot_kinds: Vec<bool>,
     /// Grants asked while a snapshot's background copy ran (refused with 409).
     pub early_grants: u64,
+    /// Every Grant Access body's `fileFormat` (None: absent), in order.
+    pub grant_formats: Vec<Option<String>>,
     /// The signature of every real SAS granted (percent-encoded as in the URL), so tests
     /// can assert that none reaches a log, a report or a manifest.
     pub issued_signatures: Vec<String>,
@@ -559,6 +568,7 @@ impl ArmState {
             private_grants: BTreeSet::new(),
             snapshot_kinds: Vec::new(),
             early_grants: 0,
+            grant_formats: Vec::new(),
             issued_signatures: Vec::new(),
             counts: BTreeMap::new(),
             operations: HashMap::new(),
@@ -1871,6 +1881,7 @@ fn disk_routes(
         }
         ("POST", [_, "begingetaccess"]) => {
             bump(s, "grant_access");
+            record_grant_format(s, req);
             let Some(i) = find_disk(s, rg, &orig[0]) else {
                 return not_found("disks", rg, &orig[0]);
             };
@@ -2016,6 +2027,12 @@ fn kind_properties(props: &mut Value, kind: &FakeDiskKind) {
     }
 }
 
+fn record_grant_format(s: &mut ArmState, req: &HttpRequest) {
+    let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    let format = body.get("fileFormat").and_then(Value::as_str);
+    s.grant_formats.push(format.map(str::to_string));
+}
+
 /// Why Azure refuses a grant on a disk or snapshot of this kind, if it does: its
 /// background copy is still running (`completion` below 100; the docs say a SAS cannot be
 /// generated until it is 100 but name no error code: this fake answers 409
@@ -2038,7 +2055,7 @@ fn grant_refusal(
     }
     let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
     let vhdx = body.get("fileFormat").and_then(Value::as_str) == Some("VHDX");
-    if kind.logical_sector_size == Some(4096) && !vhdx {
+    if kind.vhdx() && !vhdx {
         return Some(arm_error(
             400,
             "BadRequest",
@@ -2192,6 +2209,7 @@ fn snapshot_routes(
         }
         ("POST", [_, "begingetaccess"]) => {
             bump(s, "grant_access");
+            record_grant_format(s, req);
             let id = id_of(s, &orig[0]);
             match s.snapshots.get(&id) {
                 None => not_found("snapshots", rg, &orig[0]),

@@ -5,8 +5,8 @@
 //! the test keeps, so an exported image can be compared with what was "in Azure".
 //!
 //! Usable from tests (`mod support;`) and from an example or demo binary: include this
-//! file together with `azurite.rs`, `fake_arm.rs`, `fault_proxy.rs`, `http.rs`, `seed.rs`
-//! and `vhd.rs` as siblings in one module (`#[path]`, see examples/fake_azure.rs); it uses
+//! file together with `azurite.rs`, `fake_arm.rs`, `fault_proxy.rs`, `http.rs`, `seed.rs`,
+//! `vhd.rs` and `vhdx.rs` as siblings in one module (`#[path]`, see examples/fake_azure.rs); it uses
 //! nothing else from the test crate.
 
 #![allow(dead_code)]
@@ -75,7 +75,8 @@ impl FakeAzure {
     }
 
     /// Starts both services from `state` (config, sizes, ...), then adds `vms`, seeding
-    /// each managed disk with `content(disk)` as a fixed VHD page blob.
+    /// each managed disk with `content(disk)` as a fixed VHD page blob, or as a VHDX with
+    /// 4096-byte sectors for a disk with such sectors (needs qemu-img).
     pub fn start_with(
         mut state: ArmState,
         vms: Vec<FakeVm>,
@@ -93,7 +94,15 @@ impl FakeAzure {
                 .filter(|d| d.vhd_uri.is_none() && !d.kind.ephemeral)
             {
                 let disk = content(d);
-                seed_fixed_vhd(azurite.port, &blob_name(&d.resource_group, &d.name), &disk);
+                let blob = blob_name(&d.resource_group, &d.name);
+                if d.kind.vhdx() {
+                    // Granted only with fileFormat VHDX (see `grant_refusal`), served as
+                    // Azure serves a 4 KiB-sector disk: a VHDX with 4096-byte sectors.
+                    let vhdx = super::vhdx::vhdx_of_image(&disk.image(), 4096);
+                    super::vhdx::seed_pages(azurite.port, DISK_CONTAINER, &blob, &vhdx);
+                } else {
+                    seed_fixed_vhd(azurite.port, &blob, &disk);
+                }
                 disks_by_group.insert(
                     (
                         d.resource_group.to_ascii_lowercase(),

@@ -17,6 +17,7 @@ pub mod seed;
 pub mod tls;
 pub mod tools;
 pub mod vhd;
+pub mod vhdx;
 
 use std::process::Command;
 use std::sync::Arc;

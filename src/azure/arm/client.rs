@@ -179,6 +179,25 @@ impl AccessTarget {
     }
 }
 
+/// The file format a grant asks Azure to serve (`GrantAccessData.fileFormat`). Azure
+/// stores snapshots of disks with 4096-byte logical sectors as VHDX and refuses a grant on
+/// them that does not ask for it (400: "Set the fileFormat property to VHDX.").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum GrantFormat {
+    /// A fixed VHD: every disk with 512-byte sectors. The request names no format.
+    #[default]
+    Vhd,
+    /// A VHDX: disks with 4096-byte logical sectors.
+    Vhdx,
+}
+
+impl GrantFormat {
+    pub fn is_vhd(&self) -> bool {
+        *self == Self::Vhd
+    }
+}
+
 /// Typed ARM client; cheap to clone (the pipeline and counters are shared).
 #[derive(Debug, Clone)]
 pub struct ArmClient {
@@ -741,18 +760,19 @@ impl ArmClient {
 
     // ---- export access ----
 
-    /// Grants read access for `duration_secs` and returns the SAS URL (a secret: its
-    /// Debug/Display hide the signature).
+    /// Grants read access for `duration_secs`, the content served as `format`, and returns
+    /// the SAS URL (a secret: its Debug/Display hide the signature).
     pub async fn grant_access(
         &self,
         target: &AccessTarget,
         duration_secs: u32,
+        format: GrantFormat,
     ) -> Result<SasUrl, ArmError> {
         let (kind, r) = target.parts();
         let operation = "grant access";
         let resource = r.to_string();
         let url = self.rg_url(r, kind, &["beginGetAccess"], DISK_API_VERSION, &[]);
-        let body = json!({ "access": "Read", "durationInSeconds": duration_secs });
+        let body = grant_body(duration_secs, format);
         let out = self
             .long_running(
                 operation,
@@ -792,6 +812,16 @@ impl ArmClient {
     }
 }
 
+/// The Grant Access body: a VHD grant is the body every API version takes (no
+/// `fileFormat`), a VHDX grant names its format.
+fn grant_body(duration_secs: u32, format: GrantFormat) -> serde_json::Value {
+    let mut body = json!({ "access": "Read", "durationInSeconds": duration_secs });
+    if format == GrantFormat::Vhdx {
+        body["fileFormat"] = json!(format);
+    }
+    body
+}
+
 /// The SAS from a finished grant: `{"accessSAS"}` (Location result) or
 /// `{"properties": {"output": {"accessSAS"}}}` (status body). Errors never quote the body.
 fn parse_access_sas(body: &[u8]) -> Result<SasUrl, String> {
@@ -813,6 +843,18 @@ fn parse_access_sas(body: &[u8]) -> Result<SasUrl, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vhdx_grant_names_its_format_and_a_vhd_grant_is_unchanged() {
+        assert_eq!(
+            grant_body(600, GrantFormat::Vhd),
+            json!({"access": "Read", "durationInSeconds": 600})
+        );
+        assert_eq!(
+            grant_body(3600, GrantFormat::Vhdx),
+            json!({"access": "Read", "durationInSeconds": 3600, "fileFormat": "VHDX"})
+        );
+    }
 
     #[test]
     fn untrusted_certificates_are_recognised() {
