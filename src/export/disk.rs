@@ -148,24 +148,7 @@ pub async fn export_disk(
         Source::Blob { uri } => return export_blob(ctx, vm, disk, uri, output).await,
         Source::Unavailable => unreachable!("handled above"),
     };
-    let target = AccessTarget::of(resource_id).ok_or_else(|| {
-        fail(format!(
-            "{resource_id} is a {}: read access is granted on disks and snapshots only",
-            resource_id.resource_type()
-        ))
-    })?;
-    // The disk as Azure has it now decides both whether it may be read and, by its
-    // sector size, the format its grants ask for (the plan's when it cannot be read).
-    let storage = current_storage(ctx, &disk.source).await;
-    if let Some(refused) = storage
-        .as_ref()
-        .and_then(|s| refused_by(ctx, vm, disk, s, false))
-    {
-        return Err(refused);
-    }
-    let format = storage
-        .as_ref()
-        .map_or(disk.grant_format, disk_kind::grant_format);
+    let (target, format) = what_to_grant(ctx, vm, disk, resource_id).await?;
     let mut grants = Grants {
         from_snapshot: matches!(target, AccessTarget::Snapshot(_)),
         last_kept: None,
@@ -227,6 +210,38 @@ pub async fn export_disk(
     Err(fail(format!(
         "read access expired {MAX_GRANTS} times; raise --sas-duration"
     )))
+}
+
+/// What a grant is asked on, and in which format. The disk as Azure has it now decides
+/// both whether it may be read and, by its sector size, the format its grants ask for (the
+/// plan's when it cannot be read).
+async fn what_to_grant(
+    ctx: &DiskContext,
+    vm: &str,
+    disk: &PlannedDisk,
+    resource_id: &ResourceId,
+) -> Result<(AccessTarget, GrantFormat), DiskError> {
+    let target = AccessTarget::of(resource_id).ok_or_else(|| {
+        failed(
+            vm,
+            disk,
+            format!(
+                "{resource_id} is a {}: read access is granted on disks and snapshots only",
+                resource_id.resource_type()
+            ),
+        )
+    })?;
+    let storage = current_storage(ctx, &disk.source).await;
+    if let Some(refused) = storage
+        .as_ref()
+        .and_then(|s| refused_by(ctx, vm, disk, s, false))
+    {
+        return Err(refused);
+    }
+    let format = storage
+        .as_ref()
+        .map_or(disk.grant_format, disk_kind::grant_format);
+    Ok((target, format))
 }
 
 fn failed(vm: &str, disk: &PlannedDisk, message: String) -> DiskError {
