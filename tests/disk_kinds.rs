@@ -15,7 +15,7 @@ use std::path::Path;
 use serde_json::Value;
 use support::fake_arm::{FakeDiskKind, FakeVm, Leftovers};
 use support::fake_azure::FakeAzure;
-use support::image::assert_qcow2_matches;
+use support::image::assert_image_equals;
 use support::{Run, azure_cmd, run};
 
 fn export(world: &FakeAzure, out: &Path, args: &[&str]) -> Run {
@@ -27,13 +27,6 @@ fn export(world: &FakeAzure, out: &Path, args: &[&str]) -> Run {
 fn json_file(p: &Path) -> Value {
     let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).unwrap()
-}
-
-fn assert_image_equals(world: &FakeAzure, image: &Path, disk: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let raw = dir.path().join("expected.raw");
-    std::fs::write(&raw, world.disk(disk).image()).unwrap();
-    assert_qcow2_matches(image, &raw);
 }
 
 const DISK_ACCESS: &str = "/subscriptions/00000000-0000-0000-0000-0000000000aa/resourceGroups/rg-net/providers/Microsoft.Compute/diskAccesses/da-1";

@@ -14,7 +14,9 @@ use azure2kvm::azure::sas::SasUrl;
 use support::fake_arm::{FakeVm, Leftovers, SNAPSHOT_CONTAINER, SUBSCRIPTION, blob_name};
 use support::fake_azure::FakeAzure;
 use support::fault_proxy::Fault;
+use support::image::assert_image_equals;
 use support::image::{assert_file_holds, assert_qcow2_matches};
+use support::tools::validate_domain;
 use support::{download, seed, stderr, wait_for};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -210,34 +212,6 @@ fn report(out: &Path) -> Value {
         })
         .expect("a run report");
     json_file(&p)
-}
-
-fn assert_image_equals(world: &FakeAzure, image: &Path, disk: &str) {
-    let expected = world.disk(disk).image();
-    if image.extension().is_some_and(|e| e == "raw") {
-        return assert_file_holds(image, &expected);
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let raw = dir.path().join("expected.raw");
-    std::fs::write(&raw, &expected).unwrap();
-    assert_qcow2_matches(image, &raw);
-}
-
-fn validate_domain(path: &Path) {
-    support::tools::ensure_debian_tool("xmllint", "libxml2-utils");
-    support::tools::ensure_debian_tool("virt-xml-validate", "libvirt-clients");
-    let out = Command::new("virt-xml-validate")
-        .arg(path)
-        .arg("domain")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{} fails virt-xml-validate: {}{}",
-        path.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// No granted SAS signature (as in the URL, or decoded) and no token in anything the run

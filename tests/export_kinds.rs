@@ -8,12 +8,12 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 use support::fake_arm::{ArmState, FakeDiskKind, FakeVm, Leftovers};
 use support::fake_azure::{FakeAzure, small_disk};
-use support::image::{assert_file_holds, assert_qcow2_matches};
+use support::image::assert_image_equals;
+use support::tools::validate_domain;
 use support::{Run, azure_cmd, run};
 
 const DISK_TOKEN: &str = "eyJ0eXAiOiJKV1QifQ.fake-disk-audience-token.sig";
@@ -28,34 +28,6 @@ fn export(world: &FakeAzure, out: &Path, args: &[&str]) -> Run {
 fn json_file(p: &Path) -> Value {
     let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).unwrap()
-}
-
-fn assert_image_equals(world: &FakeAzure, image: &Path, disk: &str) {
-    let expected = world.disk(disk).image();
-    if image.extension().is_some_and(|e| e == "raw") {
-        return assert_file_holds(image, &expected);
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let raw = dir.path().join("expected.raw");
-    std::fs::write(&raw, &expected).unwrap();
-    assert_qcow2_matches(image, &raw);
-}
-
-fn validate_domain(path: &Path) {
-    support::tools::ensure_debian_tool("xmllint", "libxml2-utils");
-    support::tools::ensure_debian_tool("virt-xml-validate", "libvirt-clients");
-    let out = Command::new("virt-xml-validate")
-        .arg(path)
-        .arg("domain")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{} fails virt-xml-validate: {}{}",
-        path.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn list_json(world: &FakeAzure) -> Vec<Value> {

@@ -6,12 +6,12 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 use support::fake_arm::{ArmState, FakeArm, FakeScaleSet, FakeVm, Leftovers, SUBSCRIPTION};
 use support::fake_azure::FakeAzure;
-use support::image::assert_qcow2_matches;
+use support::image::assert_image_equals;
+use support::tools::validate_domain;
 use support::{Run, azure_cmd, list_cmd, run};
 
 const SCALE_SET: &str = "web-ss";
@@ -198,30 +198,6 @@ fn export(world: &FakeAzure, out: &Path, args: &[&str]) -> Run {
 fn json_file(p: &Path) -> Value {
     let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).unwrap()
-}
-
-fn validate_domain(path: &Path) {
-    support::tools::ensure_debian_tool("xmllint", "libxml2-utils");
-    support::tools::ensure_debian_tool("virt-xml-validate", "libvirt-clients");
-    let out = Command::new("virt-xml-validate")
-        .arg(path)
-        .arg("domain")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{} fails virt-xml-validate: {}{}",
-        path.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn assert_image_equals(world: &FakeAzure, image: &Path, disk: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let raw = dir.path().join("expected.raw");
-    std::fs::write(&raw, world.disk(disk).image()).unwrap();
-    assert_qcow2_matches(image, &raw);
 }
 
 #[test]

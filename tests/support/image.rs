@@ -181,3 +181,20 @@ pub fn make_dynamic_vhd(raw: &[u8], block_size: u32, out: &Path) {
     )
     .unwrap();
 }
+
+/// Asserts that `image` (raw, or qcow2 by its extension) holds exactly what the fake
+/// disk `disk` holds.
+pub fn assert_image_equals(
+    world: &super::fake_azure::FakeAzure,
+    image: &std::path::Path,
+    disk: &str,
+) {
+    let expected = world.disk(disk).image();
+    if image.extension().is_some_and(|e| e == "raw") {
+        return assert_file_holds(image, &expected);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("expected.raw");
+    std::fs::write(&raw, &expected).unwrap();
+    assert_qcow2_matches(image, &raw);
+}

@@ -47,3 +47,21 @@ pub fn ensure_debian_tool(tool: &str, package: &str) {
         "{tool} is needed by this test: install the Debian package {package} (apt-get install {package})"
     );
 }
+
+/// Asserts that libvirt's schema accepts the domain XML at `path`.
+pub fn validate_domain(path: &std::path::Path) {
+    ensure_debian_tool("xmllint", "libxml2-utils");
+    ensure_debian_tool("virt-xml-validate", "libvirt-clients");
+    let out = Command::new("virt-xml-validate")
+        .arg(path)
+        .arg("domain")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} fails virt-xml-validate: {}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
