@@ -6,6 +6,7 @@
 pub mod copy;
 pub mod extent;
 pub mod offset;
+pub mod overlap;
 pub mod qcow2;
 pub mod raw;
 pub mod sink;

@@ -13,6 +13,7 @@ use super::footer::{DiskType, FOOTER_SIZE, Footer, SECTOR};
 use super::{be_u32, be_u64, checksum, printable};
 use crate::image::extent::{ExtentMap, ExtentMapBuilder};
 use crate::image::offset::{ByteLen, GuestOffset, SourceOffset};
+use crate::image::overlap::{BlockSpan, first_overlap};
 
 pub const HEADER_SIZE: usize = 1024;
 pub const COOKIE: &[u8; 8] = b"cxsparse";
@@ -285,7 +286,7 @@ pub fn extent_map(
         }
     }
 
-    let mut blocks: Vec<(SourceOffset, u64)> = Vec::new(); // (where it starts, block index)
+    let mut blocks: Vec<BlockSpan> = Vec::new();
     let mut builder = ExtentMapBuilder::new(current_size);
     for (index, entry) in bat.chunks_exact(4).enumerate() {
         let index = index as u64;
@@ -316,7 +317,7 @@ pub fn extent_map(
                 });
             }
         }
-        blocks.push((SourceOffset(start), index));
+        blocks.push(BlockSpan { start, end, index });
         let virtual_start = index * block_size;
         let length = block_size.min(current_size - virtual_start);
         builder.push_data(
@@ -326,30 +327,18 @@ pub fn extent_map(
         )?;
     }
 
-    check_disjoint(&mut blocks, ByteLen(bitmap + block_size))?;
+    // No two blocks (bitmap and data) share a byte of the file.
+    if let Some(o) = first_overlap(&mut blocks) {
+        return Err(VhdError::BlocksOverlap {
+            first: o.first,
+            second: o.second,
+            start: o.second_start,
+            first_end: o.first_end,
+        });
+    }
     let summary = BatSummary {
         entries_used: bat.len() as u64 / 4,
         allocated_blocks: blocks.len() as u64,
     };
     Ok((builder.finish(), summary))
-}
-
-/// No two blocks (each `span` bytes: bitmap and data) share a byte of the file: two BAT
-/// entries pointing at one place would show one block's data at two virtual offsets.
-fn check_disjoint(blocks: &mut [(SourceOffset, u64)], span: ByteLen) -> Result<(), VhdError> {
-    blocks.sort_unstable();
-    for pair in blocks.windows(2) {
-        let ((a_start, a), (b_start, b)) = (pair[0], pair[1]);
-        // Cannot overflow: every block was checked to end inside the file.
-        let a_end = a_start.get() + span.get();
-        if b_start.get() < a_end {
-            return Err(VhdError::BlocksOverlap {
-                first: a,
-                second: b,
-                start: b_start.get(),
-                first_end: a_end,
-            });
-        }
-    }
-    Ok(())
 }

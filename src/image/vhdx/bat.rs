@@ -15,6 +15,7 @@ use super::le_u64;
 use super::metadata::Metadata;
 use crate::image::extent::{ExtentMap, ExtentMapBuilder};
 use crate::image::offset::{ByteLen, GuestOffset, SourceOffset};
+use crate::image::overlap::{BlockSpan, first_overlap};
 
 /// Bytes per BAT entry.
 pub const ENTRY_SIZE: u64 = 8;
@@ -96,7 +97,7 @@ pub fn extent_map(
         ..BatSummary::default()
     };
     let mut builder = ExtentMapBuilder::new(m.virtual_size);
-    let mut blocks: Vec<(u64, u64, u64)> = Vec::new(); // (start, end, block index)
+    let mut blocks: Vec<BlockSpan> = Vec::new();
     for (j, raw) in bat.chunks_exact(ENTRY_SIZE as usize).enumerate() {
         let j = j as u64;
         let entry_offset = bat_offset + j * ENTRY_SIZE;
@@ -122,7 +123,11 @@ pub fn extent_map(
                 let virtual_start = block * block_size;
                 let length = block_size.min(m.virtual_size - virtual_start);
                 let start = present_block(block, entry_offset, offset, length, fixed, file_len)?;
-                blocks.push((start, start + length, block));
+                blocks.push(BlockSpan {
+                    start,
+                    end: start + length,
+                    index: block,
+                });
                 builder.push_data(
                     GuestOffset(virtual_start),
                     ByteLen(length),
@@ -137,7 +142,14 @@ pub fn extent_map(
             _ => return Err(bad("an undefined payload block state")),
         }
     }
-    check_no_block_overlap(blocks)?;
+    if let Some(o) = first_overlap(&mut blocks) {
+        return Err(VhdxError::BlocksOverlap {
+            first: o.first,
+            second: o.second,
+            start: o.second_start,
+            first_end: o.first_end,
+        });
+    }
     Ok((builder.finish(), summary))
 }
 
@@ -197,20 +209,4 @@ fn present_block(
             file_len,
         }),
     }
-}
-
-fn check_no_block_overlap(mut blocks: Vec<(u64, u64, u64)>) -> Result<(), VhdxError> {
-    blocks.sort_unstable();
-    for pair in blocks.windows(2) {
-        let ((_, a_end, a), (b_start, _, b)) = (pair[0], pair[1]);
-        if b_start < a_end {
-            return Err(VhdxError::BlocksOverlap {
-                first: a,
-                second: b,
-                start: b_start,
-                first_end: a_end,
-            });
-        }
-    }
-    Ok(())
 }
