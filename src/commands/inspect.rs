@@ -94,19 +94,31 @@ fn report(img: &VhdImage, file: String) -> Report<'_> {
     }
 }
 
+/// The lines every format's text report starts with.
+fn head_lines(
+    file: &str,
+    file_size: u64,
+    format: &str,
+    disk_type: &dyn std::fmt::Debug,
+    virtual_size: u64,
+) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "file:            {file} ({file_size} bytes)");
+    let _ = writeln!(s, "format:          {format}");
+    let _ = writeln!(s, "type:            {disk_type:?}");
+    let _ = writeln!(
+        s,
+        "virtual size:    {} ({virtual_size} bytes)",
+        human_bytes(virtual_size)
+    );
+    s
+}
+
 fn text(r: &Report<'_>) -> String {
     use std::fmt::Write as _;
     let f = r.footer;
-    let mut s = String::new();
-    let _ = writeln!(s, "file:            {} ({} bytes)", r.file, r.file_size);
-    let _ = writeln!(s, "format:          VHD");
-    let _ = writeln!(s, "type:            {:?}", f.disk_type);
-    let _ = writeln!(
-        s,
-        "virtual size:    {} ({} bytes)",
-        human_bytes(r.virtual_size),
-        r.virtual_size
-    );
+    let mut s = head_lines(&r.file, r.file_size, "VHD", &f.disk_type, r.virtual_size);
     let _ = writeln!(s, "original size:   {} bytes", f.original_size);
     let _ = writeln!(
         s,
@@ -258,16 +270,7 @@ fn vhdx_report(img: &VhdxImage, file: String) -> VhdxReport<'_> {
 fn vhdx_text(r: &VhdxReport<'_>) -> String {
     use std::fmt::Write as _;
     let (h, m, b) = (r.header, r.metadata, r.bat);
-    let mut s = String::new();
-    let _ = writeln!(s, "file:            {} ({} bytes)", r.file, r.file_size);
-    let _ = writeln!(s, "format:          VHDX");
-    let _ = writeln!(s, "type:            {:?}", r.disk_type);
-    let _ = writeln!(
-        s,
-        "virtual size:    {} ({} bytes)",
-        human_bytes(r.virtual_size),
-        r.virtual_size
-    );
+    let mut s = head_lines(&r.file, r.file_size, "VHDX", &r.disk_type, r.virtual_size);
     let _ = writeln!(s, "creator:         {:?}", r.creator);
     let _ = writeln!(
         s,
