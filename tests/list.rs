@@ -472,7 +472,9 @@ fn bad_selection_is_exit_2_before_any_request() {
 #[test]
 fn arm_errors_carry_code_and_request_id() {
     let mut s = small_estate();
-    s.config.fail_next = Some((403, "AuthorizationFailed".into(), "The client does not have authorization to perform action 'Microsoft.Compute/virtualMachines/read'.".into()));
+    s.config.fail_next = Some((
+        "/providers/Microsoft.Compute/virtualMachines".into(),
+        403, "AuthorizationFailed".into(), "The client does not have authorization to perform action 'Microsoft.Compute/virtualMachines/read'.".into()));
     let fake = FakeArm::start(s);
     let r = run(list_cmd(
         &fake,

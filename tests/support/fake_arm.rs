@@ -380,8 +380,10 @@ pub struct FakeConfig {
     /// `lro_polls`/`lro_retry_after`, so a test can keep a run waiting on a grant while
     /// revokes and deletes stay quick.
     pub grant_lro: Option<(u32, u64)>,
-    /// The next ARM request fails with (status, code, message).
-    pub fail_next: Option<(u16, String, String)>,
+    /// The next ARM request whose path ends with the first field fails with (status, code,
+    /// message). Matched by path because `list` sends some lists concurrently (VMs and
+    /// scale sets), so "the next request" would be whichever one wins the race.
+    pub fail_next: Option<(String, u16, String, String)>,
     pub identity_header: String,
     pub token: String,
     /// User-assigned identity client id the token endpoint accepts (None: any).
@@ -1018,7 +1020,7 @@ async fn handle(shared: &Arc<Mutex<ArmState>>, req: &HttpRequest, https: bool) -
             "InvalidAuthenticationToken",
             "The access token is invalid.",
         )
-    } else if let Some((status, code, message)) = s.config.fail_next.take() {
+    } else if let Some((status, code, message)) = take_injected_error(&mut s, &req.path) {
         bump(&mut s, "injected_error");
         arm_error(status, &code, &message)
     } else {
@@ -1026,6 +1028,18 @@ async fn handle(shared: &Arc<Mutex<ArmState>>, req: &HttpRequest, https: bool) -
         route(&mut s, req, &format!("https://{host}"))
     };
     resp.header("x-ms-request-id", request_id)
+}
+
+fn take_injected_error(s: &mut ArmState, path: &str) -> Option<(u16, String, String)> {
+    let matches =
+        matches!(&s.config.fail_next, Some((suffix, ..)) if path.ends_with(suffix.as_str()));
+    if !matches {
+        return None;
+    }
+    s.config
+        .fail_next
+        .take()
+        .map(|(_, status, code, message)| (status, code, message))
 }
 
 /// Entra ID's token endpoint (the authority host is the fake's https address): client
