@@ -94,7 +94,11 @@ fn settings(args: &ExportArgs) -> Result<ExportSettings, Error> {
                 p.display()
             )));
         }
-        _ => VmSource::Discover(Selection::parse(&flags)?),
+        _ => {
+            let mut selection = Selection::parse(&flags)?;
+            selection.discovery = args.selection.discovery;
+            VmSource::Discover(selection)
+        }
     };
     Ok(ExportSettings {
         vms,
