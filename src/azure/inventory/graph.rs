@@ -53,8 +53,10 @@ pub async fn query_all<T: DeserializeOwned>(
             }
             let body = json!({"subscriptions": batch, "query": query, "options": options});
             pacer.take().await;
-            let (page, quota) = arm.resource_graph::<GraphPage<T>>(body).await?;
+            let answer = arm.resource_graph::<GraphPage<T>>(body).await;
+            let quota = answer.as_ref().map(|(_, q)| *q).unwrap_or_default();
             pacer.record(quota).await;
+            let (page, _) = answer?;
             rows.extend(page.data);
             on_page(rows.len());
             token = match page.skip_token.filter(|t| !t.is_empty()) {
