@@ -2481,6 +2481,21 @@ fn poll_operation(s: &mut ArmState, id: &str, location_mode: bool) -> HttpRespon
 }
 
 fn apply(s: &mut ArmState, effect: Effect) {
+    // An operation in another subscription of the fleet changes that subscription's world.
+    let (Effect::SnapshotReady(id)
+    | Effect::SnapshotDeleted(id)
+    | Effect::Granted(id)
+    | Effect::Revoked(id)
+    | Effect::Power(id, _)) = &effect;
+    if let Some(sub) = id.split('/').nth(2).map(str::to_string)
+        && !sub.eq_ignore_ascii_case(&s.subscription)
+        && s.fleet
+            .others
+            .iter()
+            .any(|w| w.subscription.eq_ignore_ascii_case(&sub))
+    {
+        return super::fake_graph::in_subscription(s, &sub, |s| apply(s, effect));
+    }
     match effect {
         Effect::SnapshotReady(id) => {
             if let Some(snap) = s.snapshots.get_mut(&id) {

@@ -53,6 +53,9 @@ pub struct Fleet {
     pub queries: Vec<Value>,
     /// Rows per page at most, whatever `$top` asks (Resource Graph may send fewer).
     pub page_cap: Option<usize>,
+    /// Results by subscriptions and query, so the pages of one query do not each rebuild
+    /// every resource; emptied by any request that may change the state.
+    cache: std::collections::HashMap<String, std::sync::Arc<Vec<Value>>>,
 }
 
 fn swap(s: &mut ArmState, w: &mut World) {
@@ -279,16 +282,15 @@ fn answer(s: &mut ArmState, body: &Value) -> Result<Value, String> {
             .and_then(|n| n.parse::<usize>().ok())
             .ok_or(format!("invalid $skipToken {t}"))?,
     };
-    let mut rows = Vec::new();
-    let worlds: Vec<String> = std::iter::once(s.subscription.clone())
-        .chain(s.fleet.others.iter().map(|w| w.subscription.clone()))
-        .filter(|w| subs.contains(&w.to_ascii_lowercase()))
-        .collect();
-    for sub in worlds {
-        in_subscription(s, &sub, |s| rows.extend(resources(s)));
-    }
-    let mut out = run(&query, rows)?;
-    out.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    let key = format!("{}\n{}", subs.join(","), body["query"]);
+    let out = match s.fleet.cache.get(&key) {
+        Some(rows) => rows.clone(),
+        None => {
+            let rows = std::sync::Arc::new(evaluate(s, &subs, &query)?);
+            s.fleet.cache.insert(key, rows.clone());
+            rows
+        }
+    };
     let total = out.len();
     let end = (offset + top.min(s.fleet.page_cap.unwrap_or(top))).min(total);
     let data: Vec<Value> = out
@@ -303,8 +305,29 @@ fn answer(s: &mut ArmState, body: &Value) -> Result<Value, String> {
     Ok(v)
 }
 
-/// Every resource of the swapped-in subscription as Resource Graph's `Resources` has it.
-fn resources(s: &ArmState) -> Vec<Value> {
+/// The query's rows over the subscriptions `subs` (lower case), sorted by id.
+fn evaluate(s: &mut ArmState, subs: &[String], query: &Query) -> Result<Vec<Value>, String> {
+    // Only the type the first stage asks for is built (every query starts with one).
+    let kind = match query.stages.first() {
+        Some(Stage::Where(col, op, v)) if col == "type" && op == "=~" => v[0].to_lowercase(),
+        _ => return Err("queries must start with where type =~ '...'".into()),
+    };
+    let mut rows = Vec::new();
+    let worlds: Vec<String> = std::iter::once(s.subscription.clone())
+        .chain(s.fleet.others.iter().map(|w| w.subscription.clone()))
+        .filter(|w| subs.contains(&w.to_ascii_lowercase()))
+        .collect();
+    for sub in worlds {
+        in_subscription(s, &sub, |s| rows.extend(resources(s, &kind)));
+    }
+    let mut out = run(query, rows)?;
+    out.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    Ok(out)
+}
+
+/// The resources of type `kind` of the swapped-in subscription as Resource Graph's
+/// `Resources` has them.
+fn resources(s: &ArmState, kind: &str) -> Vec<Value> {
     let common = |mut v: Value, kind: &str, rg: &str| {
         v["type"] = json!(kind.to_ascii_lowercase());
         v["resourceGroup"] = json!(rg.to_ascii_lowercase());
@@ -315,7 +338,15 @@ fn resources(s: &ArmState) -> Vec<Value> {
         v
     };
     let mut out = Vec::new();
-    for vm in s.vms.iter().filter(|v| v.scale_set.is_none()) {
+    let (vms, exts) = (
+        kind == "microsoft.compute/virtualmachines",
+        kind.ends_with("/extensions"),
+    );
+    for vm in s
+        .vms
+        .iter()
+        .filter(|v| v.scale_set.is_none() && (vms || exts && v.ade_extension))
+    {
         let mut v = vm_json(s, vm, false);
         for ext in v["resources"].as_array().cloned().unwrap_or_default() {
             out.push(common(
@@ -335,14 +366,19 @@ fn resources(s: &ArmState) -> Vec<Value> {
             &vm.resource_group,
         ));
     }
-    for ss in &s.scale_sets {
+    out.retain(|r| r["type"] == kind);
+    for ss in s
+        .scale_sets
+        .iter()
+        .filter(|_| kind.ends_with("virtualmachinescalesets"))
+    {
         out.push(common(
             scale_set_json(s, ss),
             "microsoft.compute/virtualmachinescalesets",
             &ss.resource_group,
         ));
     }
-    for d in &s.disks {
+    for d in s.disks.iter().filter(|_| kind == "microsoft.compute/disks") {
         out.push(common(
             disk_json(s, d),
             "microsoft.compute/disks",

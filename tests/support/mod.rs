@@ -205,7 +205,7 @@ pub fn azure_cmd(world: &fake_azure::FakeAzure, subcommand: &str, args: &[&str])
         .args(world.cli_args())
         .args(args)
         .envs(world.env());
-    if !args.contains(&"--subscription") {
+    if !args.contains(&"--subscription") && !args.contains(&"--all-subscriptions") {
         c.args(["--subscription", SUBSCRIPTION]);
     }
     c
