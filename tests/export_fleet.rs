@@ -130,3 +130,27 @@ fn four_shards_over_a_three_subscription_plan_export_every_disk_once() {
         assert_eq!(left, Leftovers::default(), "{sub}");
     }
 }
+
+/// An existing plan is the selection: `--all-subscriptions` beside it is refused before
+/// any request, as the other selection flags are.
+#[test]
+fn all_subscriptions_beside_an_existing_plan_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.json");
+    std::fs::write(&plan, "[]").unwrap();
+    let mut c = support::bin();
+    c.args([
+        "export",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--all-subscriptions",
+    ])
+    .args(["--output-dir", dir.path().join("out").to_str().unwrap()]);
+    let r = run(c);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("give no selection flags with it"),
+        "{}",
+        r.stderr
+    );
+}

@@ -51,7 +51,8 @@ fn render(progress: &PartsProgress<DiskKey>, event: ExportEvent) {
 }
 
 fn selection_flags_given(s: &SelectionArgs) -> bool {
-    !(s.resource_group.is_empty()
+    !(!s.all_subscriptions
+        && s.resource_group.is_empty()
         && s.name.is_empty()
         && s.tag.is_empty()
         && s.power_state.is_empty()
