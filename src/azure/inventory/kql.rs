@@ -16,12 +16,12 @@ pub const DISK_TYPE: &str = "microsoft.compute/disks";
 pub const SCALE_SET_TYPE: &str = "microsoft.compute/virtualmachinescalesets";
 pub const EXTENSION_TYPE: &str = "microsoft.compute/virtualmachines/extensions";
 
-/// The VM columns `list` needs; the model parts are rebuilt from them.
+/// The VM columns `list` needs; the model parts are rebuilt from them. The Hyper-V
+/// generation comes from the OS disk's record, as with the Compute lists.
 const VM_COLUMNS: &str = "id, name, location, tags, \
 hardwareProfile = properties.hardwareProfile, \
 storageProfile = properties.storageProfile, \
-securityProfile = properties.securityProfile, \
-hyperVGeneration = tostring(properties.extended.instanceView.hyperVGeneration), powerState";
+securityProfile = properties.securityProfile, powerState";
 
 /// A KQL string literal for `text`, or None when it holds a character that this quoting
 /// does not express (other control characters): that filter then stays client-side.
@@ -200,7 +200,7 @@ mod tests {
              | extend powerState = tostring(properties.extended.instanceView.powerState.code)\n\
              | project id, name, location, tags, hardwareProfile = properties.hardwareProfile, \
              storageProfile = properties.storageProfile, securityProfile = properties.securityProfile, \
-             hyperVGeneration = tostring(properties.extended.instanceView.hyperVGeneration), powerState\n\
+             powerState\n\
              | order by id asc"
         );
     }
