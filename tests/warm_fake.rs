@@ -222,7 +222,9 @@ fn diff(target: &str, prev: &str, window: Option<&str>, max: Option<usize>) -> V
 }
 
 /// `(status, error code, body)` of a refused diff.
-fn refused(target: &str, prev: &str, q: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+type Refused = (u16, String, String);
+
+fn refused(target: &str, prev: &str, q: &str, headers: &[(&str, &str)]) -> Refused {
     let mut h = vec![("x-ms-previous-snapshot-url", prev)];
     h.extend_from_slice(headers);
     let r = page_list(target, q, &h);
@@ -480,7 +482,7 @@ fn diffs_azure_refuses_are_refused_without_echoing_the_previous_url() {
     revoke(port, "gone");
     delete(port, "gone");
     let sig = |u: &str| u.split("sig=").nth(1).unwrap().to_string();
-    let cases: Vec<(&str, (u16, String, String), u16, &str)> = vec![
+    let cases: Vec<(&str, Refused, u16, &str)> = vec![
         (
             "another disk's snapshot",
             refused(&r2, &elsewhere, "", &[]),
