@@ -780,7 +780,12 @@ fn churn_reports_what_the_diff_then_names() {
         "C1 + diff(C1→C2)",
     );
     // A written disk for the benchmark: about the share asked, in whole extents.
-    let big = support::warm_churn::written_disk(256 * MIB, 20.0, 1);
+    let big = support::warm_churn::written_disk(250 * MIB + 4096, 20.0, 1);
     let share = big.written_bytes() as f64 / (256 * MIB) as f64;
+    assert!(
+        big.extents
+            .iter()
+            .all(|(off, d)| off % PAGE == 0 && d.len() as u64 % PAGE == 0)
+    );
     assert!((0.18..0.22).contains(&share), "{share}");
 }

@@ -39,11 +39,12 @@ impl Rng {
 }
 
 /// A disk of `size` bytes with about `percent` of it written, in 1 MiB extents spread
-/// evenly (with some unaligned to pages), contents from `seed`.
+/// evenly, contents from `seed`.
 pub fn written_disk(size: u64, percent: f64, seed: u64) -> Disk {
     let extent = MIB;
     let count = ((size as f64 * percent / 100.0) / extent as f64).round() as u64;
-    let stride = (size / count.max(1)).max(extent);
+    // Page-aligned starts (Put Page takes whole pages), some not aligned to 4 KiB.
+    let stride = (size / count.max(1)).max(extent) / PAGE * PAGE;
     let extents = (0..count)
         .map(|i| i * stride + if i % 7 == 3 { 1536 } else { 0 })
         .filter(|off| off + extent <= size)
