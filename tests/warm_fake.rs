@@ -785,7 +785,7 @@ fn churn_reports_what_the_diff_then_names() {
     assert!(
         big.extents
             .iter()
-            .all(|(off, d)| off % PAGE == 0 && d.len() as u64 % PAGE == 0)
+            .all(|(off, d)| off.is_multiple_of(PAGE) && (d.len() as u64).is_multiple_of(PAGE))
     );
     assert!((0.18..0.22).contains(&share), "{share}");
 }
