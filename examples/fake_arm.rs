@@ -15,9 +15,11 @@ mod support {
     pub mod fake_arm;
     pub mod fake_graph;
     pub mod http;
+    pub mod pages;
     pub mod seed;
     pub mod tls;
     pub mod vhd;
+    pub mod warm;
 }
 
 use std::io::BufRead;
