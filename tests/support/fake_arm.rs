@@ -508,6 +508,8 @@ pub struct ArmState {
     pub issued_signatures: Vec<String>,
     /// Requests per route (see `route` names), plus "throttled".
     pub counts: BTreeMap<String, u64>,
+    /// Incremental-snapshot tracking: dirty pages, `uniqueId`s, limits (see `warm.rs`).
+    pub warm: super::warm::WarmState,
     operations: HashMap<u64, Operation>,
     next_operation: u64,
     arm_requests: u64,
@@ -573,6 +575,7 @@ impl ArmState {
             grant_formats: Vec::new(),
             issued_signatures: Vec::new(),
             counts: BTreeMap::new(),
+            warm: super::warm::WarmState::default(),
             operations: HashMap::new(),
             next_operation: 1,
             arm_requests: 0,
@@ -1769,6 +1772,7 @@ fn disk_json(s: &ArmState, d: &FakeDisk) -> Value {
     }
     disk_kind_json(&mut props, &d.kind, &s.subscription, &d.resource_group);
     kind_properties(&mut props, &d.kind);
+    props["uniqueId"] = json!(s.warm.unique_id(&s.disk_id(&d.resource_group, &d.name)));
     let mut v = json!({"name": d.name, "id": s.disk_id(&d.resource_group, &d.name), "type": "Microsoft.Compute/disks",
                        "location": d.location, "sku": {"name": d.kind.sku_name(), "tier": "Premium"}, "properties": props});
     if let Some(vm) = attached {
@@ -2016,6 +2020,7 @@ fn snapshot_json(s: &ArmState, snap: &FakeSnapshot) -> Value {
         .unwrap_or_default();
     let mut props = Value::Object(props);
     kind_properties(&mut props, &snap.kind);
+    super::warm::snapshot_properties(&mut props, &s.warm, &id, &snap.source_id);
     v["properties"] = props;
     v
 }
@@ -2155,6 +2160,10 @@ fn snapshot_routes(
             if let Some(refusal) = snapshot_refusal(s, &disk, source, incremental) {
                 return refusal;
             }
+            let disk_id = s.disk_id(&disk.resource_group, &disk.name);
+            if let Some(msg) = incremental.then(|| s.warm.rate_refusal(&disk_id)).flatten() {
+                return arm_error(409, "OperationNotAllowed", &msg);
+            }
             let id = id_of(s, &name);
             let snap = FakeSnapshot {
                 name,
@@ -2177,6 +2186,7 @@ fn snapshot_routes(
             {
                 return arm_error(500, "InternalServerError", &e);
             }
+            s.warm.snapshot_taken(&disk_id, &id, incremental);
             let initial = snapshot_json(s, &snap);
             s.snapshots.insert(id.clone(), snap);
             start_operation(
@@ -2237,6 +2247,9 @@ fn snapshot_routes(
                         if snap.completion_percent.is_some_and(|p| p < 100) {
                             s.early_grants += 1;
                         }
+                        return refusal;
+                    }
+                    if let Some(refusal) = family_sas_refusal(s, &id) {
                         return refusal;
                     }
                     if snap.kind.restricted() {
@@ -2317,6 +2330,37 @@ fn snapshot_refusal(
     None
 }
 
+/// Azure's limit on SAS of incremental snapshots: at most `sas_per_family` snapshots of one
+/// disk with an active (or pending) grant at once. Not documented with an error code; this
+/// fake answers 409 OperationNotAllowed, as for the other limits of this operation.
+fn family_sas_refusal(s: &ArmState, id: &str) -> Option<HttpResponse> {
+    let target = s.snapshots.get(id)?;
+    if !target.incremental {
+        return None;
+    }
+    let pending = s.operations.values().filter_map(|op| match &op.effect {
+        Some(Effect::Granted(g)) => Some(g),
+        _ => None,
+    });
+    let granted: BTreeSet<&String> = s.grants.iter().chain(pending).collect();
+    let family = granted
+        .into_iter()
+        .filter(|g| *g != id)
+        .filter_map(|g| s.snapshots.get(g))
+        .filter(|n| n.incremental && n.source_id.eq_ignore_ascii_case(&target.source_id))
+        .count();
+    let limit = s.warm.sas_per_family;
+    (family >= limit).then(|| {
+        arm_error(
+            409,
+            "OperationNotAllowed",
+            &format!(
+                "At most {limit} incremental snapshots of a disk can have an active SAS at once; revoke access to one first."
+            ),
+        )
+    })
+}
+
 /// Snapshots in the subscription or one resource group, paged like every ARM list.
 fn list_snapshots(
     s: &mut ArmState,
@@ -2336,29 +2380,47 @@ fn list_snapshots(
 
 /// Copy Blob within devstoreaccount1 (Azurite copies synchronously, page ranges kept):
 /// the snapshot's contents are the disk's at the time of the request, as in Azure.
+/// Azurite 3.37 (in memory) gives a copied page blob the *same* page-range list object as
+/// its source, so a later Put Page or Clear Page on the disk would show in every snapshot
+/// copied from it. A blob snapshot gets a list of its own and is never written: copy from
+/// one, then delete it.
 fn copy_blob(port: u16, from: (&str, &str), to: (&str, &str)) -> Result<(), String> {
+    let from_path = format!("/{}/{}", from.0, from.1);
+    let frozen = blob_request(port, "PUT", &from_path, &[("comp", "snapshot")], &[])?;
+    let stamp = frozen
+        .header("x-ms-snapshot")
+        .ok_or("blob snapshot: no x-ms-snapshot")?
+        .to_string();
     let source = format!(
-        "http://127.0.0.1:{port}/{}/{}/{}",
-        super::seed::ACCOUNT,
-        from.0,
-        from.1
+        "http://127.0.0.1:{port}/{}{from_path}?snapshot={stamp}",
+        super::seed::ACCOUNT
     );
-    let r = super::seed::signed_request(
+    let copied = blob_request(
         port,
         "PUT",
         &format!("/{}/{}", to.0, to.1),
         &[],
         &[("x-ms-copy-source", source)],
-        b"",
-    )
-    .map_err(|e| format!("copy blob: {e}"))?;
+    );
+    blob_request(port, "DELETE", &from_path, &[("snapshot", &stamp)], &[])?;
+    copied.map(|_| ())
+}
+
+/// A SharedKey request to Azurite that must succeed (2xx).
+fn blob_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    query: &[(&str, &str)],
+    headers: &[(&str, String)],
+) -> Result<super::http::Response, String> {
+    let r = super::seed::signed_request(port, method, path, query, headers, b"")
+        .map_err(|e| format!("{method} {path}: {e}"))?;
     if (200..300).contains(&r.status) {
-        Ok(())
+        Ok(r)
     } else {
         Err(format!(
-            "copy blob {}/{}: HTTP {} {}",
-            from.0,
-            from.1,
+            "{method} {path}: HTTP {} {}",
             r.status,
             String::from_utf8_lossy(&r.body)
         ))
@@ -2477,6 +2539,7 @@ fn apply(s: &mut ArmState, effect: Effect) {
             }
         }
         Effect::SnapshotDeleted(id) => {
+            s.warm.snapshot_deleted(&id);
             if let Some(snap) = s.snapshots.remove(&id)
                 && let Some(storage) = &s.storage
             {
