@@ -222,7 +222,9 @@ fn diff(target: &str, prev: &str, window: Option<&str>, max: Option<usize>) -> V
 }
 
 /// `(status, error code, body)` of a refused diff.
-fn refused(target: &str, prev: &str, q: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+type Refused = (u16, String, String);
+
+fn refused(target: &str, prev: &str, q: &str, headers: &[(&str, &str)]) -> Refused {
     let mut h = vec![("x-ms-previous-snapshot-url", prev)];
     h.extend_from_slice(headers);
     let r = page_list(target, q, &h);
@@ -480,7 +482,7 @@ fn diffs_azure_refuses_are_refused_without_echoing_the_previous_url() {
     revoke(port, "gone");
     delete(port, "gone");
     let sig = |u: &str| u.split("sig=").nth(1).unwrap().to_string();
-    let cases: Vec<(&str, (u16, String, String), u16, &str)> = vec![
+    let cases: Vec<(&str, Refused, u16, &str)> = vec![
         (
             "another disk's snapshot",
             refused(&r2, &elsewhere, "", &[]),
@@ -743,4 +745,47 @@ fn snapshot_like_disk(world: &FakeAzure) -> Vec<u8> {
         b"",
     )
     .body
+}
+
+/// The churn helper (for warm end-to-end tests and the benchmark) changes at least the share
+/// asked, and the diff names exactly the pages it reports, its clears as `ClearRange`.
+#[test]
+fn churn_reports_what_the_diff_then_names() {
+    let (mut world, port) = world();
+    let port = &port;
+    let size = world.disk(DISK).size;
+    snapshot(port, &world, DISK, "c1");
+    let at_c1 = world.disk(DISK).image();
+    let churn = world.churn(DISK, 5.0, 42);
+    assert!(
+        churn.changed_bytes() >= size / 20,
+        "{}",
+        churn.changed_bytes()
+    );
+    assert!(
+        churn.changed_bytes() < size / 5,
+        "{}",
+        churn.changed_bytes()
+    );
+    assert!(!churn.cleared.is_empty());
+    snapshot(port, &world, DISK, "c2");
+    let (c1, c2) = (grant(port, "c1"), grant(port, "c2"));
+    let d = diff(&c2, &c1, None, Some(7));
+    assert_eq!(pages_of(&d, None), churn.pages);
+    assert_eq!(pages_of(&d, Some(RangeKind::Clear)), churn.cleared);
+    let b2 = snapshot_bytes(&world, "c2", size);
+    same(
+        &apply(&at_c1, &b2, &d),
+        &world.disk(DISK).image(),
+        "C1 + diff(C1→C2)",
+    );
+    // A written disk for the benchmark: about the share asked, in whole extents.
+    let big = support::warm_churn::written_disk(250 * MIB + 4096, 20.0, 1);
+    let share = big.written_bytes() as f64 / (256 * MIB) as f64;
+    assert!(
+        big.extents
+            .iter()
+            .all(|(off, d)| off.is_multiple_of(PAGE) && (d.len() as u64).is_multiple_of(PAGE))
+    );
+    assert!((0.18..0.22).contains(&share), "{share}");
 }
