@@ -306,3 +306,36 @@ fn kill_9_mid_pass_then_a_rerun_finishes_it() {
         assert!(!journal.exists());
     }
 }
+
+/// A grant served as VHDX (a 4 KiB-sector disk): its page diffs would be in VHDX file
+/// offsets, so the pass is refused as not applicable — naming VHDX, with the image
+/// untouched and no journal left — and the caller does a full pass.
+#[test]
+fn a_vhdx_grant_is_refused_before_anything_is_written() {
+    let warm = Warm::start();
+    let port = warm.world.azurite.port;
+    let vhdx = support::vhdx::vhdx_of_image(&vec![7u8; (2 * MIB) as usize], 4096);
+    support::vhdx::seed_pages(port, "vhdx", "disk.vhdx", &vhdx);
+    let sas = support::seed::blob_sas("vhdx", "disk.vhdx", Duration::from_secs(3600), false);
+    let url = SasUrl::parse(&support::seed::blob_url(port, "vhdx", "disk.vhdx", &sas)).unwrap();
+    let snap = |id: &str| Snap {
+        id: id.into(),
+        sas: url.clone(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let image = image_path(dir.path(), ImageFormat::Raw);
+    std::fs::write(&image, vec![1u8; (2 * MIB) as usize]).unwrap();
+    match warm.diff(&snap("old"), &snap("new"), &image, ImageFormat::Raw) {
+        Err(e @ DiffError::NotApplicable { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("VHDX") && text.contains("full pass"),
+                "{text}"
+            );
+            assert!(!text.contains("sig="), "{text}");
+        }
+        other => panic!("expected NotApplicable, got {other:?}"),
+    }
+    assert!(std::fs::read(&image).unwrap() == vec![1u8; (2 * MIB) as usize]);
+    assert!(!journal_path_for(&image).exists());
+}
