@@ -60,9 +60,10 @@ fn kubernetes_validate(files: &[PathBuf]) -> Output {
 }
 
 fn storage_check(files: &[PathBuf]) -> Output {
-    let mut args: Vec<&Path> = vec![Path::new(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/k8s_storage.py"),
-    )];
+    let mut args: Vec<&Path> = vec![Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/tools/k8s_storage.py"
+    ))];
     args.extend(files.iter().map(PathBuf::as_path));
     run("python", &args)
 }
@@ -95,7 +96,10 @@ fn the_kubernetes_manifests_pass_strict_validation() {
         "persistentvolumeclaim/azure2kvm-export",
         "job/azure2kvm-export",
     ] {
-        assert!(said.contains(&format!("passed for resource {resource}")), "{said}");
+        assert!(
+            said.contains(&format!("passed for resource {resource}")),
+            "{said}"
+        );
     }
 }
 
@@ -111,7 +115,11 @@ fn strict_validation_refuses_a_field_kubernetes_does_not_know() {
     );
     let out = kubernetes_validate(&files);
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("'shards' was unexpected"), "{}", text(&out));
+    assert!(
+        text(&out).contains("'shards' was unexpected"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
