@@ -1,6 +1,9 @@
 //! A fake Azure Resource Manager for tests and demos: HTTPS on 127.0.0.1 with a CA and a
 //! server certificate made at start (the SDK's bearer-token policy refuses plain http), and
 //! an App Service-style managed-identity token endpoint on plain http (as on App Service).
+//! HTTP/1.1 itself (parsing, framing, keep-alive) is hyper's, the server half of the
+//! version the SDK's reqwest builds: the routes below see only `HttpRequest` and answer
+//! `HttpResponse`. The fault proxy (fault_proxy.rs) stays byte-level on purpose.
 //!
 //! It behaves like ARM where the client depends on it: `nextLink` paging with skip tokens
 //! containing `+ / =`, status-only pages whose ids differ in case, long-running operations
