@@ -155,6 +155,23 @@ pub struct Libvirtd {
     virtlogd: Option<Child>,
     libvirtd: Option<Child>,
     _one: MutexGuard<'static, ()>,
+    /// Held while the daemon is in use: test binaries run one after another under `cargo
+    /// test`, but two `cargo test` runs on one machine would otherwise stop each other's
+    /// libvirtd mid-test ("Disconnected from qemu:///system").
+    _machine: std::fs::File,
+}
+
+/// An exclusive lock on a file every test process on this machine agrees on.
+fn machine_lock() -> std::fs::File {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("azure2kvm-tests-libvirtd.lock"))
+        .expect("open the libvirtd lock file");
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .expect("lock the libvirtd lock file");
+    file
 }
 
 fn spawn(cmd: &[&str]) -> Child {
@@ -171,11 +188,13 @@ impl Libvirtd {
     pub fn start() -> Self {
         ensure_installed();
         let one = ONE_DAEMON.lock().unwrap_or_else(|e| e.into_inner());
+        let machine = machine_lock();
         if virsh(&["version"]).status.success() {
             return Self {
                 virtlogd: None,
                 libvirtd: None,
                 _one: one,
+                _machine: machine,
             };
         }
         // One already running keeps its pid file; ours then just exits.
@@ -185,6 +204,7 @@ impl Libvirtd {
             virtlogd,
             libvirtd: Some(libvirtd),
             _one: one,
+            _machine: machine,
         };
         let t = Instant::now();
         while !virsh(&["version"]).status.success() {
