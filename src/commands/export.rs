@@ -62,6 +62,10 @@ fn selection_flags_given(s: &SelectionArgs) -> bool {
 /// The flags as typed settings; every refusal here is a usage error (exit 2), found before
 /// any Azure call.
 fn settings(args: &ExportArgs) -> Result<ExportSettings, Error> {
+    let limits = RunLimits {
+        concurrency: args.concurrency,
+        memory: memory_limit(args.memory)?,
+    };
     let io_timeout = crate::cli::io_timeout_from_env()
         .map_err(Error::usage)?
         .unwrap_or(DEFAULT_IO_TIMEOUT);
@@ -106,10 +110,7 @@ fn settings(args: &ExportArgs) -> Result<ExportSettings, Error> {
         shard: args.shard,
         sas_duration: args.sas_duration,
         md_service_version: args.azure.md_service_version,
-        limits: RunLimits {
-            concurrency: args.concurrency,
-            memory: memory_limit(args.memory)?,
-        },
+        limits,
         io_timeout,
         allow_encrypted: args.allow_encrypted,
         snapshot_type: args.snapshot_type,
