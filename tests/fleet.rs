@@ -72,7 +72,10 @@ fn live_grants_stay_within_the_bound_and_disks_are_granted_ahead_of_their_slot()
     assert!(r.stderr.contains("4.0 MiB chunks"), "{}", r.stderr);
     let most = world.with_state(|s| s.max_live_grants);
     assert!(most <= bound, "{most} grants live at once, bound {bound}");
-    assert!(most > slots, "no disk was granted ahead: at most {most} live");
+    assert!(
+        most > slots,
+        "no disk was granted ahead: at most {most} live"
+    );
     for i in 0..10 {
         let vm = format!("vm-{i:02}");
         assert_image_equals(
@@ -146,7 +149,10 @@ fn ctrl_c_with_disks_granted_ahead_revokes_every_grant_and_exits_130() {
         if let Some(s) = child.0.as_mut().unwrap().try_wait().unwrap() {
             break s.code().unwrap_or(-1);
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "the export did not exit");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the export did not exit"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(code, 130);

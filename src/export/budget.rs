@@ -122,9 +122,8 @@ pub fn plan(concurrency: Option<usize>, disks: usize, memory: u64) -> Budget {
         }
         let per_download = (CHUNK_MEMORY_BUDGET / chunk_size) as usize;
         let s = split(n, disks, buffers, per_download);
-        let better = best.is_none_or(|b| {
-            (s.slots * s.connections, s.slots) > (b.total_connections(), b.slots)
-        });
+        let better = best
+            .is_none_or(|b| (s.slots * s.connections, s.slots) > (b.total_connections(), b.slots));
         if better {
             best = Some(Budget {
                 slots: s.slots,
@@ -181,7 +180,6 @@ pub fn split(concurrency: usize, disks: usize, buffers: usize, per_download: usi
     }
     best
 }
-
 
 /// What the user gave for the whole run (or the defaults): [`plan`] shares it once the
 /// number of disks is known.

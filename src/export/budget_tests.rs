@@ -75,12 +75,19 @@ proptest::proptest! {
 fn ten_disks_with_64_connections_get_them_when_memory_allows() {
     // The issue: the fixed 192 MiB gave 10 disks and --concurrency 64 8 connections.
     let b = plan(Some(64), 10, GIB);
-    assert_eq!((b.total_connections(), b.chunk_size), (64, 8 * MIB), "{b:?}");
+    assert_eq!(
+        (b.total_connections(), b.chunk_size),
+        (64, 8 * MIB),
+        "{b:?}"
+    );
     assert!(b.slots >= 8, "{b:?}");
     // A small budget: smaller chunks, so more disks still move at once.
     let small = plan(Some(64), 10, 160 * MIB);
     assert_eq!(small.chunk_size, 4 * MIB, "{small:?}");
-    assert!(small.total_connections() > plan_at_8m(64, 10, 160 * MIB), "{small:?}");
+    assert!(
+        small.total_connections() > plan_at_8m(64, 10, 160 * MIB),
+        "{small:?}"
+    );
 }
 
 fn plan_at_8m(n: usize, disks: usize, memory: u64) -> usize {
@@ -100,8 +107,14 @@ fn defaults_scale_with_the_disks_and_keep_a_lone_disk_as_it_was() {
     assert_eq!((sixteen.slots, sixteen.connections), (16, 4), "{sixteen:?}");
     assert_eq!(sixteen.live_grants, 16);
     let many = plan(None, 100, GIB);
-    assert_eq!(many.live_grants, many.slots + many.slots.min(MAX_GRANTS_AHEAD));
-    assert!(many.live_grants <= 100 && many.live_grants > many.slots, "{many:?}");
+    assert_eq!(
+        many.live_grants,
+        many.slots + many.slots.min(MAX_GRANTS_AHEAD)
+    );
+    assert!(
+        many.live_grants <= 100 && many.live_grants > many.slots,
+        "{many:?}"
+    );
 }
 
 #[test]

@@ -18,6 +18,7 @@ use azure_core::credentials::TokenCredential;
 use futures::StreamExt;
 use serde::Serialize;
 
+use super::budget::RunLimits;
 use super::disk::{DiskContext, EventFn, ExportEvent};
 use super::disk_kind::SnapshotType;
 use super::ledger::{
@@ -36,7 +37,6 @@ use crate::azure::session::{AzureSession, SignInError};
 use crate::image::sink::ImageFormat;
 use crate::interrupt::Interrupt;
 use crate::transfer::engine::{DEFAULT_CONCURRENCY, DEFAULT_QUEUE_DEPTH};
-use super::budget::RunLimits;
 
 /// Where the VMs come from.
 #[derive(Debug)]
