@@ -171,16 +171,7 @@ pub async fn export_disk(
                 Some(message) => fail(message),
             })?;
         let granted_at = std::time::Instant::now();
-        tracing::info!(
-            "{vm}: {} read access granted on {} for {} s as {} (grant {grant})",
-            disk.name,
-            target_name(&target),
-            ctx.sas_duration,
-            match format {
-                GrantFormat::Vhd => "VHD",
-                GrantFormat::Vhdx => "VHDX",
-            }
-        );
+        log_grant(ctx, vm, disk, &target, format, grant);
         let mut req = request(ctx, sas, &output, resource_id.folded());
         if disk.entra_id_reads {
             req.credential = Some(ctx.credential.clone());
@@ -227,6 +218,26 @@ pub async fn export_disk(
     Err(fail(format!(
         "read access expired {MAX_GRANTS} times; raise --sas-duration"
     )))
+}
+
+fn log_grant(
+    ctx: &DiskContext,
+    vm: &str,
+    disk: &PlannedDisk,
+    target: &AccessTarget,
+    format: GrantFormat,
+    grant: u32,
+) {
+    let format = match format {
+        GrantFormat::Vhd => "VHD",
+        GrantFormat::Vhdx => "VHDX",
+    };
+    tracing::info!(
+        "{vm}: {} read access granted on {} for {} s as {format} (grant {grant})",
+        disk.name,
+        target_name(target),
+        ctx.sas_duration,
+    );
 }
 
 /// One of the run's data slots; None when interrupted while waiting for it.
