@@ -65,6 +65,10 @@ pub struct EngineConfig {
     pub checkpoint_interval: Duration,
     /// Checkpoint when nothing has arrived for this long and chunks are pending.
     pub idle_checkpoint: Duration,
+    /// Hand all-zero chunks to the sink too. A download skips them (the sink's untouched
+    /// bytes read as zeros); an in-place update must not, or old data would survive where
+    /// the new data is zeros (`transfer::diff`).
+    pub write_zero_chunks: bool,
 }
 
 impl Default for EngineConfig {
@@ -80,6 +84,7 @@ impl Default for EngineConfig {
             // A pause this long means the link stalled: what arrived is made durable now
             // rather than at the next interval.
             idle_checkpoint: Duration::from_millis(500),
+            write_zero_chunks: false,
         }
     }
 }
@@ -191,7 +196,7 @@ pub async fn run(
     let chunks = todo.len() as u64;
     // The budget made literal: one buffer per fetch in flight, per queued chunk, and the
     // one being written.
-    let largest = todo.iter().map(|c| c.length).max().unwrap_or(0);
+    let largest = todo.iter().map(|c| c.length.get()).max().unwrap_or(0);
     let pool = BufferPool::new(
         config.concurrency + config.queue_depth + 1,
         usize::try_from(largest).expect("chunk size is bounded"),
@@ -239,7 +244,7 @@ async fn drive(
             let ctx = ctx.clone();
             let pool = pool.clone();
             let handle = AbortOnDrop(tokio::spawn(async move {
-                let len = usize::try_from(chunk.length).expect("chunk size is bounded");
+                let len = usize::try_from(chunk.length.get()).expect("chunk size is bounded");
                 let mut buf = pool.get(len).await;
                 ctx.fetch_into(chunk, &mut buf).await.map(|()| (chunk, buf))
             }));
@@ -310,7 +315,7 @@ impl Pending {
 
     fn push(&mut self, chunk: Chunk) {
         self.chunks.push(chunk);
-        self.bytes += chunk.length;
+        self.bytes += chunk.length.get();
         self.last_arrival = Instant::now();
     }
 
@@ -367,14 +372,14 @@ fn write_loop(
     while let Some(msg) = rx.blocking_recv() {
         match msg {
             Msg::Data(chunk, data) => {
-                if crate::image::zero::is_zero(&data) {
+                if !config.write_zero_chunks && crate::image::zero::is_zero(&data) {
                     w.zero_chunks += 1;
                 } else {
-                    sink.write_at(chunk.virtual_offset, &data)?;
+                    sink.write_at(chunk.virtual_offset.get(), &data)?;
                     w.chunks_written += 1;
                 }
                 drop(data);
-                done += chunk.length;
+                done += chunk.length.get();
                 pending.push(chunk);
                 progress(ProgressEvent::Advanced { done, total });
                 if pending.due_on_data(&config) {
