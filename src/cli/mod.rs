@@ -110,11 +110,19 @@ pub struct ExportArgs {
     /// whose network access policy is AllowPrivate too (refused otherwise).
     #[arg(long)]
     pub private_network: bool,
-    /// Parallel connections across all disks (disks in flight share this budget).
-    #[arg(long, default_value_t = crate::transfer::engine::DEFAULT_CONCURRENCY,
+    /// Parallel connections across all disks, 1-256 (disks in flight share them)
+    /// [default: 4 per disk, at least 16, at most 256; fewer if --memory is short].
+    #[arg(long, value_name = "N",
           value_parser = clap::builder::TypedValueParser::map(
               clap::value_parser!(u16).range(1..=256), usize::from))]
-    pub concurrency: usize,
+    pub concurrency: Option<usize>,
+    /// Memory for the whole run, e.g. 512M, 2G: chunk buffers of every disk in flight plus
+    /// 32 MiB for the process, so it bounds the peak RSS. Disks in flight, connections per
+    /// disk and chunk size (8 or 4 MiB) follow from it. At least 44M, at most the machine's
+    /// memory [default: a quarter of the machine's memory (cgroup limit if lower), at most
+    /// 1G].
+    #[arg(long, value_name = "SIZE", env = MEMORY_ENV, value_parser = parse_size)]
+    pub memory: Option<u64>,
     /// A plan (JSON list of VMs, as `list --output json` prints): with --dry-run it is
     /// written; otherwise, if FILE exists and no selection flag is given, it is exported.
     #[arg(long, value_name = "FILE")]
@@ -310,6 +318,9 @@ pub struct DownloadArgs {
     #[command(flatten)]
     pub azure: AzureArgs,
 }
+
+/// `export --memory` from the environment.
+pub const MEMORY_ENV: &str = "AZURE2KVM_MEMORY";
 
 /// The I/O timeout's environment variable, read by every command that downloads.
 pub const IO_TIMEOUT_ENV: &str = "AZURE2KVM_IO_TIMEOUT";

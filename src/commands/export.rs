@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::azure::inventory::Selection;
 use crate::cli::{ExportArgs, GlobalArgs, SelectionArgs};
 use crate::error::{Error, ErrorKind};
+use crate::export::budget::{self, RunLimits};
 use crate::export::disk::ExportEvent;
 use crate::export::flow::{
     self, ExportError, ExportOutcome, ExportSettings, Mode, RunSelection, RunSummary, VmSource,
@@ -62,6 +63,10 @@ fn selection_flags_given(s: &SelectionArgs) -> bool {
 /// The flags as typed settings; every refusal here is a usage error (exit 2), found before
 /// any Azure call.
 fn settings(args: &ExportArgs) -> Result<ExportSettings, Error> {
+    let limits = RunLimits {
+        concurrency: args.concurrency,
+        memory: memory_limit(args.memory)?,
+    };
     let io_timeout = crate::cli::io_timeout_from_env()
         .map_err(Error::usage)?
         .unwrap_or(DEFAULT_IO_TIMEOUT);
@@ -110,7 +115,7 @@ fn settings(args: &ExportArgs) -> Result<ExportSettings, Error> {
         shard: args.shard,
         sas_duration: args.sas_duration,
         md_service_version: args.azure.md_service_version,
-        concurrency: args.concurrency,
+        limits,
         io_timeout,
         allow_encrypted: args.allow_encrypted,
         snapshot_type: args.snapshot_type,
@@ -132,6 +137,22 @@ fn settings(args: &ExportArgs) -> Result<ExportSettings, Error> {
             private_network: args.private_network,
         },
     })
+}
+
+/// Memory of a run when the machine's cannot be read: the chunk buffers of earlier
+/// versions (192 MiB) and the process's own needs.
+const MEMORY_IF_UNKNOWN: u64 = 256 << 20;
+
+/// `--memory` (or its default from the machine), checked against its bounds.
+fn memory_limit(asked: Option<u64>) -> Result<u64, Error> {
+    let machine = super::machine::memory();
+    let memory = match (asked, machine) {
+        (Some(m), _) => m,
+        (None, Some(ram)) => budget::default_memory(ram),
+        (None, None) => MEMORY_IF_UNKNOWN,
+    };
+    // Unknown machine memory: only the lower bound can be checked.
+    budget::check_memory(memory, machine.unwrap_or(u64::MAX)).map_err(Error::usage)
 }
 
 fn export_error(e: ExportError) -> Error {

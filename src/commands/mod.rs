@@ -6,6 +6,7 @@ pub mod download;
 pub mod export;
 pub mod inspect;
 pub mod list;
+pub mod machine;
 
 use crate::azure::cloud::Cloud;
 use crate::azure::credential::CredentialSettings;

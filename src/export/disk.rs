@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use azure_core::credentials::TokenCredential;
 
+use super::budget::RunLimits;
 use super::disk_kind::{self, Refusal};
 use super::ledger::{Ledger, ResourceKind, ResourceState};
 use super::plan::{DiskKey, PlannedDisk, Source};
@@ -52,11 +53,19 @@ pub struct DiskContext {
     pub background_copies: usize,
     /// `x-ms-version` for managed-disk export hosts (`--md-service-version`).
     pub md_service_version: crate::azure::blob::ServiceVersion,
-    /// Connections: the run's whole budget (`--concurrency`) when given to `run::run`,
-    /// which hands each disk a context with its share.
+    /// The run's `--concurrency` and `--memory`, shared out by `run::run`.
+    pub limits: RunLimits,
+    /// Connections of one disk (its share, set by `run::run`).
     pub connections: usize,
     /// Chunks waiting for the writer, per disk (its share of the run's memory).
     pub queue_depth: usize,
+    /// Bytes per ranged GET (None: the transfer's default), from the run's budget.
+    pub chunk_size: Option<u64>,
+    /// The run's data slots: a disk holds one while it downloads, and only then, so its
+    /// grant (and renewals) and its revoke happen outside them and the wire stays busy
+    /// while Azure's control plane answers. Its size bounds the downloads, and with them
+    /// the chunk memory, of the whole run.
+    pub data_slots: Arc<tokio::sync::Semaphore>,
     pub io_timeout: Duration,
     pub interrupt: Interrupt,
     pub events: EventFn,
@@ -162,26 +171,25 @@ pub async fn export_disk(
                 Some(message) => fail(message),
             })?;
         let granted_at = std::time::Instant::now();
-        tracing::info!(
-            "{vm}: {} read access granted on {} for {} s as {} (grant {grant})",
-            disk.name,
-            target_name(&target),
-            ctx.sas_duration,
-            match format {
-                GrantFormat::Vhd => "VHD",
-                GrantFormat::Vhdx => "VHDX",
-            }
-        );
+        log_grant(ctx, vm, disk, &target, format, grant);
         let mut req = request(ctx, sas, &output, resource_id.folded());
         if disk.entra_id_reads {
             req.credential = Some(ctx.credential.clone());
         }
+        // Granted ahead: wait for a data slot with the grant in hand, and give the slot
+        // back before the revoke, so the next disk's bytes start at once.
+        let Some(slot) = data_slot(ctx).await else {
+            revoke(ctx, &target, resource_id).await;
+            grants.discard();
+            return Err(interrupted(vm, disk));
+        };
         let result = download(
             req,
             progress_of(&ctx.events, &disk.key),
             ctx.interrupt.clone(),
         )
         .await;
+        drop(slot);
         revoke(ctx, &target, resource_id).await;
         // Granted, but the URL refuses this host: a policy set since the plan was made, or
         // a private endpoint out of reach. The grant is revoked above; say why instead of
@@ -210,6 +218,35 @@ pub async fn export_disk(
     Err(fail(format!(
         "read access expired {MAX_GRANTS} times; raise --sas-duration"
     )))
+}
+
+fn log_grant(
+    ctx: &DiskContext,
+    vm: &str,
+    disk: &PlannedDisk,
+    target: &AccessTarget,
+    format: GrantFormat,
+    grant: u32,
+) {
+    let format = match format {
+        GrantFormat::Vhd => "VHD",
+        GrantFormat::Vhdx => "VHDX",
+    };
+    tracing::info!(
+        "{vm}: {} read access granted on {} for {} s as {format} (grant {grant})",
+        disk.name,
+        target_name(target),
+        ctx.sas_duration,
+    );
+}
+
+/// One of the run's data slots; None when interrupted while waiting for it.
+async fn data_slot(ctx: &DiskContext) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let slots = Arc::clone(&ctx.data_slots);
+    ctx.interrupt
+        .unless_cancelled(slots.acquire_owned())
+        .await?
+        .ok()
 }
 
 /// What a grant is asked on, and in which format. The disk as Azure has it now decides
@@ -495,6 +532,7 @@ fn request(
         queue_depth: ctx.queue_depth,
         ..EngineConfig::default()
     };
+    req.chunk_size = ctx.chunk_size;
     req.io_timeout = ctx.io_timeout;
     req.resume_key = Some(resume_key.to_ascii_lowercase());
     req
@@ -535,6 +573,12 @@ async fn export_blob(
     }
     let mut req = request(ctx, url, &output, uri);
     req.credential = Some(ctx.credential.clone());
+    let Some(_slot) = data_slot(ctx).await else {
+        return Err(DiskError::Interrupted {
+            vm: vm.into(),
+            disk: disk.name.clone(),
+        });
+    };
     match download(
         req,
         progress_of(&ctx.events, &disk.key),

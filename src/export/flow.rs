@@ -18,6 +18,7 @@ use azure_core::credentials::TokenCredential;
 use futures::StreamExt;
 use serde::Serialize;
 
+use super::budget::RunLimits;
 use super::disk::{DiskContext, EventFn, ExportEvent};
 use super::disk_kind::SnapshotType;
 use super::ledger::{
@@ -35,7 +36,7 @@ use crate::azure::inventory::{self, DiscoveryProgress, Selection, SelectionInput
 use crate::azure::session::{AzureSession, SignInError};
 use crate::image::sink::ImageFormat;
 use crate::interrupt::Interrupt;
-use crate::transfer::engine::DEFAULT_QUEUE_DEPTH;
+use crate::transfer::engine::{DEFAULT_CONCURRENCY, DEFAULT_QUEUE_DEPTH};
 
 /// Where the VMs come from.
 #[derive(Debug)]
@@ -70,8 +71,8 @@ pub struct ExportSettings {
     pub sas_duration: u32,
     /// `x-ms-version` for managed-disk export hosts (`--md-service-version`).
     pub md_service_version: ServiceVersion,
-    /// Connections across all disks of the run.
-    pub concurrency: usize,
+    /// Connections and memory across all disks of the run.
+    pub limits: RunLimits,
     pub io_timeout: Duration,
     /// Export confidential VM disks encrypted with the VM's key (`--allow-encrypted`).
     pub allow_encrypted: bool,
@@ -468,8 +469,12 @@ fn disk_context(
         private_network: settings.private_network,
         background_copies: settings.background_copies,
         md_service_version: settings.md_service_version,
-        connections: settings.concurrency,
+        limits: settings.limits,
+        // `run::run` shares the limits out once it knows the disks.
+        connections: settings.limits.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
         queue_depth: DEFAULT_QUEUE_DEPTH,
+        chunk_size: None,
+        data_slots: Arc::new(tokio::sync::Semaphore::new(1)),
         io_timeout: settings.io_timeout,
         interrupt: interrupt.clone(),
         events,

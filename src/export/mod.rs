@@ -2,6 +2,7 @@
 //! cleanup that always runs, manifests and libvirt definitions.
 
 pub mod background_copy;
+pub mod budget;
 pub mod cleanup;
 pub mod disk;
 pub mod disk_kind;

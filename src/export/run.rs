@@ -8,10 +8,12 @@
 //! `cleanup --run-id`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use futures::StreamExt;
 
 use super::background_copy;
+use super::budget;
 use super::cleanup::{only_this_runs_snapshots, sweep};
 use super::disk::{DiskContext, DiskError, export_disk};
 use super::disk_kind::MAX_BACKGROUND_COPIES;
@@ -21,9 +23,8 @@ use super::plan::{DiskKey, PlannedDisk, PlannedVm, Source};
 use crate::azure::arm::ResourceId;
 use crate::azure::arm::client::ResourceRef;
 use crate::azure::inventory::DiskRole;
-use crate::transfer::engine::{CHUNK_MEMORY_BUDGET, DEFAULT_QUEUE_DEPTH};
 use crate::transfer::job::DownloadReport;
-use crate::transfer::plan::DEFAULT_CHUNK_SIZE;
+use crate::units::human_bytes;
 
 /// Tag on every snapshot a run creates: `cleanup` finds them by it.
 pub const RUN_TAG: &str = "azure2kvm-run";
@@ -48,10 +49,6 @@ pub fn snapshot_tags(run_id: &str, disk_id: &ResourceId) -> BTreeMap<String, Str
 /// VMs prepared (deallocated, snapshotted) at once: ARM writes are rate-limited per
 /// subscription (200 per bucket, 10/s refill), a few in flight is plenty.
 pub const PREPARE_CONCURRENCY: usize = 4;
-/// Connections one disk gets when the budget allows several disks in flight: beyond ~4
-/// per blob the gain is small, and more disks in flight use the link better.
-pub const CONNECTIONS_PER_DISK: usize = 4;
-
 /// What became of one planned disk.
 #[derive(Debug, Clone)]
 pub struct DiskResult {
@@ -66,58 +63,6 @@ pub struct DiskResult {
 /// transfer stats, which would undercount).
 pub fn bytes_downloaded(report: &DownloadReport) -> u64 {
     report.planned_bytes
-}
-
-/// Chunk buffers the whole run may hold: the engine's memory budget at the default chunk
-/// size (24 of 8 MiB). Each download holds `connections + queue_depth + 1` of them, so
-/// disks in flight share one budget instead of each taking a full one.
-pub const RUN_BUFFERS: usize = (CHUNK_MEMORY_BUDGET / DEFAULT_CHUNK_SIZE) as usize;
-
-/// How a run's connection and memory budgets are shared among disks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Budget {
-    /// Disks downloading at once.
-    pub slots: usize,
-    /// Connections each.
-    pub connections: usize,
-    /// Chunks each may have waiting for its writer.
-    pub queue_depth: usize,
-}
-
-/// Shares `concurrency` connections and `buffers` chunk buffers (the memory budget; the
-/// run passes [`RUN_BUFFERS`]) among `disks` disks.
-///
-/// Of the ways to run `s` disks at once — `s` up to `disks` and to about one disk per
-/// [`CONNECTIONS_PER_DISK`] connections — it takes the one with the most connections in
-/// total, and of equals the one with more disks in flight (more blobs in parallel use the
-/// link better). Each extra disk in flight costs buffers of its own (its writer queue and
-/// the chunk being written), so a tight budget favours fewer disks with more connections
-/// each. Because the choice maximises over a set of ways that only grows when
-/// `concurrency`, `buffers` or `disks` grow, the total never shrinks when any of them grows:
-/// more `--concurrency` never means fewer connections. A lone disk gets the whole budget.
-pub fn split_budget(concurrency: usize, disks: usize, buffers: usize) -> Budget {
-    let n = concurrency.max(1);
-    let most_slots = (n / n.min(CONNECTIONS_PER_DISK)).clamp(1, disks.max(1));
-    let mut best = Budget {
-        slots: 1,
-        // Never below one connection, whatever the budget: one disk must still move.
-        connections: n
-            .min(buffers.saturating_sub(DEFAULT_QUEUE_DEPTH + 1))
-            .max(1),
-        queue_depth: DEFAULT_QUEUE_DEPTH,
-    };
-    for slots in 2..=most_slots {
-        // Several disks in flight: one queued chunk each, plus the one being written.
-        let connections = (n / slots).min((buffers / slots).saturating_sub(2));
-        if connections >= 1 && slots * connections >= best.slots * best.connections {
-            best = Budget {
-                slots,
-                connections,
-                queue_depth: 1,
-            };
-        }
-    }
-    best
 }
 
 /// The ledger's outcome rows for a plan, all pending.
@@ -207,19 +152,52 @@ pub async fn run(
     }
 
     // Phase 2: every disk that is ready, a bounded number at a time, each with its share
-    // of the connection budget.
+    // of the run's connections and memory.
     let ready: Vec<(&PlannedVm, &PlannedDisk)> = plan
         .iter()
         .flat_map(|vm| vm.disks.iter().map(move |d| (vm, d)))
         .filter(|(_, d)| !results.contains_key(&d.key) && d.owner.is_none())
         .collect();
-    let budget = split_budget(ctx.connections, ready.len(), RUN_BUFFERS);
+    let done = download_all(ctx, ready).await;
+    results.extend(done);
+    share_results(plan, &ctx.ledger, &mut results);
+
+    // Whatever is still recorded as possibly existing goes now.
+    sweep(&ctx.arm, &ctx.ledger, &only_this_runs_snapshots(run_id)).await;
+    results
+}
+
+/// Downloads `ready` disks within the run's budget ([`budget::plan`]): `slots` disks hold
+/// a data slot and download; up to `live_grants` disks are in work at once, so the others
+/// are granted ahead (waiting for a slot with their grant in hand) or revoking behind, and
+/// the wire is not idle while Azure's control plane answers. Every grant is revoked by
+/// `export_disk` on every path, and in flight disks never exceed `live_grants`, so live
+/// grants never exceed it either.
+async fn download_all(
+    ctx: &DiskContext,
+    ready: Vec<(&PlannedVm, &PlannedDisk)>,
+) -> Vec<(DiskKey, DiskResult)> {
+    let budget = budget::plan(ctx.limits.concurrency, ready.len(), ctx.limits.memory);
+    if !ready.is_empty() {
+        tracing::info!(
+            "{} disks: {} at a time with {} connections each, {} chunks ({} of chunk buffers within --memory {}), at most {} read grants live",
+            ready.len(),
+            budget.slots,
+            budget.connections,
+            human_bytes(budget.chunk_size),
+            human_bytes(budget.chunk_memory()),
+            human_bytes(ctx.limits.memory),
+            budget.live_grants
+        );
+    }
     let per_disk = DiskContext {
         connections: budget.connections,
         queue_depth: budget.queue_depth,
+        chunk_size: Some(budget.chunk_size),
+        data_slots: Arc::new(tokio::sync::Semaphore::new(budget.slots)),
         ..ctx.clone()
     };
-    let done: Vec<(DiskKey, DiskResult)> = futures::stream::iter(ready)
+    futures::stream::iter(ready)
         .map(|(vm, d)| {
             let (ctx, vm_name, disk) = (per_disk.clone(), vm.name.clone(), d.clone());
             async move {
@@ -242,15 +220,9 @@ pub async fn run(
                 (disk.key, result)
             }
         })
-        .buffer_unordered(budget.slots)
+        .buffer_unordered(budget.live_grants)
         .collect()
-        .await;
-    results.extend(done);
-    share_results(plan, &ctx.ledger, &mut results);
-
-    // Whatever is still recorded as possibly existing goes now.
-    sweep(&ctx.arm, &ctx.ledger, &only_this_runs_snapshots(run_id)).await;
-    results
+        .await
 }
 
 /// A shared disk exported through another VM's entry has that entry's outcome (the same
@@ -548,72 +520,5 @@ mod tests {
             lun: Some(0),
         };
         assert!(is_row_of(&row("rg-test", DiskRole::Data, Some(0)), &data0));
-    }
-
-    #[test]
-    fn the_budget_bounds_connections_and_memory() {
-        for n in 1..=256 {
-            for disks in 0..40 {
-                let b = split_budget(n, disks, RUN_BUFFERS);
-                assert!(b.slots * b.connections <= n, "{n}/{disks}: {b:?}");
-                assert!(b.slots >= 1 && b.connections >= 1 && b.slots <= disks.max(1));
-                if b.slots > 1 {
-                    let buffers = b.slots * (b.connections + b.queue_depth + 1);
-                    assert!(buffers <= RUN_BUFFERS, "{n}/{disks}: {b:?}");
-                }
-            }
-        }
-        let b = |n, d| {
-            let x = split_budget(n, d, RUN_BUFFERS);
-            (x.slots, x.connections)
-        };
-        assert_eq!(b(16, 10), (4, 4));
-        assert_eq!(b(16, 2), (2, 8));
-        assert_eq!(b(16, 1), (1, 16));
-        assert_eq!(b(2, 5), (1, 2));
-        // Was (8, 1): 8 connections in total for 64 asked, half of what 16 gave.
-        assert_eq!(b(64, 10), (2, 10));
-    }
-
-    fn total(n: usize, disks: usize, buffers: usize) -> usize {
-        let b = split_budget(n, disks, buffers);
-        b.slots * b.connections
-    }
-
-    proptest::proptest! {
-        /// More connections asked, more memory or more disks never give fewer connections
-        /// in total, for every disk count; the memory budget always holds.
-        #[test]
-        fn the_total_is_monotonic_in_concurrency_memory_and_disks(
-            n in 1usize..=256,
-            disks in 0usize..=64,
-            buffers in 1usize..=128,
-        ) {
-            let t = total(n, disks, buffers);
-            proptest::prop_assert!(total(n + 1, disks, buffers) >= t, "--concurrency {}", n + 1);
-            proptest::prop_assert!(total(n, disks, buffers + 1) >= t, "buffers {}", buffers + 1);
-            proptest::prop_assert!(total(n, disks + 1, buffers) >= t, "disks {}", disks + 1);
-            let b = split_budget(n, disks, buffers);
-            proptest::prop_assert!(b.slots * b.connections <= n);
-            if b.slots > 1 {
-                proptest::prop_assert!(b.slots * (b.connections + b.queue_depth + 1) <= buffers);
-            }
-        }
-    }
-
-    #[test]
-    fn the_total_is_monotonic_for_every_disk_count_at_the_run_budget() {
-        for disks in 0..=64 {
-            let mut last = 0;
-            for n in 1..=256 {
-                let t = total(n, disks, RUN_BUFFERS);
-                assert!(
-                    t >= last,
-                    "{disks} disks: --concurrency {n} gives {t}, {} gave {last}",
-                    n - 1
-                );
-                last = t;
-            }
-        }
     }
 }

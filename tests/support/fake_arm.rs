@@ -509,6 +509,8 @@ pub struct ArmState {
     pub early_grants: u64,
     /// Every Grant Access body's `fileFormat` (None: absent), in order.
     pub grant_formats: Vec<Option<String>>,
+    /// The most grants active at once so far (a run bounds its live grants).
+    pub max_live_grants: usize,
     /// The signature of every real SAS granted (percent-encoded as in the URL), so tests
     /// can assert that none reaches a log, a report or a manifest.
     pub issued_signatures: Vec<String>,
@@ -581,6 +583,7 @@ impl ArmState {
             snapshot_kinds: Vec::new(),
             early_grants: 0,
             grant_formats: Vec::new(),
+            max_live_grants: 0,
             issued_signatures: Vec::new(),
             counts: BTreeMap::new(),
             fleet: Default::default(),
@@ -2542,6 +2545,7 @@ fn apply(s: &mut ArmState, effect: Effect) {
         }
         Effect::Granted(id) => {
             s.grants.insert(id);
+            s.max_live_grants = s.max_live_grants.max(s.grants.len());
         }
         Effect::Revoked(id) => {
             // Access ended: a grant still in progress on it never takes effect either.
