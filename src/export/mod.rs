@@ -14,3 +14,4 @@ pub mod naming;
 pub mod plan;
 pub mod run;
 pub mod shard;
+pub mod warm;

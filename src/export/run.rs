@@ -8,6 +8,7 @@
 //! `cleanup --run-id`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use futures::StreamExt;
 
@@ -18,6 +19,7 @@ use super::disk_kind::MAX_BACKGROUND_COPIES;
 use super::ledger::{DiskOutcome, DiskStatus, Ledger, ResourceKind, ResourceState};
 use super::naming::{TAG_HASH_HEX, id_hash};
 use super::plan::{DiskKey, PlannedDisk, PlannedVm, Source};
+use super::warm::WarmRun;
 use crate::azure::arm::ResourceId;
 use crate::azure::arm::client::ResourceRef;
 use crate::azure::inventory::DiskRole;
@@ -183,10 +185,13 @@ fn record(ledger: &Ledger, key: &DiskKey, result: &DiskResult) {
 }
 
 /// Runs the plan; returns one result per planned disk, by its key.
+/// `warm`: a warm pass (`export --warm`), whose snapshots are kept and whose disks are
+/// brought up to date by [`super::warm::pass`].
 pub async fn run(
     plan: &[PlannedVm],
     ctx: &DiskContext,
     run_id: &str,
+    warm: Option<Arc<WarmRun>>,
 ) -> BTreeMap<DiskKey, DiskResult> {
     let mut results: BTreeMap<DiskKey, DiskResult> = refused_results(plan);
     for (key, result) in &results {
@@ -197,7 +202,7 @@ pub async fn run(
 
     // Phase 1: prepare every VM (deallocate, snapshots) before any download starts.
     let prepared: Vec<Vec<(DiskKey, DiskResult)>> = futures::stream::iter(plan)
-        .map(|vm| prepare_vm(ctx, vm, run_id, &copies))
+        .map(|vm| prepare_vm(ctx, vm, run_id, &copies, warm.as_deref()))
         .buffer_unordered(PREPARE_CONCURRENCY)
         .collect()
         .await;
@@ -222,13 +227,19 @@ pub async fn run(
     let done: Vec<(DiskKey, DiskResult)> = futures::stream::iter(ready)
         .map(|(vm, d)| {
             let (ctx, vm_name, disk) = (per_disk.clone(), vm.name.clone(), d.clone());
+            let (warm, vm) = (warm.clone(), vm.clone());
             async move {
                 // A task of its own: a panic in one disk's work stops neither the others
                 // nor the sweep.
                 let task = tokio::spawn({
                     let ctx = ctx.clone();
-                    let (vm_name, disk) = (vm_name.clone(), disk.clone());
-                    async move { one_disk(&ctx, &vm_name, &disk).await }
+                    let disk = disk.clone();
+                    async move {
+                        match warm {
+                            Some(w) => super::warm::pass::one_disk(&ctx, &w, &vm, &disk).await,
+                            None => one_disk(&ctx, &vm.name, &disk).await,
+                        }
+                    }
                 });
                 let result = task.await.unwrap_or_else(|e| DiskResult {
                     status: DiskStatus::Failed,
@@ -248,8 +259,14 @@ pub async fn run(
     results.extend(done);
     share_results(plan, &ctx.ledger, &mut results);
 
-    // Whatever is still recorded as possibly existing goes now.
-    sweep(&ctx.arm, &ctx.ledger, &only_this_runs_snapshots(run_id)).await;
+    // Whatever is still recorded as possibly existing goes now (a warm run's kept
+    // snapshots are recorded as kept, and its grants on an earlier run's kept snapshot are
+    // revoked by the sweep too).
+    let policy = match &warm {
+        Some(w) => only_this_runs_snapshots(run_id).also(w.kept_snapshots()),
+        None => only_this_runs_snapshots(run_id),
+    };
+    sweep(&ctx.arm, &ctx.ledger, &policy).await;
     results
 }
 
@@ -274,6 +291,15 @@ async fn one_disk(ctx: &DiskContext, vm: &str, d: &PlannedDisk) -> DiskResult {
     if let Source::Snapshot { snapshot, .. } = &d.source {
         delete_snapshot(ctx, snapshot).await;
     }
+    result_of(vm, d, outcome)
+}
+
+/// A disk's result from how its export ended; failures are logged here.
+pub fn result_of(
+    vm: &str,
+    d: &PlannedDisk,
+    outcome: Result<DownloadReport, DiskError>,
+) -> DiskResult {
     match outcome {
         Ok(report) => {
             tracing::info!(
@@ -333,6 +359,7 @@ async fn prepare_vm(
     vm: &PlannedVm,
     run_id: &str,
     copies: &tokio::sync::Semaphore,
+    warm: Option<&WarmRun>,
 ) -> Vec<(DiskKey, DiskResult)> {
     if ctx.interrupt.is_set() {
         return fail_all(
@@ -341,17 +368,23 @@ async fn prepare_vm(
             "interrupted before it started".into(),
         );
     }
+    // A cutover's downtime starts here: at the deallocation request, or now when the VM
+    // is deallocated already.
+    if let Some(w) = warm.filter(|w| w.mode.cutover) {
+        w.stopping(&vm.id);
+    }
     if vm.deallocate
         && let Err((status, message)) = deallocate(ctx, vm).await
     {
         return fail_all(vm, status, message);
     }
     // A disk refused by kind gets nothing; a shared disk is snapshotted by the entry that
-    // exports it only.
+    // exports it only; a warm pass left pending by an earlier run has its snapshot.
     let snapshots = vm
         .disks
         .iter()
-        .filter(|d| d.refused.is_none() && d.owner.is_none());
+        .filter(|d| d.refused.is_none() && d.owner.is_none())
+        .filter(|d| !warm.is_some_and(|w| w.reuses_snapshot(&d.key)));
     let created =
         futures::future::join_all(snapshots.map(|d| snapshot_disk(ctx, vm, d, run_id, copies)))
             .await;
