@@ -83,7 +83,7 @@ pub enum ExportEvent {
 pub type EventFn = Arc<dyn Fn(ExportEvent) + Send + Sync>;
 
 /// The transfer engine's progress callback for one disk, as export events.
-fn progress_of(events: &EventFn, disk: &DiskKey) -> ProgressFn {
+pub fn progress_of(events: &EventFn, disk: &DiskKey) -> ProgressFn {
     let events = Arc::clone(events);
     let disk = disk.clone();
     Arc::new(move |event| match event {

@@ -9,11 +9,14 @@ use std::time::Instant;
 use super::state::DiskState;
 use crate::azure::arm::ResourceId;
 use crate::azure::sas::SasUrl;
-use crate::export::disk::DiskContext;
+use crate::export::disk::{DiskContext, progress_of};
 use crate::export::plan::PlannedDisk;
 use crate::image::sink::ImageFormat;
 use crate::transfer::discover::MapSource;
-use crate::transfer::engine::TransferStats;
+use crate::transfer::diff::{
+    DiffError as EngineDiffError, DiffRequest, DiffSource, apply_diff, journal_path_for,
+};
+use crate::transfer::engine::{EngineConfig, TransferStats};
 use crate::transfer::job::DownloadReport;
 
 /// One diff pass: the image is at `previous`; after it, at `snapshot`.
@@ -46,20 +49,59 @@ pub enum DiffError {
     Failed(String),
 }
 
-/// Applies the diff (see the module note).
+/// Applies the diff (see the module note) with the run's connection share, retries and
+/// cancellation; the engine's journal beside the image makes it resumable.
 pub async fn apply(
     ctx: &DiskContext,
     d: &PlannedDisk,
     pass: DiffPass,
 ) -> Result<DiffNumbers, DiffError> {
-    let _ = (ctx, d, pass);
-    Err(DiffError::Failed("diff passes are not wired yet".into()))
+    let source = DiffSource {
+        snapshot: pass.snapshot,
+        previous: pass.previous,
+        snapshot_key: pass.new_id.folded().to_string(),
+        previous_key: pass.base_id.folded().to_string(),
+    };
+    let mut req = DiffRequest::new(source, pass.image, pass.format);
+    req.client_options = Some(ctx.client_options.clone());
+    req.md_service_version = ctx.md_service_version;
+    req.engine = EngineConfig {
+        concurrency: ctx.connections,
+        queue_depth: ctx.queue_depth,
+        ..EngineConfig::default()
+    };
+    req.io_timeout = ctx.io_timeout;
+    if d.entra_id_reads {
+        req.credential = Some(ctx.credential.clone());
+    }
+    let progress = progress_of(&ctx.events, &d.key);
+    match apply_diff(req, progress, ctx.interrupt.clone()).await {
+        Ok(out) => Ok(DiffNumbers {
+            bytes_fetched: out.bytes_fetched,
+            bytes_changed: out.bytes_changed,
+            bytes_cleared: out.bytes_cleared,
+        }),
+        Err(e) => Err(match e {
+            EngineDiffError::Interrupted(_) => DiffError::Interrupted,
+            // Nothing written, or a journal of a pass the state does not name (an image
+            // touched by hand): only a full pass makes the image right again.
+            e @ (EngineDiffError::NotApplicable { .. }
+            | EngineDiffError::ImageRefused { .. }
+            | EngineDiffError::OtherPass { .. }) => DiffError::Unusable(e.to_string()),
+            e @ (EngineDiffError::Usage(_)
+            | EngineDiffError::AccessDenied(_)
+            | EngineDiffError::Failed(_)) => DiffError::Failed(e.to_string()),
+        }),
+    }
 }
 
 /// Removes a diff journal left beside `image` (before the image is replaced by a full
 /// pass: it belongs to a pass that will not be finished).
 pub fn discard(image: &Path) {
-    let _ = image;
+    let journal = journal_path_for(image);
+    if journal.exists() {
+        crate::transfer::journal::remove(&journal);
+    }
 }
 
 /// The download report a diff pass stands for in the manifest and the run report.
