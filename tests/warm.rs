@@ -8,7 +8,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use support::fake_arm::{FakeVm, Leftovers};
+use support::fake_arm::{FakeDiskKind, FakeVm, Leftovers};
 use support::fake_azure::FakeAzure;
 use support::image::assert_image_equals;
 use support::{Run, azure_cmd, bin, run};
@@ -262,4 +262,70 @@ fn dry_run_shows_each_disks_pass() {
     assert_eq!(plan["warm"]["cutover"], true);
     assert_eq!(plan["vms"][0]["deallocate"], true, "{plan}");
     assert_eq!(world.arm.counts().get("snapshot_create"), Some(&1));
+}
+
+/// Azure allows 7 incremental snapshots of a disk per 5 minutes: a pass that would take an
+/// eighth is refused before anything is created (exit 1), saying how long to wait.
+#[test]
+fn a_pass_over_azures_snapshot_rate_is_refused() {
+    let world = FakeAzure::start(vec![FakeVm::linux("web-01", "rg-web")]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let r = export(&world, &out, &["--warm"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let path = out.join("web-01/migration.json");
+    let mut state = json_file(&path);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    state["disks"][0]["recent_snapshots"] = (0..7).map(|i| now - 60 + i).collect();
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    let creates = world.arm.counts().get("snapshot_create").copied();
+    let r = export(&world, &out, &["--warm"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("Azure's limit is 7 per disk") && r.stderr.contains("again in"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(world.arm.counts().get("snapshot_create").copied(), creates);
+}
+
+/// A 4096-byte-sector Premium SSD v2 disk is served as VHDX, whose changed ranges are VHDX
+/// file offsets: its later passes are full ones, saying why, and its images stay exact.
+#[test]
+fn a_vhdx_served_disk_falls_back_to_full_passes() {
+    let world = FakeAzure::start(vec![
+        FakeVm::linux("web-01", "rg-web")
+            .data_disk(0, 8)
+            .disk_kind(Some(0), FakeDiskKind::sku("PremiumV2_LRS", 4096)),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    for pass in 1..=2 {
+        let r = export(&world, &out, &["--warm", "--disks", "data"]);
+        assert_eq!(r.code, 0, "pass {pass}: {}", r.stderr);
+        assert_image_equals(
+            &world,
+            &out.join("web-01/web-01-data-lun0.qcow2"),
+            "web-01-data0",
+        );
+        let rep = report(&out, &r.stdout);
+        let p = &rep["warm"]["passes"][0];
+        assert_eq!(p["kind"], "full", "{p}");
+        if pass == 2 {
+            assert!(p["fallback"].as_str().unwrap().contains("VHDX"), "{p}");
+            assert!(
+                r.stderr.contains("a full pass instead of a diff"),
+                "{}",
+                r.stderr
+            );
+        }
+    }
+    assert_eq!(
+        world.leftovers().snapshots.len(),
+        1,
+        "only the newest is kept"
+    );
 }

@@ -12,10 +12,10 @@ use crate::azure::sas::SasUrl;
 use crate::export::disk::{DiskContext, progress_of};
 use crate::export::plan::PlannedDisk;
 use crate::image::sink::ImageFormat;
-use crate::transfer::discover::MapSource;
 use crate::transfer::diff::{
     DiffError as EngineDiffError, DiffRequest, DiffSource, apply_diff, journal_path_for,
 };
+use crate::transfer::discover::MapSource;
 use crate::transfer::engine::{EngineConfig, TransferStats};
 use crate::transfer::job::DownloadReport;
 
