@@ -16,10 +16,14 @@ mod support {
     pub mod fake_azure;
     pub mod fault_proxy;
     pub mod http;
+    pub mod pages;
     pub mod seed;
     pub mod tls;
     pub mod vhd;
     pub mod vhdx;
+    pub mod warm;
+    pub mod warm_disk;
+    pub mod warm_gate;
 }
 
 use std::sync::Arc;

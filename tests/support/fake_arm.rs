@@ -508,6 +508,8 @@ pub struct ArmState {
     pub issued_signatures: Vec<String>,
     /// Requests per route (see `route` names), plus "throttled".
     pub counts: BTreeMap<String, u64>,
+    /// Incremental-snapshot tracking: dirty pages, `uniqueId`s, limits (see `warm.rs`).
+    pub warm: super::warm::WarmState,
     operations: HashMap<u64, Operation>,
     next_operation: u64,
     arm_requests: u64,
@@ -573,6 +575,7 @@ impl ArmState {
             grant_formats: Vec::new(),
             issued_signatures: Vec::new(),
             counts: BTreeMap::new(),
+            warm: super::warm::WarmState::default(),
             operations: HashMap::new(),
             next_operation: 1,
             arm_requests: 0,
@@ -1769,6 +1772,7 @@ fn disk_json(s: &ArmState, d: &FakeDisk) -> Value {
     }
     disk_kind_json(&mut props, &d.kind, &s.subscription, &d.resource_group);
     kind_properties(&mut props, &d.kind);
+    props["uniqueId"] = json!(s.warm.unique_id(&s.disk_id(&d.resource_group, &d.name)));
     let mut v = json!({"name": d.name, "id": s.disk_id(&d.resource_group, &d.name), "type": "Microsoft.Compute/disks",
                        "location": d.location, "sku": {"name": d.kind.sku_name(), "tier": "Premium"}, "properties": props});
     if let Some(vm) = attached {
@@ -2016,6 +2020,7 @@ fn snapshot_json(s: &ArmState, snap: &FakeSnapshot) -> Value {
         .unwrap_or_default();
     let mut props = Value::Object(props);
     kind_properties(&mut props, &snap.kind);
+    super::warm::snapshot_properties(&mut props, &s.warm, &id, &snap.source_id);
     v["properties"] = props;
     v
 }
@@ -2155,6 +2160,10 @@ fn snapshot_routes(
             if let Some(refusal) = snapshot_refusal(s, &disk, source, incremental) {
                 return refusal;
             }
+            let disk_id = s.disk_id(&disk.resource_group, &disk.name);
+            if let Some(msg) = incremental.then(|| s.warm.rate_refusal(&disk_id)).flatten() {
+                return arm_error(409, "OperationNotAllowed", &msg);
+            }
             let id = id_of(s, &name);
             let snap = FakeSnapshot {
                 name,
@@ -2177,6 +2186,7 @@ fn snapshot_routes(
             {
                 return arm_error(500, "InternalServerError", &e);
             }
+            s.warm.snapshot_taken(&disk_id, &id, incremental);
             let initial = snapshot_json(s, &snap);
             s.snapshots.insert(id.clone(), snap);
             start_operation(
@@ -2237,6 +2247,9 @@ fn snapshot_routes(
                         if snap.completion_percent.is_some_and(|p| p < 100) {
                             s.early_grants += 1;
                         }
+                        return refusal;
+                    }
+                    if let Some(refusal) = family_sas_refusal(s, &id) {
                         return refusal;
                     }
                     if snap.kind.restricted() {
@@ -2315,6 +2328,37 @@ fn snapshot_refusal(
         ));
     }
     None
+}
+
+/// Azure's limit on SAS of incremental snapshots: at most `sas_per_family` snapshots of one
+/// disk with an active (or pending) grant at once. Not documented with an error code; this
+/// fake answers 409 OperationNotAllowed, as for the other limits of this operation.
+fn family_sas_refusal(s: &ArmState, id: &str) -> Option<HttpResponse> {
+    let target = s.snapshots.get(id)?;
+    if !target.incremental {
+        return None;
+    }
+    let pending = s.operations.values().filter_map(|op| match &op.effect {
+        Some(Effect::Granted(g)) => Some(g),
+        _ => None,
+    });
+    let granted: BTreeSet<&String> = s.grants.iter().chain(pending).collect();
+    let family = granted
+        .into_iter()
+        .filter(|g| *g != id)
+        .filter_map(|g| s.snapshots.get(g))
+        .filter(|n| n.incremental && n.source_id.eq_ignore_ascii_case(&target.source_id))
+        .count();
+    let limit = s.warm.sas_per_family;
+    (family >= limit).then(|| {
+        arm_error(
+            409,
+            "OperationNotAllowed",
+            &format!(
+                "At most {limit} incremental snapshots of a disk can have an active SAS at once; revoke access to one first."
+            ),
+        )
+    })
 }
 
 /// Snapshots in the subscription or one resource group, paged like every ARM list.
@@ -2477,6 +2521,7 @@ fn apply(s: &mut ArmState, effect: Effect) {
             }
         }
         Effect::SnapshotDeleted(id) => {
+            s.warm.snapshot_deleted(&id);
             if let Some(snap) = s.snapshots.remove(&id)
                 && let Some(storage) = &s.storage
             {

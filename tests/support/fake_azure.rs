@@ -5,9 +5,11 @@
 //! the test keeps, so an exported image can be compared with what was "in Azure".
 //!
 //! Usable from tests (`mod support;`) and from an example or demo binary: include this
-//! file together with `azurite.rs`, `fake_arm.rs`, `fault_proxy.rs`, `http.rs`, `seed.rs`,
-//! `vhd.rs` and `vhdx.rs` as siblings in one module (`#[path]`, see examples/fake_azure.rs); it uses
-//! nothing else from the test crate.
+//! file together with `azurite.rs`, `fake_arm.rs`, `fault_proxy.rs`, `http.rs`, `pages.rs`,
+//! `seed.rs`, `vhd.rs`, `vhdx.rs`, `warm.rs`, `warm_disk.rs` and `warm_gate.rs` as siblings
+//! in one module (`#[path]`, see examples/fake_azure.rs); it uses nothing else from the test
+//! crate. Disks change between warm-migration passes through `warm_disk.rs`; the gate
+//! answers incremental-snapshot diffs through `warm_gate.rs`.
 
 #![allow(dead_code)]
 
@@ -116,6 +118,7 @@ impl FakeAzure {
         for vm in vms {
             state.add_vm(vm);
         }
+        super::warm_disk::track_seeded(&mut state, azurite.port);
         let proxy = FaultProxy::start(azurite.port);
         state.storage = Some(StorageBackend {
             port: azurite.port,
@@ -134,6 +137,7 @@ impl FakeAzure {
                 token_refusal(&s, path, auth)
             },
         )));
+        proxy.set_page_list_gate(super::warm_gate::diff_gate(arm.state.clone(), azurite.port));
         Self {
             arm,
             proxy,

@@ -13,11 +13,15 @@ pub mod fault_proxy;
 pub mod http;
 pub mod image;
 pub mod libvirt;
+pub mod pages;
 pub mod seed;
 pub mod tls;
 pub mod tools;
 pub mod vhd;
 pub mod vhdx;
+pub mod warm;
+pub mod warm_disk;
+pub mod warm_gate;
 
 use std::process::Command;
 use std::sync::Arc;
