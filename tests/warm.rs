@@ -329,3 +329,315 @@ fn a_vhdx_served_disk_falls_back_to_full_passes() {
         "only the newest is kept"
     );
 }
+
+// ---------------------------------------------------------------- passes over a changing disk
+
+use support::vhd::{Disk, fill};
+
+const MIB: u64 = 1 << 20;
+/// The test disk: 64 MiB, so 1% is about 650 KiB.
+const SIZE: u64 = 64 * MIB;
+const CHUNK: u64 = 8 * MIB;
+
+/// About 20% of the disk written, in extents of which some cross 8 MiB chunk boundaries
+/// and some are unaligned to 4 KiB.
+fn twenty_percent(seed: u64) -> Disk {
+    let layout = [
+        (0, 2 * MIB),
+        (CHUNK - 3 * MIB / 2, 3 * MIB + 512),
+        (20 * MIB + 4096, 4 * MIB),
+        (40 * MIB + 1536, 3 * MIB + 3584),
+        (SIZE - MIB, MIB),
+    ];
+    Disk {
+        size: SIZE,
+        extents: layout
+            .iter()
+            .enumerate()
+            .map(|(i, &(off, len))| (off, fill(seed + i as u64, len as usize)))
+            .collect(),
+    }
+}
+
+fn warm_world(vm: FakeVm) -> FakeAzure {
+    FakeAzure::start_with(support::fake_arm::ArmState::new(), vec![vm], |d| {
+        twenty_percent(d.name.len() as u64)
+    })
+}
+
+/// Bytes of the 512-byte pages `[offset, offset + len)` touches.
+fn pages(offset: u64, len: u64) -> u64 {
+    (offset + len).div_ceil(512) * 512 - offset / 512 * 512
+}
+
+/// Changes about 1% of disk `name` as a running VM would: new writes, overwrites and a
+/// cleared range, some crossing 8 MiB chunk boundaries, unaligned. Returns the bytes of
+/// the pages written (what a diff must fetch; cleared pages are not fetched).
+fn churn(world: &mut FakeAzure, name: &str, round: u64) -> u64 {
+    let seed = 1000 * round;
+    let writes = [
+        // New data across the 16 MiB chunk boundary, unaligned at both ends.
+        (2 * CHUNK - 200_003 + round * 4096, 400_000),
+        // Overwrites inside data, one crossing the 8 MiB boundary.
+        (CHUNK - 4096 - round * 512, 65_536),
+        (20 * MIB + 1234 + round * 8192, 150_000),
+        // At the disk's end.
+        (SIZE - 70_000, 70_000),
+    ];
+    let mut written = 0;
+    for (i, &(off, len)) in writes.iter().enumerate() {
+        world.write_disk(name, off, &fill(seed + i as u64, len as usize));
+        written += pages(off, len);
+    }
+    // Cleared (Clear Pages): reads as zeros afterwards, and leaves the page list.
+    world.clear_disk(name, 40 * MIB + 8192 + round * 4096, 128 * 1024);
+    written
+}
+
+/// The pass a run report says disk `lun` had (None: the OS disk).
+fn pass_of(rep: &Value) -> Value {
+    rep["warm"]["passes"][0].clone()
+}
+
+/// Pass 1 (full), a diff pass after ~1% changed, another change, then the cutover: after
+/// each, the image equals the disk's content at that snapshot; each later pass fetches
+/// within 1.1× of the bytes written since the pass before (counted at the proxy, not by
+/// the tool); the cutover deallocates the VM, reports its downtime and leaves nothing.
+fn passes_then_cutover(format: &str) {
+    let mut world = warm_world(FakeVm::linux("web-01", "rg-web"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let image = out.join(format!("web-01/web-01-os.{format}"));
+    let args = ["--warm", "--format", format];
+    let r = export(&world, &out, &args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_image_equals(&world, &image, "web-01-os");
+    assert_eq!(pass_of(&report(&out, &r.stdout))["kind"], "full");
+
+    for round in 1..=2 {
+        let written = churn(&mut world, "web-01-os", round);
+        let before = world.proxy.body_bytes();
+        let cutover = round == 2;
+        let mut a = args.to_vec();
+        if cutover {
+            a.push("--cutover");
+        }
+        let r = export(&world, &out, &a);
+        assert_eq!(r.code, 0, "round {round}: {}", r.stderr);
+        assert_image_equals(&world, &image, "web-01-os");
+        let fetched = world.proxy.body_bytes() - before;
+        assert!(
+            fetched as f64 <= 1.1 * written as f64,
+            "round {round}: {fetched} bytes fetched for {written} written"
+        );
+        let rep = report(&out, &r.stdout);
+        let pass = pass_of(&rep);
+        assert_eq!(pass["kind"], "diff", "{pass}");
+        assert!(
+            pass["bytes_cleared"].as_u64().unwrap() >= 128 * 1024 - 1024,
+            "{pass}"
+        );
+        assert!(pass["bytes_fetched"].as_u64().unwrap() <= fetched, "{pass}");
+        if cutover {
+            let summary: Value = serde_json::from_str(&r.stdout).unwrap();
+            let downtime = summary["downtime_seconds"]["web-01"].as_f64().unwrap();
+            assert!(downtime > 0.0 && downtime < 120.0, "{summary}");
+            assert_eq!(rep["warm"]["downtime"][0]["downtime_seconds"], downtime);
+        }
+    }
+    if format == "qcow2" {
+        support::image::assert_qcow2_matches(&image, &{
+            let raw = dir.path().join("expected.raw");
+            std::fs::write(&raw, world.disk("web-01-os").image()).unwrap();
+            raw
+        });
+    }
+    assert_eq!(world.leftovers(), Leftovers::default());
+    let state = json_file(&out.join("web-01/migration.json"));
+    assert!(state["cut_over_at"].is_string(), "{state}");
+    assert!(state["downtime_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(state["disks"][0]["passes"], 3);
+    assert!(state["disks"][0]["kept_snapshot"].is_null());
+    let power = world.with_state(|s| s.vms[0].power_state.clone());
+    assert_eq!(power.as_deref(), Some("deallocated"));
+    assert!(out.join("web-01/domain.xml").exists());
+    let m = json_file(&out.join("web-01/manifest.json"));
+    assert_eq!(m["disks"][0]["status"], "done", "{m}");
+    // The migration is over: another pass is refused.
+    let r = export(&world, &out, &args);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("cut over already"), "{}", r.stderr);
+}
+
+#[test]
+fn raw_image_follows_the_disk_through_passes_and_cutover() {
+    passes_then_cutover("raw");
+}
+
+#[test]
+fn qcow2_image_follows_the_disk_through_passes_and_cutover() {
+    passes_then_cutover("qcow2");
+}
+
+/// A diff is refused — and a full pass done, saying why — when the disk was re-created
+/// (another uniqueId) or the kept snapshot is gone; the image is exact either way.
+#[test]
+fn recreated_disk_or_lost_snapshot_falls_back_to_a_full_pass() {
+    let mut world = warm_world(FakeVm::linux("web-01", "rg-web"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let image = out.join("web-01/web-01-os.qcow2");
+    let r = export(&world, &out, &["--warm"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    churn(&mut world, "web-01-os", 1);
+    world.recreate_disk("web-01-os");
+    let r = export(&world, &out, &["--warm"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_image_equals(&world, &image, "web-01-os");
+    let pass = pass_of(&report(&out, &r.stdout));
+    assert_eq!(pass["kind"], "full", "{pass}");
+    assert!(
+        pass["fallback"].as_str().unwrap().contains("re-created"),
+        "{pass}"
+    );
+
+    churn(&mut world, "web-01-os", 2);
+    let kept = json_file(&out.join("web-01/migration.json"))["disks"][0]["kept_snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let arm = support::arm_client(&world.arm);
+    let id: azure2kvm::azure::arm::ResourceId = kept.parse().unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(arm.delete_snapshot(&(&id).into()))
+        .unwrap();
+    let r = export(&world, &out, &["--warm"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_image_equals(&world, &image, "web-01-os");
+    let pass = pass_of(&report(&out, &r.stdout));
+    assert_eq!(pass["kind"], "full", "{pass}");
+    assert!(
+        pass["fallback"].as_str().unwrap().contains("is gone"),
+        "{pass}"
+    );
+    assert!(
+        r.stderr.contains("a full pass instead of a diff"),
+        "{}",
+        r.stderr
+    );
+
+    // Next time it is a diff again.
+    churn(&mut world, "web-01-os", 3);
+    let r = export(&world, &out, &["--warm"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_image_equals(&world, &image, "web-01-os");
+    assert_eq!(pass_of(&report(&out, &r.stdout))["kind"], "diff");
+    assert_eq!(world.leftovers().snapshots.len(), 1);
+}
+
+// ---------------------------------------------------------------- interrupted diff passes
+
+use std::time::Duration;
+use support::{ChildGuard, signal, wait_exit, wait_for};
+
+/// The pass `round` of a disk with a slow link, killed by `sig` once its diff has fetched
+/// something; then the state names the pass as pending, the kept snapshot still exists
+/// and the image has its journal; a rerun finishes that same pass exactly.
+fn interrupted_diff_pass_is_finished_by_the_next(sig: &str) {
+    let mut world = warm_world(FakeVm::linux("web-01", "rg-web"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let image = out.join("web-01/web-01-os.raw");
+    let args = ["--warm", "--format", "raw", "--concurrency", "1"];
+    let r = export(&world, &out, &args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let state_path = out.join("web-01/migration.json");
+    let kept = json_file(&state_path)["disks"][0]["kept_snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    churn(&mut world, "web-01-os", 1);
+    world.proxy.set_delay(Duration::from_millis(1500));
+    let before = world.proxy.body_bytes();
+    let mut all = vec!["--output-dir", out.to_str().unwrap()];
+    all.extend_from_slice(&args);
+    let mut child = ChildGuard::spawn(azure_cmd(&world, "export", &all));
+    // More than the new snapshot's footer (512 bytes, read first): a chunk of the diff.
+    wait_for(
+        "the diff to fetch its first chunk",
+        Duration::from_secs(60),
+        || world.proxy.body_bytes() > before + 4096,
+    );
+    if sig == "-9" {
+        child.kill9();
+    } else {
+        signal(&child, sig);
+        assert_eq!(wait_exit(&mut child, Duration::from_secs(60)), 130);
+        assert!(
+            world.leftovers().grants.is_empty(),
+            "Ctrl-C revokes both grants"
+        );
+    }
+    let state = json_file(&state_path);
+    let pending = state["disks"][0]["pending_snapshot"]
+        .as_str()
+        .expect("the pass is recorded as pending")
+        .to_string();
+    assert_eq!(state["disks"][0]["kept_snapshot"], kept.as_str());
+    let left = world.leftovers().snapshots;
+    assert!(
+        left.iter().any(|s| kept.ends_with(s.as_str())),
+        "the kept snapshot is not deleted before the new one is applied: {left:?}"
+    );
+    let files: Vec<String> = std::fs::read_dir(out.join("web-01"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        files
+            .iter()
+            .any(|f| f == ".web-01-os.raw.azure2kvm-diff.journal"),
+        "the half-applied image has its journal: {files:?}"
+    );
+
+    world.proxy.set_delay(Duration::ZERO);
+    let r = export(&world, &out, &args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_image_equals(&world, &image, "web-01-os");
+    let state = json_file(&state_path);
+    assert_eq!(
+        state["disks"][0]["kept_snapshot"],
+        pending.as_str(),
+        "the same pass"
+    );
+    assert!(state["disks"][0]["pending_snapshot"].is_null());
+    assert_eq!(pass_of(&report(&out, &r.stdout))["kind"], "diff");
+    let left = world.leftovers();
+    assert!(left.grants.is_empty(), "{left:?}");
+    assert_eq!(left.snapshots.len(), 1, "{left:?}");
+    assert!(pending.ends_with(left.snapshots[0].as_str()));
+
+    // And the migration ends cleanly from there.
+    let r = run(azure_cmd(
+        &world,
+        "cleanup",
+        &["--migration", out.to_str().unwrap()],
+    ));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(world.leftovers(), Leftovers::default());
+}
+
+#[test]
+fn kill_9_during_a_diff_pass_then_rerun_finishes_it() {
+    interrupted_diff_pass_is_finished_by_the_next("-9");
+}
+
+#[test]
+fn ctrl_c_during_a_diff_pass_then_rerun_finishes_it() {
+    interrupted_diff_pass_is_finished_by_the_next("-INT");
+}
