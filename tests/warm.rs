@@ -641,3 +641,39 @@ fn kill_9_during_a_diff_pass_then_rerun_finishes_it() {
 fn ctrl_c_during_a_diff_pass_then_rerun_finishes_it() {
     interrupted_diff_pass_is_finished_by_the_next("-INT");
 }
+
+/// Shards of a fleet pass over their own VMs into one output directory: each VM has its
+/// own state file, so two processes never write the same one; a cutover of one shard
+/// leaves the other's migration alone.
+#[test]
+fn shards_keep_their_own_state() {
+    let world = FakeAzure::start(vec![
+        FakeVm::linux("web-01", "rg-web"),
+        FakeVm::linux("db-01", "rg-db"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    for shard in ["0/2", "1/2"] {
+        let r = export(&world, &out, &["--warm", "--shard", shard]);
+        assert_eq!(r.code, 0, "{shard}: {}", r.stderr);
+    }
+    for vm in ["web-01", "db-01"] {
+        let state = json_file(&out.join(vm).join("migration.json"));
+        assert_eq!(state["vm"], vm);
+        assert_eq!(state["disks"][0]["passes"], 1);
+    }
+    assert_eq!(world.leftovers().snapshots.len(), 2);
+    let r = export(&world, &out, &["--warm", "--cutover", "--shard", "0/2"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        world.leftovers().snapshots.len(),
+        1,
+        "the other shard's snapshot stays"
+    );
+    let summary: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        summary["downtime_seconds"].as_object().unwrap().len(),
+        1,
+        "{summary}"
+    );
+}

@@ -225,34 +225,7 @@ pub async fn run(
         ..ctx.clone()
     };
     let done: Vec<(DiskKey, DiskResult)> = futures::stream::iter(ready)
-        .map(|(vm, d)| {
-            let (ctx, vm_name, disk) = (per_disk.clone(), vm.name.clone(), d.clone());
-            let (warm, vm) = (warm.clone(), vm.clone());
-            async move {
-                // A task of its own: a panic in one disk's work stops neither the others
-                // nor the sweep.
-                let task = tokio::spawn({
-                    let ctx = ctx.clone();
-                    let disk = disk.clone();
-                    async move {
-                        match warm {
-                            Some(w) => super::warm::pass::one_disk(&ctx, &w, &vm, &disk).await,
-                            None => one_disk(&ctx, &vm.name, &disk).await,
-                        }
-                    }
-                });
-                let result = task.await.unwrap_or_else(|e| DiskResult {
-                    status: DiskStatus::Failed,
-                    report: None,
-                    error: Some(format!(
-                        "VM {vm_name}, disk {}: task failed: {e}",
-                        disk.name
-                    )),
-                });
-                record(&ctx.ledger, &disk.key, &result);
-                (disk.key, result)
-            }
-        })
+        .map(|(vm, d)| in_task(&per_disk, vm, d, warm.clone()))
         .buffer_unordered(budget.slots)
         .collect()
         .await;
@@ -268,6 +241,31 @@ pub async fn run(
     };
     sweep(&ctx.arm, &ctx.ledger, &policy).await;
     results
+}
+
+/// One disk's export (or warm pass) in a task of its own: a panic in one disk's work
+/// stops neither the others nor the sweep. Its result is recorded in the ledger.
+async fn in_task(
+    ctx: &DiskContext,
+    vm: &PlannedVm,
+    d: &PlannedDisk,
+    warm: Option<Arc<WarmRun>>,
+) -> (DiskKey, DiskResult) {
+    let vm_name = vm.name.clone();
+    let (task_ctx, vm, disk) = (ctx.clone(), vm.clone(), d.clone());
+    let task = tokio::spawn(async move {
+        match warm {
+            Some(w) => super::warm::pass::one_disk(&task_ctx, &w, &vm, &disk).await,
+            None => one_disk(&task_ctx, &vm.name, &disk).await,
+        }
+    });
+    let result = task.await.unwrap_or_else(|e| DiskResult {
+        status: DiskStatus::Failed,
+        report: None,
+        error: Some(format!("VM {vm_name}, disk {}: task failed: {e}", d.name)),
+    });
+    record(&ctx.ledger, &d.key, &result);
+    (d.key.clone(), result)
 }
 
 /// A shared disk exported through another VM's entry has that entry's outcome (the same

@@ -361,7 +361,13 @@ async fn diff_pass(
                 format: ctx.format,
                 virtual_size: prior.virtual_size,
             };
-            Some(diff::apply(ctx, d, pass).await)
+            let applied = diff::apply(ctx, d, pass).await;
+            if applied.is_ok() {
+                // The last byte is durable now (the engine synced the image): the
+                // cutover's clock stops here, not after the revokes.
+                warm.durable(&vm.id);
+            }
+            Some(applied)
         }
         (Some(Some(why)), _) => Some(Err(DiffError::Failed(why))),
         _ => None,
@@ -426,7 +432,9 @@ async fn commit(
         }
     })
     .map_err(|e| e.to_string())?;
-    warm.durable(&vm.id);
+    if record.kind == PassKind::Full {
+        warm.durable(&vm.id);
+    }
     if warm.mode.cutover {
         file.update_disk(&d.key, |x| {
             x.retired.push(new.clone());
