@@ -2380,29 +2380,47 @@ fn list_snapshots(
 
 /// Copy Blob within devstoreaccount1 (Azurite copies synchronously, page ranges kept):
 /// the snapshot's contents are the disk's at the time of the request, as in Azure.
+/// Azurite 3.37 (in memory) gives a copied page blob the *same* page-range list object as
+/// its source, so a later Put Page or Clear Page on the disk would show in every snapshot
+/// copied from it. A blob snapshot gets a list of its own and is never written: copy from
+/// one, then delete it.
 fn copy_blob(port: u16, from: (&str, &str), to: (&str, &str)) -> Result<(), String> {
+    let from_path = format!("/{}/{}", from.0, from.1);
+    let frozen = blob_request(port, "PUT", &from_path, &[("comp", "snapshot")], &[])?;
+    let stamp = frozen
+        .header("x-ms-snapshot")
+        .ok_or("blob snapshot: no x-ms-snapshot")?
+        .to_string();
     let source = format!(
-        "http://127.0.0.1:{port}/{}/{}/{}",
-        super::seed::ACCOUNT,
-        from.0,
-        from.1
+        "http://127.0.0.1:{port}/{}{from_path}?snapshot={stamp}",
+        super::seed::ACCOUNT
     );
-    let r = super::seed::signed_request(
+    let copied = blob_request(
         port,
         "PUT",
         &format!("/{}/{}", to.0, to.1),
         &[],
         &[("x-ms-copy-source", source)],
-        b"",
-    )
-    .map_err(|e| format!("copy blob: {e}"))?;
+    );
+    blob_request(port, "DELETE", &from_path, &[("snapshot", &stamp)], &[])?;
+    copied.map(|_| ())
+}
+
+/// A SharedKey request to Azurite that must succeed (2xx).
+fn blob_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    query: &[(&str, &str)],
+    headers: &[(&str, String)],
+) -> Result<super::http::Response, String> {
+    let r = super::seed::signed_request(port, method, path, query, headers, b"")
+        .map_err(|e| format!("{method} {path}: {e}"))?;
     if (200..300).contains(&r.status) {
-        Ok(())
+        Ok(r)
     } else {
         Err(format!(
-            "copy blob {}/{}: HTTP {} {}",
-            from.0,
-            from.1,
+            "{method} {path}: HTTP {} {}",
             r.status,
             String::from_utf8_lossy(&r.body)
         ))

@@ -14,6 +14,9 @@
 //! that has not rolled that version out. Azurite (run with `--skipApiVersionCheck`) checks
 //! neither. The Host header is rewritten to Azurite's address on the way, or Azurite would
 //! take the host's first label for the account name.
+//!
+//! A [`PageListGate`] may answer Get Page Ranges requests itself: the fake world's answers
+//! incremental-snapshot diffs there (`warm_gate.rs`), which Azurite cannot.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -20,6 +20,7 @@ pub mod tools;
 pub mod vhd;
 pub mod vhdx;
 pub mod warm;
+pub mod warm_churn;
 pub mod warm_disk;
 pub mod warm_gate;
 
