@@ -25,7 +25,8 @@ mkdir -p "$WORK"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -c 'import azure.storage.blob' 2>/dev/null || "$VENV/bin/pip" install -q 'azure-storage-blob==12.31.1'
 (cd "$ROOT" && cargo build --release -q)
-BIN="$ROOT/target/release/azure2kvm"
+# The binary cargo just built: in CARGO_TARGET_DIR when that is set (as convert.py reads it).
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/azure2kvm"
 . "$ROOT/bench/azurite.sh"
 start_azurite
 # WIRE="RATE_MIB RTT_MS": the timed methods go through a link like a blob's (seeding and

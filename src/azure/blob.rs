@@ -1,9 +1,10 @@
 //! Page-blob access through `azure_storage_blob`: the only module that knows the SDK.
 //!
 //! It offers what the transfer engine needs and no more: the blob's properties (length,
-//! ETag, type), its written page ranges in a window (following `NextMarker`), and one
-//! ranged GET whose `Content-Range` has been checked, returned as a stream so a body that
-//! breaks can be resumed by the caller from the missing byte.
+//! ETag, type), its written page ranges in a window (following `NextMarker`), the pages
+//! changed since an older incremental snapshot (a diff; both answers share one pager in
+//! [`page_list`]), and one ranged GET whose `Content-Range` has been checked, returned as a
+//! stream so a body that breaks can be resumed by the caller from the missing byte.
 //!
 //! Two kinds of host, two sets of rules ([`SasUrl::is_managed_disk_export`]):
 //! - Storage-account blobs (unmanaged disks, `download` of any blob URL): every ranged GET

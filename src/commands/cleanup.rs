@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::cli::{CleanupArgs, GlobalArgs};
 use crate::error::{Error, ErrorKind};
-use crate::export::cleanup::cleanup_run;
+use crate::export::cleanup::{CleanupSummary, cleanup_run};
 use crate::export::ledger::{Ledger, report_file_name};
 use crate::export::naming::validate_run_id;
 use crate::export::warm::cleanup::{MigrationCleanupError, cleanup_migration, state_files};
@@ -26,42 +26,8 @@ pub fn run(args: &CleanupArgs, _global: &GlobalArgs, interrupt: &Interrupt) -> R
 }
 
 fn run_cleanup(run_id: &str, args: &CleanupArgs, interrupt: &Interrupt) -> Result<(), Error> {
-    let dir = args
-        .output_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("."));
-    let report = dir.join(report_file_name(run_id));
-    let ledger = if report.exists() {
-        Some(Ledger::open(&report).map_err(Error::usage)?)
-    } else {
-        if args.output_dir.is_some() {
-            tracing::warn!(
-                "no run report {}: searching by tag only (grants on disks cannot be found that way)",
-                report.display()
-            );
-        }
-        None
-    };
-    // The subscription: given, or the one the report's resources live in.
-    let subscription = args
-        .subscription
-        .clone()
-        .or_else(|| {
-            ledger.as_ref().and_then(|l| {
-                l.report()
-                    .resources
-                    .first()
-                    .map(|r| r.id.subscription().to_string())
-            })
-        })
-        .or_else(|| {
-            ledger.as_ref().and_then(|l| {
-                l.report().selection["subscription"]
-                    .as_str()
-                    .map(str::to_string)
-            })
-        })
-        .ok_or_else(|| Error::usage("cleanup needs --subscription (no run report names one)"))?;
+    let ledger = open_report(run_id, args)?;
+    let subscription = subscription(args, ledger.as_ref())?;
     let session = super::azure_session(&args.azure)?;
     let runtime = super::async_runtime("azure2kvm-cleanup")?;
     // Ctrl-C stops it like any other command: the report records each removal as it
@@ -81,6 +47,53 @@ fn run_cleanup(run_id: &str, args: &CleanupArgs, interrupt: &Interrupt) -> Resul
         });
     runtime.shutdown_timeout(Duration::from_millis(200));
     let summary = result.map_err(|e| e.context(format!("cleanup of run {}", run_id)))?;
+    outcome(run_id, &summary)
+}
+
+/// The run report in the output directory, when it is there (cleanup then searches by
+/// tag only).
+fn open_report(run_id: &str, args: &CleanupArgs) -> Result<Option<Ledger>, Error> {
+    let dir = args
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("."));
+    let report = dir.join(report_file_name(run_id));
+    if report.exists() {
+        return Ok(Some(Ledger::open(&report).map_err(Error::usage)?));
+    }
+    if args.output_dir.is_some() {
+        tracing::warn!(
+            "no run report {}: searching by tag only (grants on disks cannot be found that way)",
+            report.display()
+        );
+    }
+    Ok(None)
+}
+
+/// The subscription: given, or the one the report's resources live in.
+fn subscription(args: &CleanupArgs, ledger: Option<&Ledger>) -> Result<String, Error> {
+    args.subscription
+        .clone()
+        .or_else(|| {
+            ledger.and_then(|l| {
+                l.report()
+                    .resources
+                    .first()
+                    .map(|r| r.id.subscription().to_string())
+            })
+        })
+        .or_else(|| {
+            ledger.and_then(|l| {
+                l.report().selection["subscription"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+        })
+        .ok_or_else(|| Error::usage("cleanup needs --subscription (no run report names one)"))
+}
+
+/// Logs what was removed; anything refused or left is a failure naming it.
+fn outcome(run_id: &str, summary: &CleanupSummary) -> Result<(), Error> {
     tracing::info!(
         "cleanup of run {}: {} grants revoked, {} snapshots deleted",
         run_id,

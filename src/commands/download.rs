@@ -5,14 +5,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::azure::sas::SasUrl;
+use crate::azure::session::AzureSession;
 use crate::cli::{DownloadArgs, GlobalArgs};
 use crate::error::{Error, ErrorKind};
+use crate::image::sink::ImageFormat;
 use crate::image::staging::Overwrite;
 use crate::interrupt::Interrupt;
 use crate::output::progress::Progress;
 use crate::output::units::human_bytes;
-use crate::transfer::engine::{EngineConfig, ProgressEvent};
-use crate::transfer::job::{DownloadRequest, download};
+use crate::transfer::engine::{EngineConfig, ProgressEvent, ProgressFn};
+use crate::transfer::job::{DownloadReport, DownloadRequest, download};
 
 pub fn run(args: &DownloadArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Result<(), Error> {
     let format = super::output_format(&args.image, &args.output)?;
@@ -28,6 +30,30 @@ pub fn run(args: &DownloadArgs, global: &GlobalArgs, interrupt: &Interrupt) -> R
             "download URL {url} has no SAS: signing in with Entra ID needs an https URL"
         )));
     }
+    let req = request(args, &session, url, format, needs_token);
+    let runtime = super::async_runtime("azure2kvm-io")?;
+    if needs_token {
+        // One clear usage error listing every credential source tried, before any work.
+        runtime
+            .block_on(interrupt.unless_cancelled(session.check_storage_credential()))
+            .ok_or_else(|| Error::new(ErrorKind::Interrupted, "interrupted"))??;
+    }
+    let label = format!("downloading {}", args.output.display());
+    let report = with_progress(label, global.progress_enabled(), |on_event| {
+        runtime.block_on(download(req, on_event, interrupt.clone()))
+    })?;
+    log_report(&report);
+    Ok(())
+}
+
+/// The flags as the transfer job's typed request.
+fn request(
+    args: &DownloadArgs,
+    session: &AzureSession,
+    url: SasUrl,
+    format: ImageFormat,
+    needs_token: bool,
+) -> DownloadRequest {
     let mut req = DownloadRequest::new(url, args.output.clone(), format);
     req.client_options = Some(session.client_options());
     req.md_service_version = args.azure.md_service_version;
@@ -50,18 +76,13 @@ pub fn run(args: &DownloadArgs, global: &GlobalArgs, interrupt: &Interrupt) -> R
         ..EngineConfig::default()
     };
     req.io_timeout = Duration::from_secs(args.io_timeout);
+    req
+}
 
-    let runtime = super::async_runtime("azure2kvm-io")?;
-    if needs_token {
-        // One clear usage error listing every credential source tried, before any work.
-        runtime
-            .block_on(interrupt.unless_cancelled(session.check_storage_credential()))
-            .ok_or_else(|| Error::new(ErrorKind::Interrupted, "interrupted"))??;
-    }
-
-    let show = global.progress_enabled();
+/// Runs `work` with a progress bar fed by its events, made at the first event (when the
+/// total is known) and finished whatever `work` returns.
+fn with_progress<T>(label: String, show: bool, work: impl FnOnce(ProgressFn) -> T) -> T {
     let progress: Arc<Mutex<Option<Progress>>> = Arc::new(Mutex::new(None));
-    let label = format!("downloading {}", args.output.display());
     let sink_progress = Arc::clone(&progress);
     let on_event = Arc::new(move |event: ProgressEvent| match event {
         ProgressEvent::Advanced { done, total } => {
@@ -70,11 +91,16 @@ pub fn run(args: &DownloadArgs, global: &GlobalArgs, interrupt: &Interrupt) -> R
                 .set(done);
         }
     });
-    let result = runtime.block_on(download(req, on_event, interrupt.clone()));
+    let result = work(on_event);
     if let Some(p) = progress.lock().unwrap_or_else(|e| e.into_inner()).take() {
         p.finish();
     }
-    let report = result?;
+    result
+}
+
+/// What was written, for people, then one machine-readable line for scripts, benchmarks
+/// and tests.
+fn log_report(report: &DownloadReport) {
     let s = &report.stats;
     tracing::info!(
         "wrote {} ({:?}, virtual size {}, {} of written data; fetched {} in {:.1} s{})",
@@ -93,7 +119,6 @@ pub fn run(args: &DownloadArgs, global: &GlobalArgs, interrupt: &Interrupt) -> R
             String::new()
         }
     );
-    // One machine-readable line for scripts, benchmarks and tests.
     tracing::info!(
         "stats: bytes_fetched={} data_bytes={} planned_bytes={} chunks={} resumed_chunks={} zero_chunks={} requests={} retries={} checkpoints={} bytes_written={} elapsed_secs={:.3}",
         s.bytes_fetched,
@@ -108,5 +133,4 @@ pub fn run(args: &DownloadArgs, global: &GlobalArgs, interrupt: &Interrupt) -> R
         s.sink.bytes_written,
         report.elapsed_secs
     );
-    Ok(())
 }

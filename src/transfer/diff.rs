@@ -35,6 +35,7 @@ use super::journal::{self, Journal, JournalHeader};
 use super::plan::{self, Chunk};
 use crate::azure::blob::{BlobReader, PageChange, ServiceVersion};
 use crate::azure::sas::SasUrl;
+use crate::image::offset::{ByteLen, GuestOffset, SourceOffset};
 use crate::image::sink::ImageFormat;
 use crate::image::update::{ImageUpdate, UpdateStart, open_for_update};
 use crate::image::vhd::{DiskType, FOOTER_SIZE, VhdError};
@@ -329,9 +330,9 @@ async fn check_snapshot(ctx: &FetchContext) -> Result<(String, u64, u64), DiffEr
     let len = props.length;
     let read = |offset: u64, length: u64| {
         ctx.fetch(Chunk {
-            virtual_offset: 0,
-            source_offset: offset,
-            length,
+            virtual_offset: GuestOffset(0),
+            source_offset: SourceOffset(offset),
+            length: ByteLen(length),
         })
     };
     if len < FOOTER_SIZE as u64 {
@@ -394,9 +395,9 @@ async fn diff_ranges(
 /// different plan too.
 fn journal_plan(plan: &DiffPlan) -> Vec<Chunk> {
     let clears = plan.clears.iter().map(|r| Chunk {
-        virtual_offset: r.start,
-        source_offset: u64::MAX,
-        length: r.end - r.start,
+        virtual_offset: GuestOffset(r.start),
+        source_offset: SourceOffset(u64::MAX),
+        length: ByteLen(r.end - r.start),
     });
     plan.chunks.iter().copied().chain(clears).collect()
 }
@@ -475,8 +476,8 @@ fn remaining(plan: &DiffPlan, done: &Done) -> (Vec<Chunk>, u64, u64) {
         .filter(|c| !done.contains(&c.key()))
         .collect();
     let resumed = (plan.chunks.len() - todo.len()) as u64;
-    let all: u64 = plan.chunks.iter().map(|c| c.length).sum();
-    let left: u64 = todo.iter().map(|c| c.length).sum();
+    let all: u64 = plan.chunks.iter().map(|c| c.length.get()).sum();
+    let left: u64 = todo.iter().map(|c| c.length.get()).sum();
     (todo, resumed, all - left)
 }
 
@@ -508,7 +509,7 @@ async fn run_pass(
     .await
     .map_err(|e| DiffError::Failed(format!("clearing ranges: {e}")))?
     .map_err(|e| DiffError::Failed(format!("clearing ranges: {e}; journal kept at {kept}")))?;
-    let total = plan.chunks.iter().map(|c| c.length).sum();
+    let total = plan.chunks.iter().map(|c| c.length.get()).sum();
     let result = engine::run(
         ctx.clone(),
         todo,

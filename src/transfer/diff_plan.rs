@@ -127,10 +127,14 @@ mod tests {
         let got: Vec<(u64, u64)> = p
             .chunks
             .iter()
-            .map(|c| (c.virtual_offset, c.length))
+            .map(|c| (c.virtual_offset.get(), c.length.get()))
             .collect();
         assert_eq!(got, vec![(MIB - 512, 512), (MIB, 512), (5 * MIB, 512)]);
-        assert!(p.chunks.iter().all(|c| c.source_offset == c.virtual_offset));
+        assert!(
+            p.chunks
+                .iter()
+                .all(|c| c.source_offset.get() == c.virtual_offset.get())
+        );
         assert_eq!(p.clears, vec![0..512, 10 * MIB..10 * MIB + 4096]);
         assert_eq!((p.changed_bytes, p.cleared_bytes), (1536, 4608));
     }
@@ -141,7 +145,7 @@ mod tests {
         let changes = vec![PageChange::Written(0..512), PageChange::Written(1024..1536)];
         let p = plan_diff(changes, MIB, MIB).unwrap();
         assert_eq!(p.chunks.len(), 2);
-        assert_eq!(p.chunks.iter().map(|c| c.length).sum::<u64>(), 1024);
+        assert_eq!(p.chunks.iter().map(|c| c.length.get()).sum::<u64>(), 1024);
     }
 
     /// The footer page past the disk (blob length − 512) never becomes disk data, and ranges
@@ -159,7 +163,7 @@ mod tests {
         let got: Vec<(u64, u64)> = p
             .chunks
             .iter()
-            .map(|c| (c.virtual_offset, c.length))
+            .map(|c| (c.virtual_offset.get(), c.length.get()))
             .collect();
         assert_eq!(got, vec![(0, 1024), (MIB - 512, 512)]);
     }

@@ -11,6 +11,7 @@ use super::fetch::{FetchContext, FetchError};
 use super::plan::{self, Chunk};
 use crate::azure::blob::{BlobKind, BlobProperties};
 use crate::image::extent::ExtentMap;
+use crate::image::offset::{ByteLen, GuestOffset, SourceOffset};
 use crate::image::source::is_vhdx;
 use crate::image::vhd::{self, DiskType, FOOTER_SIZE, Footer, VhdError};
 use crate::image::vhdx::{self, VhdxError};
@@ -54,7 +55,7 @@ impl DownloadPlan {
 
     /// Bytes the chunks fetch (data plus coalesced gaps).
     pub fn fetch_bytes(&self) -> u64 {
-        self.chunks.iter().map(|c| c.length).sum()
+        self.chunks.iter().map(|c| c.length.get()).sum()
     }
 }
 
@@ -247,9 +248,9 @@ async fn read_bat(
 
 async fn read(ctx: &FetchContext, offset: u64, length: u64) -> Result<Vec<u8>, FetchError> {
     ctx.fetch(Chunk {
-        virtual_offset: 0,
-        source_offset: offset,
-        length,
+        virtual_offset: GuestOffset(0),
+        source_offset: SourceOffset(offset),
+        length: ByteLen(length),
     })
     .await
 }

@@ -196,7 +196,7 @@ pub async fn run(
     let chunks = todo.len() as u64;
     // The budget made literal: one buffer per fetch in flight, per queued chunk, and the
     // one being written.
-    let largest = todo.iter().map(|c| c.length).max().unwrap_or(0);
+    let largest = todo.iter().map(|c| c.length.get()).max().unwrap_or(0);
     let pool = BufferPool::new(
         config.concurrency + config.queue_depth + 1,
         usize::try_from(largest).expect("chunk size is bounded"),
@@ -244,7 +244,7 @@ async fn drive(
             let ctx = ctx.clone();
             let pool = pool.clone();
             let handle = AbortOnDrop(tokio::spawn(async move {
-                let len = usize::try_from(chunk.length).expect("chunk size is bounded");
+                let len = usize::try_from(chunk.length.get()).expect("chunk size is bounded");
                 let mut buf = pool.get(len).await;
                 ctx.fetch_into(chunk, &mut buf).await.map(|()| (chunk, buf))
             }));
@@ -315,7 +315,7 @@ impl Pending {
 
     fn push(&mut self, chunk: Chunk) {
         self.chunks.push(chunk);
-        self.bytes += chunk.length;
+        self.bytes += chunk.length.get();
         self.last_arrival = Instant::now();
     }
 
@@ -375,11 +375,11 @@ fn write_loop(
                 if !config.write_zero_chunks && crate::image::zero::is_zero(&data) {
                     w.zero_chunks += 1;
                 } else {
-                    sink.write_at(chunk.virtual_offset, &data)?;
+                    sink.write_at(chunk.virtual_offset.get(), &data)?;
                     w.chunks_written += 1;
                 }
                 drop(data);
-                done += chunk.length;
+                done += chunk.length.get();
                 pending.push(chunk);
                 progress(ProgressEvent::Advanced { done, total });
                 if pending.due_on_data(&config) {

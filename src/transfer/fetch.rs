@@ -321,7 +321,7 @@ impl FetchContext {
 
     /// Fetches `chunk` into a new buffer of its length (small metadata reads).
     pub async fn fetch(&self, chunk: Chunk) -> Result<Vec<u8>, FetchError> {
-        let len = usize::try_from(chunk.length).expect("chunk size is bounded");
+        let len = usize::try_from(chunk.length.get()).expect("chunk size is bounded");
         let mut buf = vec![0u8; len];
         self.fetch_into(chunk, &mut buf).await?;
         Ok(buf)
@@ -330,13 +330,18 @@ impl FetchContext {
     /// Fetches `chunk` into `buf` (exactly the chunk's length). See the module note for
     /// resumption.
     pub async fn fetch_into(&self, chunk: Chunk, buf: &mut [u8]) -> Result<(), FetchError> {
-        assert_eq!(buf.len() as u64, chunk.length, "buffer fits the chunk");
+        assert_eq!(
+            buf.len() as u64,
+            chunk.length.get(),
+            "buffer fits the chunk"
+        );
+        let source = chunk.source_range();
         let what = || {
             format!(
                 "{} bytes {}-{}",
                 self.blob.url().identity(),
-                chunk.source_offset,
-                chunk.source_offset + chunk.length - 1
+                source.start,
+                source.end - 1
             )
         };
         let started = Instant::now();
@@ -346,8 +351,7 @@ impl FetchContext {
         loop {
             attempt += 1;
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
-            let from = chunk.source_offset + filled as u64;
-            let range = from..chunk.source_offset + chunk.length;
+            let range = source.start + filled as u64..source.end;
             let before = filled;
             let result = self
                 .interrupt

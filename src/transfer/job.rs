@@ -189,7 +189,7 @@ pub async fn download(
         .filter(|c| !done.contains(&c.key()))
         .collect();
     let resumed_chunks = (plan.chunks.len() - todo.len()) as u64;
-    let already: u64 = plan.fetch_bytes() - todo.iter().map(|c| c.length).sum::<u64>();
+    let already: u64 = plan.fetch_bytes() - todo.iter().map(|c| c.length.get()).sum::<u64>();
 
     let result = engine::run(
         ctx,
@@ -355,7 +355,7 @@ fn stage(
                                 .chunks
                                 .iter()
                                 .filter(|c| done.contains(&c.key()))
-                                .map(|c| c.length)
+                                .map(|c| c.length.get())
                                 .sum();
                             let n = plan
                                 .chunks

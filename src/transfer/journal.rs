@@ -99,9 +99,9 @@ impl JournalHeader {
 fn plan_digest(chunks: &[Chunk]) -> String {
     let mut h = Md5::new();
     for c in chunks {
-        h.update(c.virtual_offset.to_le_bytes());
-        h.update(c.source_offset.to_le_bytes());
-        h.update(c.length.to_le_bytes());
+        h.update(c.virtual_offset.get().to_le_bytes());
+        h.update(c.source_offset.get().to_le_bytes());
+        h.update(c.length.get().to_le_bytes());
     }
     crate::units::hex(&h.finalize())
 }
@@ -293,13 +293,14 @@ pub fn remove(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::offset::{ByteLen, GuestOffset, SourceOffset};
 
     fn chunks() -> Vec<Chunk> {
         (0..4)
             .map(|i| Chunk {
-                virtual_offset: i * 100,
-                source_offset: i * 100,
-                length: 100,
+                virtual_offset: GuestOffset(i * 100),
+                source_offset: SourceOffset(i * 100),
+                length: ByteLen(100),
             })
             .collect()
     }
@@ -395,7 +396,7 @@ mod tests {
         c.format = "qcow2".into();
         assert!(a.mismatch(&c).unwrap().contains("format"));
         let mut other = chunks();
-        other[0].length = 50;
+        other[0].length = ByteLen(50);
         let d = JournalHeader::new(
             a.blob.clone(),
             a.etag.clone(),

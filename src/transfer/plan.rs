@@ -42,12 +42,14 @@ pub const MAX_CHUNK_SIZE: u64 = 64 << 20;
 pub const PAGE_RANGE_WINDOW: u64 = 128 << 20;
 pub const COALESCE_GAP: u64 = 128 << 10;
 
-/// One ranged GET and where its bytes go.
+/// One ranged GET and where its bytes go. Typed offsets: the guest offset (where the
+/// sink writes) and the source offset (the blob range fetched) differ for dynamic VHDs and
+/// VHDXs, and a swapped pair would write a disk's bytes in the wrong place silently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Chunk {
-    pub virtual_offset: u64,
-    pub source_offset: u64,
-    pub length: u64,
+    pub virtual_offset: GuestOffset,
+    pub source_offset: SourceOffset,
+    pub length: ByteLen,
 }
 
 /// A chunk's identity in the resume journal: where it lands and how long it is. Typed, so
@@ -56,11 +58,17 @@ pub type ChunkKey = (GuestOffset, ByteLen);
 
 impl Chunk {
     pub fn key(&self) -> ChunkKey {
-        (GuestOffset(self.virtual_offset), ByteLen(self.length))
+        (self.virtual_offset, self.length)
     }
 
+    /// The blob bytes this chunk fetches.
     pub fn source_range(&self) -> Range<u64> {
-        self.source_offset..self.source_offset + self.length
+        self.source_offset.get()..self.source_offset.get() + self.length.get()
+    }
+
+    /// The guest offset just past this chunk.
+    pub fn virtual_end(&self) -> u64 {
+        self.virtual_offset.get() + self.length.get()
     }
 }
 
@@ -167,30 +175,30 @@ pub fn chunks(map: &ExtentMap, chunk_size: u64, max_gap: u64) -> Vec<Chunk> {
     let extents: Vec<Chunk> = map
         .data_extents()
         .map(|e| Chunk {
-            virtual_offset: e.virtual_start,
-            source_offset: e.source_offset().expect("data extent"),
-            length: e.length,
+            virtual_offset: GuestOffset(e.virtual_start),
+            source_offset: SourceOffset(e.source_offset().expect("data extent")),
+            length: ByteLen(e.length),
         })
         .collect();
     let mut runs: Vec<Chunk> = Vec::with_capacity(extents.len());
     for (i, e) in extents.iter().enumerate() {
         match runs.last_mut() {
             Some(last) if i > 0 && joins(&extents[i - 1], e, chunk_size, max_gap) => {
-                last.length = e.virtual_offset + e.length - last.virtual_offset;
+                last.length = ByteLen(e.virtual_end() - last.virtual_offset.get());
             }
             _ => runs.push(*e),
         }
     }
     let mut out = Vec::new();
     for run in runs {
-        let mut at = run.virtual_offset;
-        let end = run.virtual_offset + run.length;
+        let (start, end) = (run.virtual_offset.get(), run.virtual_end());
+        let mut at = start;
         while at < end {
             let cut = ((at / chunk_size) + 1).saturating_mul(chunk_size).min(end);
             out.push(Chunk {
-                virtual_offset: at,
-                source_offset: run.source_offset + (at - run.virtual_offset),
-                length: cut - at,
+                virtual_offset: GuestOffset(at),
+                source_offset: SourceOffset(run.source_offset.get() + (at - start)),
+                length: ByteLen(cut - at),
             });
             at = cut;
         }
@@ -200,11 +208,12 @@ pub fn chunks(map: &ExtentMap, chunk_size: u64, max_gap: u64) -> Vec<Chunk> {
 
 /// Whether to fetch the gap between consecutive extents `a` and `b` (see [`chunks`]).
 fn joins(a: &Chunk, b: &Chunk, chunk_size: u64, max_gap: u64) -> bool {
-    let a_end = a.virtual_offset + a.length;
-    let gap = b.virtual_offset - a_end;
-    let same_in_source = b.source_offset.checked_sub(a.source_offset + a.length) == Some(gap);
+    let a_end = a.virtual_end();
+    let gap = b.virtual_offset.get() - a_end;
+    let a_source_end = a.source_range().end;
+    let same_in_source = b.source_offset.get().checked_sub(a_source_end) == Some(gap);
     // Both ends in one chunk cell: the joined run has one piece fewer.
-    let saves_a_request = (a_end - 1) / chunk_size == b.virtual_offset / chunk_size;
+    let saves_a_request = (a_end - 1) / chunk_size == b.virtual_offset.get() / chunk_size;
     same_in_source && (gap == 0 || (gap < max_gap && saves_a_request))
 }
 
@@ -359,14 +368,14 @@ mod tests {
             c,
             vec![
                 Chunk {
-                    virtual_offset: 0,
-                    source_offset: 0,
-                    length: 2 * MIB
+                    virtual_offset: GuestOffset(0),
+                    source_offset: SourceOffset(0),
+                    length: ByteLen(2 * MIB)
                 },
                 Chunk {
-                    virtual_offset: 3 * MIB,
-                    source_offset: 3 * MIB,
-                    length: 512
+                    virtual_offset: GuestOffset(3 * MIB),
+                    source_offset: SourceOffset(3 * MIB),
+                    length: ByteLen(512)
                 },
             ]
         );
@@ -385,7 +394,10 @@ mod tests {
             .unwrap();
         let c = chunks(&m, 4 * MIB, COALESCE_GAP);
         assert_eq!(c.len(), 2);
-        assert_eq!(c.iter().map(|c| c.length).sum::<u64>(), m.data_bytes());
+        assert_eq!(
+            c.iter().map(|c| c.length.get()).sum::<u64>(),
+            m.data_bytes()
+        );
     }
 
     #[test]
@@ -393,7 +405,10 @@ mod tests {
         let ranges: Vec<Range<u64>> = std::iter::once(MIB..10 * MIB + 512).collect();
         let m = map_from_page_ranges(ranges, 12 * MIB).unwrap();
         let c = chunks(&m, 4 * MIB, 0);
-        let spans: Vec<_> = c.iter().map(|c| (c.virtual_offset, c.length)).collect();
+        let spans: Vec<_> = c
+            .iter()
+            .map(|c| (c.virtual_offset.get(), c.length.get()))
+            .collect();
         assert_eq!(
             spans,
             vec![(MIB, 3 * MIB), (4 * MIB, 4 * MIB), (8 * MIB, 2 * MIB + 512)]
@@ -414,7 +429,7 @@ mod tests {
         let m = b.finish();
         let c = chunks(&m, 8 * MIB, COALESCE_GAP);
         assert_eq!(c.len(), 2);
-        assert_eq!(c[1].source_offset, 3072 + 2 * MIB + 512);
+        assert_eq!(c[1].source_offset, SourceOffset(3072 + 2 * MIB + 512));
     }
 
     #[test]
@@ -442,18 +457,18 @@ mod tests {
             let cs = chunks(&m, chunk_pages * 512, gap_pages * 512);
             let mut prev_end = 0;
             for c in &cs {
-                prop_assert!(c.length > 0 && c.length <= chunk_pages * 512);
-                prop_assert!(c.virtual_offset >= prev_end);
-                prop_assert_eq!(c.virtual_offset, c.source_offset);
-                prev_end = c.virtual_offset + c.length;
+                prop_assert!(c.length.get() > 0 && c.length.get() <= chunk_pages * 512);
+                prop_assert!(c.virtual_offset.get() >= prev_end);
+                prop_assert_eq!(c.virtual_offset.get(), c.source_offset.get());
+                prev_end = c.virtual_end();
                 prop_assert!(prev_end <= size);
             }
             for r in ranges {
                 for page in (r.start..r.end).step_by(512) {
-                    prop_assert!(cs.iter().any(|c| c.virtual_offset <= page && page < c.virtual_offset + c.length));
+                    prop_assert!(cs.iter().any(|c| c.virtual_offset.get() <= page && page < c.virtual_end()));
                 }
             }
-            let fetched: u64 = cs.iter().map(|c| c.length).sum();
+            let fetched: u64 = cs.iter().map(|c| c.length.get()).sum();
             prop_assert!(fetched >= m.data_bytes());
             if gap_pages == 0 { prop_assert_eq!(fetched, m.data_bytes()); }
         }

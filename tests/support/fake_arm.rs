@@ -1,6 +1,9 @@
 //! A fake Azure Resource Manager for tests and demos: HTTPS on 127.0.0.1 with a CA and a
 //! server certificate made at start (the SDK's bearer-token policy refuses plain http), and
 //! an App Service-style managed-identity token endpoint on plain http (as on App Service).
+//! HTTP/1.1 itself (parsing, framing, keep-alive) is hyper's, the server half of the
+//! version the SDK's reqwest builds: the routes below see only `HttpRequest` and answer
+//! `HttpResponse`. The fault proxy (fault_proxy.rs) stays byte-level on purpose.
 //!
 //! It behaves like ARM where the client depends on it: `nextLink` paging with skip tokens
 //! containing `+ / =`, status-only pages whose ids differ in case, long-running operations
@@ -25,8 +28,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
 pub const SUBSCRIPTION: &str = "00000000-0000-0000-0000-0000000000aa";
@@ -755,95 +761,55 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        429 => "Too Many Requests",
-        _ => "Status",
-    }
-}
-
-async fn read_request<R: AsyncRead + Unpin>(
-    r: &mut BufReader<R>,
-) -> std::io::Result<Option<HttpRequest>> {
-    let mut line = String::new();
-    if r.read_line(&mut line).await? == 0 {
-        return Ok(None);
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or("").to_string();
-    let target = parts.next().unwrap_or("/").to_string();
-    let mut headers = HashMap::new();
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).await? == 0 {
-            return Ok(None);
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
-    let len: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).await?;
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_string(), q.to_string()),
-        None => (target, String::new()),
-    };
-    Ok(Some(HttpRequest {
-        method,
-        path,
-        query,
+/// One request off the wire, as the routes see it (names lower-case, as hyper gives them;
+/// a repeated header keeps its last value).
+async fn read_request(req: hyper::Request<Incoming>) -> Result<HttpRequest, hyper::Error> {
+    let (head, body) = req.into_parts();
+    let headers = head
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            let v = String::from_utf8_lossy(v.as_bytes()).trim().to_string();
+            (k.as_str().to_string(), v)
+        })
+        .collect();
+    Ok(HttpRequest {
+        method: head.method.as_str().to_string(),
+        path: head.uri.path().to_string(),
+        query: head.uri.query().unwrap_or("").to_string(),
         headers,
-        body,
-    }))
+        body: body.collect().await?.to_bytes().to_vec(),
+    })
 }
 
-async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: S,
-    shared: Arc<Mutex<ArmState>>,
-    https: bool,
-) {
-    let mut reader = BufReader::new(stream);
-    loop {
-        let req = match read_request(&mut reader).await {
-            Ok(Some(r)) => r,
-            _ => return,
-        };
-        let resp = handle(&shared, &req, https).await;
-        let mut head = format!(
-            "HTTP/1.1 {} {}\r\ncontent-length: {}\r\n",
-            resp.status,
-            reason(resp.status),
-            resp.body.len()
-        );
-        for (k, v) in &resp.headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        let w = reader.get_mut();
-        if w.write_all(head.as_bytes()).await.is_err()
-            || w.write_all(&resp.body).await.is_err()
-            || w.flush().await.is_err()
-        {
-            return;
-        }
+/// A route's answer as hyper sends it (hyper adds content-length from the body).
+fn write_response(resp: HttpResponse) -> hyper::Response<Full<Bytes>> {
+    let mut out = hyper::Response::new(Full::new(Bytes::from(resp.body)));
+    *out.status_mut() = hyper::StatusCode::from_u16(resp.status).expect("a valid status code");
+    for (k, v) in resp.headers {
+        let name = hyper::header::HeaderName::from_bytes(k.as_bytes()).expect("a header name");
+        let value = hyper::header::HeaderValue::from_str(&v).expect("a header value");
+        out.headers_mut().append(name, value);
     }
+    out
+}
+
+/// HTTP/1.1 with keep-alive on one connection (TLS or not), parsed and framed by hyper.
+async fn serve_connection<S>(stream: S, shared: Arc<Mutex<ArmState>>, https: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move {
+            let req = read_request(req).await?;
+            Ok::<_, hyper::Error>(write_response(handle(&shared, &req, https).await))
+        }
+    });
+    // A client that hangs up mid-request ends only its own connection.
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// TLS material made at start: the CA's PEM (for `--ca-bundle`) and the server config.

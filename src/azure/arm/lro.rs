@@ -91,6 +91,31 @@ enum Mode {
     Location(Url),
 }
 
+/// What one poll found.
+enum Poll {
+    Running(Option<Duration>),
+    Done(Option<Vec<u8>>),
+    /// Succeeded, and the result is read from this Location at once.
+    FollowLocation(Url),
+}
+
+/// The operation and resource every error of one wait names.
+#[derive(Clone, Copy)]
+struct Op<'a> {
+    operation: &'static str,
+    resource: &'a str,
+}
+
+impl Op<'_> {
+    fn decode(self, message: String) -> ArmError {
+        ArmError::Decode {
+            operation: self.operation,
+            resource: self.resource.to_string(),
+            message,
+        }
+    }
+}
+
 /// Drives an operation from its initial (successful) response to its result body, if any.
 #[allow(clippy::too_many_arguments)]
 pub async fn wait<G, GFut, S, SFut>(
@@ -109,85 +134,100 @@ where
     S: FnMut(Duration) -> SFut,
     SFut: Future<Output = ()>,
 {
-    let decode = |message: String| ArmError::Decode {
+    let op = Op {
         operation,
-        resource: resource.to_string(),
-        message,
+        resource,
     };
     let link = |l: &str| next_url(operation, origin, l);
     let location = initial.location.as_deref().map(link).transpose()?;
     let mut mode = match (&initial.async_operation, &location) {
         (Some(a), _) => Mode::AsyncOperation(link(a)?),
         (None, Some(l)) => Mode::Location(l.clone()),
-        (None, None) => {
-            if initial.status == 202 {
-                return Err(decode(
-                    "202 Accepted without Azure-AsyncOperation or Location".into(),
-                ));
-            }
-            return Ok(non_empty(initial.body));
+        (None, None) if initial.status == 202 => {
+            return Err(op.decode("202 Accepted without Azure-AsyncOperation or Location".into()));
         }
+        (None, None) => return Ok(non_empty(initial.body)),
     };
     let started = std::time::Instant::now();
     let mut slept = Duration::ZERO;
     let mut retry_after = initial.retry_after;
-    let mut immediate = false;
     loop {
-        if !immediate {
-            let delay = retry_after
-                .unwrap_or(settings.default_interval)
-                .min(settings.max_interval);
-            if slept.max(started.elapsed()) + delay > settings.timeout {
-                return Err(ArmError::OperationTimeout {
-                    operation,
-                    resource: resource.to_string(),
-                    waited_secs: slept.max(started.elapsed()).as_secs(),
-                });
-            }
-            sleep(delay).await;
-            slept += delay;
+        let delay = retry_after
+            .unwrap_or(settings.default_interval)
+            .min(settings.max_interval);
+        if slept.max(started.elapsed()) + delay > settings.timeout {
+            return Err(ArmError::OperationTimeout {
+                operation,
+                resource: resource.to_string(),
+                waited_secs: slept.max(started.elapsed()).as_secs(),
+            });
         }
-        immediate = false;
-        match &mode {
+        sleep(delay).await;
+        slept += delay;
+        let poll = match &mode {
             Mode::AsyncOperation(url) => {
-                let r = get(url.clone()).await?;
-                retry_after = r.retry_after;
-                match async_status(&r.body).map_err(decode)? {
-                    AsyncStatus::Running => {}
-                    AsyncStatus::Succeeded => match &final_state {
-                        FinalState::None => return Ok(None),
-                        FinalState::OriginalUri(u) => {
-                            let r = get(u.clone()).await?;
-                            return Ok(non_empty(r.body));
-                        }
-                        FinalState::Location => match &location {
-                            Some(l) => {
-                                mode = Mode::Location(l.clone());
-                                immediate = true;
-                            }
-                            // Some operations put the result in the status body.
-                            None => return Ok(non_empty(r.body)),
-                        },
-                    },
-                    AsyncStatus::Failed(d) => return Err(failed(operation, resource, "Failed", d)),
-                    AsyncStatus::Canceled(d) => {
-                        return Err(failed(operation, resource, "Canceled", d));
-                    }
-                }
+                poll_async_operation(op, url, &final_state, location.as_ref(), &mut get).await?
             }
-            Mode::Location(url) => {
-                let r = get(url.clone()).await?;
-                retry_after = r.retry_after;
-                match r.status {
-                    202 => {}
-                    200 | 201 => return Ok(non_empty(r.body)),
-                    204 => return Ok(None),
-                    other => {
-                        return Err(decode(format!("unexpected status {other} while polling")));
-                    }
+            Mode::Location(url) => poll_location(op, url, &mut get).await?,
+        };
+        match poll {
+            Poll::Running(after) => retry_after = after,
+            Poll::Done(body) => return Ok(body),
+            Poll::FollowLocation(url) => {
+                // Read at once, without another sleep; a 202 there goes on polling it.
+                match poll_location(op, &url, &mut get).await? {
+                    Poll::Running(after) => retry_after = after,
+                    Poll::Done(body) => return Ok(body),
+                    Poll::FollowLocation(_) => unreachable!("a Location poll never follows"),
                 }
+                mode = Mode::Location(url);
             }
         }
+    }
+}
+
+/// One GET of the Azure-AsyncOperation URL; on success, the result as `final_state` says.
+async fn poll_async_operation<G, GFut>(
+    op: Op<'_>,
+    url: &Url,
+    final_state: &FinalState,
+    location: Option<&Url>,
+    get: &mut G,
+) -> Result<Poll, ArmError>
+where
+    G: FnMut(Url) -> GFut,
+    GFut: Future<Output = Result<LroResponse, ArmError>>,
+{
+    let r = get(url.clone()).await?;
+    match async_status(&r.body).map_err(|m| op.decode(m))? {
+        AsyncStatus::Running => Ok(Poll::Running(r.retry_after)),
+        AsyncStatus::Failed(d) => Err(failed(op.operation, op.resource, "Failed", d)),
+        AsyncStatus::Canceled(d) => Err(failed(op.operation, op.resource, "Canceled", d)),
+        AsyncStatus::Succeeded => match (final_state, location) {
+            (FinalState::None, _) => Ok(Poll::Done(None)),
+            (FinalState::OriginalUri(u), _) => {
+                let r = get(u.clone()).await?;
+                Ok(Poll::Done(non_empty(r.body)))
+            }
+            (FinalState::Location, Some(l)) => Ok(Poll::FollowLocation(l.clone())),
+            // Some operations put the result in the status body.
+            (FinalState::Location, None) => Ok(Poll::Done(non_empty(r.body))),
+        },
+    }
+}
+
+/// One GET of the Location URL: 202 while running, the result once done.
+async fn poll_location<G, GFut>(op: Op<'_>, url: &Url, get: &mut G) -> Result<Poll, ArmError>
+where
+    G: FnMut(Url) -> GFut,
+    GFut: Future<Output = Result<LroResponse, ArmError>>,
+{
+    let r = get(url.clone()).await?;
+    match r.status {
+        202 => Ok(Poll::Running(r.retry_after)),
+        200 | 201 => Ok(Poll::Done(non_empty(r.body))),
+        204 => Ok(Poll::Done(None)),
+        other => Err(op.decode(format!("unexpected status {other} while polling"))),
     }
 }
 

@@ -317,3 +317,245 @@ fn entity(r: &quick_xml::events::BytesRef<'_>) -> Result<char, String> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape of Azure's documented Get Page Ranges answer for a diff (REST reference,
+    /// "Get Page Ranges", response body), with ranges interleaved and a continuation.
+    const DOCUMENTED: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+<PageList>
+  <PageRange><Start>0</Start><End>511</End></PageRange>
+  <ClearRange><Start>512</Start><End>1023</End></ClearRange>
+  <PageRange><Start>1024</Start><End>4095</End></PageRange>
+  <ClearRange><Start>65536</Start><End>131071</End></ClearRange>
+  <NextMarker>2!88!MDAwMDE&amp;ZmFrZQ--</NextMarker>
+</PageList>"#;
+
+    #[test]
+    fn a_documented_diff_answer_parses_in_document_order() {
+        let page = parse_page_list(DOCUMENTED.as_bytes()).unwrap();
+        assert_eq!(
+            page.changes,
+            vec![
+                PageChange::Written(0..512),
+                PageChange::Cleared(512..1024),
+                PageChange::Written(1024..4096),
+                PageChange::Cleared(65536..131072),
+            ]
+        );
+        assert_eq!(page.next_marker.as_deref(), Some("2!88!MDAwMDE&ZmFrZQ--"));
+    }
+
+    #[test]
+    fn an_empty_marker_and_an_empty_list_mean_the_end() {
+        let page =
+            parse_page_list(b"<?xml version=\"1.0\"?><PageList><NextMarker /></PageList>").unwrap();
+        assert_eq!(page, PageListPage::default());
+        let page =
+            parse_page_list(b"<PageList><NextMarker></NextMarker><Other>x</Other></PageList>")
+                .unwrap();
+        assert_eq!(page, PageListPage::default());
+    }
+
+    #[test]
+    fn bad_answers_are_refused_naming_the_item() {
+        let cases: [(&str, &str); 6] = [
+            (
+                "<PageList><PageRange><Start>0</Start></PageRange></PageList>",
+                "item 0 (PageRange) has no Start or End",
+            ),
+            (
+                "<PageList><PageRange><Start>0</Start><End>511</End></PageRange><ClearRange><Start>1024</Start><End>512</End></ClearRange></PageList>",
+                "item 1 (ClearRange) 1024-512 is empty",
+            ),
+            (
+                "<PageList><PageRange><Start>-1</Start><End>5</End></PageRange></PageList>",
+                "<Start> \"-1\" is not a byte offset",
+            ),
+            (
+                "<PageList><ClearRange><Start>0</Start><End>18446744073709551615</End></ClearRange></PageList>",
+                "overflows",
+            ),
+            ("<PageList><PageRange/></PageList>", "has no Start or End"),
+            (
+                "<PageList><PageRange><Start>0</Start></End></PageList>",
+                "not well-formed",
+            ),
+        ];
+        for (xml, needle) in cases {
+            let e = parse_page_list(xml.as_bytes()).unwrap_err();
+            assert!(e.contains(needle), "{xml}: {e}");
+        }
+    }
+
+    #[test]
+    fn changes_are_clipped_to_the_window() {
+        let w = 1024..2048;
+        assert_eq!(
+            clip(PageChange::Cleared(0..4096), &w),
+            Some(PageChange::Cleared(1024..2048))
+        );
+        assert_eq!(clip(PageChange::Written(0..1024), &w), None);
+        assert_eq!(
+            clip(PageChange::Written(2000..3000), &w),
+            Some(PageChange::Written(2000..2048))
+        );
+    }
+
+    /// Answers each request on loopback with `respond(request head)` (one connection
+    /// each) and returns every request head.
+    fn serve(n: usize, respond: fn(&str) -> String) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let mut heads = Vec::new();
+            while heads.len() < n {
+                let (conn, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap() <= 2 {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                let mut conn = conn;
+                conn.write_all(respond(&head).as_bytes()).unwrap();
+                heads.push(head);
+            }
+            heads
+        });
+        (port, server)
+    }
+
+    fn xml(body: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    const PREVIOUS: &str = "https://md-impexp-old.blob.storage.azure.net/x/abcd?sv=2018-03-28&sr=b&sig=PREVSECRETSIGNATUREPREVSECRETSIGNATURE0123";
+
+    /// A diff is one Get Page Ranges with the previous snapshot's URL in the header, on
+    /// every page; `marker` is sent back, `maxresults` asked for, elements kept in
+    /// document order and clipped to the window. A listing sends no such header.
+    #[test]
+    fn a_diff_sends_the_previous_snapshot_and_follows_next_marker() {
+        fn respond(head: &str) -> String {
+            if head.contains("marker=m1") {
+                xml(
+                    "<PageList><ClearRange><Start>8192</Start><End>20479</End></ClearRange></PageList>",
+                )
+            } else {
+                xml(
+                    "<PageList><PageRange><Start>0</Start><End>511</End></PageRange><ClearRange><Start>512</Start><End>4095</End></ClearRange><PageRange><Start>4096</Start><End>8191</End></PageRange><NextMarker>m1</NextMarker></PageList>",
+                )
+            }
+        }
+        let (port, server) = serve(4, respond);
+        let url = SasUrl::parse(&format!(
+            "http://md-impexp-new.localhost:{port}/x/abcd?sv=2018-03-28&sr=b&sig=NEWSECRET"
+        ))
+        .unwrap();
+        let previous = SasUrl::parse(PREVIOUS).unwrap();
+        let reader = BlobReader::new(&url, None, None).unwrap();
+        let (diff, listing) = block_on(async {
+            let diff = reader.page_diff(0..16384, &previous).await.unwrap();
+            let listing = reader.page_ranges(0..16384, "").await.unwrap();
+            (diff, listing)
+        });
+        assert_eq!(
+            diff,
+            vec![
+                PageChange::Written(0..512),
+                PageChange::Cleared(512..4096),
+                PageChange::Written(4096..8192),
+                PageChange::Cleared(8192..16384),
+            ]
+        );
+        assert_eq!(listing, vec![0..512, 4096..8192]);
+        let heads: Vec<String> = server
+            .join()
+            .unwrap()
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        let header = format!(
+            "{PREVIOUS_SNAPSHOT_HEADER}: {}\r\n",
+            PREVIOUS.to_ascii_lowercase()
+        );
+        for head in &heads[..2] {
+            assert!(head.contains(&header), "{head}");
+            assert!(head.contains("maxresults=10000"), "{head}");
+            assert!(head.contains("x-ms-version: 2025-07-05\r\n"), "{head}");
+        }
+        assert!(!heads[0].contains("marker=m1") && heads[1].contains("marker=m1"));
+        for head in &heads[2..] {
+            assert!(!head.contains(PREVIOUS_SNAPSHOT_HEADER), "{head}");
+        }
+    }
+
+    /// Neither SAS reaches an error, whether the service refuses or the connection fails,
+    /// nor the Debug output of what carries the previous snapshot.
+    #[test]
+    fn the_previous_snapshot_url_never_reaches_an_error() {
+        fn refuse(_: &str) -> String {
+            let body = format!(
+                "<?xml version=\"1.0\"?><Error><Code>AuthenticationFailed</Code><Message>bad {PREVIOUS}</Message></Error>"
+            );
+            format!(
+                "HTTP/1.1 403 Forbidden\r\nx-ms-error-code: AuthenticationFailed\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        }
+        fn garbage(_: &str) -> String {
+            xml(&format!(
+                "<PageList><PageRange><Start>{PREVIOUS}</Start><End>1</End></PageRange></PageList>"
+            ))
+        }
+        let previous = SasUrl::parse(PREVIOUS).unwrap();
+        let mut texts = vec![
+            format!("{:?}", PreviousSnapshot(previous.clone())),
+            format!("{previous} {previous:?}"),
+        ];
+        for respond in [refuse as fn(&str) -> String, garbage] {
+            let (port, server) = serve(1, respond);
+            let url = SasUrl::parse(&format!(
+                "http://127.0.0.1:{port}/devstoreaccount1/c/b?sv=1&sig=NEWSECRET"
+            ))
+            .unwrap();
+            let reader = BlobReader::new(&url, None, None).unwrap();
+            let e = block_on(reader.page_diff(0..4096, &previous)).unwrap_err();
+            texts.push(format!("{e} {e:?}"));
+            server.join().unwrap();
+        }
+        // Nothing listens: a transport error, which quotes the request.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let url = SasUrl::parse(&format!(
+            "http://127.0.0.1:{port}/devstoreaccount1/c/b?sv=1&sig=NEWSECRET"
+        ))
+        .unwrap();
+        let reader = BlobReader::new(&url, None, None).unwrap();
+        let e = block_on(reader.page_diff(0..4096, &previous)).unwrap_err();
+        texts.push(format!("{e} {e:?}"));
+        for t in &texts {
+            assert!(!t.contains("PREVSECRET") && !t.contains("NEWSECRET"), "{t}");
+        }
+        assert!(texts[2].contains("403"), "{}", texts[2]);
+    }
+}

@@ -49,10 +49,14 @@ impl Qcow2Writer {
         virtual_size: u64,
         allow_checkpoint: bool,
     ) -> Result<Self, SinkError> {
-        let refuse = |why: String| SinkError::NotResumable { why };
+        let refuse = |why: String| SinkError::NotUpdatable { why };
         let mut header = [0u8; HEADER_LENGTH as usize];
         file.read_exact_at(&mut header, 0)
             .map_err(|e| refuse(format!("cannot read a qcow2 header: {e}")))?;
+        let be32 = |at: usize| u32::from_be_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+        if be32(0) != MAGIC || be32(4) != VERSION || be32(20) != CLUSTER_BITS {
+            return Err(refuse("not a qcow2 v3 image with 64 KiB clusters".into()));
+        }
         let incompatible = u64::from_be_bytes(header[72..80].try_into().expect("8 bytes"));
         if incompatible & INCOMPAT_CORRUPT != 0 {
             if allow_checkpoint {
@@ -167,11 +171,16 @@ fn check_finished_header(header: &[u8], virtual_size: u64) -> Result<RefcountAre
     if be32(0) != MAGIC || be32(4) != VERSION || be32(20) != CLUSTER_BITS {
         return Err("not a qcow2 v3 image with 64 KiB clusters".into());
     }
-    let expected_l1 = div_ceil(virtual_size, L2_COVERAGE);
-    if be64(24) != virtual_size || u64::from(be32(36)) != expected_l1 || be64(40) != CLUSTER_SIZE {
+    if be64(24) != virtual_size {
         return Err(format!(
-            "made for virtual size {} (L1 {} entries at {}), expected {virtual_size}",
-            be64(24),
+            "made for virtual size {}, the disk is {virtual_size}",
+            be64(24)
+        ));
+    }
+    let expected_l1 = div_ceil(virtual_size, L2_COVERAGE);
+    if u64::from(be32(36)) != expected_l1 || be64(40) != CLUSTER_SIZE {
+        return Err(format!(
+            "L1 table of {} entries at {}; ours has {expected_l1} at {CLUSTER_SIZE}",
             be32(36),
             be64(40)
         ));
@@ -212,7 +221,7 @@ fn check_finished_header(header: &[u8], virtual_size: u64) -> Result<RefcountAre
 /// writes them (blocks back to back, then the table, then nothing), and returns where the
 /// blocks start: the end of the image's data and tables.
 fn check_refcount_area(file: &File, area: RefcountArea, file_len: u64) -> Result<u64, SinkError> {
-    let refuse = |why: String| SinkError::NotResumable { why };
+    let refuse = |why: String| SinkError::NotUpdatable { why };
     let table_end = area
         .table_clusters
         .checked_mul(CLUSTER_SIZE)

@@ -43,7 +43,7 @@ pub enum UpdateStart {
 }
 
 /// Opens the finished image in `file` (read and write) of `format` for a disk of
-/// `virtual_size` bytes. Refuses, with [`SinkError::NotResumable`] and nothing written,
+/// `virtual_size` bytes. Refuses, with [`SinkError::NotUpdatable`] and nothing written,
 /// an image of another size or one our writers did not produce.
 pub fn open_for_update(
     format: ImageFormat,

@@ -39,7 +39,7 @@ impl RawUpdater {
     pub fn open(file: File, virtual_size: u64) -> Result<Self, SinkError> {
         let len = file.metadata().map_err(SinkError::io("stat", 0))?.len();
         if len != virtual_size {
-            return Err(SinkError::NotResumable {
+            return Err(SinkError::NotUpdatable {
                 why: format!("raw image is {len} bytes, the disk is {virtual_size}"),
             });
         }
@@ -48,7 +48,7 @@ impl RawUpdater {
             file.read_exact_at(&mut magic, 0)
                 .map_err(SinkError::io("read", 0))?;
             if magic == QCOW2_MAGIC {
-                return Err(SinkError::NotResumable {
+                return Err(SinkError::NotUpdatable {
                     why: "the file is a qcow2 image, not raw".into(),
                 });
             }

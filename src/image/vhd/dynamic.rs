@@ -267,25 +267,12 @@ pub fn extent_map(
 ) -> Result<(ExtentMap, BatSummary), VhdError> {
     let block_size = u64::from(h.block_size);
     let bitmap = h.bitmap_size();
-    let limit = data_area_end(file_len);
-    // The BAT region as laid out on disk, padded to whole sectors.
-    let bat_end = bat_offset + (bat.len() as u64).div_ceil(SECTOR) * SECTOR;
-    let metadata: [(&'static str, u64, u64); 3] = [
-        ("footer copy at offset 0", 0, FOOTER_SIZE as u64),
-        ("dynamic header", header_at, header_at + HEADER_SIZE as u64),
-        ("block allocation table", bat_offset, bat_end),
-    ];
-    if bat_offset < bat_end {
-        for &(region, start, end) in &metadata[..2] {
-            if bat_offset < end && start < bat_end {
-                return Err(VhdError::BatOverlapsMetadata {
-                    offset: bat_offset,
-                    region,
-                });
-            }
-        }
-    }
-
+    let layout = Layout {
+        metadata: metadata_regions(header_at, bat_offset, bat.len() as u64)?,
+        bat_offset,
+        block_bytes: bitmap + block_size,
+        limit: data_area_end(file_len),
+    };
     let mut blocks: Vec<BlockSpan> = Vec::new();
     let mut builder = ExtentMapBuilder::new(current_size);
     for (index, entry) in bat.chunks_exact(4).enumerate() {
@@ -294,37 +281,15 @@ pub fn extent_map(
         if sector == UNALLOCATED {
             continue;
         }
-        let entry_offset = bat_offset + index * 4;
-        let start = u64::from(sector) * SECTOR;
-        let end = start + bitmap + block_size; // < 2^41 + 2^32 + 2^32: no overflow
-        if end > limit {
-            return Err(VhdError::BlockOutsideFile {
-                block: index,
-                entry_offset,
-                sector,
-                start,
-                end,
-                limit,
-            });
-        }
-        for &(region, m_start, m_end) in &metadata {
-            if start < m_end && m_start < end {
-                return Err(VhdError::BlockOverlapsMetadata {
-                    block: index,
-                    entry_offset,
-                    start,
-                    region,
-                });
-            }
-        }
-        blocks.push(BlockSpan { start, end, index });
+        let block = layout.block(index, sector)?;
         let virtual_start = index * block_size;
         let length = block_size.min(current_size - virtual_start);
         builder.push_data(
             GuestOffset(virtual_start),
             ByteLen(length),
-            SourceOffset(start + bitmap),
+            SourceOffset(block.start + bitmap),
         )?;
+        blocks.push(block);
     }
 
     // No two blocks (bitmap and data) share a byte of the file.
@@ -341,4 +306,74 @@ pub fn extent_map(
         allocated_blocks: blocks.len() as u64,
     };
     Ok((builder.finish(), summary))
+}
+
+/// A file region blocks must not touch: (name, start, end).
+type MetadataRegion = (&'static str, u64, u64);
+
+/// The footer copy, the dynamic header and the BAT (padded to whole sectors); refused when
+/// the BAT overlaps either of the other two.
+fn metadata_regions(
+    header_at: u64,
+    bat_offset: u64,
+    bat_len: u64,
+) -> Result<[MetadataRegion; 3], VhdError> {
+    let bat_end = bat_offset + bat_len.div_ceil(SECTOR) * SECTOR;
+    let metadata = [
+        ("footer copy at offset 0", 0, FOOTER_SIZE as u64),
+        ("dynamic header", header_at, header_at + HEADER_SIZE as u64),
+        ("block allocation table", bat_offset, bat_end),
+    ];
+    if bat_offset < bat_end {
+        for &(region, start, end) in &metadata[..2] {
+            if bat_offset < end && start < bat_end {
+                return Err(VhdError::BatOverlapsMetadata {
+                    offset: bat_offset,
+                    region,
+                });
+            }
+        }
+    }
+    Ok(metadata)
+}
+
+/// Where blocks may lie in the file.
+struct Layout {
+    metadata: [MetadataRegion; 3],
+    bat_offset: u64,
+    /// A block's bitmap and data.
+    block_bytes: u64,
+    /// The end of the data area.
+    limit: u64,
+}
+
+impl Layout {
+    /// The file bytes of block `index` whose BAT entry is `sector`, refused outside the
+    /// data area or on metadata.
+    fn block(&self, index: u64, sector: u32) -> Result<BlockSpan, VhdError> {
+        let entry_offset = self.bat_offset + index * 4;
+        let start = u64::from(sector) * SECTOR;
+        let end = start + self.block_bytes; // < 2^41 + 2^32 + 2^32: no overflow
+        if end > self.limit {
+            return Err(VhdError::BlockOutsideFile {
+                block: index,
+                entry_offset,
+                sector,
+                start,
+                end,
+                limit: self.limit,
+            });
+        }
+        for &(region, m_start, m_end) in &self.metadata {
+            if start < m_end && m_start < end {
+                return Err(VhdError::BlockOverlapsMetadata {
+                    block: index,
+                    entry_offset,
+                    start,
+                    region,
+                });
+            }
+        }
+        Ok(BlockSpan { start, end, index })
+    }
 }

@@ -255,29 +255,12 @@ pub fn parse_items(
     span_start: u64,
     region: Region,
 ) -> Result<Metadata, VhdxError> {
-    let get = |item: Option<ItemRef>, name: &'static str, expected: u64| {
-        let item = item.ok_or(VhdxError::MissingMetadata { item: name })?;
-        if expected != 0 && item.length != expected {
-            return Err(VhdxError::MetadataItemLength {
-                item: name,
-                length: item.length,
-                expected,
-            });
-        }
-        let start = (item.offset - span_start) as usize;
-        Ok((
-            &span[start..start + item.length as usize],
-            region.offset + item.offset,
-        ))
+    let items = Items {
+        span,
+        span_start,
+        region,
     };
-    let (fp, fp_at) = get(t.file_parameters, "file parameters", 8)?;
-    let field = |offset, field, value, rule| VhdxError::Field {
-        structure: "metadata",
-        offset,
-        field,
-        value,
-        rule,
-    };
+    let (fp, fp_at) = items.get(t.file_parameters, "file parameters", 8)?;
     let block_size = le_u32(fp, 0);
     if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
         return Err(field(
@@ -288,19 +271,12 @@ pub fn parse_items(
         ));
     }
     let flags = le_u32(fp, 4);
-    let sector = |item, name| -> Result<u32, VhdxError> {
-        let (b, at) = get(item, name, 4)?;
-        match le_u32(b, 0) {
-            s @ (512 | 4096) => Ok(s),
-            s => Err(field(at, name, s.into(), "must be 512 or 4096")),
-        }
-    };
-    let logical_sector_size = sector(t.logical_sector_size, "logical sector size")?;
+    let logical_sector_size = items.sector_size(t.logical_sector_size, "logical sector size")?;
     let physical_sector_size = match t.physical_sector_size {
-        Some(_) => sector(t.physical_sector_size, "physical sector size")?,
+        Some(_) => items.sector_size(t.physical_sector_size, "physical sector size")?,
         None => logical_sector_size,
     };
-    let (vs, vs_at) = get(t.virtual_disk_size, "virtual disk size", 8)?;
+    let (vs, vs_at) = items.get(t.virtual_disk_size, "virtual disk size", 8)?;
     let virtual_size = le_u64(vs, 0);
     if virtual_size == 0
         || virtual_size > MAX_VIRTUAL_SIZE
@@ -314,11 +290,14 @@ pub fn parse_items(
         ));
     }
     let page_83_data = match t.page_83_data {
-        Some(_) => Some(Guid::from_le(get(t.page_83_data, "page 83 data", 16)?.0, 0)),
+        Some(_) => Some(Guid::from_le(
+            items.get(t.page_83_data, "page 83 data", 16)?.0,
+            0,
+        )),
         None => None,
     };
     let parent_locator = match t.parent_locator {
-        Some(_) => parse_parent_locator(get(t.parent_locator, "parent locator", 0)?.0),
+        Some(_) => parse_parent_locator(items.get(t.parent_locator, "parent locator", 0)?.0),
         None => Vec::new(),
     };
     Ok(Metadata {
@@ -331,6 +310,56 @@ pub fn parse_items(
         page_83_data,
         parent_locator,
     })
+}
+
+/// The metadata region's bytes (from relative offset `span_start`), read item by item.
+struct Items<'a> {
+    span: &'a [u8],
+    span_start: u64,
+    region: Region,
+}
+
+impl<'a> Items<'a> {
+    /// An item's bytes and its absolute file offset; refused when it is missing or its
+    /// length is not `expected` (0: any length).
+    fn get(
+        &self,
+        item: Option<ItemRef>,
+        name: &'static str,
+        expected: u64,
+    ) -> Result<(&'a [u8], u64), VhdxError> {
+        let item = item.ok_or(VhdxError::MissingMetadata { item: name })?;
+        if expected != 0 && item.length != expected {
+            return Err(VhdxError::MetadataItemLength {
+                item: name,
+                length: item.length,
+                expected,
+            });
+        }
+        let start = (item.offset - self.span_start) as usize;
+        Ok((
+            &self.span[start..start + item.length as usize],
+            self.region.offset + item.offset,
+        ))
+    }
+
+    fn sector_size(&self, item: Option<ItemRef>, name: &'static str) -> Result<u32, VhdxError> {
+        let (b, at) = self.get(item, name, 4)?;
+        match le_u32(b, 0) {
+            s @ (512 | 4096) => Ok(s),
+            s => Err(field(at, name, s.into(), "must be 512 or 4096")),
+        }
+    }
+}
+
+fn field(offset: u64, field: &'static str, value: u64, rule: &'static str) -> VhdxError {
+    VhdxError::Field {
+        structure: "metadata",
+        offset,
+        field,
+        value,
+        rule,
+    }
 }
 
 /// 2.6.2.6: a header (locator type GUID, reserved, key/value count) and entries of key
