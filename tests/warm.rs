@@ -173,6 +173,10 @@ fn first_pass_keeps_its_snapshot_until_cleanup_migration() {
     assert_eq!(world.leftovers(), Leftovers::default());
     let state = json_file(&out.join("web-01/migration.json"));
     assert!(state["disks"][0]["kept_snapshot"].is_null());
+    // The migration is over: a later pass of its disks is refused, naming why.
+    let r = export(&world, &out, &["--warm", "--format", "raw"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("cut over or cleaned up"), "{}", r.stderr);
     // Twice is safe.
     let r = run(azure_cmd(
         &world,
@@ -466,7 +470,7 @@ fn passes_then_cutover(format: &str) {
     // The migration is over: another pass is refused.
     let r = export(&world, &out, &args);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("cut over already"), "{}", r.stderr);
+    assert!(r.stderr.contains("cut over or cleaned up"), "{}", r.stderr);
 }
 
 #[test]
@@ -676,4 +680,24 @@ fn shards_keep_their_own_state() {
         1,
         "{summary}"
     );
+}
+
+/// Unmanaged disks have no incremental snapshots: a warm pass of a VM with one is refused
+/// (exit 2, naming the disk) before anything is created.
+#[test]
+fn a_warm_pass_of_an_unmanaged_disk_is_refused() {
+    let world = FakeAzure::start(vec![
+        FakeVm::linux("old-01", "rg-old")
+            .power(Some("deallocated"))
+            .unmanaged(),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let r = export(&world, &dir.path().join("out"), &["--warm"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("needs managed disks") && r.stderr.contains("old-01/"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(world.arm.counts().get("snapshot_create"), None);
 }

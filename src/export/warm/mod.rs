@@ -53,7 +53,7 @@ pub enum WarmError {
     )]
     NoState { dir: PathBuf, disks: Vec<String> },
     #[error(
-        "these disks were cut over already: {}; remove their migration.json (or use another --output-dir) to start a new migration",
+        "these disks' migration is over (cut over or cleaned up already): {}; remove their migration.json (or use another --output-dir) to start a new migration",
         .0.join(", ")
     )]
     CutOver(Vec<String>),
