@@ -13,6 +13,7 @@
 mod support {
     pub mod azurite;
     pub mod fake_arm;
+    pub mod fake_graph;
     pub mod http;
     pub mod pages;
     pub mod seed;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use support::fake_arm::{ArmState, FakeSize, FakeVm, FakeVmDisk};
 use support::fake_azure::FakeAzure;
 use support::libvirt::{Defined, Libvirtd, virsh};
-use support::tools::ensure_debian_tool;
+use support::tools::{ensure_debian_file, ensure_debian_tool};
 use support::vhd::{Disk, MIB};
 use support::{azure_cmd, run};
 
@@ -44,10 +44,7 @@ fn ensure_build_tools() {
     ] {
         ensure_debian_tool(tool, package);
     }
-    assert!(
-        Path::new("/usr/lib/syslinux/mbr/mbr.bin").exists(),
-        "syslinux-common is needed"
-    );
+    ensure_debian_file("/usr/lib/syslinux/mbr/mbr.bin", "syslinux-common");
 }
 
 /// The guests, built once per version of the script and kept under target/.

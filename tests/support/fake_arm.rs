@@ -514,6 +514,8 @@ pub struct ArmState {
     pub issued_signatures: Vec<String>,
     /// Requests per route (see `route` names), plus "throttled".
     pub counts: BTreeMap<String, u64>,
+    /// More subscriptions, `GET /subscriptions` and Resource Graph (fake_graph.rs).
+    pub fleet: super::fake_graph::Fleet,
     /// Incremental-snapshot tracking: dirty pages, `uniqueId`s, limits (see `warm.rs`).
     pub warm: super::warm::WarmState,
     operations: HashMap<u64, Operation>,
@@ -581,6 +583,7 @@ impl ArmState {
             grant_formats: Vec::new(),
             issued_signatures: Vec::new(),
             counts: BTreeMap::new(),
+            fleet: Default::default(),
             warm: super::warm::WarmState::default(),
             operations: HashMap::new(),
             next_operation: 1,
@@ -692,7 +695,7 @@ impl HttpRequest {
             .collect()
     }
 
-    fn param(&self, name: &str) -> Option<String> {
+    pub(super) fn param(&self, name: &str) -> Option<String> {
         self.params()
             .into_iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -708,7 +711,7 @@ pub struct HttpResponse {
 }
 
 impl HttpResponse {
-    fn json(status: u16, v: Value) -> Self {
+    pub(super) fn json(status: u16, v: Value) -> Self {
         Self {
             status,
             headers: vec![(
@@ -727,13 +730,13 @@ impl HttpResponse {
         }
     }
 
-    fn header(mut self, k: &str, v: impl Into<String>) -> Self {
+    pub(super) fn header(mut self, k: &str, v: impl Into<String>) -> Self {
         self.headers.push((k.into(), v.into()));
         self
     }
 }
 
-fn arm_error(status: u16, code: &str, message: &str) -> HttpResponse {
+pub(super) fn arm_error(status: u16, code: &str, message: &str) -> HttpResponse {
     HttpResponse::json(
         status,
         json!({"error": {"code": code, "message": message, "target": null, "details": []}}),
@@ -948,7 +951,7 @@ fn lock(state: &Mutex<ArmState>) -> std::sync::MutexGuard<'_, ArmState> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn bump(s: &mut ArmState, route: &str) {
+pub(super) fn bump(s: &mut ArmState, route: &str) {
     *s.counts.entry(route.to_string()).or_default() += 1;
 }
 
@@ -1109,7 +1112,7 @@ fn token_endpoint(shared: &Arc<Mutex<ArmState>>, req: &HttpRequest) -> HttpRespo
     )
 }
 
-fn route(s: &mut ArmState, req: &HttpRequest, base: &str) -> HttpResponse {
+pub(super) fn route(s: &mut ArmState, req: &HttpRequest, base: &str) -> HttpResponse {
     let segs: Vec<String> = req
         .path
         .split('/')
@@ -1122,6 +1125,9 @@ fn route(s: &mut ArmState, req: &HttpRequest, base: &str) -> HttpResponse {
     if let ["fakeops", id] = low.as_slice() {
         bump(s, "operation_poll");
         return poll_operation(s, id, req.param("mode").as_deref() == Some("location"));
+    }
+    if let Some(answer) = super::fake_graph::route(s, req, base, &low) {
+        return answer;
     }
     if low.len() < 2 || low[0] != "subscriptions" {
         return arm_error(404, "NotFound", "no such route");
@@ -1218,7 +1224,12 @@ fn route(s: &mut ArmState, req: &HttpRequest, base: &str) -> HttpResponse {
 }
 
 /// Pages `items`: the skip token is `c2tpcA+/<offset>=` (it must come back intact).
-fn page(req: &HttpRequest, base: &str, items: Vec<Value>, page_size: usize) -> HttpResponse {
+pub(super) fn page(
+    req: &HttpRequest,
+    base: &str,
+    items: Vec<Value>,
+    page_size: usize,
+) -> HttpResponse {
     let offset = match req.param("$skiptoken") {
         None => 0,
         Some(tok) => match tok
@@ -1261,7 +1272,7 @@ fn page(req: &HttpRequest, base: &str, items: Vec<Value>, page_size: usize) -> H
     HttpResponse::json(200, body)
 }
 
-fn vm_json(s: &ArmState, vm: &FakeVm, instance_view: bool) -> Value {
+pub(super) fn vm_json(s: &ArmState, vm: &FakeVm, instance_view: bool) -> Value {
     let sub = &s.subscription;
     let disk_json = |d: &FakeVmDisk| {
         let mut v = json!({"name": d.name, "createOption": "Attach", "caching": "ReadWrite", "diskSizeGB": d.size_gb, "deleteOption": "Detach"});
@@ -1563,7 +1574,7 @@ fn find_vm(s: &ArmState, rg: &str, name: &str) -> Option<usize> {
     })
 }
 
-fn scale_set_json(s: &ArmState, ss: &FakeScaleSet) -> Value {
+pub(super) fn scale_set_json(s: &ArmState, ss: &FakeScaleSet) -> Value {
     json!({"name": ss.name, "type": "Microsoft.Compute/virtualMachineScaleSets",
            "id": format!("/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachineScaleSets/{}",
                          s.subscription, ss.resource_group, ss.name),
@@ -1706,7 +1717,7 @@ fn vm_routes(
     }
 }
 
-fn disk_json(s: &ArmState, d: &FakeDisk) -> Value {
+pub(super) fn disk_json(s: &ArmState, d: &FakeDisk) -> Value {
     let attached = d.managed_by.as_ref().and_then(|id| {
         s.vms
             .iter()
@@ -2498,6 +2509,21 @@ fn poll_operation(s: &mut ArmState, id: &str, location_mode: bool) -> HttpRespon
 }
 
 fn apply(s: &mut ArmState, effect: Effect) {
+    // An operation in another subscription of the fleet changes that subscription's world.
+    let (Effect::SnapshotReady(id)
+    | Effect::SnapshotDeleted(id)
+    | Effect::Granted(id)
+    | Effect::Revoked(id)
+    | Effect::Power(id, _)) = &effect;
+    if let Some(sub) = id.split('/').nth(2).map(str::to_string)
+        && !sub.eq_ignore_ascii_case(&s.subscription)
+        && s.fleet
+            .others
+            .iter()
+            .any(|w| w.subscription.eq_ignore_ascii_case(&sub))
+    {
+        return super::fake_graph::in_subscription(s, &sub, |s| apply(s, effect));
+    }
     match effect {
         Effect::SnapshotReady(id) => {
             if let Some(snap) = s.snapshots.get_mut(&id) {

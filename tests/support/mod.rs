@@ -9,6 +9,7 @@
 pub mod azurite;
 pub mod fake_arm;
 pub mod fake_azure;
+pub mod fake_graph;
 pub mod fault_proxy;
 pub mod http;
 pub mod image;
@@ -90,7 +91,7 @@ pub fn list_cmd(fake: &FakeArm, args: &[&str]) -> Command {
         .args(args)
         .env("IDENTITY_ENDPOINT", &fake.identity_url)
         .env("IDENTITY_HEADER", IDENTITY_HEADER);
-    if !args.contains(&"--subscription") {
+    if !args.contains(&"--subscription") && !args.contains(&"--all-subscriptions") {
         c.args(["--subscription", SUBSCRIPTION]);
     }
     c
@@ -209,7 +210,7 @@ pub fn azure_cmd(world: &fake_azure::FakeAzure, subcommand: &str, args: &[&str])
         .args(world.cli_args())
         .args(args)
         .envs(world.env());
-    if !args.contains(&"--subscription") {
+    if !args.contains(&"--subscription") && !args.contains(&"--all-subscriptions") {
         c.args(["--subscription", SUBSCRIPTION]);
     }
     c
