@@ -22,6 +22,7 @@ mod support {
     pub mod azurite;
     pub mod fake_arm;
     pub mod fake_azure;
+    pub mod fake_graph;
     pub mod fault_proxy;
     pub mod http;
     pub mod pages;
