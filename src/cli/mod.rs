@@ -138,6 +138,16 @@ pub struct ExportArgs {
     /// (DiskWithVMGuestState): the image is ciphertext, unreadable outside that VM.
     #[arg(long)]
     pub allow_encrypted: bool,
+    /// One pass of a warm migration while the VMs run: the first copies each disk from an
+    /// incremental snapshot and keeps it; later passes fetch only the pages changed since
+    /// (state in DIR/migration.json).
+    #[arg(long)]
+    pub warm: bool,
+    /// With --warm: the last pass. Deallocates each VM (or, with --consistency none,
+    /// requires it stopped or deallocated already), applies the final changes, deletes
+    /// every kept snapshot and reports the downtime.
+    #[arg(long)]
+    pub cutover: bool,
     #[command(flatten)]
     pub selection: SelectionArgs,
     #[command(flatten)]
@@ -145,10 +155,15 @@ pub struct ExportArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["run_id", "migration"])))]
 pub struct CleanupArgs {
     /// The run id an export printed (also in run-<ID>.json and the tag azure2kvm-run).
     #[arg(long, value_name = "ID")]
-    pub run_id: String,
+    pub run_id: Option<String>,
+    /// A warm migration's output directory: removes the snapshots its migration.json keeps
+    /// (revoking their grants first) and ends the migration.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["run_id", "output_dir"])]
+    pub migration: Option<PathBuf>,
     /// Subscription to search for the run's tagged snapshots (default: from the report).
     #[arg(long, value_name = "ID", env = "AZURE_SUBSCRIPTION_ID")]
     pub subscription: Option<String>,

@@ -14,11 +14,14 @@ use crate::cli::{ExportArgs, GlobalArgs, SelectionArgs};
 use crate::error::{Error, ErrorKind};
 use crate::export::budget::{self, RunLimits};
 use crate::export::disk::ExportEvent;
+use crate::export::disk_kind::SnapshotType;
 use crate::export::flow::{
     self, ExportError, ExportOutcome, ExportSettings, Mode, RunSelection, RunSummary, VmSource,
 };
 use crate::export::ledger::RunStatus;
+use crate::export::plan::Consistency;
 use crate::export::plan::{DiskKey, PlannedVm};
+use crate::export::warm::{WarmDryRun, WarmMode};
 use crate::interrupt::Interrupt;
 use crate::output::progress::PartsProgress;
 use crate::transfer::job::DEFAULT_IO_TIMEOUT;
@@ -35,7 +38,7 @@ pub fn run(args: &ExportArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Res
     });
     runtime.shutdown_timeout(Duration::from_millis(200));
     match outcome.map_err(export_error)? {
-        ExportOutcome::Planned(planned) => print_plan(&planned, args),
+        ExportOutcome::Planned { vms, warm } => print_plan(&vms, warm.as_ref(), args),
         ExportOutcome::Ran(summary) => {
             print_summary(&summary);
             exit_status(&summary)
@@ -70,9 +73,11 @@ fn settings(args: &ExportArgs) -> Result<ExportSettings, Error> {
     let io_timeout = crate::cli::io_timeout_from_env()
         .map_err(Error::usage)?
         .unwrap_or(DEFAULT_IO_TIMEOUT);
+    let warm = warm_mode(args)?;
     let mode = match (&args.output_dir, args.dry_run) {
         (_, true) => Mode::DryRun {
             write_plan: args.plan.clone(),
+            output_dir: args.output_dir.clone(),
         },
         (Some(d), false) => Mode::Export {
             output_dir: d.clone(),
@@ -110,7 +115,11 @@ fn settings(args: &ExportArgs) -> Result<ExportSettings, Error> {
         vms,
         mode,
         disks: args.disks,
-        consistency: args.consistency,
+        // A cutover stops the VMs unless told they are stopped already.
+        consistency: match warm {
+            Some(WarmMode { cutover: true }) => args.consistency.or(Some(Consistency::Deallocate)),
+            _ => args.consistency,
+        },
         format: args.format,
         shard: args.shard,
         sas_duration: args.sas_duration,
@@ -126,6 +135,7 @@ fn settings(args: &ExportArgs) -> Result<ExportSettings, Error> {
                 .as_deref(),
         )
         .map_err(Error::usage)?,
+        warm,
         record: RunSelection {
             flags,
             plan: args.plan.clone(),
@@ -135,6 +145,7 @@ fn settings(args: &ExportArgs) -> Result<ExportSettings, Error> {
             format: args.format,
             snapshot_type: args.snapshot_type,
             private_network: args.private_network,
+            warm,
         },
     })
 }
@@ -153,6 +164,44 @@ fn memory_limit(asked: Option<u64>) -> Result<u64, Error> {
     };
     // Unknown machine memory: only the lower bound can be checked.
     budget::check_memory(memory, machine.unwrap_or(u64::MAX)).map_err(Error::usage)
+}
+
+/// `--warm [--cutover]` and what they allow with them; each refusal says why (exit 2).
+/// A warm pass keeps the VMs running and reads incremental snapshots; only the cutover
+/// stops them: by deallocating (the default, or `--consistency deallocate`), or, with
+/// `--consistency none`, by requiring them deallocated already.
+pub fn warm_mode(args: &ExportArgs) -> Result<Option<WarmMode>, Error> {
+    if !args.warm {
+        if args.cutover {
+            return Err(Error::usage(
+                "--cutover finishes a warm migration: give it with --warm (export --warm --cutover)",
+            ));
+        }
+        return Ok(None);
+    }
+    if args.snapshot_type == SnapshotType::Full {
+        return Err(Error::usage(
+            "--warm diffs incremental snapshots: --snapshot-type full cannot be used with it",
+        ));
+    }
+    match (args.cutover, args.consistency) {
+        (true, Some(Consistency::Snapshot)) => Err(Error::usage(
+            "--cutover stops the VMs: --consistency deallocate (the default) deallocates them, --consistency none requires them deallocated already; not snapshot",
+        )),
+        (false, Some(c @ (Consistency::Deallocate | Consistency::None))) => {
+            Err(Error::usage(format!(
+                "a warm pass keeps the VMs running and reads snapshots: --consistency {} is for --cutover only",
+                if c == Consistency::None {
+                    "none"
+                } else {
+                    "deallocate"
+                }
+            )))
+        }
+        _ => Ok(Some(WarmMode {
+            cutover: args.cutover,
+        })),
+    }
 }
 
 fn export_error(e: ExportError) -> Error {
@@ -201,13 +250,24 @@ fn exit_status(s: &RunSummary) -> Result<(), Error> {
 /// The result for scripts, on stdout: one JSON object with the run id, its status, the
 /// report's path and each disk's outcome (the logs on stderr say the same for people).
 fn print_summary(s: &RunSummary) {
-    let out = json!({
+    let mut out = json!({
         "run_id": s.run_id,
         "status": s.status,
         "report": s.report,
         "disks": s.disks,
         "resources_left": s.resources_left.len(),
     });
+    if let Some(w) = &s.warm {
+        out["warm"] = json!({ "cutover": w.cutover, "passes": w.passes });
+        if w.cutover {
+            out["downtime_seconds"] = w
+                .downtime
+                .iter()
+                .map(|d| (d.vm.clone(), json!(d.downtime_seconds)))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+        }
+    }
     println!(
         "{}",
         serde_json::to_string_pretty(&out).expect("summary serialises")
@@ -215,14 +275,21 @@ fn print_summary(s: &RunSummary) {
 }
 
 /// `--dry-run`: the plan on stdout (JSON), nothing created.
-fn print_plan(planned: &[PlannedVm], args: &ExportArgs) -> Result<(), Error> {
-    let out = json!({
+fn print_plan(
+    planned: &[PlannedVm],
+    warm: Option<&WarmDryRun>,
+    args: &ExportArgs,
+) -> Result<(), Error> {
+    let mut out = json!({
         "dry_run": true,
         "output_dir": args.output_dir,
         "format": args.format,
         "sas_duration": args.sas_duration,
         "vms": planned,
     });
+    if let Some(w) = warm {
+        out["warm"] = serde_json::to_value(w).expect("the warm plan serialises");
+    }
     let text = serde_json::to_string_pretty(&out).expect("plan serialises");
     println!("{text}");
     Ok(())

@@ -39,6 +39,9 @@ pub struct SnapshotPolicy {
     /// The snapshots Azure lists with the run's tag; None: the ledger is this process's
     /// own, so the name check suffices.
     tagged: Option<BTreeSet<ResourceId>>,
+    /// Snapshots of earlier runs this run may touch too: a warm pass grants read on the
+    /// snapshot the pass before it kept.
+    also: BTreeSet<ResourceId>,
 }
 
 /// The live sweep's policy: the ledger is this run's own memory.
@@ -47,6 +50,7 @@ pub fn only_this_runs_snapshots(run_id: &str) -> SnapshotPolicy {
         run_id: run_id.to_string(),
         prefix: snapshot_prefix(run_id),
         tagged: None,
+        also: BTreeSet::new(),
     }
 }
 
@@ -60,7 +64,16 @@ enum Verdict {
 }
 
 impl SnapshotPolicy {
+    /// Lets the sweep touch `ids` too (see [`SnapshotPolicy::also`]'s field).
+    pub fn also(mut self, ids: impl IntoIterator<Item = ResourceId>) -> Self {
+        self.also.extend(ids);
+        self
+    }
+
     fn judge(&self, id: &ResourceId) -> Verdict {
+        if self.also.contains(id) {
+            return Verdict::Ours;
+        }
         if !id.is(&ResourceType::Snapshot) {
             return Verdict::Refused(format!("{id} is a {}, not a snapshot", id.resource_type()));
         }
@@ -164,7 +177,7 @@ fn refuse(summary: &mut CleanupSummary, why: String) {
 }
 /// Deletes a snapshot; on 409 (an active grant someone else's sweep missed), revokes
 /// access and tries once more.
-async fn delete_with_revoke(arm: &ArmClient, r: &ResourceRef) -> Result<(), ArmError> {
+pub async fn delete_with_revoke(arm: &ArmClient, r: &ResourceRef) -> Result<(), ArmError> {
     match arm.delete_snapshot(r).await {
         Err(e) if e.status() == Some(409) => {
             gone_or_ok(arm.revoke_access(&AccessTarget::Snapshot(r.clone())).await)?;

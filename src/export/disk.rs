@@ -92,7 +92,7 @@ pub enum ExportEvent {
 pub type EventFn = Arc<dyn Fn(ExportEvent) + Send + Sync>;
 
 /// The transfer engine's progress callback for one disk, as export events.
-fn progress_of(events: &EventFn, disk: &DiskKey) -> ProgressFn {
+pub fn progress_of(events: &EventFn, disk: &DiskKey) -> ProgressFn {
     let events = Arc::clone(events);
     let disk = disk.clone();
     Arc::new(move |event| match event {
@@ -442,7 +442,7 @@ async fn current_storage(ctx: &DiskContext, source: &Source) -> Option<DiskStora
 /// while waiting for it — the grant stays "creating" in the ledger, so the run's final
 /// sweep revokes it whether or not Azure finished it. `Err(Some(why))`: it failed (it may
 /// exist even so after a lost reply: the sweep handles that the same way).
-async fn grant_read_access(
+pub async fn grant_read_access(
     ctx: &DiskContext,
     target: &AccessTarget,
     resource_id: &ResourceId,

@@ -21,6 +21,7 @@ use serde::Serialize;
 use super::budget::RunLimits;
 use super::disk::{DiskContext, EventFn, ExportEvent};
 use super::disk_kind::SnapshotType;
+use super::ledger::WarmReport;
 use super::ledger::{
     DiskOutcome, DiskStatus, Ledger, LedgerError, RunReport, RunStatus, write_atomic,
 };
@@ -29,6 +30,7 @@ use super::naming::{new_run_id, now_rfc3339};
 use super::plan::{self, Consistency, DiskKey, DiskSet, PlanError, PlanOptions, PlannedVm};
 use super::run::{self, DiskResult};
 use super::shard::{self, Shard};
+use super::warm::{self, WarmDryRun, WarmError, WarmMode, WarmRun};
 use crate::azure::arm::client::ResourceRef;
 use crate::azure::arm::{ArmClient, ArmError, ResourceId, ResourceIdError, ResourceType};
 use crate::azure::blob::ServiceVersion;
@@ -52,7 +54,11 @@ pub enum VmSource {
 #[derive(Debug, Clone)]
 pub enum Mode {
     /// Plan only, nothing created in Azure; the unsharded VM list goes to `write_plan`.
-    DryRun { write_plan: Option<PathBuf> },
+    /// A warm dry run reads the migration's state in `output_dir` when given.
+    DryRun {
+        write_plan: Option<PathBuf>,
+        output_dir: Option<PathBuf>,
+    },
     /// Export into `output_dir`.
     Export { output_dir: PathBuf },
 }
@@ -82,6 +88,8 @@ pub struct ExportSettings {
     pub private_network: bool,
     /// Background copies the run lets run at once (see `disk_kind::background_copy_limit`).
     pub background_copies: usize,
+    /// `--warm [--cutover]`: one pass of a warm migration.
+    pub warm: Option<WarmMode>,
     /// The selection as given, for the run report.
     pub record: RunSelection,
 }
@@ -98,13 +106,18 @@ pub struct RunSelection {
     pub format: ImageFormat,
     pub snapshot_type: SnapshotType,
     pub private_network: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warm: Option<WarmMode>,
 }
 
 /// How an export ended (when it got as far as a plan).
 #[derive(Debug)]
 pub enum ExportOutcome {
-    /// A dry run: the plan, nothing created.
-    Planned(Vec<PlannedVm>),
+    /// A dry run: the plan, nothing created; for a warm pass, what each disk's pass is.
+    Planned {
+        vms: Vec<PlannedVm>,
+        warm: Option<WarmDryRun>,
+    },
     /// A run: what became of every disk and of every resource it created.
     Ran(RunSummary),
 }
@@ -126,6 +139,8 @@ pub struct RunSummary {
     pub total: usize,
     /// Why disks failed, and manifests that could not be written.
     pub failures: Vec<String>,
+    /// A warm pass: its passes and, for a cutover, each VM's downtime.
+    pub warm: Option<WarmReport>,
 }
 
 /// Why an export stopped before its run report existed, or could not start one. The
@@ -179,6 +194,8 @@ pub enum ExportError {
     },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Warm(#[from] WarmError),
 }
 
 impl ExportError {
@@ -193,6 +210,7 @@ impl ExportError {
             | Self::PlanVmId { .. }
             | Self::Plan(_)
             | Self::ImagesExist(_) => true,
+            Self::Warm(e) => e.is_usage(),
             Self::Discover(e) | Self::Refresh { source: e, .. } => e.is_auth(),
             Self::Interrupted
             | Self::WritePlan { .. }
@@ -216,22 +234,27 @@ pub async fn export(
         .ok_or(ExportError::Interrupted)??;
     if let Mode::DryRun {
         write_plan: Some(path),
+        ..
     } = &settings.mode
     {
         write_plan(path, &vms)?;
     }
-    let (run_id, planned) = plan_shard(vms, settings)?;
+    let (run_id, mut planned) = plan_shard(vms, settings)?;
+    let warm = open_warm(settings, &mut planned, &run_id)?;
     match &settings.mode {
-        Mode::DryRun { .. } => Ok(ExportOutcome::Planned(planned)),
+        Mode::DryRun { .. } => Ok(ExportOutcome::Planned {
+            warm: warm.as_deref().map(|w| w.dry_run(&planned)),
+            vms: planned,
+        }),
         Mode::Export { output_dir } => {
-            let ledger = start_run(output_dir, &run_id, &planned, settings)?;
+            let ledger = start_run(output_dir, &run_id, &planned, settings, warm.as_deref())?;
             events(ExportEvent::RunStarted {
                 disks: planned.iter().map(|v| v.disks.len()).sum(),
             });
             let ctx = disk_context(session, settings, output_dir, ledger, events, interrupt);
-            let results = run::run(&planned, &ctx, &run_id).await;
+            let results = run::run(&planned, &ctx, &run_id, warm.clone()).await;
             (ctx.events)(ExportEvent::DownloadsEnded);
-            Ok(ExportOutcome::Ran(finish(
+            let mut summary = finish(
                 output_dir,
                 &planned,
                 &run_id,
@@ -239,9 +262,41 @@ pub async fn export(
                 &ctx.ledger,
                 &results,
                 interrupt,
-            )))
+            );
+            if let Some(w) = &warm {
+                summary.warm = Some(w.finish(&planned, &results, &ctx.ledger));
+            }
+            Ok(ExportOutcome::Ran(summary))
         }
     }
+}
+
+/// A warm pass: opens the migration's state (in the output directory, or in the dry run's
+/// when one is given) and checks the pass can start, then reads every disk from an
+/// incremental snapshot. Nothing is created in Azure yet.
+fn open_warm(
+    settings: &ExportSettings,
+    planned: &mut [PlannedVm],
+    run_id: &str,
+) -> Result<Option<Arc<WarmRun>>, ExportError> {
+    let Some(mode) = settings.warm else {
+        return Ok(None);
+    };
+    let dir = match &settings.mode {
+        Mode::Export { output_dir } => Some(output_dir),
+        Mode::DryRun { output_dir, .. } => output_dir.as_ref(),
+    };
+    let warm = match dir {
+        Some(dir) => Some(Arc::new(WarmRun::open(dir, planned, mode, run_id)?)),
+        // A dry run without a directory: every disk's pass would be its first.
+        None => None,
+    };
+    let pending = warm
+        .as_ref()
+        .map(|w| w.pending(planned))
+        .unwrap_or_default();
+    warm::adjust_plan(planned, run_id, &pending);
+    Ok(warm.or_else(|| Some(Arc::new(WarmRun::detached(mode, run_id)))))
 }
 
 /// The VMs: from the plan file, or discovered. Nothing exists in Azure yet, so an
@@ -420,14 +475,19 @@ fn start_run(
     run_id: &str,
     planned: &[PlannedVm],
     settings: &ExportSettings,
+    warm: Option<&WarmRun>,
 ) -> Result<Arc<Ledger>, ExportError> {
-    let existing: Vec<String> = planned
-        .iter()
-        .flat_map(|vm| vm.disks.iter())
-        .map(|d| output_dir.join(&d.image))
-        .filter(|p| p.exists())
-        .map(|p| p.display().to_string())
-        .collect();
+    // A warm pass updates the images of its earlier passes, and only those.
+    let existing: Vec<String> = match warm {
+        Some(w) => w.images_in_the_way(planned),
+        None => planned
+            .iter()
+            .flat_map(|vm| vm.disks.iter())
+            .map(|d| output_dir.join(&d.image))
+            .filter(|p| p.exists())
+            .map(|p| p.display().to_string())
+            .collect(),
+    };
     if !existing.is_empty() {
         return Err(ExportError::ImagesExist(existing));
     }
@@ -543,6 +603,7 @@ fn finish(
         done,
         total,
         failures,
+        warm: None,
     }
 }
 
@@ -634,6 +695,7 @@ mod tests {
             format: ImageFormat::Qcow2,
             snapshot_type: SnapshotType::Incremental,
             private_network: false,
+            warm: None,
         };
         let v = serde_json::to_value(&record).unwrap();
         assert_eq!(

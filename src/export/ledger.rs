@@ -42,6 +42,10 @@ pub enum ResourceState {
     Removed,
     /// Removal was tried and failed; `error` says why. `cleanup` tries again.
     RemoveFailed,
+    /// A warm migration's snapshot, kept on purpose for the next pass (see
+    /// `export::warm`): the run's sweep leaves it; `cleanup --run-id` of this run and
+    /// `cleanup --migration` remove it.
+    Kept,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,7 +126,7 @@ pub struct DiskOutcome {
 }
 
 /// `run-<id>.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
     pub run_id: String,
     pub tool_version: String,
@@ -134,6 +138,39 @@ pub struct RunReport {
     pub selection: serde_json::Value,
     pub disks: Vec<DiskOutcome>,
     pub resources: Vec<Resource>,
+    /// A warm pass (`export --warm`): what each disk's pass did, and the cutover's
+    /// downtime per VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<WarmReport>,
+}
+
+/// The warm part of a run report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WarmReport {
+    pub cutover: bool,
+    pub passes: Vec<WarmPass>,
+    /// Cutover only: per VM whose every disk became current.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub downtime: Vec<VmDowntime>,
+}
+
+/// One disk's pass in a warm run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WarmPass {
+    pub vm_id: ResourceId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lun: Option<u32>,
+    #[serde(flatten)]
+    pub pass: crate::export::warm::state::PassRecord,
+}
+
+/// The downtime of one VM's cutover: from the deallocation request to the last byte
+/// durable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmDowntime {
+    pub vm: String,
+    pub vm_id: ResourceId,
+    pub downtime_seconds: f64,
 }
 
 impl RunReport {
@@ -147,6 +184,7 @@ impl RunReport {
             selection,
             disks: Vec::new(),
             resources: Vec::new(),
+            warm: None,
         }
     }
 }

@@ -15,3 +15,4 @@ pub mod naming;
 pub mod plan;
 pub mod run;
 pub mod shard;
+pub mod warm;

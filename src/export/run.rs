@@ -20,6 +20,7 @@ use super::disk_kind::MAX_BACKGROUND_COPIES;
 use super::ledger::{DiskOutcome, DiskStatus, Ledger, ResourceKind, ResourceState};
 use super::naming::{TAG_HASH_HEX, id_hash};
 use super::plan::{DiskKey, PlannedDisk, PlannedVm, Source};
+use super::warm::WarmRun;
 use crate::azure::arm::ResourceId;
 use crate::azure::arm::client::ResourceRef;
 use crate::azure::inventory::DiskRole;
@@ -128,10 +129,13 @@ fn record(ledger: &Ledger, key: &DiskKey, result: &DiskResult) {
 }
 
 /// Runs the plan; returns one result per planned disk, by its key.
+/// `warm`: a warm pass (`export --warm`), whose snapshots are kept and whose disks are
+/// brought up to date by [`super::warm::pass`].
 pub async fn run(
     plan: &[PlannedVm],
     ctx: &DiskContext,
     run_id: &str,
+    warm: Option<Arc<WarmRun>>,
 ) -> BTreeMap<DiskKey, DiskResult> {
     let mut results: BTreeMap<DiskKey, DiskResult> = refused_results(plan);
     for (key, result) in &results {
@@ -142,7 +146,7 @@ pub async fn run(
 
     // Phase 1: prepare every VM (deallocate, snapshots) before any download starts.
     let prepared: Vec<Vec<(DiskKey, DiskResult)>> = futures::stream::iter(plan)
-        .map(|vm| prepare_vm(ctx, vm, run_id, &copies))
+        .map(|vm| prepare_vm(ctx, vm, run_id, &copies, warm.as_deref()))
         .buffer_unordered(PREPARE_CONCURRENCY)
         .collect()
         .await;
@@ -158,12 +162,18 @@ pub async fn run(
         .flat_map(|vm| vm.disks.iter().map(move |d| (vm, d)))
         .filter(|(_, d)| !results.contains_key(&d.key) && d.owner.is_none())
         .collect();
-    let done = download_all(ctx, ready).await;
+    let done = download_all(ctx, ready, warm.clone()).await;
     results.extend(done);
     share_results(plan, &ctx.ledger, &mut results);
 
-    // Whatever is still recorded as possibly existing goes now.
-    sweep(&ctx.arm, &ctx.ledger, &only_this_runs_snapshots(run_id)).await;
+    // Whatever is still recorded as possibly existing goes now (a warm run's kept
+    // snapshots are recorded as kept, and its grants on an earlier run's kept snapshot are
+    // revoked by the sweep too).
+    let policy = match &warm {
+        Some(w) => only_this_runs_snapshots(run_id).also(w.kept_snapshots()),
+        None => only_this_runs_snapshots(run_id),
+    };
+    sweep(&ctx.arm, &ctx.ledger, &policy).await;
     results
 }
 
@@ -176,6 +186,7 @@ pub async fn run(
 async fn download_all(
     ctx: &DiskContext,
     ready: Vec<(&PlannedVm, &PlannedDisk)>,
+    warm: Option<Arc<WarmRun>>,
 ) -> Vec<(DiskKey, DiskResult)> {
     let budget = budget::plan(ctx.limits.concurrency, ready.len(), ctx.limits.memory);
     if !ready.is_empty() {
@@ -198,31 +209,35 @@ async fn download_all(
         ..ctx.clone()
     };
     futures::stream::iter(ready)
-        .map(|(vm, d)| {
-            let (ctx, vm_name, disk) = (per_disk.clone(), vm.name.clone(), d.clone());
-            async move {
-                // A task of its own: a panic in one disk's work stops neither the others
-                // nor the sweep.
-                let task = tokio::spawn({
-                    let ctx = ctx.clone();
-                    let (vm_name, disk) = (vm_name.clone(), disk.clone());
-                    async move { one_disk(&ctx, &vm_name, &disk).await }
-                });
-                let result = task.await.unwrap_or_else(|e| DiskResult {
-                    status: DiskStatus::Failed,
-                    report: None,
-                    error: Some(format!(
-                        "VM {vm_name}, disk {}: task failed: {e}",
-                        disk.name
-                    )),
-                });
-                record(&ctx.ledger, &disk.key, &result);
-                (disk.key, result)
-            }
-        })
+        .map(|(vm, d)| in_task(&per_disk, vm, d, warm.clone()))
         .buffer_unordered(budget.live_grants)
         .collect()
         .await
+}
+
+/// One disk's export (or warm pass) in a task of its own: a panic in one disk's work
+/// stops neither the others nor the sweep. Its result is recorded in the ledger.
+async fn in_task(
+    ctx: &DiskContext,
+    vm: &PlannedVm,
+    d: &PlannedDisk,
+    warm: Option<Arc<WarmRun>>,
+) -> (DiskKey, DiskResult) {
+    let vm_name = vm.name.clone();
+    let (task_ctx, vm, disk) = (ctx.clone(), vm.clone(), d.clone());
+    let task = tokio::spawn(async move {
+        match warm {
+            Some(w) => super::warm::pass::one_disk(&task_ctx, &w, &vm, &disk).await,
+            None => one_disk(&task_ctx, &vm.name, &disk).await,
+        }
+    });
+    let result = task.await.unwrap_or_else(|e| DiskResult {
+        status: DiskStatus::Failed,
+        report: None,
+        error: Some(format!("VM {vm_name}, disk {}: task failed: {e}", d.name)),
+    });
+    record(&ctx.ledger, &d.key, &result);
+    (d.key.clone(), result)
 }
 
 /// A shared disk exported through another VM's entry has that entry's outcome (the same
@@ -246,6 +261,15 @@ async fn one_disk(ctx: &DiskContext, vm: &str, d: &PlannedDisk) -> DiskResult {
     if let Source::Snapshot { snapshot, .. } = &d.source {
         delete_snapshot(ctx, snapshot).await;
     }
+    result_of(vm, d, outcome)
+}
+
+/// A disk's result from how its export ended; failures are logged here.
+pub fn result_of(
+    vm: &str,
+    d: &PlannedDisk,
+    outcome: Result<DownloadReport, DiskError>,
+) -> DiskResult {
     match outcome {
         Ok(report) => {
             tracing::info!(
@@ -305,6 +329,7 @@ async fn prepare_vm(
     vm: &PlannedVm,
     run_id: &str,
     copies: &tokio::sync::Semaphore,
+    warm: Option<&WarmRun>,
 ) -> Vec<(DiskKey, DiskResult)> {
     if ctx.interrupt.is_set() {
         return fail_all(
@@ -313,17 +338,23 @@ async fn prepare_vm(
             "interrupted before it started".into(),
         );
     }
+    // A cutover's downtime starts here: at the deallocation request, or now when the VM
+    // is deallocated already.
+    if let Some(w) = warm.filter(|w| w.mode.cutover) {
+        w.stopping(&vm.id);
+    }
     if vm.deallocate
         && let Err((status, message)) = deallocate(ctx, vm).await
     {
         return fail_all(vm, status, message);
     }
     // A disk refused by kind gets nothing; a shared disk is snapshotted by the entry that
-    // exports it only.
+    // exports it only; a warm pass left pending by an earlier run has its snapshot.
     let snapshots = vm
         .disks
         .iter()
-        .filter(|d| d.refused.is_none() && d.owner.is_none());
+        .filter(|d| d.refused.is_none() && d.owner.is_none())
+        .filter(|d| !warm.is_some_and(|w| w.reuses_snapshot(&d.key)));
     let created =
         futures::future::join_all(snapshots.map(|d| snapshot_disk(ctx, vm, d, run_id, copies)))
             .await;

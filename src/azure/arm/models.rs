@@ -494,6 +494,10 @@ pub struct DiskProperties {
     pub creation_data: Option<CreationData>,
     #[serde(default)]
     pub supported_capabilities: Option<SupportedCapabilities>,
+    /// A GUID Azure gives the disk when it is created: a disk deleted and re-created under
+    /// the same name has another, so incremental snapshots of the two cannot be diffed.
+    #[serde(default)]
+    pub unique_id: Option<String>,
 }
 
 /// What the OS on a disk supports; `architecture` is `x64` or `Arm64`.
@@ -652,6 +656,12 @@ pub struct SnapshotProperties {
     /// (0–100); a grant is refused until it is 100. Other snapshots report 100 or nothing.
     #[serde(default)]
     pub completion_percent: Option<f64>,
+    /// The `uniqueId` of the disk this snapshot copies: two incremental snapshots can be
+    /// diffed only when theirs agree.
+    #[serde(default)]
+    pub source_unique_id: Option<String>,
+    #[serde(default)]
+    pub time_created: Option<String>,
 }
 
 /// Body of a finished grant-access operation.
