@@ -44,9 +44,27 @@ fn ensure_build_tools() {
     ] {
         ensure_debian_tool(tool, package);
     }
+    // The MBR boot code is in syslinux-common, only a Recommends of syslinux, which
+    // ensure_debian_tool installs without recommends: a fresh machine lacks it.
+    let mbr = Path::new("/usr/lib/syslinux/mbr/mbr.bin");
+    if !mbr.exists() {
+        let _guard = support::tools::INSTALL
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "apt-get install {} -y -q --no-install-recommends syslinux-common",
+                    support::tools::APT_WAIT
+                ),
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output();
+    }
     assert!(
-        Path::new("/usr/lib/syslinux/mbr/mbr.bin").exists(),
-        "syslinux-common is needed"
+        mbr.exists(),
+        "syslinux-common is needed (apt-get install syslinux-common)"
     );
 }
 
