@@ -13,10 +13,13 @@
 mod support {
     pub mod azurite;
     pub mod fake_arm;
+    pub mod fake_graph;
     pub mod http;
+    pub mod pages;
     pub mod seed;
     pub mod tls;
     pub mod vhd;
+    pub mod warm;
 }
 
 use std::io::BufRead;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use support::fake_arm::{ArmState, FakeSize, FakeVm, FakeVmDisk};
 use support::fake_azure::FakeAzure;
 use support::libvirt::{Defined, Libvirtd, virsh};
-use support::tools::ensure_debian_tool;
+use support::tools::{ensure_debian_file, ensure_debian_tool};
 use support::vhd::{Disk, MIB};
 use support::{azure_cmd, run};
 
@@ -44,28 +44,7 @@ fn ensure_build_tools() {
     ] {
         ensure_debian_tool(tool, package);
     }
-    // The MBR boot code is in syslinux-common, only a Recommends of syslinux, which
-    // ensure_debian_tool installs without recommends: a fresh machine lacks it.
-    let mbr = Path::new("/usr/lib/syslinux/mbr/mbr.bin");
-    if !mbr.exists() {
-        let _guard = support::tools::INSTALL
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let _ = Command::new("sh")
-            .args([
-                "-c",
-                &format!(
-                    "apt-get install {} -y -q --no-install-recommends syslinux-common",
-                    support::tools::APT_WAIT
-                ),
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .output();
-    }
-    assert!(
-        mbr.exists(),
-        "syslinux-common is needed (apt-get install syslinux-common)"
-    );
+    ensure_debian_file("/usr/lib/syslinux/mbr/mbr.bin", "syslinux-common");
 }
 
 /// The guests, built once per version of the script and kept under target/.

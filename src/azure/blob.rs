@@ -1,9 +1,10 @@
 //! Page-blob access through `azure_storage_blob`: the only module that knows the SDK.
 //!
 //! It offers what the transfer engine needs and no more: the blob's properties (length,
-//! ETag, type), its written page ranges in a window (following `NextMarker`), and one
-//! ranged GET whose `Content-Range` has been checked, returned as a stream so a body that
-//! breaks can be resumed by the caller from the missing byte.
+//! ETag, type), its written page ranges in a window (following `NextMarker`), the pages
+//! changed since an older incremental snapshot (a diff; both answers share one pager in
+//! [`page_list`]), and one ranged GET whose `Content-Range` has been checked, returned as a
+//! stream so a body that breaks can be resumed by the caller from the missing byte.
 //!
 //! Two kinds of host, two sets of rules ([`SasUrl::is_managed_disk_export`]):
 //! - Storage-account blobs (unmanaged disks, `download` of any blob URL): every ranged GET
@@ -43,12 +44,17 @@ use azure_core::http::headers::Headers;
 use azure_core::http::{AsyncResponseBody, ClientOptions, Etag, RetryOptions};
 use azure_storage_blob::models::{
     BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders, BlobType,
-    PageBlobClientListPageRangesOptions,
 };
 use azure_storage_blob::{BlobClient, BlobClientOptions};
 use futures::TryStreamExt;
 
 use super::sas::SasUrl;
+
+mod page_list;
+pub use page_list::{
+    DIFF_MAX_RESULTS, PREVIOUS_SNAPSHOT_HEADER, PageChange, PageListPage, PreviousSnapshot,
+    parse_page_list,
+};
 
 /// The Entra ID scope of managed-disk data (export and upload hosts `md-…`): resource
 /// `https://disk.azure.com/` — with its trailing slash, which the service checks, hence the
@@ -309,6 +315,10 @@ impl BlobReader {
             },
             ..Default::default()
         };
+        options
+            .client_options
+            .per_call_policies
+            .push(Arc::new(page_list::PreviousSnapshotPolicy));
         if managed_disk {
             tracing::debug!(
                 "{}: managed-disk export host: x-ms-version {md_version}, no access conditions",
@@ -388,55 +398,24 @@ impl BlobReader {
 
     /// The written page ranges inside `window` (half-open), following continuation
     /// markers, as half-open ranges clipped to the window. The service returns inclusive
-    /// `Start`/`End` pairs; the `+ 1` below is the conversion (the legacy crates lost it).
+    /// `Start`/`End` pairs; [`page_list::parse_page_list`] converts them (the legacy
+    /// crates lost the `+ 1`).
     pub async fn page_ranges(
         &self,
         window: Range<u64>,
         etag: &str,
     ) -> Result<Vec<Range<u64>>, BlobError> {
-        const OP: &str = "get page ranges";
-        let options = PageBlobClientListPageRangesOptions {
-            range: Some(window.clone().into()),
-            if_match: self.if_match(etag),
-            ..Default::default()
-        };
-        let mut pages = self
-            .client
-            .page_blob_client()
-            .list_page_ranges(Some(options))
-            .map_err(|e| self.map_err(OP, e))?;
-        let mut out: Vec<Range<u64>> = Vec::new();
-        while let Some(page) = pages.try_next().await.map_err(|e| self.map_err(OP, e))? {
-            let list = page.into_model().map_err(|e| BlobError::BadResponse {
-                op: OP,
-                what: self.url.scrub(&e.to_string()),
-            })?;
-            for r in list.page_ranges {
-                let (Some(start), Some(end)) = (r.start, r.end) else {
-                    return Err(BlobError::BadResponse {
-                        op: OP,
-                        what: "page range without Start or End".into(),
-                    });
-                };
-                let (Ok(start), Ok(end)) = (u64::try_from(start), u64::try_from(end)) else {
-                    return Err(BlobError::BadResponse {
-                        op: OP,
-                        what: format!("negative page range {start}-{end}"),
-                    });
-                };
-                let Some(end) = end.checked_add(1).filter(|&e| e > start) else {
-                    return Err(BlobError::BadResponse {
-                        op: OP,
-                        what: format!("page range {start}-{end} is empty or overflows"),
-                    });
-                };
-                let clipped = start.max(window.start)..end.min(window.end);
-                if !clipped.is_empty() {
-                    out.push(clipped);
-                }
-            }
-        }
-        Ok(out)
+        let changes = self
+            .page_list("get page ranges", window, Some(etag), None)
+            .await?;
+        Ok(changes
+            .into_iter()
+            .filter_map(|c| match c {
+                PageChange::Written(r) => Some(r),
+                // A listing without a previous snapshot has none; nothing to fetch anyway.
+                PageChange::Cleared(_) => None,
+            })
+            .collect())
     }
 
     /// Starts a GET of `range` (pinned to `etag` where the host allows it), asking for the range's MD5 when `md5`.

@@ -195,9 +195,22 @@ pub struct AzureArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Selection")]
 pub struct SelectionArgs {
-    /// Subscription id.
-    #[arg(long, value_name = "ID", env = "AZURE_SUBSCRIPTION_ID")]
-    pub subscription: Option<String>,
+    /// Subscription id(s).
+    #[arg(long, value_name = "ID", num_args = 1.., env = "AZURE_SUBSCRIPTION_ID")]
+    pub subscription: Vec<String>,
+    /// Every subscription the identity can see (disabled ones are skipped, with a line
+    /// on stderr). Not with --subscription or AZURE_SUBSCRIPTION_ID.
+    #[arg(long)]
+    pub all_subscriptions: bool,
+    /// Where VMs are found: resource-graph (one query for many subscriptions), compute
+    /// (the Compute lists, per subscription), auto (Resource Graph for more than one
+    /// subscription).
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "auto|compute|resource-graph"
+    )]
+    pub discovery: crate::azure::inventory::Discovery,
     /// Resource group(s), any case.
     #[arg(long, value_name = "RG", num_args = 1..)]
     pub resource_group: Vec<String>,

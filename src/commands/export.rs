@@ -51,7 +51,8 @@ fn render(progress: &PartsProgress<DiskKey>, event: ExportEvent) {
 }
 
 fn selection_flags_given(s: &SelectionArgs) -> bool {
-    !(s.resource_group.is_empty()
+    !(!s.all_subscriptions
+        && s.resource_group.is_empty()
         && s.name.is_empty()
         && s.tag.is_empty()
         && s.power_state.is_empty()
@@ -94,7 +95,11 @@ fn settings(args: &ExportArgs) -> Result<ExportSettings, Error> {
                 p.display()
             )));
         }
-        _ => VmSource::Discover(Selection::parse(&flags)?),
+        _ => {
+            let mut selection = Selection::parse(&flags)?;
+            selection.discovery = args.selection.discovery;
+            VmSource::Discover(selection)
+        }
     };
     Ok(ExportSettings {
         vms,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::azure::arm::models::name_of;
 use crate::azure::inventory::{
-    self, Architecture, DiscoveryProgress, Selection, SelectionInput, VmInfo,
+    self, Architecture, DiscoveryProgress, Selection, SelectionInput, Subscriptions, VmInfo,
 };
 use crate::cli::{GlobalArgs, ListArgs, ListOutput, SelectionArgs};
 use crate::error::Error;
@@ -21,7 +21,8 @@ const TICK: Duration = Duration::from_millis(100);
 
 pub fn selection_input(args: &SelectionArgs) -> SelectionInput {
     SelectionInput {
-        subscription: args.subscription.clone(),
+        subscriptions: args.subscription.clone(),
+        all_subscriptions: args.all_subscriptions,
         resource_groups: args.resource_group.clone(),
         names: args.name.clone(),
         tags: args.tag.clone(),
@@ -31,7 +32,8 @@ pub fn selection_input(args: &SelectionArgs) -> SelectionInput {
 }
 
 pub fn run(args: &ListArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Result<(), Error> {
-    let selection = Selection::parse(&selection_input(&args.selection))?;
+    let mut selection = Selection::parse(&selection_input(&args.selection))?;
+    selection.discovery = args.selection.discovery;
     let session = super::azure_session(&args.azure)?;
     let runtime = super::async_runtime("azure2kvm-list")?;
     let progress = Arc::new(DiscoveryProgress::default());
@@ -63,10 +65,18 @@ pub fn run(args: &ListArgs, global: &GlobalArgs, interrupt: &Interrupt) -> Resul
     // Reported for failed runs too: the counts say how far it got.
     tracing::debug!("ARM requests: {}", session.arm.stats().summary());
     runtime.shutdown_timeout(Duration::from_millis(200));
-    let vms =
-        result.map_err(|e| e.context(format!("list (subscription {})", selection.subscription)))?;
+    let vms = result.map_err(|e| e.context(format!("list ({})", scope_words(&selection))))?;
     tracing::info!("{} VMs matched", vms.len());
     print(&vms, args.output)
+}
+
+/// The subscriptions a failed list was looking in, for its error.
+fn scope_words(sel: &Selection) -> String {
+    match &sel.subscriptions {
+        Subscriptions::All => "all subscriptions".into(),
+        Subscriptions::Listed(ids) if ids.len() == 1 => format!("subscription {}", ids[0]),
+        Subscriptions::Listed(ids) => format!("subscriptions {}", ids.join(", ")),
+    }
 }
 
 fn print(vms: &[VmInfo], output: ListOutput) -> Result<(), Error> {
@@ -153,53 +163,70 @@ pub fn disk_notes(vms: &[VmInfo]) -> Vec<String> {
         .collect()
 }
 
+/// The table; a SUBSCRIPTION column first when the VMs are in more than one.
 pub fn render_table(vms: &[VmInfo]) -> String {
+    let mut subscriptions: Vec<String> = vms
+        .iter()
+        .map(|v| v.subscription_id.to_ascii_lowercase())
+        .collect();
+    subscriptions.sort();
+    subscriptions.dedup();
+    let with_subscription = subscriptions.len() > 1;
     let rows: Vec<Vec<String>> = vms
         .iter()
         .map(|vm| {
-            let cpu_ram = match (vm.vcpus, vm.memory_mib) {
-                (None, None) => "-".to_string(),
-                (c, m) => format!(
-                    "{}/{}",
-                    or_dash(c),
-                    or_dash(m.map(|m| format!("{:.0}G", m as f64 / 1024.0)))
-                ),
-            };
-            let generation = vm
-                .hyperv_generation
-                .as_deref()
-                .map(|g| g.trim_start_matches(['V', 'v']).to_string());
-            vec![
-                vm.name.clone(),
-                vm.resource_group.clone(),
-                vm.location.clone(),
-                or_dash(vm.vm_size.clone()),
-                cpu_ram,
-                vm.power_state.to_string(),
-                or_dash(vm.os_type.clone()),
-                or_dash(generation),
-                kind_cell(vm),
-                format!("{} / {} GiB", vm.disks.len(), vm.total_disk_gb()),
-                disk_kinds(vm),
-            ]
+            let mut row = table_row(vm);
+            if with_subscription {
+                row.insert(0, vm.subscription_id.clone());
+            }
+            row
         })
         .collect();
-    table::render(
-        &[
-            "NAME",
-            "RESOURCE GROUP",
-            "LOCATION",
-            "SIZE",
-            "vCPU/RAM",
-            "POWER",
-            "OS",
-            "GEN",
-            "KIND",
-            "DISKS",
-            "DISK KINDS",
-        ],
-        &rows,
-    )
+    let mut headers = vec![
+        "NAME",
+        "RESOURCE GROUP",
+        "LOCATION",
+        "SIZE",
+        "vCPU/RAM",
+        "POWER",
+        "OS",
+        "GEN",
+        "KIND",
+        "DISKS",
+        "DISK KINDS",
+    ];
+    if with_subscription {
+        headers.insert(0, "SUBSCRIPTION");
+    }
+    table::render(&headers, &rows)
+}
+
+fn table_row(vm: &VmInfo) -> Vec<String> {
+    let cpu_ram = match (vm.vcpus, vm.memory_mib) {
+        (None, None) => "-".to_string(),
+        (c, m) => format!(
+            "{}/{}",
+            or_dash(c),
+            or_dash(m.map(|m| format!("{:.0}G", m as f64 / 1024.0)))
+        ),
+    };
+    let generation = vm
+        .hyperv_generation
+        .as_deref()
+        .map(|g| g.trim_start_matches(['V', 'v']).to_string());
+    vec![
+        vm.name.clone(),
+        vm.resource_group.clone(),
+        vm.location.clone(),
+        or_dash(vm.vm_size.clone()),
+        cpu_ram,
+        vm.power_state.to_string(),
+        or_dash(vm.os_type.clone()),
+        or_dash(generation),
+        kind_cell(vm),
+        format!("{} / {} GiB", vm.disks.len(), vm.total_disk_gb()),
+        disk_kinds(vm),
+    ]
 }
 
 #[cfg(test)]
@@ -212,6 +239,7 @@ mod tests {
     fn table_row() {
         let vm = VmInfo {
             id: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/web-01".into(),
+            subscription_id: "s".into(),
             name: "web-01".into(),
             resource_group: "rg".into(),
             location: "westeurope".into(),
@@ -247,7 +275,7 @@ mod tests {
                 "note: web-01 disk os: UltraSSD_LRS, 4096-byte sectors: incremental snapshot, waits for its background copy, exported as VHDX"
             ]
         );
-        let t = render_table(&[vm]);
+        let t = render_table(std::slice::from_ref(&vm));
         let row = t.lines().nth(1).unwrap();
         let cells: Vec<&str> = row
             .split("  ")
@@ -270,12 +298,19 @@ mod tests {
                 "-"
             ]
         );
+        // A second subscription adds the column, first.
+        let mut other = vm.clone();
+        other.subscription_id = "t".into();
+        let t = render_table(&[vm, other]);
+        assert!(t.starts_with("SUBSCRIPTION  NAME"), "{t}");
+        assert!(t.lines().nth(2).unwrap().starts_with("t "), "{t}");
     }
 
     #[test]
     fn kind_cell_names_architecture_security_and_scale_set() {
         let mut vm = VmInfo {
             id: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/web-ss/virtualMachines/3".into(),
+            subscription_id: "s".into(),
             name: "web-ss_3".into(),
             resource_group: "rg".into(),
             location: "westeurope".into(),
@@ -348,6 +383,7 @@ mod tests {
         let mut open = disk(DiskRole::Data, Some(9));
         open.storage.network_access_policy = Some("AllowAll".into());
         let vm = VmInfo {
+            subscription_id: "s".into(),
             id: String::new(),
             name: "v".into(),
             resource_group: "rg".into(),

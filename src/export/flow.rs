@@ -249,9 +249,15 @@ async fn find_vms(session: &AzureSession, source: &VmSource) -> Result<Vec<VmInf
     session.check_credential().await?;
     match source {
         VmSource::Discover(sel) => {
-            inventory::discover(&session.arm, sel, &DiscoveryProgress::default())
-                .await
-                .map_err(|e| ExportError::Discover(Box::new(e)))
+            let (mut vms, source) =
+                inventory::discover_with_source(&session.arm, sel, &DiscoveryProgress::default())
+                    .await
+                    .map_err(|e| ExportError::Discover(Box::new(e)))?;
+            // Resource Graph lags up to a minute: act on what Compute says now.
+            if source == inventory::DiscoverySource::ResourceGraph {
+                refresh_power_states(&session.arm, &mut vms).await?;
+            }
+            Ok(vms)
         }
         VmSource::PlanFile(path) => {
             let mut vms = read_plan(path)?;
@@ -268,11 +274,17 @@ pub fn read_plan(path: &Path) -> Result<Vec<VmInfo>, ExportError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let vms: Vec<VmInfo> =
+    let mut vms: Vec<VmInfo> =
         serde_json::from_slice(&bytes).map_err(|source| ExportError::PlanSyntax {
             path: path.to_path_buf(),
             source,
         })?;
+    // Plans written before runs spanned subscriptions: the id says which.
+    for vm in vms.iter_mut().filter(|v| v.subscription_id.is_empty()) {
+        vm.subscription_id = inventory::subscription_of(&vm.id)
+            .unwrap_or_default()
+            .to_string();
+    }
     for (index, vm) in vms.iter().enumerate() {
         plan::check_vm_record(vm).map_err(|source| ExportError::PlanEntry {
             path: path.to_path_buf(),
@@ -606,7 +618,7 @@ mod tests {
     fn the_run_report_records_the_selection_as_given() {
         let record = RunSelection {
             flags: SelectionInput {
-                subscription: Some("s".into()),
+                subscriptions: vec!["s".into(), "t".into()],
                 names: vec!["web-*".into()],
                 ..Default::default()
             },
@@ -622,7 +634,8 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({
-                "subscription": "s", "resource_groups": [], "names": ["web-*"], "tags": [],
+                "subscriptions": ["s", "t"], "all_subscriptions": false,
+                "resource_groups": [], "names": ["web-*"], "tags": [],
                 "power_states": [], "locations": [], "plan": null, "shard": "0/2",
                 "disks": "all", "consistency": "snapshot", "format": "qcow2",
                 "snapshot_type": "incremental", "private_network": false,

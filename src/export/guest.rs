@@ -119,6 +119,7 @@ mod tests {
 
     fn vm(generation: &str, kind: VmKind) -> VmInfo {
         VmInfo {
+            subscription_id: "s".into(),
             id: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/v"
                 .into(),
             name: "v".into(),

@@ -46,6 +46,9 @@ pub struct Manifest {
     /// The consistency mode used for this VM.
     pub consistency: Consistency,
     pub id: String,
+    /// Absent in manifests written before runs could span subscriptions.
+    #[serde(default)]
+    pub subscription_id: String,
     pub name: String,
     pub resource_group: String,
     pub location: String,
@@ -147,6 +150,7 @@ pub fn manifest(
     // manifest decides whether to carry it.
     let VmInfo {
         id,
+        subscription_id,
         name,
         resource_group,
         location,
@@ -165,6 +169,7 @@ pub fn manifest(
         run_id: run_id.to_string(),
         consistency: vm.consistency,
         id,
+        subscription_id,
         name,
         resource_group,
         location,
@@ -346,6 +351,7 @@ mod tests {
             storage: Default::default(),
         };
         VmInfo {
+            subscription_id: "s".into(),
             id:
                 "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/web"
                     .into(),

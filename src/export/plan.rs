@@ -590,6 +590,7 @@ mod tests {
 
     fn vm(name: &str, state: PowerState) -> VmInfo {
         VmInfo {
+            subscription_id: "s".into(),
             id: format!(
                 "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/{name}"
             ),

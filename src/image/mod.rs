@@ -12,6 +12,7 @@ pub mod raw;
 pub mod sink;
 pub mod source;
 pub mod staging;
+pub mod update;
 pub mod vhd;
 pub mod vhdx;
 pub mod writeback;

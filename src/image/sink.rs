@@ -69,6 +69,9 @@ pub enum SinkError {
     },
     #[error("cannot resume the partial image: {why}")]
     NotResumable { why: String },
+    /// A finished image that cannot be updated in place (`image::update`).
+    #[error("not an image this tool can update in place: {why}")]
+    NotUpdatable { why: String },
     #[error("{op} at file offset {offset}: {source}")]
     Io {
         op: &'static str,

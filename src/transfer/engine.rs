@@ -65,6 +65,10 @@ pub struct EngineConfig {
     pub checkpoint_interval: Duration,
     /// Checkpoint when nothing has arrived for this long and chunks are pending.
     pub idle_checkpoint: Duration,
+    /// Hand all-zero chunks to the sink too. A download skips them (the sink's untouched
+    /// bytes read as zeros); an in-place update must not, or old data would survive where
+    /// the new data is zeros (`transfer::diff`).
+    pub write_zero_chunks: bool,
 }
 
 impl Default for EngineConfig {
@@ -80,6 +84,7 @@ impl Default for EngineConfig {
             // A pause this long means the link stalled: what arrived is made durable now
             // rather than at the next interval.
             idle_checkpoint: Duration::from_millis(500),
+            write_zero_chunks: false,
         }
     }
 }
@@ -367,7 +372,7 @@ fn write_loop(
     while let Some(msg) = rx.blocking_recv() {
         match msg {
             Msg::Data(chunk, data) => {
-                if crate::image::zero::is_zero(&data) {
+                if !config.write_zero_chunks && crate::image::zero::is_zero(&data) {
                     w.zero_chunks += 1;
                 } else {
                     sink.write_at(chunk.virtual_offset.get(), &data)?;

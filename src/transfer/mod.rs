@@ -8,6 +8,8 @@
 //! it reports [`engine::ProgressEvent`]s that `output` renders.
 
 pub mod buffers;
+pub mod diff;
+pub mod diff_plan;
 pub mod discover;
 pub mod engine;
 pub mod fetch;

@@ -514,6 +514,10 @@ pub struct ArmState {
     pub issued_signatures: Vec<String>,
     /// Requests per route (see `route` names), plus "throttled".
     pub counts: BTreeMap<String, u64>,
+    /// More subscriptions, `GET /subscriptions` and Resource Graph (fake_graph.rs).
+    pub fleet: super::fake_graph::Fleet,
+    /// Incremental-snapshot tracking: dirty pages, `uniqueId`s, limits (see `warm.rs`).
+    pub warm: super::warm::WarmState,
     operations: HashMap<u64, Operation>,
     next_operation: u64,
     arm_requests: u64,
@@ -579,6 +583,8 @@ impl ArmState {
             grant_formats: Vec::new(),
             issued_signatures: Vec::new(),
             counts: BTreeMap::new(),
+            fleet: Default::default(),
+            warm: super::warm::WarmState::default(),
             operations: HashMap::new(),
             next_operation: 1,
             arm_requests: 0,
@@ -689,7 +695,7 @@ impl HttpRequest {
             .collect()
     }
 
-    fn param(&self, name: &str) -> Option<String> {
+    pub(super) fn param(&self, name: &str) -> Option<String> {
         self.params()
             .into_iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -705,7 +711,7 @@ pub struct HttpResponse {
 }
 
 impl HttpResponse {
-    fn json(status: u16, v: Value) -> Self {
+    pub(super) fn json(status: u16, v: Value) -> Self {
         Self {
             status,
             headers: vec![(
@@ -724,13 +730,13 @@ impl HttpResponse {
         }
     }
 
-    fn header(mut self, k: &str, v: impl Into<String>) -> Self {
+    pub(super) fn header(mut self, k: &str, v: impl Into<String>) -> Self {
         self.headers.push((k.into(), v.into()));
         self
     }
 }
 
-fn arm_error(status: u16, code: &str, message: &str) -> HttpResponse {
+pub(super) fn arm_error(status: u16, code: &str, message: &str) -> HttpResponse {
     HttpResponse::json(
         status,
         json!({"error": {"code": code, "message": message, "target": null, "details": []}}),
@@ -945,7 +951,7 @@ fn lock(state: &Mutex<ArmState>) -> std::sync::MutexGuard<'_, ArmState> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn bump(s: &mut ArmState, route: &str) {
+pub(super) fn bump(s: &mut ArmState, route: &str) {
     *s.counts.entry(route.to_string()).or_default() += 1;
 }
 
@@ -1106,7 +1112,7 @@ fn token_endpoint(shared: &Arc<Mutex<ArmState>>, req: &HttpRequest) -> HttpRespo
     )
 }
 
-fn route(s: &mut ArmState, req: &HttpRequest, base: &str) -> HttpResponse {
+pub(super) fn route(s: &mut ArmState, req: &HttpRequest, base: &str) -> HttpResponse {
     let segs: Vec<String> = req
         .path
         .split('/')
@@ -1119,6 +1125,9 @@ fn route(s: &mut ArmState, req: &HttpRequest, base: &str) -> HttpResponse {
     if let ["fakeops", id] = low.as_slice() {
         bump(s, "operation_poll");
         return poll_operation(s, id, req.param("mode").as_deref() == Some("location"));
+    }
+    if let Some(answer) = super::fake_graph::route(s, req, base, &low) {
+        return answer;
     }
     if low.len() < 2 || low[0] != "subscriptions" {
         return arm_error(404, "NotFound", "no such route");
@@ -1215,7 +1224,12 @@ fn route(s: &mut ArmState, req: &HttpRequest, base: &str) -> HttpResponse {
 }
 
 /// Pages `items`: the skip token is `c2tpcA+/<offset>=` (it must come back intact).
-fn page(req: &HttpRequest, base: &str, items: Vec<Value>, page_size: usize) -> HttpResponse {
+pub(super) fn page(
+    req: &HttpRequest,
+    base: &str,
+    items: Vec<Value>,
+    page_size: usize,
+) -> HttpResponse {
     let offset = match req.param("$skiptoken") {
         None => 0,
         Some(tok) => match tok
@@ -1258,7 +1272,7 @@ fn page(req: &HttpRequest, base: &str, items: Vec<Value>, page_size: usize) -> H
     HttpResponse::json(200, body)
 }
 
-fn vm_json(s: &ArmState, vm: &FakeVm, instance_view: bool) -> Value {
+pub(super) fn vm_json(s: &ArmState, vm: &FakeVm, instance_view: bool) -> Value {
     let sub = &s.subscription;
     let disk_json = |d: &FakeVmDisk| {
         let mut v = json!({"name": d.name, "createOption": "Attach", "caching": "ReadWrite", "diskSizeGB": d.size_gb, "deleteOption": "Detach"});
@@ -1560,7 +1574,7 @@ fn find_vm(s: &ArmState, rg: &str, name: &str) -> Option<usize> {
     })
 }
 
-fn scale_set_json(s: &ArmState, ss: &FakeScaleSet) -> Value {
+pub(super) fn scale_set_json(s: &ArmState, ss: &FakeScaleSet) -> Value {
     json!({"name": ss.name, "type": "Microsoft.Compute/virtualMachineScaleSets",
            "id": format!("/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachineScaleSets/{}",
                          s.subscription, ss.resource_group, ss.name),
@@ -1703,7 +1717,7 @@ fn vm_routes(
     }
 }
 
-fn disk_json(s: &ArmState, d: &FakeDisk) -> Value {
+pub(super) fn disk_json(s: &ArmState, d: &FakeDisk) -> Value {
     let attached = d.managed_by.as_ref().and_then(|id| {
         s.vms
             .iter()
@@ -1735,6 +1749,7 @@ fn disk_json(s: &ArmState, d: &FakeDisk) -> Value {
     }
     disk_kind_json(&mut props, &d.kind, &s.subscription, &d.resource_group);
     kind_properties(&mut props, &d.kind);
+    props["uniqueId"] = json!(s.warm.unique_id(&s.disk_id(&d.resource_group, &d.name)));
     let mut v = json!({"name": d.name, "id": s.disk_id(&d.resource_group, &d.name), "type": "Microsoft.Compute/disks",
                        "location": d.location, "sku": {"name": d.kind.sku_name(), "tier": "Premium"}, "properties": props});
     if let Some(vm) = attached {
@@ -1982,6 +1997,7 @@ fn snapshot_json(s: &ArmState, snap: &FakeSnapshot) -> Value {
         .unwrap_or_default();
     let mut props = Value::Object(props);
     kind_properties(&mut props, &snap.kind);
+    super::warm::snapshot_properties(&mut props, &s.warm, &id, &snap.source_id);
     v["properties"] = props;
     v
 }
@@ -2121,6 +2137,10 @@ fn snapshot_routes(
             if let Some(refusal) = snapshot_refusal(s, &disk, source, incremental) {
                 return refusal;
             }
+            let disk_id = s.disk_id(&disk.resource_group, &disk.name);
+            if let Some(msg) = incremental.then(|| s.warm.rate_refusal(&disk_id)).flatten() {
+                return arm_error(409, "OperationNotAllowed", &msg);
+            }
             let id = id_of(s, &name);
             let snap = FakeSnapshot {
                 name,
@@ -2143,6 +2163,7 @@ fn snapshot_routes(
             {
                 return arm_error(500, "InternalServerError", &e);
             }
+            s.warm.snapshot_taken(&disk_id, &id, incremental);
             let initial = snapshot_json(s, &snap);
             s.snapshots.insert(id.clone(), snap);
             start_operation(
@@ -2203,6 +2224,9 @@ fn snapshot_routes(
                         if snap.completion_percent.is_some_and(|p| p < 100) {
                             s.early_grants += 1;
                         }
+                        return refusal;
+                    }
+                    if let Some(refusal) = family_sas_refusal(s, &id) {
                         return refusal;
                     }
                     if snap.kind.restricted() {
@@ -2283,6 +2307,37 @@ fn snapshot_refusal(
     None
 }
 
+/// Azure's limit on SAS of incremental snapshots: at most `sas_per_family` snapshots of one
+/// disk with an active (or pending) grant at once. Not documented with an error code; this
+/// fake answers 409 OperationNotAllowed, as for the other limits of this operation.
+fn family_sas_refusal(s: &ArmState, id: &str) -> Option<HttpResponse> {
+    let target = s.snapshots.get(id)?;
+    if !target.incremental {
+        return None;
+    }
+    let pending = s.operations.values().filter_map(|op| match &op.effect {
+        Some(Effect::Granted(g)) => Some(g),
+        _ => None,
+    });
+    let granted: BTreeSet<&String> = s.grants.iter().chain(pending).collect();
+    let family = granted
+        .into_iter()
+        .filter(|g| *g != id)
+        .filter_map(|g| s.snapshots.get(g))
+        .filter(|n| n.incremental && n.source_id.eq_ignore_ascii_case(&target.source_id))
+        .count();
+    let limit = s.warm.sas_per_family;
+    (family >= limit).then(|| {
+        arm_error(
+            409,
+            "OperationNotAllowed",
+            &format!(
+                "At most {limit} incremental snapshots of a disk can have an active SAS at once; revoke access to one first."
+            ),
+        )
+    })
+}
+
 /// Snapshots in the subscription or one resource group, paged like every ARM list.
 fn list_snapshots(
     s: &mut ArmState,
@@ -2302,29 +2357,47 @@ fn list_snapshots(
 
 /// Copy Blob within devstoreaccount1 (Azurite copies synchronously, page ranges kept):
 /// the snapshot's contents are the disk's at the time of the request, as in Azure.
+/// Azurite 3.37 (in memory) gives a copied page blob the *same* page-range list object as
+/// its source, so a later Put Page or Clear Page on the disk would show in every snapshot
+/// copied from it. A blob snapshot gets a list of its own and is never written: copy from
+/// one, then delete it.
 fn copy_blob(port: u16, from: (&str, &str), to: (&str, &str)) -> Result<(), String> {
+    let from_path = format!("/{}/{}", from.0, from.1);
+    let frozen = blob_request(port, "PUT", &from_path, &[("comp", "snapshot")], &[])?;
+    let stamp = frozen
+        .header("x-ms-snapshot")
+        .ok_or("blob snapshot: no x-ms-snapshot")?
+        .to_string();
     let source = format!(
-        "http://127.0.0.1:{port}/{}/{}/{}",
-        super::seed::ACCOUNT,
-        from.0,
-        from.1
+        "http://127.0.0.1:{port}/{}{from_path}?snapshot={stamp}",
+        super::seed::ACCOUNT
     );
-    let r = super::seed::signed_request(
+    let copied = blob_request(
         port,
         "PUT",
         &format!("/{}/{}", to.0, to.1),
         &[],
         &[("x-ms-copy-source", source)],
-        b"",
-    )
-    .map_err(|e| format!("copy blob: {e}"))?;
+    );
+    blob_request(port, "DELETE", &from_path, &[("snapshot", &stamp)], &[])?;
+    copied.map(|_| ())
+}
+
+/// A SharedKey request to Azurite that must succeed (2xx).
+fn blob_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    query: &[(&str, &str)],
+    headers: &[(&str, String)],
+) -> Result<super::http::Response, String> {
+    let r = super::seed::signed_request(port, method, path, query, headers, b"")
+        .map_err(|e| format!("{method} {path}: {e}"))?;
     if (200..300).contains(&r.status) {
-        Ok(())
+        Ok(r)
     } else {
         Err(format!(
-            "copy blob {}/{}: HTTP {} {}",
-            from.0,
-            from.1,
+            "{method} {path}: HTTP {} {}",
             r.status,
             String::from_utf8_lossy(&r.body)
         ))
@@ -2436,6 +2509,21 @@ fn poll_operation(s: &mut ArmState, id: &str, location_mode: bool) -> HttpRespon
 }
 
 fn apply(s: &mut ArmState, effect: Effect) {
+    // An operation in another subscription of the fleet changes that subscription's world.
+    let (Effect::SnapshotReady(id)
+    | Effect::SnapshotDeleted(id)
+    | Effect::Granted(id)
+    | Effect::Revoked(id)
+    | Effect::Power(id, _)) = &effect;
+    if let Some(sub) = id.split('/').nth(2).map(str::to_string)
+        && !sub.eq_ignore_ascii_case(&s.subscription)
+        && s.fleet
+            .others
+            .iter()
+            .any(|w| w.subscription.eq_ignore_ascii_case(&sub))
+    {
+        return super::fake_graph::in_subscription(s, &sub, |s| apply(s, effect));
+    }
     match effect {
         Effect::SnapshotReady(id) => {
             if let Some(snap) = s.snapshots.get_mut(&id) {
@@ -2443,6 +2531,7 @@ fn apply(s: &mut ArmState, effect: Effect) {
             }
         }
         Effect::SnapshotDeleted(id) => {
+            s.warm.snapshot_deleted(&id);
             if let Some(snap) = s.snapshots.remove(&id)
                 && let Some(storage) = &s.storage
             {

@@ -5,9 +5,11 @@
 //! the test keeps, so an exported image can be compared with what was "in Azure".
 //!
 //! Usable from tests (`mod support;`) and from an example or demo binary: include this
-//! file together with `azurite.rs`, `fake_arm.rs`, `fault_proxy.rs`, `http.rs`, `seed.rs`,
-//! `vhd.rs` and `vhdx.rs` as siblings in one module (`#[path]`, see examples/fake_azure.rs); it uses
-//! nothing else from the test crate.
+//! file together with `azurite.rs`, `fake_arm.rs`, `fault_proxy.rs`, `http.rs`, `pages.rs`,
+//! `seed.rs`, `vhd.rs`, `vhdx.rs`, `warm.rs`, `warm_disk.rs` and `warm_gate.rs` as siblings
+//! in one module (`#[path]`, see examples/fake_azure.rs); it uses nothing else from the test
+//! crate. Disks change between warm-migration passes through `warm_disk.rs`; the gate
+//! answers incremental-snapshot diffs through `warm_gate.rs`.
 
 #![allow(dead_code)]
 
@@ -78,10 +80,31 @@ impl FakeAzure {
     /// each managed disk with `content(disk)` as a fixed VHD page blob, or as a VHDX with
     /// 4096-byte sectors for a disk with such sectors (needs qemu-img).
     pub fn start_with(
-        mut state: ArmState,
+        state: ArmState,
         vms: Vec<FakeVm>,
         content: impl Fn(&FakeVmDisk) -> Disk,
     ) -> Self {
+        let placed = vms.into_iter().map(|vm| (None, vm)).collect();
+        Self::start_placed(state, placed, content)
+    }
+
+    /// Starts both services with each VM in the subscription named beside it (the fake's
+    /// fleet, see `fake_graph`), seeded with [`small_disk`] contents. Disk names must be
+    /// unique across subscriptions (Azurite holds them all in one container).
+    pub fn start_fleet(vms: Vec<(&str, FakeVm)>) -> Self {
+        let placed = vms
+            .into_iter()
+            .map(|(sub, vm)| (Some(sub.to_string()), vm))
+            .collect();
+        Self::start_placed(ArmState::new(), placed, |d| small_disk(&d.name))
+    }
+
+    fn start_placed(
+        mut state: ArmState,
+        placed: Vec<(Option<String>, FakeVm)>,
+        content: impl Fn(&FakeVmDisk) -> Disk,
+    ) -> Self {
+        let vms: Vec<&FakeVm> = placed.iter().map(|(_, vm)| vm).collect();
         let azurite = Azurite::start();
         seed::create_container_once(azurite.port, DISK_CONTAINER);
         seed::create_container_once(azurite.port, SNAPSHOT_CONTAINER);
@@ -113,9 +136,13 @@ impl FakeAzure {
                 disks.insert(d.name.to_ascii_lowercase(), disk);
             }
         }
-        for vm in vms {
-            state.add_vm(vm);
+        for (sub, vm) in placed {
+            match sub {
+                Some(sub) => super::fake_graph::add_vm_in(&mut state, &sub, vm),
+                None => state.add_vm(vm),
+            }
         }
+        super::warm_disk::track_seeded(&mut state, azurite.port);
         let proxy = FaultProxy::start(azurite.port);
         state.storage = Some(StorageBackend {
             port: azurite.port,
@@ -134,6 +161,7 @@ impl FakeAzure {
                 token_refusal(&s, path, auth)
             },
         )));
+        proxy.set_page_list_gate(super::warm_gate::diff_gate(arm.state.clone(), azurite.port));
         Self {
             arm,
             proxy,

@@ -14,6 +14,9 @@
 //! that has not rolled that version out. Azurite (run with `--skipApiVersionCheck`) checks
 //! neither. The Host header is rewritten to Azurite's address on the way, or Azurite would
 //! take the host's first label for the account name.
+//!
+//! A [`PageListGate`] may answer Get Page Ranges requests itself: the fake world's answers
+//! incremental-snapshot diffs there (`warm_gate.rs`), which Azurite cannot.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -63,10 +66,26 @@ impl std::fmt::Debug for TokenGate {
     }
 }
 
+/// Answers a Get Page Ranges request (`comp=pagelist`) itself instead of Azurite, e.g. an
+/// incremental-snapshot diff, which Azurite cannot answer: given the request head, the whole
+/// raw HTTP response, or None to forward it. Runs on a blocking thread (it may ask Azurite).
+#[derive(Clone)]
+pub struct PageListGate(pub Arc<PageListAnswer>);
+
+/// `(request head) -> Some(raw response)` to answer, None to forward.
+pub type PageListAnswer = dyn Fn(&str) -> Option<Vec<u8>> + Send + Sync;
+
+impl std::fmt::Debug for PageListGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PageListGate")
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     gate: Option<Gate>,
     token_gate: Option<TokenGate>,
+    page_list_gate: Option<PageListGate>,
     faults: VecDeque<Fault>,
     delay: Duration,
     data_gets: u64,
@@ -138,6 +157,11 @@ impl FaultProxy {
     /// Refuses what `gate` refuses, after the grant gate.
     pub fn set_token_gate(&self, gate: TokenGate) {
         self.state.lock().unwrap().token_gate = Some(gate);
+    }
+
+    /// Lets `gate` answer page-list requests first (after the grant and token gates).
+    pub fn set_page_list_gate(&self, gate: PageListGate) {
+        self.state.lock().unwrap().page_list_gate = Some(gate);
     }
 
     /// Lets the first `n` data GETs (from now) through before faults apply.
@@ -453,6 +477,15 @@ async fn handle(mut client: TcpStream, upstream: u16, state: Arc<Mutex<State>>) 
     }
     if let Some(r) = refusal(&state, &head, fault.as_ref()) {
         return refuse(&mut client, r).await;
+    }
+    let page_list_gate = state.lock().unwrap().page_list_gate.clone();
+    if let Some(PageListGate(answer)) = page_list_gate.filter(|_| first.contains("comp=pagelist")) {
+        let h = head.clone();
+        if let Ok(Some(rsp)) = tokio::task::spawn_blocking(move || answer(&h)).await {
+            let _ = client.write_all(&rsp).await;
+            let _ = client.shutdown().await;
+            return;
+        }
     }
     let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)).await else {
         return;

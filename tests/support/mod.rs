@@ -9,15 +9,21 @@
 pub mod azurite;
 pub mod fake_arm;
 pub mod fake_azure;
+pub mod fake_graph;
 pub mod fault_proxy;
 pub mod http;
 pub mod image;
 pub mod libvirt;
+pub mod pages;
 pub mod seed;
 pub mod tls;
 pub mod tools;
 pub mod vhd;
 pub mod vhdx;
+pub mod warm;
+pub mod warm_churn;
+pub mod warm_disk;
+pub mod warm_gate;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -85,7 +91,7 @@ pub fn list_cmd(fake: &FakeArm, args: &[&str]) -> Command {
         .args(args)
         .env("IDENTITY_ENDPOINT", &fake.identity_url)
         .env("IDENTITY_HEADER", IDENTITY_HEADER);
-    if !args.contains(&"--subscription") {
+    if !args.contains(&"--subscription") && !args.contains(&"--all-subscriptions") {
         c.args(["--subscription", SUBSCRIPTION]);
     }
     c
@@ -204,7 +210,7 @@ pub fn azure_cmd(world: &fake_azure::FakeAzure, subcommand: &str, args: &[&str])
         .args(world.cli_args())
         .args(args)
         .envs(world.env());
-    if !args.contains(&"--subscription") {
+    if !args.contains(&"--subscription") && !args.contains(&"--all-subscriptions") {
         c.args(["--subscription", SUBSCRIPTION]);
     }
     c

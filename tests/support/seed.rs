@@ -178,7 +178,7 @@ pub fn put_block_blob(port: u16, container: &str, blob: &str, data: &[u8]) {
     );
 }
 
-fn iso(t: SystemTime) -> String {
+pub fn iso(t: SystemTime) -> String {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .expect("after 1970")

@@ -21,8 +21,19 @@ fn found(tool: &str) -> bool {
 
 /// Makes sure `tool` is on PATH, installing Debian package `package` if it is not.
 pub fn ensure_debian_tool(tool: &str, package: &str) {
+    ensure_debian(|| found(tool), tool, package);
+}
+
+/// Makes sure the data file at `path` exists, installing Debian package `package` if it
+/// does not (files that no command stands for, such as syslinux's MBR boot code, which
+/// `--no-install-recommends` leaves out of `syslinux`).
+pub fn ensure_debian_file(path: &str, package: &str) {
+    ensure_debian(|| std::path::Path::new(path).exists(), path, package);
+}
+
+fn ensure_debian(present: impl Fn() -> bool, what: &str, package: &str) {
     let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    if found(tool) {
+    if present() {
         return;
     }
     let install = |update: bool| {
@@ -39,12 +50,12 @@ pub fn ensure_debian_tool(tool: &str, package: &str) {
             .output()
     };
     let _ = install(false);
-    if !found(tool) {
+    if !present() {
         let _ = install(true);
     }
     assert!(
-        found(tool),
-        "{tool} is needed by this test: install the Debian package {package} (apt-get install {package})"
+        present(),
+        "{what} is needed by this test: install the Debian package {package} (apt-get install {package})"
     );
 }
 

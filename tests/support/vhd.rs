@@ -70,6 +70,47 @@ impl Disk {
         v
     }
 
+    /// The bytes `[offset, offset + len)`: zeros where nothing is written.
+    pub fn read(&self, offset: u64, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        let end = offset + len as u64;
+        for (off, data) in &self.extents {
+            let (a, b) = ((*off).max(offset), (off + data.len() as u64).min(end));
+            if a < b {
+                out[(a - offset) as usize..(b - offset) as usize]
+                    .copy_from_slice(&data[(a - off) as usize..(b - off) as usize]);
+            }
+        }
+        out
+    }
+
+    /// Overwrites `[offset, offset + data.len())`, as a running VM writes.
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        self.clear(offset, data.len() as u64);
+        self.extents.push((offset, data.to_vec()));
+        self.extents.sort_by_key(|(off, _)| *off);
+    }
+
+    /// Zeros `[offset, offset + len)`: what the extents held there is gone.
+    pub fn clear(&mut self, offset: u64, len: u64) {
+        let end = offset + len;
+        let mut kept = Vec::with_capacity(self.extents.len() + 1);
+        for (off, data) in self.extents.drain(..) {
+            let e = off + data.len() as u64;
+            if e <= offset || off >= end {
+                kept.push((off, data));
+                continue;
+            }
+            if off < offset {
+                kept.push((off, data[..(offset - off) as usize].to_vec()));
+            }
+            if e > end {
+                kept.push((end, data[(end - off) as usize..].to_vec()));
+            }
+        }
+        self.extents = kept;
+    }
+
     pub fn written_bytes(&self) -> u64 {
         self.extents.iter().map(|(_, d)| d.len() as u64).sum()
     }

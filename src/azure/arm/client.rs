@@ -25,18 +25,62 @@ use serde_json::json;
 use super::error::{ArmError, parse_service_error};
 use super::id::{ResourceId, ResourceType};
 use super::lro::{self, FinalState, LroResponse, LroSettings};
-use super::models::{AccessUri, Disk, Page, ResourceSku, ScaleSet, Snapshot, VirtualMachine};
+use super::models::{
+    AccessUri, Disk, Page, ResourceSku, ScaleSet, Snapshot, Subscription, VirtualMachine,
+};
 use super::pager;
 use crate::azure::sas::SasUrl;
 
 pub const VM_API_VERSION: &str = "2024-07-01";
 pub const DISK_API_VERSION: &str = "2024-03-02";
 pub const SKU_API_VERSION: &str = "2021-07-01";
+pub const SUBSCRIPTIONS_API_VERSION: &str = "2022-12-01";
+pub const RESOURCE_GRAPH_API_VERSION: &str = "2024-04-01";
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-request-id");
 const ASYNC_OPERATION: HeaderName = HeaderName::from_static("azure-asyncoperation");
 const LOCATION: HeaderName = HeaderName::from_static("location");
 const RETRY_AFTER: HeaderName = HeaderName::from_static("retry-after");
+const QUOTA_REMAINING: HeaderName = HeaderName::from_static("x-ms-user-quota-remaining");
+const QUOTA_RESETS_AFTER: HeaderName = HeaderName::from_static("x-ms-user-quota-resets-after");
+
+/// Resource Graph's per-user quota as one answer reports it (both headers optional).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserQuota {
+    /// Queries left in the current window.
+    pub remaining: Option<u32>,
+    /// When the window resets (`hh:mm:ss` on the wire).
+    pub resets_after: Option<Duration>,
+}
+
+impl UserQuota {
+    fn from_headers(headers: &Headers) -> Self {
+        Self {
+            remaining: headers
+                .get_optional_str(&QUOTA_REMAINING)
+                .and_then(|v| v.trim().parse().ok()),
+            resets_after: headers
+                .get_optional_str(&QUOTA_RESETS_AFTER)
+                .and_then(parse_hms),
+        }
+    }
+}
+
+/// `hh:mm:ss` (Resource Graph's `x-ms-user-quota-resets-after`) as a duration.
+pub fn parse_hms(v: &str) -> Option<Duration> {
+    let mut parts = v.trim().split(':');
+    let (h, m, s) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let h: u64 = h.parse().ok()?;
+    let m: u64 = m.parse().ok()?;
+    let s: f64 = s.parse().ok()?;
+    if m >= 60 || !(0.0..60.0).contains(&s) {
+        return None;
+    }
+    Some(Duration::from_secs(h * 3600 + m * 60) + Duration::from_secs_f64(s))
+}
 
 /// Requests made, per operation (logical requests) and in total (HTTP attempts, including
 /// the pipeline's retries of 429/5xx). `-v` prints them; the benchmark reads them.
@@ -638,6 +682,33 @@ impl ArmClient {
         .await
     }
 
+    // ---- subscriptions and Resource Graph (discovery across subscriptions) ----
+
+    /// Every subscription the identity can see, all pages, whatever their state.
+    pub async fn list_subscriptions(&self) -> Result<Vec<Subscription>, ArmError> {
+        let url = self.url(&["subscriptions"], SUBSCRIPTIONS_API_VERSION, &[]);
+        self.list("list subscriptions", "tenant", url, |_| {}).await
+    }
+
+    /// One Resource Graph query page: `body` is the request (subscriptions, query,
+    /// options); the answer is decoded as `T`, with the quota the answer reported.
+    pub async fn resource_graph<T: DeserializeOwned>(
+        &self,
+        body: serde_json::Value,
+    ) -> Result<(T, UserQuota), ArmError> {
+        const OPERATION: &str = "query Resource Graph";
+        let url = self.url(
+            &["providers", "Microsoft.ResourceGraph", "resources"],
+            RESOURCE_GRAPH_API_VERSION,
+            &[],
+        );
+        let reply = self
+            .send(OPERATION, "resources", Method::Post, url, Some(body))
+            .await?;
+        let page = Self::decode(OPERATION, "resources", &reply.body)?;
+        Ok((page, UserQuota::from_headers(&reply.headers)))
+    }
+
     // ---- disks ----
 
     pub async fn list_disks(
@@ -862,6 +933,24 @@ mod tests {
             "error sending request: invalid peer certificate: UnknownIssuer"
         ));
         assert!(!is_untrusted_certificate("connection refused"));
+    }
+
+    #[test]
+    fn quota_reset_times_read_as_hh_mm_ss() {
+        assert_eq!(parse_hms("00:00:05"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_hms("01:02:03"), Some(Duration::from_secs(3723)));
+        assert_eq!(parse_hms("00:00:00.5"), Some(Duration::from_millis(500)));
+        for bad in [
+            "5",
+            "00:05",
+            "00:60:00",
+            "00:00:61",
+            "a:b:c",
+            "00:00:05:00",
+            "-1:00:00",
+        ] {
+            assert_eq!(parse_hms(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -7,6 +7,26 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// A subscription as `GET /subscriptions` lists it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscription {
+    pub subscription_id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// `Enabled`, `Disabled`, `Warned`, `PastDue`, `Deleted`: only `Enabled` is searched.
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+impl Subscription {
+    pub fn enabled(&self) -> bool {
+        self.state
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case("Enabled"))
+    }
+}
+
 /// One page of a list operation.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -10,6 +10,10 @@
 //! resource groups, a GET with `$expand=instanceView` per candidate is cheaper than
 //! listing a large subscription; the choice is logged at debug level.
 
+pub mod fleet;
+pub mod graph;
+pub mod kql;
+pub mod pace;
 pub mod selection;
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,7 +28,8 @@ use super::arm::models::{
     name_of, resource_group_of,
 };
 use super::arm::{ArmClient, ArmError, ResourceId, ResourceType};
-pub use selection::{Selection, SelectionError, SelectionInput};
+pub use fleet::{Discovery, DiscoverySource, discover, discover_with_source};
+pub use selection::{Selection, SelectionError, SelectionInput, Subscriptions};
 
 /// Concurrent list calls (scopes, resource groups, locations): enough to overlap latency,
 /// far below ARM's read budget (a bucket of 250 reads, refilled at 25/s).
@@ -228,6 +233,10 @@ pub struct VmKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmInfo {
     pub id: String,
+    /// The subscription the VM is in (from its id); older plan files without it still
+    /// load, and it is filled from the id when they are read.
+    #[serde(default)]
+    pub subscription_id: String,
     pub name: String,
     pub resource_group: String,
     pub location: String,
@@ -277,7 +286,7 @@ pub enum Strategy {
 }
 
 /// List, unless the selection names at most `limit` exact VMs × resource groups.
-pub fn choose_strategy(sel: &Selection, limit: usize) -> Strategy {
+pub fn choose_strategy(sel: &Selection, subscription: &str, limit: usize) -> Strategy {
     match sel.exact_names() {
         Some(names)
             if !sel.resource_groups.is_empty()
@@ -289,7 +298,7 @@ pub fn choose_strategy(sel: &Selection, limit: usize) -> Strategy {
                     .flat_map(|rg| {
                         names
                             .iter()
-                            .map(move |n| ResourceRef::new(&sel.subscription, rg, n))
+                            .map(move |n| ResourceRef::new(subscription, rg, n))
                     })
                     .collect(),
             )
@@ -393,6 +402,7 @@ pub fn build_vm_info(
     let kind = vm_kind(vm, os_record, size);
     VmInfo {
         id: vm.id.clone(),
+        subscription_id: subscription_of(&vm.id).unwrap_or_default().to_string(),
         name: vm.name.clone(),
         resource_group: resource_group_of(&vm.id).unwrap_or_default().to_string(),
         location: vm.location.clone(),
@@ -554,6 +564,45 @@ fn disk_info(
     }
 }
 
+/// Selected VMs with their power states, and the disk records read for them (by lower-case
+/// id).
+pub type VmSet = (Vec<(VirtualMachine, PowerState)>, HashMap<String, Disk>);
+
+/// Disk records by lower-case id.
+pub fn disks_by_id(disks: Vec<Disk>) -> HashMap<String, Disk> {
+    disks
+        .into_iter()
+        .map(|d| (d.id.to_ascii_lowercase(), d))
+        .collect()
+}
+
+/// The managed disk ids (OS and data) the VM models name.
+pub fn managed_disk_ids(vms: &[(VirtualMachine, PowerState)]) -> Vec<String> {
+    vms.iter()
+        .filter_map(|(vm, _)| vm.storage())
+        .flat_map(|st| {
+            st.os_disk
+                .iter()
+                .filter_map(|d| d.managed_disk.as_ref()?.id.clone())
+                .chain(
+                    st.data_disks
+                        .iter()
+                        .filter_map(|d| d.managed_disk.as_ref()?.id.clone()),
+                )
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The subscription id of a resource id (`/subscriptions/{id}/…`), as written.
+pub fn subscription_of(id: &str) -> Option<&str> {
+    let mut parts = id.split('/').filter(|p| !p.is_empty());
+    match (parts.next(), parts.next()) {
+        (Some(k), Some(sub)) if k.eq_ignore_ascii_case("subscriptions") => Some(sub),
+        _ => None,
+    }
+}
+
 /// Resource groups (first spelling seen, compared without case) that hold managed disks of
 /// these VMs.
 fn disk_resource_groups(vms: &[(VirtualMachine, PowerState)]) -> Vec<String> {
@@ -580,13 +629,15 @@ fn disk_resource_groups(vms: &[(VirtualMachine, PowerState)]) -> Vec<String> {
     out
 }
 
-/// Finds the selected VMs, sorted by resource group and name.
-pub async fn discover(
+/// The selected VMs of one subscription through the Compute lists (or per-VM GETs), with
+/// their disk records; sizes are read once for the whole discovery ([`fetch_sizes`]).
+pub async fn select_in(
     arm: &ArmClient,
     sel: &Selection,
+    subscription: &str,
     progress: &DiscoveryProgress,
-) -> Result<Vec<VmInfo>, ArmError> {
-    let selected = match choose_strategy(sel, PER_VM_LIMIT) {
+) -> Result<VmSet, ArmError> {
+    let selected = match choose_strategy(sel, subscription, PER_VM_LIMIT) {
         Strategy::PerVm(candidates) => {
             tracing::debug!(
                 candidates = candidates.len(),
@@ -598,30 +649,17 @@ pub async fn discover(
             tracing::debug!(
                 "list strategy: full VM pages and status pages per scope, merged by id"
             );
-            list_all(arm, sel, progress).await?
+            list_all(arm, sel, subscription, progress).await?
         }
     };
-    // Independent of each other: overlap them.
-    let (disks, sizes) = futures::join!(
-        fetch_disks(arm, sel, &selected, progress),
-        fetch_sizes(arm, sel, &selected)
-    );
-    let mut out: Vec<VmInfo> = selected
-        .iter()
-        .map(|(vm, state)| build_vm_info(vm, *state, &disks, &sizes))
-        .collect();
-    out.sort_by_key(|v| {
-        (
-            v.resource_group.to_ascii_lowercase(),
-            v.name.to_ascii_lowercase(),
-        )
-    });
-    Ok(out)
+    let disks = fetch_disks(arm, sel, subscription, &selected, progress).await;
+    Ok((selected, disks))
 }
 
 async fn list_all(
     arm: &ArmClient,
     sel: &Selection,
+    subscription: &str,
     progress: &DiscoveryProgress,
 ) -> Result<Vec<(VirtualMachine, PowerState)>, ArmError> {
     let scopes: Vec<Option<&str>> = if sel.resource_groups.is_empty() {
@@ -636,17 +674,17 @@ async fn list_all(
         .map(|scope| async move {
             let vms_before = std::cell::Cell::new(0usize);
             let st_before = std::cell::Cell::new(0usize);
-            let full = arm.list_vms(&sel.subscription, scope, false, |n| {
+            let full = arm.list_vms(subscription, scope, false, |n| {
                 progress
                     .vms
                     .fetch_add(n - vms_before.replace(n), Ordering::Relaxed);
             });
-            let status = arm.list_vms(&sel.subscription, scope, true, |n| {
+            let status = arm.list_vms(subscription, scope, true, |n| {
                 progress
                     .statuses
                     .fetch_add(n - st_before.replace(n), Ordering::Relaxed);
             });
-            let instances = uniform_instances(arm, sel, scope);
+            let instances = uniform_instances(arm, sel, subscription, scope);
             let (full, status, instances) = futures::try_join!(full, status, instances)?;
             let full: Vec<VirtualMachine> = full
                 .into_iter()
@@ -676,11 +714,12 @@ async fn list_all(
 async fn uniform_instances(
     arm: &ArmClient,
     sel: &Selection,
+    subscription: &str,
     scope: Option<&str>,
 ) -> Result<Vec<(VirtualMachine, PowerState)>, ArmError> {
     // A role may read VMs but not scale sets (a custom role): the VMs are still listed,
     // and the warning says what is missing. Any other failure fails the list.
-    let scale_sets: Vec<ScaleSet> = match arm.list_scale_sets(&sel.subscription, scope).await {
+    let scale_sets: Vec<ScaleSet> = match arm.list_scale_sets(subscription, scope).await {
         Ok(all) => all.into_iter().filter(ScaleSet::is_uniform).collect(),
         Err(e) if e.status() == Some(403) => {
             tracing::warn!("{e}; instances of Uniform scale sets are not listed");
@@ -774,27 +813,17 @@ async fn per_vm(
 async fn fetch_disks(
     arm: &ArmClient,
     sel: &Selection,
+    subscription: &str,
     vms: &[(VirtualMachine, PowerState)],
     progress: &DiscoveryProgress,
 ) -> HashMap<String, Disk> {
     let mut out = HashMap::new();
-    let per_vm = matches!(choose_strategy(sel, PER_VM_LIMIT), Strategy::PerVm(_));
+    let per_vm = matches!(
+        choose_strategy(sel, subscription, PER_VM_LIMIT),
+        Strategy::PerVm(_)
+    );
     if per_vm {
-        let ids: Vec<String> = vms
-            .iter()
-            .filter_map(|(vm, _)| vm.storage())
-            .flat_map(|st| {
-                st.os_disk
-                    .iter()
-                    .filter_map(|d| d.managed_disk.as_ref()?.id.clone())
-                    .chain(
-                        st.data_disks
-                            .iter()
-                            .filter_map(|d| d.managed_disk.as_ref()?.id.clone()),
-                    )
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let ids = managed_disk_ids(vms);
         let results: Vec<Result<Disk, ArmError>> =
             futures::stream::iter(ids.into_iter().filter_map(|id| disk_ref(&id)))
                 .map(|r| async move { arm.get_disk(&r).await })
@@ -816,7 +845,7 @@ async fn fetch_disks(
     let results: Vec<Result<Vec<Disk>, ArmError>> = futures::stream::iter(groups)
         .map(|rg| async move {
             let before = std::cell::Cell::new(0usize);
-            arm.list_disks(&sel.subscription, &rg, |n| {
+            arm.list_disks(subscription, &rg, |n| {
                 progress
                     .disks
                     .fetch_add(n - before.replace(n), Ordering::Relaxed);
@@ -853,10 +882,12 @@ fn disk_ref(id: &str) -> Option<ResourceRef> {
     }
 }
 
-/// VM sizes by lower-case name, one list per location of a selected VM.
-async fn fetch_sizes(
+/// VM sizes by lower-case name, one list per location of a selected VM, asked in the
+/// subscription of the first VM found there (the size catalogue of a region is Azure's, not
+/// the subscription's: a size restricted for one subscription is still listed, with its
+/// restriction, which does not hide its vCPUs and memory).
+pub async fn fetch_sizes(
     arm: &ArmClient,
-    sel: &Selection,
     vms: &[(VirtualMachine, PowerState)],
 ) -> HashMap<String, VmSize> {
     // One Resource SKU listing (all its pages) per location. A size missing from every
@@ -865,14 +896,17 @@ async fn fetch_sizes(
     // asked as a fallback: it lists no more sizes (it omits those the subscription may not
     // deploy, which Resource SKUs list with their restrictions) and would cost a second
     // request per location.
-    let mut locations: Vec<String> = Vec::new();
+    let mut locations: Vec<(String, String)> = Vec::new();
     for (vm, _) in vms {
         let l = selection::normalize_location(&vm.location);
-        if l.is_empty() || locations.contains(&l) {
+        if l.is_empty() || locations.iter().any(|(known, _)| *known == l) {
             continue;
         }
+        let Some(subscription) = subscription_of(&vm.id) else {
+            continue;
+        };
         if l.chars().all(|c| c.is_ascii_alphanumeric()) {
-            locations.push(l);
+            locations.push((l, subscription.to_string()));
         } else {
             tracing::warn!(
                 "VM {}: location {l:?} is not a region name; vCPU and memory left empty",
@@ -882,8 +916,8 @@ async fn fetch_sizes(
     }
     let results: Vec<(String, Result<Vec<ResourceSku>, ArmError>)> =
         futures::stream::iter(locations)
-            .map(|loc| async move {
-                let r = arm.list_resource_skus(&sel.subscription, &loc).await;
+            .map(|(loc, subscription)| async move {
+                let r = arm.list_resource_skus(&subscription, &loc).await;
                 (loc, r)
             })
             .buffer_unordered(CONCURRENCY)
@@ -1124,11 +1158,24 @@ mod tests {
         );
     }
 
+    const SUB: &str = "00000000-0000-0000-0000-000000000001";
+
+    #[test]
+    fn subscription_of_reads_the_id() {
+        assert_eq!(
+            subscription_of("/subscriptions/S1/resourceGroups/rg"),
+            Some("S1")
+        );
+        assert_eq!(subscription_of("/SUBSCRIPTIONS/s2"), Some("s2"));
+        assert_eq!(subscription_of("/resourceGroups/rg"), None);
+        assert_eq!(subscription_of(""), None);
+    }
+
     #[test]
     fn strategy_by_count() {
         let sel = |names: &[&str], rgs: &[&str]| {
             Selection::parse(&SelectionInput {
-                subscription: Some("00000000-0000-0000-0000-000000000001".into()),
+                subscriptions: vec!["00000000-0000-0000-0000-000000000001".into()],
                 names: names.iter().map(|s| s.to_string()).collect(),
                 resource_groups: rgs.iter().map(|s| s.to_string()).collect(),
                 ..Default::default()
@@ -1136,14 +1183,20 @@ mod tests {
             .unwrap()
         };
         assert!(
-            matches!(choose_strategy(&sel(&["a", "b"], &["rg"]), 8), Strategy::PerVm(c) if c.len() == 2)
+            matches!(choose_strategy(&sel(&["a", "b"], &["rg"]), SUB, 8), Strategy::PerVm(c) if c.len() == 2)
         );
-        assert_eq!(choose_strategy(&sel(&["a"], &[]), 8), Strategy::List);
-        assert_eq!(choose_strategy(&sel(&["a*"], &["rg"]), 8), Strategy::List);
-        assert_eq!(choose_strategy(&sel(&[], &["rg"]), 8), Strategy::List);
+        assert_eq!(choose_strategy(&sel(&["a"], &[]), SUB, 8), Strategy::List);
+        assert_eq!(
+            choose_strategy(&sel(&["a*"], &["rg"]), SUB, 8),
+            Strategy::List
+        );
+        assert_eq!(choose_strategy(&sel(&[], &["rg"]), SUB, 8), Strategy::List);
         let many: Vec<String> = (0..9).map(|i| format!("vm{i}")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
-        assert_eq!(choose_strategy(&sel(&many, &["rg"]), 8), Strategy::List);
+        assert_eq!(
+            choose_strategy(&sel(&many, &["rg"]), SUB, 8),
+            Strategy::List
+        );
     }
     /// The kinds come from what list and GET already return (VM model, disk list): an
     /// ephemeral OS disk, ADE by extension and by the disk's settings, a confidential

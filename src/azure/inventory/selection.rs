@@ -1,4 +1,4 @@
-//! Which VMs a command works on: `--subscription`, `--resource-group`, `--name GLOB`,
+//! Which VMs a command works on: `--subscription ID...` or `--all-subscriptions`, `--resource-group`, `--name GLOB`,
 //! `--tag KEY[=VALUE]`, `--power-state`, `--location`. Parsed and validated once, before any
 //! request, so a typo is a usage error (exit 2). Within one flag, any value may match;
 //! across flags, all must — except `--tag`, where every tag given must match.
@@ -11,8 +11,14 @@ use crate::azure::arm::models::{PowerState, VirtualMachine, resource_group_of};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SelectionError {
-    #[error("no subscription: pass --subscription ID or set AZURE_SUBSCRIPTION_ID")]
+    #[error(
+        "no subscription: pass --subscription ID..., --all-subscriptions, or set AZURE_SUBSCRIPTION_ID"
+    )]
     MissingSubscription,
+    #[error(
+        "--all-subscriptions and --subscription {0:?} both given (AZURE_SUBSCRIPTION_ID counts as --subscription): choose one"
+    )]
+    BothSubscriptionScopes(String),
     #[error(
         "--subscription {0:?} is not a subscription id (a GUID like 00000000-0000-0000-0000-000000000000)"
     )]
@@ -36,7 +42,8 @@ pub enum SelectionError {
 /// The raw flag values, as clap gives them (and as a run report records them).
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct SelectionInput {
-    pub subscription: Option<String>,
+    pub subscriptions: Vec<String>,
+    pub all_subscriptions: bool,
     pub resource_groups: Vec<String>,
     pub names: Vec<String>,
     pub tags: Vec<String>,
@@ -59,9 +66,20 @@ struct NamePattern {
     exact: bool,
 }
 
+/// Where to look: the subscriptions named, or every one the identity can see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subscriptions {
+    /// Distinct (without case), in the order given; never empty.
+    Listed(Vec<String>),
+    /// `--all-subscriptions`: resolved with `GET /subscriptions` at discovery.
+    All,
+}
+
 #[derive(Debug, Clone)]
 pub struct Selection {
-    pub subscription: String,
+    pub subscriptions: Subscriptions,
+    /// Where VMs are found (`--discovery`); not a filter, set by the command after parse.
+    pub discovery: super::Discovery,
     pub resource_groups: Vec<String>,
     names: Vec<NamePattern>,
     pub tags: Vec<TagFilter>,
@@ -118,19 +136,34 @@ fn parse_tag(given: &str) -> Result<TagFilter, SelectionError> {
     })
 }
 
+/// The subscription scope: ids checked and deduplicated, or all of them.
+fn parse_subscriptions(input: &SelectionInput) -> Result<Subscriptions, SelectionError> {
+    let mut ids: Vec<String> = Vec::new();
+    for given in &input.subscriptions {
+        let id = given.trim();
+        if id.is_empty() {
+            continue;
+        }
+        if !is_guid(id) {
+            return Err(SelectionError::BadSubscription(given.clone()));
+        }
+        if !ids.iter().any(|s| s.eq_ignore_ascii_case(id)) {
+            ids.push(id.to_string());
+        }
+    }
+    match (input.all_subscriptions, ids.first()) {
+        (true, Some(first)) => Err(SelectionError::BothSubscriptionScopes(first.clone())),
+        (true, None) => Ok(Subscriptions::All),
+        (false, None) => Err(SelectionError::MissingSubscription),
+        (false, Some(_)) => Ok(Subscriptions::Listed(ids)),
+    }
+}
+
 const GLOB_CHARS: &[char] = &['*', '?', '[', ']', '{', '}', '\\'];
 
 impl Selection {
     pub fn parse(input: &SelectionInput) -> Result<Self, SelectionError> {
-        let subscription = input
-            .subscription
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .ok_or(SelectionError::MissingSubscription)?;
-        if !is_guid(subscription) {
-            return Err(SelectionError::BadSubscription(subscription.to_string()));
-        }
+        let subscriptions = parse_subscriptions(input)?;
         let mut resource_groups: Vec<String> = Vec::new();
         for rg in &input.resource_groups {
             if !valid_resource_group(rg) {
@@ -188,7 +221,8 @@ impl Selection {
             locations.push(n);
         }
         Ok(Self {
-            subscription: subscription.to_string(),
+            subscriptions,
+            discovery: super::Discovery::Auto,
             resource_groups,
             names,
             tags,
@@ -253,7 +287,7 @@ mod tests {
 
     fn input() -> SelectionInput {
         SelectionInput {
-            subscription: Some(SUB.into()),
+            subscriptions: vec![SUB.into()],
             ..Default::default()
         }
     }
@@ -335,13 +369,39 @@ mod tests {
     #[test]
     fn missing_subscription() {
         assert_eq!(
-            parse(|i| i.subscription = None).unwrap_err(),
+            parse(|i| i.subscriptions.clear()).unwrap_err(),
             SelectionError::MissingSubscription
         );
         assert_eq!(
-            parse(|i| i.subscription = Some("  ".into())).unwrap_err(),
+            parse(|i| i.subscriptions = vec!["  ".into()]).unwrap_err(),
             SelectionError::MissingSubscription
         );
+    }
+
+    #[test]
+    fn several_subscriptions_are_deduplicated_without_case_in_order() {
+        let upper = "0000000A-0000-0000-0000-000000000002";
+        let s = parse(|i| {
+            i.subscriptions = vec![upper.into(), SUB.into(), upper.to_lowercase()];
+        })
+        .unwrap();
+        assert_eq!(
+            s.subscriptions,
+            Subscriptions::Listed(vec![upper.into(), SUB.into()])
+        );
+    }
+
+    #[test]
+    fn all_subscriptions_alone_or_refused_beside_ids() {
+        let all = parse(|i| {
+            i.subscriptions.clear();
+            i.all_subscriptions = true;
+        })
+        .unwrap();
+        assert_eq!(all.subscriptions, Subscriptions::All);
+        let err = parse(|i| i.all_subscriptions = true).unwrap_err();
+        assert_eq!(err, SelectionError::BothSubscriptionScopes(SUB.into()));
+        assert!(err.to_string().contains("AZURE_SUBSCRIPTION_ID"), "{err}");
     }
 
     #[test]
@@ -354,7 +414,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    parse(|i| i.subscription = Some(bad.into())),
+                    parse(|i| i.subscriptions.push(bad.into())),
                     Err(SelectionError::BadSubscription(_))
                 ),
                 "{bad}"

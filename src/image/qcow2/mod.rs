@@ -35,6 +35,8 @@
 //! most [`L2_CACHE_TABLES`] L2 tables of 64 KiB each (4 MiB); evicted tables are written to
 //! their cluster and read back when needed again.
 
+mod update;
+
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
