@@ -94,8 +94,14 @@ struct Outcome {
 
 fn export(world: &FakeAzure, bin: &Path, out: &Path, extra: &[&str]) -> Outcome {
     let started = Instant::now();
+    // WARM_BENCH_VERBOSE=1: the tool's own log (timestamped) on stderr, to see the phases.
+    let verbosity = if std::env::var_os("WARM_BENCH_VERBOSE").is_some() {
+        "-v"
+    } else {
+        "-q"
+    };
     let o = Command::new(bin)
-        .args(["--no-progress", "-q", "export"])
+        .args(["--no-progress", verbosity, "export"])
         .args(world.cli_args())
         .args([
             "--subscription",
@@ -110,6 +116,12 @@ fn export(world: &FakeAzure, bin: &Path, out: &Path, extra: &[&str]) -> Outcome 
         .output()
         .expect("run azure2kvm");
     let seconds = started.elapsed().as_secs_f64();
+    if verbosity == "-v" {
+        eprintln!(
+            "--- export {extra:?}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
     assert!(
         o.status.success(),
         "export {extra:?}: {}",

@@ -747,9 +747,12 @@ mod tests {
         assert!(seen[1].contains("marker=m1"), "{}", seen[1]);
     }
 
-    /// Answers `n` requests on loopback (one connection each) with `respond(request line)`
-    /// and returns every request head, lower-cased.
-    fn serve(n: usize, respond: fn(&str) -> String) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+    /// Answers `n` requests on loopback (one connection each) with `respond(request head)`
+    /// and returns every request head, lower-cased (also for `page_list`'s tests).
+    pub(super) fn serve(
+        n: usize,
+        respond: fn(&str) -> String,
+    ) -> (u16, std::thread::JoinHandle<Vec<String>>) {
         use std::io::{BufRead, BufReader, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -767,7 +770,7 @@ mod tests {
                     }
                     head.push_str(&line);
                 }
-                let rsp = respond(head.lines().next().unwrap_or_default());
+                let rsp = respond(&head);
                 conn.write_all(rsp.as_bytes()).unwrap();
                 heads.push(head.to_ascii_lowercase());
             }

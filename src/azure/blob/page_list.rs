@@ -321,6 +321,7 @@ fn entity(r: &quick_xml::events::BytesRef<'_>) -> Result<char, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::azure::blob::tests::serve;
 
     /// The shape of Azure's documented Get Page Ranges answer for a diff (REST reference,
     /// "Get Page Ranges", response body), with ranges interleaved and a continuation.
@@ -402,34 +403,6 @@ mod tests {
             clip(PageChange::Written(2000..3000), &w),
             Some(PageChange::Written(2000..2048))
         );
-    }
-
-    /// Answers each request on loopback with `respond(request head)` (one connection
-    /// each) and returns every request head.
-    fn serve(n: usize, respond: fn(&str) -> String) -> (u16, std::thread::JoinHandle<Vec<String>>) {
-        use std::io::{BufRead, BufReader, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = std::thread::spawn(move || {
-            let mut heads = Vec::new();
-            while heads.len() < n {
-                let (conn, _) = listener.accept().unwrap();
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut head = String::new();
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap() <= 2 {
-                        break;
-                    }
-                    head.push_str(&line);
-                }
-                let mut conn = conn;
-                conn.write_all(respond(&head).as_bytes()).unwrap();
-                heads.push(head);
-            }
-            heads
-        });
-        (port, server)
     }
 
     fn xml(body: &str) -> String {

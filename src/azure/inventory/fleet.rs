@@ -23,7 +23,6 @@ use serde_json::json;
 use super::pace::Pacer;
 use super::selection::Subscriptions;
 use super::{DiscoveryProgress, Selection, VmInfo, VmSet, disks_by_id, graph, kql};
-use crate::azure::arm::client::ResourceRef;
 use crate::azure::arm::models::{ADE_EXTENSION_TYPES, Disk, PowerState, VirtualMachine};
 use crate::azure::arm::{ArmClient, ArmError, ResourceId};
 
@@ -286,30 +285,7 @@ async fn uniform_instances(
     sel: &Selection,
     scale_sets: &[IdRow],
 ) -> Result<Vec<(VirtualMachine, PowerState)>, ArmError> {
-    let refs: Vec<ResourceRef> = scale_sets
-        .iter()
-        .filter_map(|ss| match ss.id.parse::<ResourceId>() {
-            Ok(id) => Some(ResourceRef::from(&id)),
-            Err(e) => {
-                tracing::warn!("scale set {}: {e}; its instances are not listed", ss.id);
-                None
-            }
-        })
-        .collect();
-    let lists = futures::stream::iter(refs)
-        .map(|r| async move { arm.list_scale_set_vms(&r).await })
-        .buffer_unordered(super::CONCURRENCY)
-        .try_collect::<Vec<_>>()
-        .await?;
-    Ok(lists
-        .into_iter()
-        .flatten()
-        .filter(|vm| sel.matches_model(vm))
-        .map(|vm| {
-            let state = vm.power_state();
-            (vm, state)
-        })
-        .collect())
+    super::instances_of(arm, sel, scale_sets.iter().map(|ss| ss.id.as_str())).await
 }
 
 /// The disk records of the selected VMs: one query over the subscriptions that hold their

@@ -727,12 +727,22 @@ async fn uniform_instances(
         }
         Err(e) => return Err(e),
     };
-    let refs: Vec<ResourceRef> = scale_sets
-        .iter()
-        .filter_map(|ss| match ss.id.parse::<ResourceId>() {
-            Ok(id) => Some(ResourceRef::from(&id)),
+    instances_of(arm, sel, scale_sets.iter().map(|ss| ss.id.as_str())).await
+}
+
+/// The instances of the scale sets `ids` names that match the selection, with their
+/// power states (their list carries instance views), a bounded number of lists at once.
+/// An id that does not parse is skipped with a warning naming it.
+pub(crate) async fn instances_of<'a>(
+    arm: &ArmClient,
+    sel: &Selection,
+    ids: impl Iterator<Item = &'a str>,
+) -> Result<Vec<(VirtualMachine, PowerState)>, ArmError> {
+    let refs: Vec<ResourceRef> = ids
+        .filter_map(|id| match id.parse::<ResourceId>() {
+            Ok(parsed) => Some(ResourceRef::from(&parsed)),
             Err(e) => {
-                tracing::warn!("scale set {}: {e}; its instances are not listed", ss.name);
+                tracing::warn!("scale set {id}: {e}; its instances are not listed");
                 None
             }
         })

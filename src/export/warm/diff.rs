@@ -18,6 +18,24 @@ use crate::transfer::diff::{
 use crate::transfer::discover::MapSource;
 use crate::transfer::engine::{EngineConfig, TransferStats};
 use crate::transfer::job::DownloadReport;
+use crate::transfer::plan::DEFAULT_CHUNK_SIZE;
+
+/// A diff is a running VM's writes between passes: small ranges scattered over the disk,
+/// so its time is round trips more than bytes (measured: 1,300 ranges of ~64 KiB over an
+/// 8 GiB disk, 20 ms each, kept 16 connections latency-bound at 1.6× the wire time). Its
+/// chunks are smaller and its connections more, within the same chunk memory as the
+/// disk's share of the run budget: connections × chunk size stays what the budget gave.
+const DIFF_CHUNK_SIZE: u64 = 1 << 20;
+/// Requests in flight on one snapshot, whatever the memory allows.
+const DIFF_MAX_CONNECTIONS: usize = 64;
+
+/// Connections for a diff pass: the disk's chunk memory in [`DIFF_CHUNK_SIZE`] chunks,
+/// never fewer than a full pass would use and never more than [`DIFF_MAX_CONNECTIONS`].
+fn diff_connections(connections: usize, chunk_size: Option<u64>) -> usize {
+    let memory = connections as u64 * chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
+    let by_memory = usize::try_from(memory / DIFF_CHUNK_SIZE).unwrap_or(usize::MAX);
+    by_memory.clamp(connections.min(DIFF_MAX_CONNECTIONS), DIFF_MAX_CONNECTIONS)
+}
 
 /// One diff pass: the image is at `previous`; after it, at `snapshot`.
 #[derive(Debug, Clone)]
@@ -65,8 +83,9 @@ pub async fn apply(
     let mut req = DiffRequest::new(source, pass.image, pass.format);
     req.client_options = Some(ctx.client_options.clone());
     req.md_service_version = ctx.md_service_version;
+    req.chunk_size = Some(DIFF_CHUNK_SIZE);
     req.engine = EngineConfig {
-        concurrency: ctx.connections,
+        concurrency: diff_connections(ctx.connections, ctx.chunk_size),
         queue_depth: ctx.queue_depth,
         ..EngineConfig::default()
     };
@@ -126,5 +145,25 @@ pub fn report(
             bytes_fetched: n.bytes_fetched,
             ..TransferStats::default()
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_diff_spends_the_disks_chunk_memory_on_more_smaller_requests() {
+        // 16 connections of 8 MiB: 128 MiB, so 64 (the cap) of 1 MiB.
+        assert_eq!(diff_connections(16, Some(8 << 20)), 64);
+        // 4 connections of 4 MiB: 16 MiB, 16 of 1 MiB.
+        assert_eq!(diff_connections(4, Some(4 << 20)), 16);
+        // Never fewer than a full pass had, never over the cap.
+        assert_eq!(diff_connections(2, Some(1 << 20)), 2);
+        assert_eq!(diff_connections(200, None), DIFF_MAX_CONNECTIONS);
+        for (c, size) in [(1, 4u64 << 20), (16, 8 << 20), (3, 8 << 20)] {
+            let n = diff_connections(c, Some(size)) as u64;
+            assert!(n * DIFF_CHUNK_SIZE <= (c as u64 * size).max(c as u64 * DIFF_CHUNK_SIZE));
+        }
     }
 }
