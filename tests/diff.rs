@@ -126,7 +126,7 @@ fn request(previous: &Snap, snap: &Snap, image: &Path, format: ImageFormat) -> D
         previous_key: previous.id.clone(),
     };
     let mut req = DiffRequest::new(source, image.to_path_buf(), format);
-    req.chunk_size = Some(CHUNK);
+    req.read.chunk_size = Some(CHUNK);
     req
 }
 
@@ -246,7 +246,7 @@ fn diff_child() {
         Path::new(&var("DIFF_IMAGE")),
         format,
     );
-    req.engine = EngineConfig {
+    req.read.engine = EngineConfig {
         concurrency: 1,
         ..EngineConfig::default()
     };

@@ -55,27 +55,27 @@ fn request(
     needs_token: bool,
 ) -> DownloadRequest {
     let mut req = DownloadRequest::new(url, args.output.clone(), format);
-    req.client_options = Some(session.client_options());
-    req.md_service_version = args.azure.md_service_version;
+    req.read.client_options = Some(session.client_options());
+    req.read.md_service_version = args.azure.md_service_version;
     if needs_token {
         tracing::info!(
             "the URL has no SAS: reading the blob with an Entra ID token ({:?} sign-in)",
             args.azure.auth
         );
-        req.credential = Some(session.credential.clone());
+        req.read.credential = Some(session.credential.clone());
     }
     req.overwrite = if args.image.force {
         Overwrite::Allow
     } else {
         Overwrite::Refuse
     };
-    req.chunk_size = args.chunk_size;
-    req.verify = args.verify;
-    req.engine = EngineConfig {
+    req.read.chunk_size = args.chunk_size;
+    req.read.verify = args.verify;
+    req.read.engine = EngineConfig {
         concurrency: args.concurrency,
         ..EngineConfig::default()
     };
-    req.io_timeout = Duration::from_secs(args.io_timeout);
+    req.read.io_timeout = Duration::from_secs(args.io_timeout);
     req
 }
 

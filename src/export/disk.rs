@@ -23,7 +23,9 @@ use crate::image::sink::ImageFormat;
 use crate::image::staging::Overwrite;
 use crate::interrupt::Interrupt;
 use crate::transfer::engine::{EngineConfig, ProgressEvent, ProgressFn};
-use crate::transfer::job::{DownloadError, DownloadReport, DownloadRequest, download};
+use crate::transfer::job::{
+    DownloadError, DownloadReport, DownloadRequest, ReadSettings, download,
+};
 
 /// Grants per disk: the first, and renewals after an expiry. A grant that expires this
 /// often means --sas-duration is far too short for the link; stop instead of looping.
@@ -174,7 +176,7 @@ pub async fn export_disk(
         log_grant(ctx, vm, disk, &target, format, grant);
         let mut req = request(ctx, sas, &output, resource_id.folded());
         if disk.entra_id_reads {
-            req.credential = Some(ctx.credential.clone());
+            req.read.credential = Some(ctx.credential.clone());
         }
         // Granted ahead: wait for a data slot with the grant in hand, and give the slot
         // back before the revoke, so the next disk's bytes start at once.
@@ -517,6 +519,25 @@ pub async fn revoke(ctx: &DiskContext, target: &AccessTarget, resource_id: &Reso
     }
 }
 
+impl DiskContext {
+    /// How this disk's blob data is read: the run's transport and service version, the
+    /// disk's share of connections and chunk memory (a download's and a diff pass's).
+    pub fn read_settings(&self) -> ReadSettings {
+        ReadSettings {
+            client_options: Some(self.client_options.clone()),
+            md_service_version: self.md_service_version,
+            chunk_size: self.chunk_size,
+            engine: EngineConfig {
+                concurrency: self.connections,
+                queue_depth: self.queue_depth,
+                ..EngineConfig::default()
+            },
+            io_timeout: self.io_timeout,
+            ..ReadSettings::default()
+        }
+    }
+}
+
 fn request(
     ctx: &DiskContext,
     url: SasUrl,
@@ -524,16 +545,8 @@ fn request(
     resume_key: &str,
 ) -> DownloadRequest {
     let mut req = DownloadRequest::new(url, output.to_path_buf(), ctx.format);
-    req.client_options = Some(ctx.client_options.clone());
-    req.md_service_version = ctx.md_service_version;
+    req.read = ctx.read_settings();
     req.overwrite = Overwrite::Refuse;
-    req.engine = EngineConfig {
-        concurrency: ctx.connections,
-        queue_depth: ctx.queue_depth,
-        ..EngineConfig::default()
-    };
-    req.chunk_size = ctx.chunk_size;
-    req.io_timeout = ctx.io_timeout;
     req.resume_key = Some(resume_key.to_ascii_lowercase());
     req
 }
@@ -572,7 +585,7 @@ async fn export_blob(
         }));
     }
     let mut req = request(ctx, url, &output, uri);
-    req.credential = Some(ctx.credential.clone());
+    req.read.credential = Some(ctx.credential.clone());
     let Some(_slot) = data_slot(ctx).await else {
         return Err(DiskError::Interrupted {
             vm: vm.into(),

@@ -21,19 +21,17 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use azure_core::credentials::TokenCredential;
-use azure_core::http::ClientOptions;
 use futures::{StreamExt, TryStreamExt};
 
 use super::diff_plan::{DiffPlan, plan_diff};
 use super::engine::{self, EngineConfig, EngineError, ProgressFn};
-use super::fetch::{FetchContext, FetchCounters, FetchError, RetryPolicy, default_jitter};
-use super::job::{DEFAULT_IO_TIMEOUT, Verify};
+use super::fetch::{FetchContext, FetchCounters, FetchError, default_jitter};
+use super::job::{ReadSettings, Verify};
 use super::journal::{self, Journal, JournalHeader};
 use super::plan::{self, Chunk};
-use crate::azure::blob::{BlobReader, PageChange, ServiceVersion};
+use crate::azure::blob::{BlobReader, PageChange};
 use crate::azure::sas::SasUrl;
 use crate::image::offset::{ByteLen, GuestOffset, SourceOffset};
 use crate::image::sink::ImageFormat;
@@ -77,15 +75,7 @@ pub struct DiffRequest {
     /// The finished image of the earlier pass, updated in place.
     pub image: PathBuf,
     pub format: ImageFormat,
-    pub credential: Option<Arc<dyn TokenCredential>>,
-    pub client_options: Option<ClientOptions>,
-    pub md_service_version: ServiceVersion,
-    /// None: 8 MiB, or 4 MiB with `Verify::Md5`.
-    pub chunk_size: Option<u64>,
-    pub verify: Verify,
-    pub engine: EngineConfig,
-    pub retry: RetryPolicy,
-    pub io_timeout: Duration,
+    pub read: ReadSettings,
     /// None: [`journal_path_for`] the image.
     pub journal: Option<PathBuf>,
 }
@@ -96,6 +86,7 @@ impl std::fmt::Debug for DiffRequest {
             .field("source", &self.source)
             .field("image", &self.image)
             .field("format", &self.format)
+            .field("read", &self.read)
             .field("journal", &self.journal)
             .finish_non_exhaustive()
     }
@@ -107,14 +98,7 @@ impl DiffRequest {
             source,
             image,
             format,
-            credential: None,
-            client_options: None,
-            md_service_version: ServiceVersion::default(),
-            chunk_size: None,
-            verify: Verify::None,
-            engine: EngineConfig::default(),
-            retry: RetryPolicy::default(),
-            io_timeout: DEFAULT_IO_TIMEOUT,
+            read: ReadSettings::default(),
             journal: None,
         }
     }
@@ -253,11 +237,11 @@ pub async fn apply_diff(
 /// Checks that need no network: chunk size, engine settings (zeros written: this is an
 /// update), the journal's path.
 fn settings(req: &DiffRequest) -> Result<(u64, EngineConfig, PathBuf), DiffError> {
-    let chunk_size = plan::choose_chunk_size(req.chunk_size, req.verify == Verify::Md5)
+    let chunk_size = plan::choose_chunk_size(req.read.chunk_size, req.read.verify == Verify::Md5)
         .map_err(|e| DiffError::Usage(e.to_string()))?;
     let config = EngineConfig {
         write_zero_chunks: true,
-        ..req.engine.effective(chunk_size)
+        ..req.read.engine.effective(chunk_size)
     };
     let journal = req
         .journal
@@ -549,18 +533,18 @@ fn interrupted(kept: &str) -> DiffError {
 fn fetch_context(req: &DiffRequest, interrupt: Interrupt) -> Result<FetchContext, DiffError> {
     let blob = BlobReader::with_md_version(
         &req.source.snapshot,
-        req.credential.clone(),
-        req.client_options.clone(),
-        &req.md_service_version,
+        req.read.credential.clone(),
+        req.read.client_options.clone(),
+        &req.read.md_service_version,
     )
     .map_err(|e| DiffError::Usage(req.source.snapshot.scrub(&e.to_string())))?;
     Ok(FetchContext {
         blob,
         etag: String::new(),
-        verify_md5: req.verify == Verify::Md5,
-        policy: req.retry,
+        verify_md5: req.read.verify == Verify::Md5,
+        policy: req.read.retry,
         jitter: default_jitter(),
-        io_timeout: req.io_timeout,
+        io_timeout: req.read.io_timeout,
         counters: Arc::new(FetchCounters::default()),
         interrupt,
     })

@@ -42,30 +42,62 @@ pub enum Verify {
 /// connection well within the SAS's lifetime.
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Everything one download needs.
+/// How blob data is read, the same for a download and for a diff pass (see the module
+/// notes of `plan`, `engine`, `fetch`).
 #[derive(Clone)]
-pub struct DownloadRequest {
-    pub url: SasUrl,
+pub struct ReadSettings {
     /// For blob URLs without SAS (Entra ID); ignored when the URL has a SAS.
     pub credential: Option<Arc<dyn TokenCredential>>,
     /// Shared transport and options (`AzureSession::client_options`); None: the storage
     /// SDK's default transport.
     pub client_options: Option<ClientOptions>,
-    pub output: PathBuf,
-    pub format: ImageFormat,
-    pub overwrite: Overwrite,
+    /// `x-ms-version` for managed-disk export hosts (see `azure::blob`).
+    pub md_service_version: ServiceVersion,
     /// None: 8 MiB, or 4 MiB with `Verify::Md5`.
     pub chunk_size: Option<u64>,
     pub verify: Verify,
     pub engine: EngineConfig,
     pub retry: RetryPolicy,
     pub io_timeout: Duration,
+}
+
+impl Default for ReadSettings {
+    fn default() -> Self {
+        Self {
+            credential: None,
+            client_options: None,
+            md_service_version: ServiceVersion::default(),
+            chunk_size: None,
+            verify: Verify::None,
+            engine: EngineConfig::default(),
+            retry: RetryPolicy::default(),
+            io_timeout: DEFAULT_IO_TIMEOUT,
+        }
+    }
+}
+
+impl std::fmt::Debug for ReadSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadSettings")
+            .field("chunk_size", &self.chunk_size)
+            .field("verify", &self.verify)
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything one download needs.
+#[derive(Clone)]
+pub struct DownloadRequest {
+    pub url: SasUrl,
+    pub output: PathBuf,
+    pub format: ImageFormat,
+    pub overwrite: Overwrite,
+    pub read: ReadSettings,
     /// What names the blob in the resume journal. None: the URL without its query. Set it
     /// when a re-granted SAS may point at another host or path for the same data (e.g.
     /// managed-disk exports: use the snapshot's resource id).
     pub resume_key: Option<String>,
-    /// `x-ms-version` for managed-disk export hosts (see `azure::blob`).
-    pub md_service_version: ServiceVersion,
 }
 
 impl std::fmt::Debug for DownloadRequest {
@@ -74,31 +106,22 @@ impl std::fmt::Debug for DownloadRequest {
             .field("url", &self.url)
             .field("output", &self.output)
             .field("format", &self.format)
-            .field("chunk_size", &self.chunk_size)
-            .field("verify", &self.verify)
-            .field("engine", &self.engine)
+            .field("read", &self.read)
             .field("resume_key", &self.resume_key)
             .finish_non_exhaustive()
     }
 }
 
 impl DownloadRequest {
-    /// A request with the defaults (see the module notes of `plan`, `engine`, `fetch`).
+    /// A request with the default [`ReadSettings`].
     pub fn new(url: SasUrl, output: PathBuf, format: ImageFormat) -> Self {
         Self {
             url,
-            credential: None,
-            client_options: None,
             output,
             format,
             overwrite: Overwrite::Refuse,
-            chunk_size: None,
-            verify: Verify::None,
-            engine: EngineConfig::default(),
-            retry: RetryPolicy::default(),
-            io_timeout: DEFAULT_IO_TIMEOUT,
+            read: ReadSettings::default(),
             resume_key: None,
-            md_service_version: ServiceVersion::default(),
         }
     }
 }
@@ -233,15 +256,15 @@ pub async fn download(
 /// paths, and the engine settings the memory budget allows.
 fn settings(req: &DownloadRequest) -> Result<(u64, EngineConfig, PathBuf), DownloadError> {
     let usage = |e: &dyn std::fmt::Display| DownloadError::Usage(e.to_string());
-    let chunk_size = plan::choose_chunk_size(req.chunk_size, req.verify == Verify::Md5)
+    let chunk_size = plan::choose_chunk_size(req.read.chunk_size, req.read.verify == Verify::Md5)
         .map_err(|e| usage(&e))?;
     check_output_free(&req.output, req.overwrite).map_err(|e| usage(&e))?;
     let temp = temp_path_for(&req.output).map_err(|e| usage(&e))?;
-    let config = req.engine.effective(chunk_size);
-    if config.concurrency < req.engine.concurrency {
+    let config = req.read.engine.effective(chunk_size);
+    if config.concurrency < req.read.engine.concurrency {
         tracing::info!(
             "concurrency lowered from {} to {} to keep chunk buffers within {} at {} chunks",
-            req.engine.concurrency,
+            req.read.engine.concurrency,
             config.concurrency,
             human_bytes(engine::CHUNK_MEMORY_BUDGET),
             human_bytes(chunk_size)
@@ -257,18 +280,18 @@ fn fetch_context(
 ) -> Result<FetchContext, DownloadError> {
     let blob = BlobReader::with_md_version(
         &req.url,
-        req.credential.clone(),
-        req.client_options.clone(),
-        &req.md_service_version,
+        req.read.credential.clone(),
+        req.read.client_options.clone(),
+        &req.read.md_service_version,
     )
     .map_err(|e| DownloadError::Usage(req.url.scrub(&e.to_string())))?;
     Ok(FetchContext {
         blob,
         etag: String::new(),
-        verify_md5: req.verify == Verify::Md5,
-        policy: req.retry,
+        verify_md5: req.read.verify == Verify::Md5,
+        policy: req.read.retry,
         jitter: default_jitter(),
-        io_timeout: req.io_timeout,
+        io_timeout: req.read.io_timeout,
         counters: Arc::new(FetchCounters::default()),
         interrupt,
     })

@@ -17,7 +17,7 @@ use crate::transfer::diff::{
 };
 use crate::transfer::discover::MapSource;
 use crate::transfer::engine::{EngineConfig, TransferStats};
-use crate::transfer::job::DownloadReport;
+use crate::transfer::job::{DownloadReport, ReadSettings};
 use crate::transfer::plan::DEFAULT_CHUNK_SIZE;
 
 /// A diff is a running VM's writes between passes: small ranges scattered over the disk,
@@ -81,17 +81,17 @@ pub async fn apply(
         previous_key: pass.base_id.folded().to_string(),
     };
     let mut req = DiffRequest::new(source, pass.image, pass.format);
-    req.client_options = Some(ctx.client_options.clone());
-    req.md_service_version = ctx.md_service_version;
-    req.chunk_size = Some(DIFF_CHUNK_SIZE);
-    req.engine = EngineConfig {
-        concurrency: diff_connections(ctx.connections, ctx.chunk_size),
-        queue_depth: ctx.queue_depth,
-        ..EngineConfig::default()
+    let read = ctx.read_settings();
+    req.read = ReadSettings {
+        chunk_size: Some(DIFF_CHUNK_SIZE),
+        engine: EngineConfig {
+            concurrency: diff_connections(ctx.connections, ctx.chunk_size),
+            ..read.engine
+        },
+        ..read
     };
-    req.io_timeout = ctx.io_timeout;
     if d.entra_id_reads {
-        req.credential = Some(ctx.credential.clone());
+        req.read.credential = Some(ctx.credential.clone());
     }
     let progress = progress_of(&ctx.events, &d.key);
     match apply_diff(req, progress, ctx.interrupt.clone()).await {
