@@ -2,10 +2,12 @@
 //! (fixed and dynamic; 1, 32 and 256 MiB blocks; with and without ZERO-state blocks; a
 //! size that is not a multiple of the block size), then the same files edited by the spec
 //! (MS-VHDX) into what qemu-img cannot make: 4096-byte logical sectors, a non-empty log
-//! (replayed: qemu-img's own replay is the oracle), a differencing disk, damaged checksums, overlapping regions, BAT entries past the end,
-//! truncations. Every good case converts byte-identical to `qemu-img convert -O raw`
-//! (qcow2: `qemu-img compare`); every bad one exits 4 and leaves nothing. Then `download`
-//! of a VHDX page blob from Azurite, through the fault proxy.
+//! (replayed: qemu-img's own replay is the oracle), a differencing disk (refused naming the
+//! parent its locator gives), damaged checksums, overlapping regions, BAT entries past the
+//! end, truncations. Every good case converts byte-identical to `qemu-img convert -O raw`
+//! (qcow2: `qemu-img compare`) and `inspect` maps it block for block; every bad one exits
+//! 4 and leaves nothing. Then `download` of a VHDX page blob from Azurite, through the
+//! fault proxy, and of every bad file (exit 4 there too; a log is refused, not replayed).
 
 mod support;
 
@@ -17,7 +19,7 @@ use azure2kvm::image::vhdx::crc32c::crc32c_with_zeroed_field;
 use support::azurite::Azurite;
 use support::fault_proxy::{Fault, FaultProxy};
 use support::image::*;
-use support::vhdx::{Edit, seed_pages, vhdx_of, with_4k_sectors};
+use support::vhdx::{Edit, seed_pages, vhdx_of, with_4k_sectors, with_parent_locator};
 use support::{seed, stat, stderr};
 
 const MIB: u64 = 1 << 20;
@@ -83,12 +85,53 @@ fn check_against_qemu(dir: &Path, vhdx: &Path, qcow2_too: bool) {
     assert!(leftovers(dir).is_empty());
 }
 
+/// `inspect`'s block size, extent map and allocated bytes against the source disk: the map
+/// covers the disk in order, its data extents are whole blocks (the last may be short)
+/// that add up to `allocated_bytes` and match the BAT's FULLY_PRESENT count, and they hold
+/// every block of the source with a non-zero byte — exactly those in a dynamic file, where
+/// qemu-img allocates a block only for data.
+fn check_inspect_map(j: &serde_json::Value, src: &[u8], block_size: u64, dynamic: bool) {
+    assert_eq!(j["metadata"]["block_size"], block_size);
+    let size = src.len() as u64;
+    let (mut at, mut data_bytes, mut data_extents) = (0, 0, 0);
+    let mut data_blocks = std::collections::BTreeSet::new();
+    for e in j["extents"].as_array().unwrap() {
+        let start = e["virtual_start"].as_u64().unwrap();
+        let len = e["length"].as_u64().unwrap();
+        assert_eq!(start, at, "{e}");
+        at += len;
+        if e["kind"] == "data" {
+            assert!(start % block_size == 0, "{e}");
+            assert!(len % block_size == 0 || start + len == size, "{e}");
+            data_blocks.extend(start / block_size..(start + len).div_ceil(block_size));
+            data_bytes += len;
+            data_extents += 1;
+        }
+    }
+    assert_eq!(at, size);
+    assert_eq!(j["allocated_bytes"], data_bytes);
+    assert_eq!(j["data_extents"], data_extents);
+    assert_eq!(j["bat"]["fully_present"], data_blocks.len());
+    let non_zero: std::collections::BTreeSet<u64> = src
+        .chunks(block_size as usize)
+        .enumerate()
+        .filter(|(_, c)| c.iter().any(|&b| b != 0))
+        .map(|(i, _)| i as u64)
+        .collect();
+    if dynamic {
+        assert_eq!(data_blocks, non_zero);
+    } else {
+        assert!(data_blocks.is_superset(&non_zero));
+    }
+}
+
 #[test]
 fn qemu_made_vhdx_files_convert_identically() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let src = d.join("src.raw");
     let size = make_source(&src);
+    let source = fs::read(&src).unwrap();
     let cases = [
         ("dynamic", "1M", "on"),
         ("dynamic", "1M", "off"),
@@ -111,6 +154,9 @@ fn qemu_made_vhdx_files_convert_identically() {
         assert_eq!(j["virtual_size"], size);
         assert_eq!(j["logical_sector_size"], 512);
         assert_eq!(j["type"], if sub == "fixed" { "fixed" } else { "dynamic" });
+        assert_eq!(j["log_state"], "empty");
+        let block_size = bs.trim_end_matches('M').parse::<u64>().unwrap() * MIB;
+        check_inspect_map(&j, &source, block_size, sub == "dynamic");
         let bat = &j["bat"];
         if (sub, bs) == ("dynamic", "1M") {
             // The 10 all-zero MiB are never written: ZERO blocks with block_state_zero=on,
@@ -198,10 +244,24 @@ fn bad_cases(good: &Edit) -> Vec<(&'static str, Edit, &'static str)> {
             e.header(i, |h| h[48..64].copy_from_slice(&[0x42; 16]));
         }
     });
-    add("differencing", "differencing", &|e| {
+    add("differencing-without-locator", "differencing", &|e| {
         let at = e.item(0x37); // file parameters (CAA16737)
         e.0[at + 4] |= 2;
     });
+    // The refusal names the parent, as Hyper-V's locator gives it.
+    add(
+        "differencing",
+        r#"parent "..\\parents\\base-os.vhdx""#,
+        &|e| {
+            with_parent_locator(
+                e,
+                &[
+                    ("parent_linkage", "{4e9a7e9c-1b9f-4d7b-a1a0-6a3b8f2d9c11}"),
+                    ("relative_path", r"..\parents\base-os.vhdx"),
+                ],
+            )
+        },
+    );
     add("header-crcs", "no valid header", &|e| {
         e.0[64 * KIB + 200] ^= 1;
         e.0[128 * KIB + 200] ^= 1;
@@ -249,15 +309,22 @@ fn bad_cases(good: &Edit) -> Vec<(&'static str, Edit, &'static str)> {
     cases
 }
 
-#[test]
-fn bad_vhdx_files_exit_4_and_leave_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// The good file [`bad_cases`] edits, and the raw disk it holds. Its last block is a whole
+/// MiB of data, so cutting the file's last 4 KiB truncates data (the unused tail of a short
+/// last block may be missing: qemu-img 10 reads such a file too).
+fn bad_cases_base(d: &Path) -> (std::path::PathBuf, Edit) {
     let src = d.join("src.raw");
     make_raw(&src, 8 * MIB, &[(0, 4096), (7 * MIB, MIB as usize)], 4);
     let base = d.join("base.vhdx");
     vhdx_of(&src, &base, "subformat=dynamic,block_size=1M");
-    let good = Edit::load(&base);
+    (src, Edit::load(&base))
+}
+
+#[test]
+fn bad_vhdx_files_exit_4_and_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (src, good) = bad_cases_base(d);
     // One damaged header: the other one is used, as the spec says and qemu-img does.
     let mut one = Edit(good.0.clone());
     one.0[64 * KIB + 200] ^= 1;
@@ -371,18 +438,26 @@ fn download_of_a_vhdx_page_blob_through_faults_is_identical() {
     }
     assert_eq!(proxy.pending_faults(), 0);
 
-    // A VHDX blob with a non-empty log: exit 4, nothing written.
-    let mut bad = Edit(bytes.clone());
-    for i in 0..2 {
-        bad.header(i, |h| h[48..64].copy_from_slice(&[0x42; 16]));
+    // Every file `convert` refuses, `download` refuses too: exit 4, nothing written. A
+    // non-empty log is refused here, not replayed (`convert` replays it).
+    let bad_dir = tempfile::tempdir().unwrap();
+    let (_, good) = bad_cases_base(bad_dir.path());
+    for (name, bad, needle) in bad_cases(&good) {
+        let blob = format!("{name}.vhdx");
+        seed::put_block_blob(az.port, C, &blob, &bad.0);
+        let sas = seed::blob_sas(C, &blob, Duration::from_secs(600), false);
+        let out = d.join(format!("{name}.raw"));
+        let o = support::download(&seed::blob_url(az.port, C, &blob, &sas), &out, &[]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(4), "{name}: {e}");
+        let needle = match name {
+            "log-without-entries" => "log is not empty",
+            _ => needle,
+        };
+        assert!(e.contains(needle), "{name}: {e}");
+        assert!(!out.exists(), "{name}: output left");
     }
-    seed::put_block_blob(az.port, C, "log.vhdx", &bad.0);
-    let sas = seed::blob_sas(C, "log.vhdx", Duration::from_secs(600), false);
-    let out = d.join("log.raw");
-    let o = support::download(&seed::blob_url(az.port, C, "log.vhdx", &sas), &out, &[]);
-    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
-    assert!(stderr(&o).contains("log is not empty"), "{}", stderr(&o));
-    assert!(!out.exists());
+    assert!(leftovers(d).is_empty());
 
     // The same good VHDX as a block blob: the BAT alone decides what is fetched.
     seed::put_block_blob(az.port, C, "block.vhdx", &bytes);

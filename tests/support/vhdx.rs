@@ -93,6 +93,55 @@ impl Edit {
     }
 }
 
+/// Makes the VHDX differencing (MS-VHDX 2.6.2.1 has-parent) with a parent locator item
+/// (2.6.2.6, the VHDX locator type) holding `pairs`, placed in the metadata region after
+/// the items qemu-img wrote, as Hyper-V's differencing disks carry one.
+pub fn with_parent_locator(e: &mut Edit, pairs: &[(&str, &str)]) {
+    use azure2kvm::image::vhdx::{Guid, metadata::PARENT_LOCATOR};
+    let utf16 = |s: &str| -> Vec<u8> { s.encode_utf16().flat_map(u16::to_le_bytes).collect() };
+    let vhdx_locator = Guid::new(
+        0xB04A_EFB7,
+        0xD19E,
+        0x4A81,
+        [0xB7, 0x89, 0x25, 0xB8, 0xE9, 0x44, 0x59, 0x13],
+    );
+    let mut item = vhdx_locator.bytes().to_vec();
+    item.extend_from_slice(&0u16.to_le_bytes());
+    item.extend_from_slice(&(pairs.len() as u16).to_le_bytes());
+    let mut text = Vec::new();
+    let strings_at = 20 + 12 * pairs.len();
+    for (k, v) in pairs {
+        let (k, v) = (utf16(k), utf16(v));
+        let key_at = (strings_at + text.len()) as u32;
+        text.extend_from_slice(&k);
+        let value_at = (strings_at + text.len()) as u32;
+        text.extend_from_slice(&v);
+        item.extend_from_slice(&key_at.to_le_bytes());
+        item.extend_from_slice(&value_at.to_le_bytes());
+        item.extend_from_slice(&(k.len() as u16).to_le_bytes());
+        item.extend_from_slice(&(v.len() as u16).to_le_bytes());
+    }
+    item.extend_from_slice(&text);
+
+    let m = e.metadata_at();
+    let count = u16::from_le_bytes([e.0[m + 10], e.0[m + 11]]) as usize;
+    let end = (0..count)
+        .map(|i| m + 32 + i * 32)
+        .map(|t| le32(&e.0, t + 16) as usize + le32(&e.0, t + 20) as usize)
+        .max()
+        .unwrap();
+    let at = end.next_multiple_of(4 * KIB);
+    e.0[m + at..m + at + item.len()].copy_from_slice(&item);
+    let t = m + 32 + count * 32;
+    e.0[t..t + 16].copy_from_slice(PARENT_LOCATOR.bytes());
+    e.0[t + 16..t + 20].copy_from_slice(&(at as u32).to_le_bytes());
+    e.0[t + 20..t + 24].copy_from_slice(&(item.len() as u32).to_le_bytes());
+    e.0[t + 24..t + 28].copy_from_slice(&4u32.to_le_bytes()); // IsRequired
+    e.0[m + 10..m + 12].copy_from_slice(&(count as u16 + 1).to_le_bytes());
+    let params = e.item(0x37); // file parameters (CAA16737)
+    e.0[params + 4] |= 2; // HasParent
+}
+
 pub fn seed_pages(port: u16, container: &str, name: &str, file: &[u8]) {
     seed::create_container_once(port, container);
     seed::create_page_blob(port, container, name, file.len() as u64);
