@@ -359,6 +359,45 @@ fn bad_vhdx_files_exit_4_and_leave_nothing() {
     assert!(leftovers(d).is_empty());
 }
 
+#[test]
+fn a_short_last_blocks_missing_unused_tail_is_no_truncation() {
+    // The disk ends 4 KiB into its last 1 MiB block, which qemu-img allocates whole at the
+    // end of the file: without the block's last 4 KiB every byte of the disk is still
+    // there, and qemu-img reads the file as we do. Cutting into the 4 KiB that hold the
+    // disk is a truncation.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = d.join("src.raw");
+    let size = 8 * MIB + 4096;
+    make_raw(&src, size, &[(MIB, 4096), (8 * MIB, 4096)], 12);
+    let base = d.join("base.vhdx");
+    vhdx_of(&src, &base, "subformat=dynamic,block_size=1M");
+    let mut e = Edit::load(&base);
+    let len = e.0.len();
+    let bat = e.bat_at() + 8 * 8; // block 8's entry (the chunk ratio is 4096)
+    let entry = u64::from_le_bytes(e.0[bat..bat + 8].try_into().unwrap());
+    assert_eq!(
+        ((entry >> 20) << 20) + MIB,
+        len as u64,
+        "the last block ends the file"
+    );
+    e.0.truncate(len - 4096);
+    let short = d.join("short-tail.vhdx");
+    e.save(&short);
+    check_against_qemu(d, &short, true);
+    assert_same_bytes(&short.with_extension("raw"), &src);
+    e.0.truncate(len - MIB as usize + 2048);
+    let cut = d.join("cut.vhdx");
+    e.save(&cut);
+    let o = convert(&cut, &d.join("cut.raw"));
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("past the end of the file"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 const C: &str = "vhdx";
 
 /// Writes `file` into a new page blob, only its 4 KiB pages that hold a non-zero byte, so
