@@ -72,10 +72,14 @@ fn measure_records_what_each_disk_holds_and_leaves_nothing() {
             .data_disk(1, 8)
             .disk_kind(Some(1), FakeDiskKind::network("DenyAll", None)),
     ]);
+    // Each grant takes a second: without the bound, all four would be live together.
+    world.with_state(|s| s.config.grant_lro = Some((1, 1)));
     let dir = tempfile::tempdir().unwrap();
     let plan = dir.path().join("plan.json");
-    let r = run(measure_cmd(&world, &plan, &[]));
+    let r = run(measure_cmd(&world, &plan, &["--concurrency", "4"]));
     assert_eq!(r.code, 0, "{}", r.stderr);
+    // 4 connections: one disk in flight and one granted ahead (the run budget's bound).
+    assert!(r.stderr.contains("4 disks: 2 measured at a time"), "{}", r.stderr);
     let written = written_in_plan(&json_file(&plan));
     for name in ["web-01-os", "web-01-data0", "db-01-os", "priv-01-os"] {
         let want = pages_written(world.disk(name));
@@ -93,6 +97,7 @@ fn measure_records_what_each_disk_holds_and_leaves_nothing() {
         assert_eq!(s.count("grant_access"), 4);
         assert_eq!(s.count("revoke_access"), 4);
         assert_eq!(s.count("snapshot_delete"), 3);
+        assert!((1..=2).contains(&s.max_live_grants), "{}", s.max_live_grants);
     });
     // The ledger beside the plan: every resource recorded, and removed.
     let reports = run_reports(dir.path());
