@@ -79,7 +79,11 @@ fn measure_records_what_each_disk_holds_and_leaves_nothing() {
     let r = run(measure_cmd(&world, &plan, &["--concurrency", "4"]));
     assert_eq!(r.code, 0, "{}", r.stderr);
     // 4 connections: one disk in flight and one granted ahead (the run budget's bound).
-    assert!(r.stderr.contains("4 disks: 2 measured at a time"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("4 disks: 2 measured at a time"),
+        "{}",
+        r.stderr
+    );
     let written = written_in_plan(&json_file(&plan));
     for name in ["web-01-os", "web-01-data0", "db-01-os", "priv-01-os"] {
         let want = pages_written(world.disk(name));
@@ -97,7 +101,11 @@ fn measure_records_what_each_disk_holds_and_leaves_nothing() {
         assert_eq!(s.count("grant_access"), 4);
         assert_eq!(s.count("revoke_access"), 4);
         assert_eq!(s.count("snapshot_delete"), 3);
-        assert!((1..=2).contains(&s.max_live_grants), "{}", s.max_live_grants);
+        assert!(
+            (1..=2).contains(&s.max_live_grants),
+            "{}",
+            s.max_live_grants
+        );
     });
     // The ledger beside the plan: every resource recorded, and removed.
     let reports = run_reports(dir.path());
@@ -229,6 +237,13 @@ fn shards_of_a_measured_plan_follow_written_bytes() {
         .collect();
     for c in &mut shards {
         assert_eq!(wait_exit(c, Duration::from_secs(180)), 0);
+        let mut log = String::new();
+        let stderr = c.0.as_mut().unwrap().stderr.as_mut().unwrap();
+        std::io::Read::read_to_string(stderr, &mut log).unwrap();
+        assert!(
+            log.contains("balanced by written bytes for 4 of 4 disks"),
+            "{log}"
+        );
     }
     let mut by_shard: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
@@ -258,4 +273,66 @@ fn shards_of_a_measured_plan_follow_written_bytes() {
         assert_image_equals(&world, &out.join(vm).join(format!("{disk}.raw")), &disk);
     }
     assert_eq!(world.leftovers(), Leftovers::default());
+}
+
+/// An unmanaged disk is measured on its blob with the identity's storage token (Get Page
+/// Ranges on the storage account): no grant, no snapshot, nothing created in Azure.
+#[test]
+fn an_unmanaged_disk_is_measured_on_its_blob_with_nothing_created() {
+    use support::azurite::Azurite;
+    use support::fake_arm::SUBSCRIPTION;
+    use support::fake_azure::{seed_vhd_into, small_disk};
+    use support::tls::TestCerts;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::make(dir.path());
+    let account = Azurite::start_https_oauth(&certs.cert_pem, &certs.key_pem, &certs.client);
+    let content = small_disk("old-01-os");
+    seed_vhd_into(account.port, "vhds", "old-01-os.vhd", &content);
+    let mut old = FakeVm::linux("old-01", "rg-old");
+    old.disks[0].vhd_uri = Some(format!(
+        "https://127.0.0.1:{}/{}/vhds/old-01-os.vhd",
+        account.port,
+        support::seed::ACCOUNT
+    ));
+    let world = FakeAzure::start(vec![old]);
+    world.with_state(|s| s.config.storage_token = Some(support::storage_jwt()));
+    let bundle = dir.path().join("bundle.pem");
+    let mut pem = std::fs::read_to_string(&world.arm.ca_pem).unwrap();
+    pem.push_str(&std::fs::read_to_string(&certs.ca_pem).unwrap());
+    std::fs::write(&bundle, pem).unwrap();
+    let plan = dir.path().join("plan.json");
+    let mut c = support::bin();
+    c.args([
+        "--no-progress",
+        "export",
+        "--cloud",
+        "custom",
+        "--arm-endpoint",
+    ])
+    .arg(&world.arm.arm_url)
+    .arg("--ca-bundle")
+    .arg(&bundle)
+    .args([
+        "--storage-suffix",
+        "127.0.0.1",
+        "--subscription",
+        SUBSCRIPTION,
+    ])
+    .args(["--dry-run", "--measure", "--plan"])
+    .arg(&plan)
+    .envs(world.env());
+    let r = run(c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let written = written_in_plan(&json_file(&plan));
+    assert_eq!(
+        written["old-01-os"],
+        pages_written(&content),
+        "{}",
+        r.stderr
+    );
+    world.with_state(|s| {
+        assert_eq!(s.count("grant_access") + s.count("snapshot_create"), 0);
+    });
+    let rep = json_file(&run_reports(dir.path())[0]);
+    assert_eq!(rep["resources"], serde_json::json!([]));
 }
