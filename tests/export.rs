@@ -1327,27 +1327,6 @@ fn export_usage_errors_exit_2_before_any_request() {
     }
 }
 
-/// An unsigned JWT for Azure Storage: Azurite (`--oauth basic`) checks lifetime, issuer and
-/// audience, not the signature.
-fn storage_jwt() -> String {
-    use base64::Engine as _;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let b64 = |v: Value| {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
-    };
-    let tenant = "72f988bf-0000-4000-8000-00000000e17a";
-    let header = b64(serde_json::json!({"alg": "RS256", "typ": "JWT"}));
-    let payload = b64(serde_json::json!({
-        "aud": "https://storage.azure.com", "iss": format!("https://sts.windows.net/{tenant}/"),
-        "iat": now - 60, "nbf": now - 60, "exp": now + 3600, "tid": tenant,
-        "oid": "0b5c2f1e-0000-4000-8000-00000000a11d", "ver": "1.0",
-    }));
-    format!("{header}.{payload}.x")
-}
-
 #[test]
 fn an_unmanaged_disk_is_read_with_the_identitys_storage_token() {
     use support::azurite::Azurite;
@@ -1366,7 +1345,7 @@ fn an_unmanaged_disk_is_read_with_the_identitys_storage_token() {
         seed::ACCOUNT
     ));
     let world = FakeAzure::start(vec![old]);
-    world.with_state(|s| s.config.storage_token = Some(storage_jwt()));
+    world.with_state(|s| s.config.storage_token = Some(support::storage_jwt()));
     // Both CAs: the fake ARM's and the storage account's.
     let bundle = dir.path().join("bundle.pem");
     let mut pem = std::fs::read_to_string(&world.arm.ca_pem).unwrap();
@@ -1666,7 +1645,7 @@ fn a_storage_token_is_never_sent_outside_the_clouds_storage_suffix() {
         old,
         FakeVm::linux("db-01", "rg-db").power(Some("deallocated")),
     ]);
-    world.with_state(|s| s.config.storage_token = Some(storage_jwt()));
+    world.with_state(|s| s.config.storage_token = Some(support::storage_jwt()));
     let dir = tempfile::tempdir().unwrap();
     for (extra, why) in [
         (

@@ -127,13 +127,20 @@ pub struct ExportArgs {
     /// written; otherwise, if FILE exists and no selection flag is given, it is exported.
     #[arg(long, value_name = "FILE")]
     pub plan: Option<PathBuf>,
-    /// Export only shard I of N (0-based) of the selected VMs, balanced by size; N
-    /// processes with the same selection cover every VM exactly once.
+    /// Export only shard I of N (0-based) of the selected VMs, whole VMs balanced by the
+    /// bytes to move (written bytes from a --measure plan, else disk sizes); N processes
+    /// with the same plan cover every VM exactly once.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<crate::export::shard::Shard>,
     /// Print what would be created and downloaded; nothing is created in Azure.
     #[arg(long)]
     pub dry_run: bool,
+    /// With --dry-run --plan FILE: size each selected disk by its data (Get Page Ranges)
+    /// and record its written bytes in FILE, so --shard balances by them. Unlike a plain
+    /// dry run this creates short-lived read grants (and incremental snapshots of running
+    /// VMs' disks), recorded in run-<ID>.json beside FILE and removed again.
+    #[arg(long)]
+    pub measure: bool,
     /// Also export confidential VM disks encrypted with the VM's key
     /// (DiskWithVMGuestState): the image is ciphertext, unreadable outside that VM.
     #[arg(long)]

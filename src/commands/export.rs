@@ -74,10 +74,12 @@ fn settings(args: &ExportArgs) -> Result<ExportSettings, Error> {
         .map_err(Error::usage)?
         .unwrap_or(DEFAULT_IO_TIMEOUT);
     let warm = warm_mode(args)?;
+    let measure = measure(args)?;
     let mode = match (&args.output_dir, args.dry_run) {
         (_, true) => Mode::DryRun {
             write_plan: args.plan.clone(),
             output_dir: args.output_dir.clone(),
+            measure,
         },
         (Some(d), false) => Mode::Export {
             output_dir: d.clone(),
@@ -150,6 +152,21 @@ fn settings(args: &ExportArgs) -> Result<ExportSettings, Error> {
     })
 }
 
+/// `--measure`, which sizes the disks for the plan file it writes: only in a dry run
+/// (an export plans from the plan file it reads) and only with `--plan FILE`.
+fn measure(args: &ExportArgs) -> Result<bool, Error> {
+    match (args.measure, args.dry_run, &args.plan) {
+        (false, _, _) => Ok(false),
+        (true, false, _) => Err(Error::usage(
+            "--measure sizes the disks for a plan: give it with --dry-run --plan FILE (an export balances its shards by the plan file it reads)",
+        )),
+        (true, true, None) => Err(Error::usage(
+            "--measure records each disk's written bytes in the plan file: give --plan FILE",
+        )),
+        (true, true, Some(_)) => Ok(true),
+    }
+}
+
 /// Memory of a run when the machine's cannot be read: the chunk buffers of earlier
 /// versions (192 MiB) and the process's own needs.
 const MEMORY_IF_UNKNOWN: u64 = 256 << 20;
@@ -206,7 +223,10 @@ pub fn warm_mode(args: &ExportArgs) -> Result<Option<WarmMode>, Error> {
 
 fn export_error(e: ExportError) -> Error {
     match e {
-        ExportError::Interrupted => Error::new(ErrorKind::Interrupted, e),
+        ExportError::Interrupted | ExportError::MeasureInterrupted { .. } => {
+            Error::new(ErrorKind::Interrupted, e)
+        }
+        ExportError::MeasureLeft { .. } => Error::new(ErrorKind::Partial, e),
         e if e.is_usage() => Error::usage(e),
         e => Error::failed(e),
     }

@@ -263,6 +263,7 @@ mod tests {
                 data_access_auth_mode: None,
                 encryption: None,
                 storage: Default::default(),
+                written_bytes: None,
             }],
             kind: Default::default(),
         };
@@ -352,6 +353,7 @@ mod tests {
             data_access_auth_mode: None,
             encryption: None,
             storage: Default::default(),
+            written_bytes: None,
         };
         let mut os = disk(DiskRole::Os, None);
         os.ephemeral = true;

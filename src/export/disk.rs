@@ -254,7 +254,7 @@ async fn data_slot(ctx: &DiskContext) -> Option<tokio::sync::OwnedSemaphorePermi
 /// What a grant is asked on, and in which format. The disk as Azure has it now decides
 /// both whether it may be read and, by its sector size, the format its grants ask for (the
 /// plan's when it cannot be read).
-async fn what_to_grant(
+pub(super) async fn what_to_grant(
     ctx: &DiskContext,
     vm: &str,
     disk: &PlannedDisk,
@@ -551,6 +551,29 @@ fn request(
     req
 }
 
+/// The URL an unmanaged disk's blob is read at with the session's Entra ID token, or why
+/// no token may be sent to it.
+pub(super) fn unmanaged_blob_url(ctx: &DiskContext, uri: &str) -> Result<SasUrl, String> {
+    let url = SasUrl::parse(uri).map_err(|e| e.to_string())?;
+    if url.expose().scheme() != "https" {
+        return Err("no SAS: signing in with Entra ID needs an https URL".to_string());
+    }
+    // The URI comes from the VM model (or a plan file): a token is a credential for every
+    // storage account the identity can read, so it goes to the cloud's blob hosts only.
+    let host = url.expose().host_str().unwrap_or_default();
+    if !ctx.cloud.storage_host_allowed(host) {
+        return Err(match &ctx.cloud.storage_suffix {
+            Some(suffix) => format!(
+                "host {host} is not under the cloud's storage suffix {suffix}; no storage token is sent to it"
+            ),
+            None => format!(
+                "host {host}: this custom cloud has no storage suffix, so no storage token is sent anywhere (give --storage-suffix)"
+            ),
+        });
+    }
+    Ok(url)
+}
+
 /// An unmanaged disk: its page blob read with the session's Entra ID credential (the
 /// identity needs Storage Blob Data Reader on the account). No grant, nothing to clean.
 async fn export_blob(
@@ -565,25 +588,7 @@ async fn export_blob(
         disk: disk.name.clone(),
         message: format!("unmanaged disk {uri}: {message}"),
     };
-    let url = SasUrl::parse(uri).map_err(|e| fail(e.to_string()))?;
-    if url.expose().scheme() != "https" {
-        return Err(fail(
-            "no SAS: signing in with Entra ID needs an https URL".to_string(),
-        ));
-    }
-    // The URI comes from the VM model (or a plan file): a token is a credential for every
-    // storage account the identity can read, so it goes to the cloud's blob hosts only.
-    let host = url.expose().host_str().unwrap_or_default();
-    if !ctx.cloud.storage_host_allowed(host) {
-        return Err(fail(match &ctx.cloud.storage_suffix {
-            Some(suffix) => format!(
-                "host {host} is not under the cloud's storage suffix {suffix}; no storage token is sent to it"
-            ),
-            None => format!(
-                "host {host}: this custom cloud has no storage suffix, so no storage token is sent anywhere (give --storage-suffix)"
-            ),
-        }));
-    }
+    let url = unmanaged_blob_url(ctx, uri).map_err(fail)?;
     let mut req = request(ctx, url, &output, uri);
     req.read.credential = Some(ctx.credential.clone());
     let Some(_slot) = data_slot(ctx).await else {

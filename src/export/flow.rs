@@ -26,6 +26,7 @@ use super::ledger::{
     DiskOutcome, DiskStatus, Ledger, LedgerError, RunReport, RunStatus, write_atomic,
 };
 use super::manifest;
+use super::measure;
 use super::naming::{new_run_id, now_rfc3339};
 use super::plan::{self, Consistency, DiskKey, DiskSet, PlanError, PlanOptions, PlannedVm};
 use super::run::{self, DiskResult};
@@ -39,6 +40,7 @@ use crate::azure::session::{AzureSession, SignInError};
 use crate::image::sink::ImageFormat;
 use crate::interrupt::Interrupt;
 use crate::transfer::engine::{DEFAULT_CONCURRENCY, DEFAULT_QUEUE_DEPTH};
+use crate::units::human_bytes;
 
 /// Where the VMs come from.
 #[derive(Debug)]
@@ -53,11 +55,14 @@ pub enum VmSource {
 /// What the run does with its plan.
 #[derive(Debug, Clone)]
 pub enum Mode {
-    /// Plan only, nothing created in Azure; the unsharded VM list goes to `write_plan`.
-    /// A warm dry run reads the migration's state in `output_dir` when given.
+    /// Plan only; the unsharded VM list goes to `write_plan`. A warm dry run reads the
+    /// migration's state in `output_dir` when given. Nothing is created in Azure unless
+    /// `measure` (only with `write_plan`): then each disk is sized by its data first
+    /// (see `measure`), through grants and snapshots that are removed again.
     DryRun {
         write_plan: Option<PathBuf>,
         output_dir: Option<PathBuf>,
+        measure: bool,
     },
     /// Export into `output_dir`.
     Export { output_dir: PathBuf },
@@ -196,6 +201,19 @@ pub enum ExportError {
     Ledger(#[from] LedgerError),
     #[error(transparent)]
     Warm(#[from] WarmError),
+    #[error(
+        "interrupted while measuring the disks; no plan written{}",
+        if *.left == 0 {
+            "; nothing is left in Azure".to_string()
+        } else {
+            format!("; {} resources left (run `azure2kvm cleanup --run-id {}`)", .left, .run_id)
+        }
+    )]
+    MeasureInterrupted { run_id: String, left: usize },
+    #[error(
+        "the plan is written, but measuring left {left} Azure resources; run `azure2kvm cleanup --run-id {run_id}`"
+    )]
+    MeasureLeft { run_id: String, left: usize },
 }
 
 impl ExportError {
@@ -216,7 +234,9 @@ impl ExportError {
             | Self::WritePlan { .. }
             | Self::RunId(_)
             | Self::OutputDir { .. }
-            | Self::Ledger(_) => false,
+            | Self::Ledger(_)
+            | Self::MeasureInterrupted { .. }
+            | Self::MeasureLeft { .. } => false,
         }
     }
 }
@@ -228,16 +248,29 @@ pub async fn export(
     events: EventFn,
     interrupt: &Interrupt,
 ) -> Result<ExportOutcome, ExportError> {
-    let vms = interrupt
+    let mut vms = interrupt
         .unless_cancelled(find_vms(session, &settings.vms))
         .await
         .ok_or(ExportError::Interrupted)??;
     if let Mode::DryRun {
         write_plan: Some(path),
+        measure,
         ..
     } = &settings.mode
     {
+        let measured = match measure {
+            true => {
+                Some(measure_plan(session, settings, &mut vms, path, &events, interrupt).await?)
+            }
+            false => None,
+        };
         write_plan(path, &vms)?;
+        if let Some(m) = measured.filter(|m| !m.resources_left.is_empty()) {
+            return Err(ExportError::MeasureLeft {
+                run_id: m.run_id,
+                left: m.resources_left.len(),
+            });
+        }
     }
     let (run_id, mut planned) = plan_shard(vms, settings)?;
     let warm = open_warm(settings, &mut planned, &run_id)?;
@@ -269,6 +302,24 @@ pub async fn export(
             Ok(ExportOutcome::Ran(summary))
         }
     }
+}
+
+/// `--measure`: sizes the disks of `vms` by their data (see `measure`), its run report
+/// beside the plan file.
+async fn measure_plan(
+    session: &AzureSession,
+    settings: &ExportSettings,
+    vms: &mut [VmInfo],
+    plan: &Path,
+    events: &EventFn,
+    interrupt: &Interrupt,
+) -> Result<measure::Measured, ExportError> {
+    let dir = match plan.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let context = |ledger| disk_context(session, settings, &dir, ledger, events.clone(), interrupt);
+    measure::measure(&context, settings, vms, &dir).await
 }
 
 /// A warm pass: opens the migration's state (in the output directory, or in the dry run's
@@ -411,12 +462,29 @@ fn plan_shard(
     let vms = match settings.shard {
         None => vms,
         Some(s) => {
-            let items: Vec<(u64, &str)> = vms
+            let weights = shard::vm_weights(&vms, |role| settings.disks.takes(role));
+            let items: Vec<(u64, &str)> = weights
+                .bytes
                 .iter()
-                .map(|v| (v.total_disk_gb() << 30, v.id.as_str()))
+                .zip(&vms)
+                .map(|(&w, v)| (w, v.id.as_str()))
                 .collect();
             let keep = shard::select(&items, s);
-            tracing::info!("shard {s}: {} of {} VMs", keep.len(), vms.len());
+            let mine: u64 = keep.iter().map(|&i| weights.bytes[i]).sum();
+            tracing::info!(
+                "shard {s}: {} of {} VMs, {} of {} to move; balanced by written bytes for {} of {} disks (provisioned size for the others{})",
+                keep.len(),
+                vms.len(),
+                human_bytes(mine),
+                human_bytes(weights.bytes.iter().sum()),
+                weights.measured,
+                weights.disks,
+                if weights.measured == 0 {
+                    "; measure them with `export --dry-run --measure --plan FILE`"
+                } else {
+                    ""
+                }
+            );
             keep.into_iter().map(|i| vms[i].clone()).collect()
         }
     };

@@ -349,6 +349,7 @@ mod tests {
             data_access_auth_mode: None,
             encryption: None,
             storage: Default::default(),
+            written_bytes: None,
         };
         VmInfo {
             subscription_id: "s".into(),

@@ -11,6 +11,7 @@ pub mod flow;
 pub mod guest;
 pub mod ledger;
 pub mod manifest;
+pub mod measure;
 pub mod naming;
 pub mod plan;
 pub mod run;

@@ -325,10 +325,17 @@ fn vm_id(vm: &VmInfo) -> Result<ResourceId, PlanError> {
 }
 
 fn wanted(set: DiskSet, role: DiskRole) -> bool {
-    matches!(
-        (set, role),
-        (DiskSet::All, _) | (DiskSet::Os, DiskRole::Os) | (DiskSet::Data, DiskRole::Data)
-    )
+    set.takes(role)
+}
+
+impl DiskSet {
+    /// True if an export with this `--disks` takes disks of `role`.
+    pub fn takes(self, role: DiskRole) -> bool {
+        matches!(
+            (self, role),
+            (DiskSet::All, _) | (DiskSet::Os, DiskRole::Os) | (DiskSet::Data, DiskRole::Data)
+        )
+    }
 }
 
 /// The image file name of a disk: `<vm>-os.<ext>` or `<vm>-data-lun<N>.<ext>`.
@@ -585,6 +592,7 @@ mod tests {
             data_access_auth_mode: None,
             encryption: None,
             storage: Default::default(),
+            written_bytes: None,
         }
     }
 

@@ -430,7 +430,7 @@ fn outcome(key: &DiskKey, status: DiskStatus, error: String) -> Option<(DiskKey,
 /// Snapshots disk `d` of `vm` if its plan says so and, for a Premium SSD v2 or Ultra disk,
 /// waits until the snapshot's background copy is done. None when the disk is ready for
 /// its grant; otherwise its result.
-async fn snapshot_disk(
+pub(super) async fn snapshot_disk(
     ctx: &DiskContext,
     vm: &PlannedVm,
     d: &PlannedDisk,

@@ -129,7 +129,7 @@ pub async fn discover(
 }
 
 /// The written page ranges of `[0, end)` of a page blob, by windows of Get Page Ranges.
-async fn written_ranges(
+pub(super) async fn written_ranges(
     ctx: &FetchContext,
     end: u64,
     concurrency: usize,

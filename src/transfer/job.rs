@@ -278,20 +278,30 @@ fn fetch_context(
     req: &DownloadRequest,
     interrupt: Interrupt,
 ) -> Result<FetchContext, DownloadError> {
+    read_context(&req.url, &req.read, interrupt)
+        .map_err(|e| DownloadError::Usage(req.url.scrub(&e.to_string())))
+}
+
+/// How every request to `url` is sent and retried under `read`: a download's, a
+/// measurement's (see `measure`).
+pub(super) fn read_context(
+    url: &SasUrl,
+    read: &ReadSettings,
+    interrupt: Interrupt,
+) -> Result<FetchContext, crate::azure::blob::BlobError> {
     let blob = BlobReader::with_md_version(
-        &req.url,
-        req.read.credential.clone(),
-        req.read.client_options.clone(),
-        &req.read.md_service_version,
-    )
-    .map_err(|e| DownloadError::Usage(req.url.scrub(&e.to_string())))?;
+        url,
+        read.credential.clone(),
+        read.client_options.clone(),
+        &read.md_service_version,
+    )?;
     Ok(FetchContext {
         blob,
         etag: String::new(),
-        verify_md5: req.read.verify == Verify::Md5,
-        policy: req.read.retry,
+        verify_md5: read.verify == Verify::Md5,
+        policy: read.retry,
         jitter: default_jitter(),
-        io_timeout: req.read.io_timeout,
+        io_timeout: read.io_timeout,
         counters: Arc::new(FetchCounters::default()),
         interrupt,
     })

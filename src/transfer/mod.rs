@@ -15,4 +15,5 @@ pub mod engine;
 pub mod fetch;
 pub mod job;
 pub mod journal;
+pub mod measure;
 pub mod plan;

@@ -297,3 +297,24 @@ pub fn wait_exit(child: &mut ChildGuard, limit: std::time::Duration) -> i32 {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// An unsigned JWT for Azure Storage: Azurite (`--oauth basic`) checks lifetime, issuer and
+/// audience, not the signature.
+pub fn storage_jwt() -> String {
+    use base64::Engine as _;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+    };
+    let tenant = "72f988bf-0000-4000-8000-00000000e17a";
+    let header = b64(serde_json::json!({"alg": "RS256", "typ": "JWT"}));
+    let payload = b64(serde_json::json!({
+        "aud": "https://storage.azure.com", "iss": format!("https://sts.windows.net/{tenant}/"),
+        "iat": now - 60, "nbf": now - 60, "exp": now + 3600, "tid": tenant,
+        "oid": "0b5c2f1e-0000-4000-8000-00000000a11d", "ver": "1.0",
+    }));
+    format!("{header}.{payload}.x")
+}

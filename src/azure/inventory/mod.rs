@@ -72,6 +72,13 @@ pub struct DiskInfo {
     /// The disk's type, sector size and network policy (flattened into the disk's JSON).
     #[serde(flatten, default)]
     pub storage: DiskStorage,
+    /// Bytes of data the disk holds: the sum of the written page ranges of its blob (Get
+    /// Page Ranges over a snapshot, the disk or the VHD blob; the VHD footer's page
+    /// counts too). Measured by `export --dry-run --measure` and kept in the plan file,
+    /// where `--shard` balances by it; absent (null) when not measured, and never set by
+    /// `list`, which only GETs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_bytes: Option<u64>,
 }
 
 impl DiskInfo {
@@ -561,6 +568,7 @@ fn disk_info(
         data_access_auth_mode: props.and_then(|p| p.data_access_auth_mode.clone()),
         encryption: None,
         storage: record.map(DiskStorage::of).unwrap_or_default(),
+        written_bytes: None,
     }
 }
 
